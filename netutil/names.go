@@ -1,0 +1,81 @@
+// Package netutil holds small helpers shared by the protocol, dataplane and
+// state layers: ID and interface-name validation, MAC generation and the
+// rollback stack. It has no dependency on netlink, iptables or HTTP.
+package netutil
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+)
+
+// IFNAMSIZ is the kernel's interface-name buffer, including the trailing NUL.
+const IFNAMSIZ = 16
+
+// ErrInvalidID is returned for network and endpoint IDs that are not 64
+// lowercase hex characters, the only form the engine sends.
+var ErrInvalidID = errors.New("invalid ID")
+
+// ValidateID checks that id is a Docker object ID (64 lowercase hex digits).
+// IDs become parts of interface names, rule comments and database keys, so
+// anything else is refused before it reaches any of them.
+func ValidateID(kind, id string) error {
+	if len(id) != 64 {
+		return fmt.Errorf("%w: %s %q must be 64 hex characters, got %d", ErrInvalidID, kind, Short(id), len(id))
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return fmt.Errorf("%w: %s %q contains %q; only lowercase hex is allowed", ErrInvalidID, kind, Short(id), c)
+		}
+	}
+	return nil
+}
+
+// Short returns the 12-character prefix Docker shows for IDs, for use in
+// names and messages. Shorter strings are returned whole.
+func Short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// ValidateIfName applies the kernel's dev_valid_name rules plus the rules
+// that make a name safe as an iptables -i/-o argument: a trailing '+' is a
+// wildcard there, and a leading '-' or '!' would be read as an option or a
+// negation.
+func ValidateIfName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("interface name is empty")
+	case len(name) >= IFNAMSIZ:
+		return fmt.Errorf("interface name %q is %d bytes; the kernel allows at most %d", name, len(name), IFNAMSIZ-1)
+	case name == "." || name == "..":
+		return fmt.Errorf("interface name %q is reserved", name)
+	case strings.HasSuffix(name, "+"):
+		return fmt.Errorf("interface name %q ends in '+', which iptables reads as a wildcard", name)
+	case strings.HasPrefix(name, "-") || strings.HasPrefix(name, "!"):
+		return fmt.Errorf("interface name %q starts with %q, which iptables reads as an option or negation", name, name[:1])
+	}
+	for _, r := range name {
+		if r == '/' || r == ':' || r <= ' ' || r == 0x7f || r > 0x7e {
+			return fmt.Errorf("interface name %q contains %q; use letters, digits, '-', '_' or '.'", name, r)
+		}
+	}
+	return nil
+}
+
+// RandomMAC returns a random locally administered unicast MAC address.
+// Random (rather than IP-derived) MACs avoid duplicates when an address is
+// reused while a neighbour still caches the old entry (moby#48082).
+func RandomMAC() (net.HardwareAddr, error) {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, fmt.Errorf("read random MAC: %w", err)
+	}
+	mac[0] = (mac[0] &^ 0x01) | 0x02 // unicast, locally administered
+	return mac, nil
+}

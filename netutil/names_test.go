@@ -1,0 +1,79 @@
+package netutil
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestValidateID(t *testing.T) {
+	good := strings.Repeat("ab12", 16)
+	for _, tc := range []struct {
+		name, id string
+		ok       bool
+	}{
+		{"valid", good, true},
+		{"empty", "", false},
+		{"short", good[:12], false},
+		{"long", good + "a", false},
+		{"upper", strings.ToUpper(good), false},
+		{"path", "../" + good[3:], false},
+		{"nul", good[:63] + "\x00", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ValidateID("network", tc.id)
+			if (err == nil) != tc.ok {
+				t.Fatalf("ValidateID(%q) = %v, want ok=%v", tc.id, err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidID) {
+				t.Fatalf("error %v does not wrap ErrInvalidID", err)
+			}
+		})
+	}
+}
+
+func TestValidateIfName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"mn-0123456789ab", true},
+		{"br0", true},
+		{"a.b_c-d", true},
+		{"", false},
+		{"0123456789abcdef", false}, // 16 bytes
+		{".", false},
+		{"..", false},
+		{"br/0", false},
+		{"br:0", false},
+		{"br 0", false},
+		{"br\t0", false},
+		{"br+", false},
+		{"-br", false},
+		{"!br", false},
+		{"brü", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := ValidateIfName(tc.name); (err == nil) != tc.ok {
+				t.Fatalf("ValidateIfName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestRandomMAC(t *testing.T) {
+	seen := map[string]bool{}
+	for i := 0; i < 100; i++ {
+		mac, err := RandomMAC()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mac[0]&0x01 != 0 || mac[0]&0x02 == 0 {
+			t.Fatalf("%s is not a locally administered unicast MAC", mac)
+		}
+		seen[mac.String()] = true
+	}
+	if len(seen) < 99 {
+		t.Fatalf("only %d distinct MACs in 100", len(seen))
+	}
+}

@@ -1,0 +1,300 @@
+// Package state persists mynet's networks, endpoints, IPAM pools and address
+// allocations in one bbolt file, one transaction per plugin operation.
+//
+// The engine never replays CreateNetwork or Join to a remote plugin after a
+// restart (protocol.md section 5), so this file is the only memory mynet has
+// of what it built. The package knows nothing about kernel objects: records
+// are plain data, and reconciling them with the kernel is the caller's job.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/mynet/mynet/netutil"
+)
+
+// SchemaVersion is written on creation and checked on every open.
+const SchemaVersion = 1
+
+// FileName is the database's name inside the state directory.
+const FileName = "mynet.db"
+
+var (
+	bucketMeta      = []byte("meta")
+	bucketNetworks  = []byte("networks")
+	bucketEndpoints = []byte("endpoints") // key: networkID "/" endpointID
+	bucketPools     = []byte("pools")
+	bucketAddrs     = []byte("addrs") // key: poolID "|" address
+	keySchema       = []byte("schema")
+)
+
+// ErrLocked means another process holds the database.
+var ErrLocked = errors.New("state directory is in use by another mynet process")
+
+// Network is a network as mynet created it.
+type Network struct {
+	ID      string
+	Bridge  string
+	MTU     int      `json:",omitempty"`
+	IPv4    []Subnet `json:",omitempty"`
+	IPv6    []Subnet `json:",omitempty"`
+	Created time.Time
+}
+
+// Subnet is one entry of the engine's IPv4Data or IPv6Data.
+type Subnet struct {
+	Pool    string // CIDR
+	Gateway string `json:",omitempty"` // address with the pool's prefix length
+}
+
+// Endpoint is a container attachment: a veth pair on the network's bridge.
+type Endpoint struct {
+	NetworkID     string
+	ID            string
+	HostVeth      string
+	ContainerVeth string
+	MAC           string
+	IPv4          string `json:",omitempty"` // address/len
+	IPv6          string `json:",omitempty"`
+	Created       time.Time
+}
+
+// Pool is an IPAM pool. Its allocations are stored as separate keys so that
+// one allocation is one small write, not a rewrite of the whole pool.
+type Pool struct {
+	ID     string
+	Pool   string
+	Range  string `json:",omitempty"`
+	V6     bool   `json:",omitempty"`
+	Cursor string `json:",omitempty"` // last address handed out, for round-robin after restarts
+	// Addrs is filled by Load; Put ignores it.
+	Addrs []string `json:"-"`
+}
+
+// Snapshot is the whole state, as loaded at startup.
+type Snapshot struct {
+	Networks  []Network
+	Endpoints []Endpoint
+	Pools     []Pool
+}
+
+// Store is the bbolt-backed state.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// Open opens (creating if needed) the database in dir. It fails fast when
+// another process holds the file, and refuses a file of another schema
+// version rather than guessing at its contents.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, FileName)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 200 * time.Millisecond, FreelistType: bolt.FreelistMapType})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s is locked; stop the other instance or pass another --state-dir", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open state %s: %w; if the file is damaged, see \"Recovering the state\" in the README", path, err)
+	}
+	s := &Store{db: db, path: path}
+	if err := s.init(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) init() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			if tx.Bucket(bucketNetworks) != nil {
+				return fmt.Errorf("state %s has data but no schema version; see \"Recovering the state\" in the README", s.path)
+			}
+			var err error
+			if meta, err = tx.CreateBucket(bucketMeta); err != nil {
+				return err
+			}
+			if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
+				return err
+			}
+		}
+		if v := string(meta.Get(keySchema)); v != strconv.Itoa(SchemaVersion) {
+			return fmt.Errorf("state %s has schema version %q; this mynet reads version %d; see \"Recovering the state\" in the README", s.path, v, SchemaVersion)
+		}
+		for _, b := range [][]byte{bucketNetworks, bucketEndpoints, bucketPools, bucketAddrs} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return fmt.Errorf("create bucket %s: %w", b, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// Close releases the file lock.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Load reads everything.
+func (s *Store) Load() (Snapshot, error) {
+	var snap Snapshot
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if err := loadAll(tx, bucketNetworks, &snap.Networks); err != nil {
+			return err
+		}
+		if err := loadAll(tx, bucketEndpoints, &snap.Endpoints); err != nil {
+			return err
+		}
+		if err := loadAll(tx, bucketPools, &snap.Pools); err != nil {
+			return err
+		}
+		byID := map[string]*Pool{}
+		for i := range snap.Pools {
+			byID[snap.Pools[i].ID] = &snap.Pools[i]
+		}
+		return tx.Bucket(bucketAddrs).ForEach(func(k, _ []byte) error {
+			id, addr, _ := strings.Cut(string(k), "|")
+			if p := byID[id]; p != nil {
+				p.Addrs = append(p.Addrs, addr)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("load state %s: %w", s.path, err)
+	}
+	return snap, nil
+}
+
+func loadAll[T any](tx *bolt.Tx, bucket []byte, out *[]T) error {
+	return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+		var rec T
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("decode %s record %q: %w", bucket, k, err)
+		}
+		*out = append(*out, rec)
+		return nil
+	})
+}
+
+// PutNetwork creates or replaces a network record.
+func (s *Store) PutNetwork(n Network) error {
+	return s.update("save network "+netutil.Short(n.ID), func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bucketNetworks), n.ID, n)
+	})
+}
+
+// DeleteNetwork removes a network and any endpoint records left under it.
+func (s *Store) DeleteNetwork(id string) error {
+	return s.update("delete network "+netutil.Short(id), func(tx *bolt.Tx) error {
+		if err := deletePrefix(tx.Bucket(bucketEndpoints), id+"/"); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketNetworks).Delete([]byte(id))
+	})
+}
+
+// PutEndpoint creates or replaces an endpoint record.
+func (s *Store) PutEndpoint(e Endpoint) error {
+	return s.update("save endpoint "+netutil.Short(e.ID), func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bucketEndpoints), e.NetworkID+"/"+e.ID, e)
+	})
+}
+
+// DeleteEndpoint removes an endpoint record; a missing one is not an error.
+func (s *Store) DeleteEndpoint(networkID, id string) error {
+	return s.update("delete endpoint "+netutil.Short(id), func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketEndpoints).Delete([]byte(networkID + "/" + id))
+	})
+}
+
+// PutPool creates or replaces a pool record (not its allocations).
+func (s *Store) PutPool(p Pool) error {
+	return s.update("save pool "+p.ID, func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bucketPools), p.ID, p)
+	})
+}
+
+// DeletePool removes a pool and all its allocations.
+func (s *Store) DeletePool(id string) error {
+	return s.update("delete pool "+id, func(tx *bolt.Tx) error {
+		if err := deletePrefix(tx.Bucket(bucketAddrs), id+"|"); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketPools).Delete([]byte(id))
+	})
+}
+
+// AddAddress records an allocation and, when cursor is non-empty, the pool's
+// new round-robin cursor, in one transaction.
+func (s *Store) AddAddress(poolID, addr, cursor string) error {
+	return s.update("save address "+addr, func(tx *bolt.Tx) error {
+		pools := tx.Bucket(bucketPools)
+		raw := pools.Get([]byte(poolID))
+		if raw == nil {
+			return fmt.Errorf("pool %s is not in the state", poolID)
+		}
+		if cursor != "" {
+			var p Pool
+			if err := json.Unmarshal(raw, &p); err != nil {
+				return fmt.Errorf("decode pool %s: %w", poolID, err)
+			}
+			p.Cursor = cursor
+			if err := putJSON(pools, poolID, p); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketAddrs).Put([]byte(poolID+"|"+addr), nil)
+	})
+}
+
+// RemoveAddress deletes an allocation; a missing one is not an error.
+func (s *Store) RemoveAddress(poolID, addr string) error {
+	return s.update("delete address "+addr, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAddrs).Delete([]byte(poolID + "|" + addr))
+	})
+}
+
+func (s *Store) update(what string, fn func(*bolt.Tx) error) error {
+	if err := s.db.Update(fn); err != nil {
+		return fmt.Errorf("%s in state %s: %w", what, s.path, err)
+	}
+	return nil
+}
+
+func putJSON(b *bolt.Bucket, key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", key, err)
+	}
+	return b.Put([]byte(key), raw)
+}
+
+func deletePrefix(b *bolt.Bucket, prefix string) error {
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek([]byte(prefix)); k != nil && strings.HasPrefix(string(k), prefix); k, _ = c.Next() {
+		keys = append(keys, slices.Clone(k))
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
