@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 )
 
@@ -78,4 +79,11 @@ func RandomMAC() (net.HardwareAddr, error) {
 	}
 	mac[0] = (mac[0] &^ 0x01) | 0x02 // unicast, locally administered
 	return mac, nil
+}
+
+// IPNet converts a prefix that keeps its host bits (an address with its
+// subnet length, such as a gateway 10.0.0.1/24) to the net.IPNet netlink
+// takes.
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -1,0 +1,366 @@
+package bridge
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/mynet/mynet/netutil/nstest"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+const (
+	nid1 = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111"
+	nid2 = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222"
+	eid1 = "cccccccccccc3333333333333333333333333333333333333333333333333333"
+)
+
+func testNetwork(id, subnet, gw string) Network {
+	return Network{
+		ID: id, Bridge: BridgeName(id), MTU: 1450,
+		IPv4: []Subnet{{Pool: netip.MustParsePrefix(subnet), Gateway: netip.MustParsePrefix(gw)}},
+	}
+}
+
+func testEndpoint(n Network, id string) Endpoint {
+	host, ctr := VethNames(id)
+	return Endpoint{NetworkID: n.ID, ID: id, Bridge: n.Bridge, HostVeth: host, ContainerVeth: ctr,
+		MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 1}, MTU: n.MTU}
+}
+
+// withDataplane runs fn in a fresh network namespace with a Dataplane bound
+// to it. The netlink handle is opened inside the namespace; iptables child
+// processes inherit it from the locked thread.
+func withDataplane(t *testing.T, failAt string, fn func(d *Dataplane)) {
+	nstest.RequireCommand(t, "iptables")
+	nstest.Run(t, func() {
+		nl, err := netlink.NewHandle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A host always has the filter and nat tables (dockerd creates them);
+		// with iptables-nft a fresh namespace has them only once used.
+		for _, table := range []string{"filter", "nat"} {
+			run(t, "iptables", "-t", table, "-N", "PRIME")
+			run(t, "iptables", "-t", table, "-X", "PRIME")
+		}
+		d, err := New(Config{Instance: "mynet-test", Netlink: nl, FailAt: failAt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		fn(d)
+	})
+}
+
+// snapshot is everything mynet could have changed in the namespace: links
+// with their configuration (not their carrier or timers, which move on their
+// own), addresses other than link-local ones, and the ruleset.
+func snapshot(t *testing.T) string {
+	t.Helper()
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, l := range links {
+		a := l.Attrs()
+		fmt.Fprintf(&b, "link %s type=%s mtu=%d master=%d alias=%q mac=%s up=%v\n", a.Name, l.Type(), a.MTU, a.MasterIndex, a.Alias, a.HardwareAddr, a.Flags&net.FlagUp != 0)
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ad := range addrs {
+			if !ad.IP.IsLinkLocalUnicast() {
+				fmt.Fprintf(&b, "  addr %s\n", ad.IPNet)
+			}
+		}
+	}
+	return b.String() + iptablesSave(t)
+}
+
+var counters = regexp.MustCompile(` \[\d+:\d+\]`)
+
+// iptablesSave returns the ruleset without comments and counters, so it can
+// be compared and kept as a golden file.
+func iptablesSave(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("iptables-save").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables-save: %v: %s", err, out)
+	}
+	var keep []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			keep = append(keep, counters.ReplaceAllString(l, ""))
+		}
+	}
+	return strings.Join(keep, "\n") + "\n"
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs from %s:\n--- got\n%s--- want\n%s", name, path, got, want)
+	}
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+func TestNetworkLifecycle(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		docker bool // simulate dockerd's chains being present
+	}{
+		{"alone", false},
+		{"beside-docker", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			withDataplane(t, "", func(d *Dataplane) {
+				ctx := context.Background()
+				if tc.docker {
+					for _, c := range []string{"DOCKER-USER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2"} {
+						run(t, "iptables", "-N", c)
+					}
+					run(t, "iptables", "-A", "FORWARD", "-j", "DOCKER-USER")
+					run(t, "iptables", "-A", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1")
+				}
+				before := snapshot(t)
+				n1 := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+				n2 := testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24")
+				for _, n := range []Network{n1, n2, n1} { // the repeat must change nothing
+					if err := d.EnsureNetwork(ctx, n); err != nil {
+						t.Fatal(err)
+					}
+				}
+				golden(t, "two-networks-"+tc.name, iptablesSave(t))
+
+				br, err := netlink.LinkByName(n1.Bridge)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if br.Type() != "bridge" || br.Attrs().MTU != 1450 || br.Attrs().Flags&net.FlagUp == 0 || br.Attrs().Alias != "mynet:mynet-test:net:"+nid1 {
+					t.Fatalf("bridge %s: type %s mtu %d flags %v alias %q", n1.Bridge, br.Type(), br.Attrs().MTU, br.Attrs().Flags, br.Attrs().Alias)
+				}
+				addrs, _ := netlink.AddrList(br, netlink.FAMILY_V4)
+				if len(addrs) != 1 || addrs[0].IPNet.String() != "10.1.0.1/24" {
+					t.Fatalf("bridge addresses = %v", addrs)
+				}
+
+				if err := d.DeleteNetwork(ctx, n2); err != nil {
+					t.Fatal(err)
+				}
+				if strings.Contains(iptablesSave(t), nid2) {
+					t.Fatal("rules of the deleted network remain")
+				}
+				for _, n := range []Network{n1, n1, n2} { // deletes are idempotent
+					if err := d.DeleteNetwork(ctx, n); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if after := snapshot(t); after != before {
+					t.Fatalf("namespace changed after deleting all networks:\n--- before\n%s--- after\n%s", before, after)
+				}
+			})
+		})
+	}
+}
+
+func TestEndpointLifecycle(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		rules := iptablesSave(t)
+		ep := testEndpoint(n, eid1)
+		for range 2 {
+			if err := d.EnsureEndpoint(ctx, ep); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := iptablesSave(t); got != rules {
+			t.Fatalf("an endpoint changed the ruleset (rules must not grow per endpoint):\n%s", got)
+		}
+		host, err := netlink.LinkByName(ep.HostVeth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		br, _ := netlink.LinkByName(n.Bridge)
+		if host.Attrs().MasterIndex != br.Attrs().Index || host.Attrs().Flags&net.FlagUp == 0 || host.Attrs().MTU != 1450 {
+			t.Fatalf("host veth: master %d (bridge %d), flags %v, mtu %d", host.Attrs().MasterIndex, br.Attrs().Index, host.Attrs().Flags, host.Attrs().MTU)
+		}
+		peer, err := netlink.LinkByName(ep.ContainerVeth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if peer.Attrs().HardwareAddr.String() != ep.MAC.String() || peer.Attrs().MTU != 1450 {
+			t.Fatalf("container veth: mac %s mtu %d", peer.Attrs().HardwareAddr, peer.Attrs().MTU)
+		}
+		if ok, err := d.EndpointExists(ep); !ok || err != nil {
+			t.Fatalf("EndpointExists = %v, %v", ok, err)
+		}
+		for range 2 {
+			if err := d.DeleteEndpoint(ctx, ep); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := netlink.LinkByName(ep.ContainerVeth); err == nil {
+			t.Fatal("container end survived DeleteEndpoint")
+		}
+		if ok, _ := d.EndpointExists(ep); ok {
+			t.Fatal("EndpointExists after delete")
+		}
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestFailedCreateLeavesNothing injects a failure after each step of the
+// creates and checks the namespace is exactly as before.
+func TestFailedCreateLeavesNothing(t *testing.T) {
+	for _, step := range []string{"bridge", "rules", "veth"} {
+		t.Run(step, func(t *testing.T) {
+			withDataplane(t, step, func(d *Dataplane) {
+				ctx := context.Background()
+				n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+				before := snapshot(t)
+				err := d.EnsureNetwork(ctx, n)
+				if step == "veth" {
+					// The network itself succeeds; the endpoint fails.
+					if err != nil {
+						t.Fatal(err)
+					}
+					before = snapshot(t)
+					err = d.EnsureEndpoint(ctx, testEndpoint(n, eid1))
+				}
+				if err == nil || !strings.Contains(err.Error(), "injected failure") {
+					t.Fatalf("got %v, want the injected failure", err)
+				}
+				if after := snapshot(t); after != before {
+					t.Fatalf("failed create left changes:\n--- before\n%s--- after\n%s", before, after)
+				}
+			})
+		})
+	}
+}
+
+func TestConflicts(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		n.Bridge = "foreign0"
+		run(t, "ip", "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
+		before := snapshot(t)
+		err := d.EnsureNetwork(ctx, n)
+		if err == nil || !strings.Contains(err.Error(), "not mynet's bridge") {
+			t.Fatalf("EnsureNetwork over a foreign link = %v", err)
+		}
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		if after := snapshot(t); after != before {
+			t.Fatalf("conflict changed the namespace:\n--- before\n%s--- after\n%s", before, after)
+		}
+	})
+}
+
+func TestRemoveOrphans(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		keep := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		orphan := testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24")
+		ep := testEndpoint(keep, eid1)
+		for _, n := range []Network{keep, orphan} {
+			if err := d.EnsureNetwork(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := d.EnsureEndpoint(ctx, ep); err != nil {
+			t.Fatal(err)
+		}
+		// A link of another instance must survive.
+		other, _ := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw.ipt})
+		otherNet := testNetwork(strings.Repeat("d", 64), "10.3.0.0/24", "10.3.0.1/24")
+		if err := other.EnsureNetwork(ctx, otherNet); err != nil {
+			t.Fatal(err)
+		}
+
+		if err := d.RemoveOrphans(ctx, map[string]bool{nid1: true}, map[string]bool{}); err != nil {
+			t.Fatal(err)
+		}
+		links, _ := netlink.LinkList()
+		var names []string
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		for name, want := range map[string]bool{keep.Bridge: true, orphan.Bridge: false, ep.HostVeth: false, otherNet.Bridge: true} {
+			if slices.Contains(names, name) != want {
+				t.Errorf("link %s present=%v, want %v (links %v)", name, !want, want, names)
+			}
+		}
+		rules := iptablesSave(t)
+		if strings.Contains(rules, nid2) || !strings.Contains(rules, nid1) || !strings.Contains(rules, otherNet.ID) {
+			t.Fatalf("rules after orphan removal:\n%s", rules)
+		}
+		if err := other.DeleteNetwork(ctx, otherNet); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.DeleteNetwork(ctx, keep); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestHostPrefixes(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		run(t, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+		run(t, "ip", "addr", "add", "10.9.8.7/16", "dev", "up0")
+		run(t, "ip", "link", "set", "up0", "up")
+		run(t, "ip", "route", "add", "10.50.0.0/24", "dev", "up0")
+		run(t, "ip", "route", "add", "default", "via", "10.9.0.1")
+		got, err := d.HostPrefixes(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"10.9.0.0/16", "10.50.0.0/24"} {
+			if !slices.Contains(got, netip.MustParsePrefix(want)) {
+				t.Errorf("HostPrefixes = %v, missing %s", got, want)
+			}
+		}
+		for _, p := range got {
+			if p.Bits() == 0 {
+				t.Errorf("HostPrefixes includes the default route %s", p)
+			}
+		}
+	})
+}
