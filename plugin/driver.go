@@ -1,0 +1,266 @@
+// Package plugin translates Docker's NetworkDriver and IpamDriver plugin
+// protocol into calls on mynet's dataplane, allocator and state store.
+//
+// It decodes requests, parses Docker's options into typed configuration
+// once, and orders each operation so that a crash at any point leaves
+// something the startup reconcile can finish or undo: creates write a
+// pending record, then build kernel objects, then commit the record;
+// deletes remove the record first, then the kernel objects, whose leftovers
+// the reconcile finds by their tags. It never imports netlink or iptables.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/ipam"
+	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/state"
+)
+
+// Dataplane builds kernel objects; bridge.Dataplane implements it.
+// Every Delete undoes the matching Ensure and succeeds when the objects are
+// already gone.
+type Dataplane interface {
+	EnsureNetwork(context.Context, bridge.Network) error
+	DeleteNetwork(context.Context, bridge.Network) error
+	EnsureEndpoint(context.Context, bridge.Endpoint) error
+	DeleteEndpoint(context.Context, bridge.Endpoint) error
+	// EndpointExists reports whether an endpoint's host veth is present.
+	EndpointExists(bridge.Endpoint) (bool, error)
+	// RemoveOrphans deletes tagged objects whose IDs are not in the sets.
+	RemoveOrphans(ctx context.Context, networks, endpoints map[string]bool) error
+	// HostPrefixes are subnets in use on the host, for choosing pools.
+	HostPrefixes(v6 bool) ([]netip.Prefix, error)
+}
+
+// Store persists state; state.Store implements it, and a distributed store
+// can replace it. Each method is one transaction.
+type Store interface {
+	Load() (state.Snapshot, error)
+	PutNetwork(state.Network) error
+	DeleteNetwork(id string) error
+	PutEndpoint(state.Endpoint) error
+	DeleteEndpoint(networkID, id string) error
+	PutPool(state.Pool) error
+	DeletePool(id string) error
+	AddAddress(poolID, addr, cursor string) error
+	RemoveAddress(poolID, addr string) error
+}
+
+// Config configures a Driver.
+type Config struct {
+	Log          *slog.Logger
+	Store        Store
+	Dataplane    Dataplane
+	DefaultPools []ipam.PoolSpec
+	// MaxEndpoints per network stays below the kernel's 1024 ports per
+	// bridge, so users get mynet's error instead of "exchange full".
+	MaxEndpoints int
+}
+
+// Driver implements both plugin interfaces over one in-memory view of the
+// state. Mutations are serialised by mu: the engine calls concurrently,
+// each call is short, and one lock keeps the ordering arguments simple.
+type Driver struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	networks  map[string]*state.Network
+	endpoints map[string]*state.Endpoint // by endpoint ID
+	pools     map[string]*poolEntry      // by pool ID
+}
+
+type poolEntry struct {
+	rec  state.Pool
+	pool *ipam.Pool
+}
+
+// NewDriver returns a driver with empty state; call Restore before serving.
+func NewDriver(cfg Config) *Driver {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.DefaultPools) == 0 {
+		cfg.DefaultPools = ipam.DefaultPoolSpecs
+	}
+	if cfg.MaxEndpoints == 0 {
+		cfg.MaxEndpoints = 1000
+	}
+	return &Driver{
+		cfg: cfg, log: cfg.Log,
+		networks:  map[string]*state.Network{},
+		endpoints: map[string]*state.Endpoint{},
+		pools:     map[string]*poolEntry{},
+	}
+}
+
+// Register adds every protocol method to the router.
+func (d *Driver) Register(r *Router) {
+	d.registerNetworkDriver(r)
+	d.registerIPAM(r)
+	handle(r, "Mynet.State", func(context.Context, *empty) (*Dump, error) { return d.Dump(), nil })
+}
+
+// Dump is mynet's whole state, for operators and tests.
+type Dump struct {
+	Networks  []state.Network
+	Endpoints []state.Endpoint
+	Pools     []state.Pool
+}
+
+// Dump returns a copy of the state.
+func (d *Driver) Dump() *Dump {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := &Dump{Networks: []state.Network{}, Endpoints: []state.Endpoint{}, Pools: []state.Pool{}}
+	for _, n := range d.networks {
+		out.Networks = append(out.Networks, *n)
+	}
+	for _, e := range d.endpoints {
+		out.Endpoints = append(out.Endpoints, *e)
+	}
+	for _, p := range d.pools {
+		rec := p.rec
+		for _, a := range p.pool.Used() {
+			rec.Addrs = append(rec.Addrs, a.String())
+		}
+		out.Pools = append(out.Pools, rec)
+	}
+	return out
+}
+
+// Restore loads the state and makes the kernel match it, before the socket
+// serves: the engine replays nothing after a restart (protocol.md section
+// 5), so bridges and rules lost to a reboot or a flush are rebuilt here,
+// half-done operations of a crash are undone, endpoints whose veth vanished
+// with their container are dropped, and tagged objects the state does not
+// know are removed.
+func (d *Driver) Restore(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	snap, err := d.cfg.Store.Load()
+	if err != nil {
+		return err
+	}
+	for _, p := range snap.Pools {
+		if err := d.restorePool(p); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	for i := range snap.Networks {
+		n := snap.Networks[i]
+		if n.Pending {
+			d.log.Info("undoing network creation interrupted by a crash", "network_id", netutil.Short(n.ID))
+			errs = append(errs, d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(&n)), d.cfg.Store.DeleteNetwork(n.ID))
+			continue
+		}
+		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(&n)); err != nil {
+			errs = append(errs, fmt.Errorf("restore network %s: %w", netutil.Short(n.ID), err))
+		}
+		d.networks[n.ID] = &n
+	}
+	for i := range snap.Endpoints {
+		e := snap.Endpoints[i]
+		n := d.networks[e.NetworkID]
+		if n != nil && !e.Pending {
+			exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, &e))
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if exists || err != nil {
+				d.endpoints[e.ID] = &e
+				continue
+			}
+		}
+		d.log.Info("dropping stale endpoint", "network_id", netutil.Short(e.NetworkID), "endpoint_id", netutil.Short(e.ID), "pending", e.Pending, "network_known", n != nil)
+		if n != nil {
+			errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, &e)))
+		}
+		errs = append(errs, d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID))
+	}
+	keepNets, keepEps := map[string]bool{}, map[string]bool{}
+	for id := range d.networks {
+		keepNets[id] = true
+	}
+	for id := range d.endpoints {
+		keepEps[id] = true
+	}
+	errs = append(errs, d.cfg.Dataplane.RemoveOrphans(ctx, keepNets, keepEps))
+	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(d.endpoints), "pools", len(d.pools))
+	return errors.Join(errs...)
+}
+
+func (d *Driver) restorePool(rec state.Pool) error {
+	prefix, err := netip.ParsePrefix(rec.Pool)
+	if err != nil {
+		return fmt.Errorf("restore pool %s: %w", rec.ID, err)
+	}
+	var rng netip.Prefix
+	if rec.Range != "" {
+		if rng, err = netip.ParsePrefix(rec.Range); err != nil {
+			return fmt.Errorf("restore pool %s: range: %w", rec.ID, err)
+		}
+	}
+	p, err := ipam.NewPool(prefix, rng)
+	if err != nil {
+		return fmt.Errorf("restore pool %s: %w", rec.ID, err)
+	}
+	for _, a := range rec.Addrs {
+		addr, err := netip.ParseAddr(a)
+		if err != nil {
+			return fmt.Errorf("restore pool %s: address %q: %w", rec.ID, a, err)
+		}
+		if err := p.Reserve(addr); err != nil {
+			return fmt.Errorf("restore pool %s: %w", rec.ID, err)
+		}
+	}
+	if c, err := netip.ParseAddr(rec.Cursor); err == nil {
+		p.SetCursor(c)
+	}
+	rec.Addrs = nil
+	d.pools[rec.ID] = &poolEntry{rec: rec, pool: p}
+	return nil
+}
+
+func toBridgeNetwork(n *state.Network) bridge.Network {
+	return bridge.Network{ID: n.ID, Bridge: n.Bridge, MTU: n.MTU, IPv4: toBridgeSubnets(n.IPv4), IPv6: toBridgeSubnets(n.IPv6)}
+}
+
+func toBridgeSubnets(in []state.Subnet) []bridge.Subnet {
+	out := make([]bridge.Subnet, 0, len(in))
+	for _, s := range in {
+		var bs bridge.Subnet
+		bs.Pool, _ = netip.ParsePrefix(s.Pool)
+		bs.Gateway, _ = netip.ParsePrefix(s.Gateway)
+		out = append(out, bs)
+	}
+	return out
+}
+
+func toBridgeEndpoint(n *state.Network, e *state.Endpoint) bridge.Endpoint {
+	mac, _ := parseMAC(e.MAC)
+	return bridge.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU}
+}
+
+func fromSubnets(in []SubnetConfig) []state.Subnet {
+	out := make([]state.Subnet, 0, len(in))
+	for _, s := range in {
+		ss := state.Subnet{Pool: s.Pool.String()}
+		if s.Gateway.IsValid() {
+			ss.Gateway = s.Gateway.String()
+		}
+		out = append(out, ss)
+	}
+	return out
+}
+
+func now() time.Time { return time.Now().UTC().Truncate(time.Second) }

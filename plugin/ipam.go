@@ -1,0 +1,253 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	ipamapi "github.com/docker/go-plugins-helpers/ipam"
+
+	"github.com/mynet/mynet/ipam"
+	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/state"
+)
+
+// Address spaces. mynet's pools are host-local; the global space exists
+// because the engine asks for one, and is refused.
+const (
+	localAddressSpace  = "local"
+	globalAddressSpace = "global"
+	gatewayRequestKey  = "RequestAddressType"
+	gatewayRequestType = "com.docker.network.gateway"
+)
+
+// ErrPoolOverlap is returned for a --subnet that overlaps a held pool.
+var ErrPoolOverlap = errors.New("subnet overlaps a pool mynet already holds")
+
+func (d *Driver) registerIPAM(r *Router) {
+	handle(r, "IpamDriver.GetCapabilities", func(context.Context, *empty) (*ipamapi.CapabilitiesResponse, error) {
+		return &ipamapi.CapabilitiesResponse{RequiresMACAddress: false}, nil
+	})
+	handle(r, "IpamDriver.GetDefaultAddressSpaces", func(context.Context, *empty) (*ipamapi.AddressSpacesResponse, error) {
+		return &ipamapi.AddressSpacesResponse{LocalDefaultAddressSpace: localAddressSpace, GlobalDefaultAddressSpace: globalAddressSpace}, nil
+	})
+	handle(r, "IpamDriver.RequestPool", d.RequestPool)
+	handle(r, "IpamDriver.ReleasePool", d.ReleasePool)
+	handle(r, "IpamDriver.RequestAddress", d.RequestAddress)
+	handle(r, "IpamDriver.ReleaseAddress", d.ReleaseAddress)
+}
+
+// RequestPool reserves a subnet: the one given with --subnet, or the next
+// free one of the default pools. The PoolID is the subnet itself, so it is
+// the same for the same pool across restarts.
+func (d *Driver) RequestPool(_ context.Context, req *ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
+	if req.AddressSpace != "" && req.AddressSpace != localAddressSpace {
+		return nil, badRequestf("address space %q is not supported; mynet pools are in %q", req.AddressSpace, localAddressSpace)
+	}
+	for k := range req.Options {
+		return nil, badRequestf("unknown IPAM option %q (--ipam-opt); mynet's IPAM takes none", k)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var subnet, rng netip.Prefix
+	var err error
+	if req.Pool != "" {
+		if subnet, err = parseCanonical("subnet", req.Pool, req.V6); err != nil {
+			return nil, err
+		}
+		if p := d.pools[subnet.String()]; p != nil && p.rec.NetworkID == "" && p.rec.Range == req.SubPool {
+			return poolResponse(p), nil // a retry of a request still in flight
+		}
+		if err := d.checkOverlap(subnet); err != nil {
+			return nil, err
+		}
+	} else {
+		if req.SubPool != "" {
+			return nil, badRequestf("--ip-range %s needs a --subnet", req.SubPool)
+		}
+		if subnet, err = d.nextDefaultPool(req.V6); err != nil {
+			return nil, err
+		}
+	}
+	if req.SubPool != "" {
+		if rng, err = parseCanonical("ip-range", req.SubPool, req.V6); err != nil {
+			return nil, err
+		}
+	}
+	pool, err := ipam.NewPool(subnet, rng)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	rec := state.Pool{ID: subnet.String(), Pool: subnet.String(), V6: req.V6}
+	if rng.IsValid() {
+		rec.Range = rng.String()
+	}
+	if err := d.cfg.Store.PutPool(rec); err != nil {
+		return nil, err
+	}
+	p := &poolEntry{rec: rec, pool: pool}
+	d.pools[rec.ID] = p
+	return poolResponse(p), nil
+}
+
+func poolResponse(p *poolEntry) *ipamapi.RequestPoolResponse {
+	return &ipamapi.RequestPoolResponse{PoolID: p.rec.ID, Pool: p.rec.Pool, Data: map[string]string{}}
+}
+
+func parseCanonical(what, s string, v6 bool) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return p, badRequestf("%s %q is not a CIDR: %v", what, s, err)
+	}
+	if p.Addr().Is6() != v6 || p.Addr().Is4In6() {
+		return p, badRequestf("%s %s is not an %s prefix", what, p, family(v6))
+	}
+	if p != p.Masked() {
+		return p, badRequestf("%s %s has host bits set; use %s", what, p, p.Masked())
+	}
+	return p, nil
+}
+
+func (d *Driver) checkOverlap(subnet netip.Prefix) error {
+	for _, p := range d.pools {
+		held := p.pool.Prefix()
+		if !held.Overlaps(subnet) {
+			continue
+		}
+		holder := "a network being created"
+		if p.rec.NetworkID != "" {
+			holder = "network " + netutil.Short(p.rec.NetworkID)
+		}
+		return badRequest(fmt.Errorf("%w: %s overlaps %s, held by %s; choose another --subnet or remove that network", ErrPoolOverlap, subnet, held, holder))
+	}
+	return nil
+}
+
+// nextDefaultPool picks a subnet that overlaps neither a held pool nor the
+// host's own networks. Held pools include the ones the engine is holding
+// while it loops over pools it rejected, so it never gets one twice.
+func (d *Driver) nextDefaultPool(v6 bool) (netip.Prefix, error) {
+	busy, err := d.cfg.Dataplane.HostPrefixes(v6)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	for _, p := range d.pools {
+		busy = append(busy, p.pool.Prefix())
+	}
+	subnet, err := ipam.NextFree(d.cfg.DefaultPools, v6, busy)
+	if err != nil {
+		return subnet, badRequest(err)
+	}
+	return subnet, nil
+}
+
+// ReleasePool forgets a pool and its allocations; unknown pools succeed.
+func (d *Driver) ReleasePool(_ context.Context, req *ipamapi.ReleasePoolRequest) (*empty, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.pools[req.PoolID]; !ok {
+		d.log.Debug("release of unknown pool", "pool_id", req.PoolID)
+		return nil, nil
+	}
+	if err := d.cfg.Store.DeletePool(req.PoolID); err != nil {
+		return nil, err
+	}
+	delete(d.pools, req.PoolID)
+	return nil, nil
+}
+
+// RequestAddress hands out the gateway (the requested one or the first
+// usable address), a specific address (--ip, --aux-address), or the next
+// free one.
+func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, ok := d.pools[req.PoolID]
+	if !ok {
+		return nil, badRequestf("pool %q is not held by mynet's IPAM", req.PoolID)
+	}
+	gateway := req.Options[gatewayRequestKey] == gatewayRequestType
+	var addr netip.Addr
+	var err error
+	switch {
+	case req.Address != "":
+		if addr, err = netip.ParseAddr(req.Address); err != nil {
+			return nil, badRequestf("address %q: %v", req.Address, err)
+		}
+		addr = addr.Unmap()
+		if gateway && p.rec.Gateway == addr.String() {
+			return addressResponse(p, addr), nil // a retry
+		}
+		if err := p.pool.Reserve(addr); err != nil {
+			return nil, badRequest(err)
+		}
+	case gateway:
+		if p.rec.Gateway != "" {
+			gw, _ := netip.ParseAddr(p.rec.Gateway)
+			return addressResponse(p, gw), nil // a retry
+		}
+		addr = p.pool.FirstUsable()
+		if err := p.pool.Reserve(addr); err != nil {
+			return nil, fmt.Errorf("reserve gateway %s: %w", addr, err)
+		}
+	default:
+		if addr, err = p.pool.Allocate(); err != nil {
+			return nil, err
+		}
+	}
+	if err := d.persistAddress(p, addr, gateway, req.Address == "" && !gateway); err != nil {
+		p.pool.Release(addr)
+		return nil, err
+	}
+	return addressResponse(p, addr), nil
+}
+
+func (d *Driver) persistAddress(p *poolEntry, addr netip.Addr, gateway, moveCursor bool) error {
+	if gateway {
+		rec := p.rec
+		rec.Gateway = addr.String()
+		if err := d.cfg.Store.PutPool(rec); err != nil {
+			return err
+		}
+		p.rec = rec
+	}
+	cursor := ""
+	if moveCursor {
+		cursor = addr.String()
+	}
+	return d.cfg.Store.AddAddress(p.rec.ID, addr.String(), cursor)
+}
+
+func addressResponse(p *poolEntry, a netip.Addr) *ipamapi.RequestAddressResponse {
+	return &ipamapi.RequestAddressResponse{Address: netip.PrefixFrom(a, p.pool.Prefix().Bits()).String(), Data: map[string]string{}}
+}
+
+// ReleaseAddress frees an address; unknown pools and free addresses succeed.
+func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRequest) (*empty, error) {
+	addr, err := netip.ParseAddr(req.Address)
+	if err != nil {
+		return nil, badRequestf("address %q: %v", req.Address, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, ok := d.pools[req.PoolID]
+	if !ok {
+		d.log.Debug("release in unknown pool", "pool_id", req.PoolID, "address", req.Address)
+		return nil, nil
+	}
+	addr = addr.Unmap()
+	if p.rec.Gateway == addr.String() {
+		rec := p.rec
+		rec.Gateway = ""
+		if err := d.cfg.Store.PutPool(rec); err != nil {
+			return nil, err
+		}
+		p.rec = rec
+	}
+	if err := d.cfg.Store.RemoveAddress(p.rec.ID, addr.String()); err != nil {
+		return nil, err
+	}
+	p.pool.Release(addr)
+	return nil, nil
+}

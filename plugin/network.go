@@ -1,0 +1,345 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"reflect"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/state"
+)
+
+// ErrNotFound means the plugin has no record of a network or endpoint.
+var ErrNotFound = errors.New("not found")
+
+func (d *Driver) registerNetworkDriver(r *Router) {
+	handle(r, "NetworkDriver.GetCapabilities", d.networkCapabilities)
+	handle(r, "NetworkDriver.CreateNetwork", d.CreateNetwork)
+	handle(r, "NetworkDriver.DeleteNetwork", d.DeleteNetwork)
+	handle(r, "NetworkDriver.CreateEndpoint", d.CreateEndpoint)
+	handle(r, "NetworkDriver.EndpointOperInfo", d.EndpointOperInfo)
+	handle(r, "NetworkDriver.DeleteEndpoint", d.DeleteEndpoint)
+	handle(r, "NetworkDriver.Join", d.Join)
+	handle(r, "NetworkDriver.Leave", d.Leave)
+	handle(r, "NetworkDriver.ProgramExternalConnectivity", noop[network.ProgramExternalConnectivityRequest])
+	handle(r, "NetworkDriver.RevokeExternalConnectivity", noop[network.RevokeExternalConnectivityRequest])
+	handle(r, "NetworkDriver.DiscoverNew", noop[network.DiscoveryNotification])
+	handle(r, "NetworkDriver.DiscoverDelete", noop[network.DiscoveryNotification])
+	// AllocateNetwork and FreeNetwork are only sent by a swarm manager to
+	// global-scope drivers; they stay unregistered (404, "not implemented").
+}
+
+func noop[Req any](context.Context, *Req) (*empty, error) { return nil, nil }
+
+func (d *Driver) networkCapabilities(context.Context, *empty) (*network.CapabilitiesResponse, error) {
+	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
+}
+
+// CreateNetwork builds the bridge and its rules. A repeat of a request that
+// already succeeded (the engine retries after transport errors) succeeds
+// without changes; a different request for the same ID is refused.
+func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*empty, error) {
+	cfg, err := ParseCreateNetwork(req)
+	if err != nil {
+		return nil, err
+	}
+	rec := state.Network{
+		ID: cfg.ID, Bridge: cfg.BridgeName, MTU: cfg.MTU,
+		IPv4: fromSubnets(cfg.IPv4), IPv6: fromSubnets(cfg.IPv6), Created: now(),
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old, ok := d.networks[cfg.ID]; ok {
+		old := *old
+		old.Created = rec.Created
+		if reflect.DeepEqual(old, rec) {
+			return nil, nil
+		}
+		return nil, badRequestf("network %s already exists with a different configuration", netutil.Short(cfg.ID))
+	}
+	for _, n := range d.networks {
+		if n.Bridge == cfg.BridgeName {
+			return nil, badRequestf("bridge name %s is already used by mynet network %s; choose another %s", cfg.BridgeName, netutil.Short(n.ID), OptBridgeName)
+		}
+	}
+	if err := d.commitCreate(ctx, "network "+netutil.Short(rec.ID),
+		func(pending bool) error { rec.Pending = pending; return d.cfg.Store.PutNetwork(rec) },
+		func() error { return d.cfg.Store.DeleteNetwork(rec.ID) },
+		func() error { return d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(&rec)) },
+		func() error { return d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(&rec)) },
+	); err != nil {
+		return nil, fmt.Errorf("create network %s: %w", netutil.Short(rec.ID), err)
+	}
+	d.networks[rec.ID] = &rec
+	d.linkPools(rec)
+	return nil, nil
+}
+
+// commitCreate runs the crash-safe create sequence: a pending record, the
+// kernel objects, the committed record; on failure it undoes whatever was
+// done, newest first.
+func (d *Driver) commitCreate(ctx context.Context, what string, put func(pending bool) error, del, ensure, remove func() error) (retErr error) {
+	var undo netutil.Undo
+	defer func() {
+		if cerr := undo.RunIf(retErr, d.log); cerr != nil {
+			d.log.Warn("rollback incomplete; the startup reconcile removes the rest", "object", what, "err", cerr)
+		}
+	}()
+	if err := put(true); err != nil {
+		return err
+	}
+	undo.Push("delete record of "+what, del)
+	if err := ensure(); err != nil {
+		return err
+	}
+	undo.Push("remove kernel objects of "+what, remove)
+	return put(false)
+}
+
+// linkPools records which network uses which of mynet's IPAM pools, so that
+// overlap errors can name it. Pools of other IPAM drivers are not ours.
+func (d *Driver) linkPools(n state.Network) {
+	for _, s := range append(append([]state.Subnet(nil), n.IPv4...), n.IPv6...) {
+		p := d.pools[s.Pool]
+		if p == nil || p.rec.NetworkID != "" {
+			continue
+		}
+		p.rec.NetworkID = n.ID
+		if err := d.cfg.Store.PutPool(p.rec); err != nil {
+			d.log.Warn("could not record the network of a pool", "pool_id", p.rec.ID, "err", err)
+		}
+	}
+}
+
+// DeleteNetwork removes the network. The record goes first: if removing a
+// kernel object then fails, the object is an orphan that the reconcile
+// removes, rather than a record that would resurrect the network.
+func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRequest) (*empty, error) {
+	if err := netutil.ValidateID("network ID", req.NetworkID); err != nil {
+		return nil, badRequest(err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[req.NetworkID]
+	if !ok {
+		d.log.Debug("delete of unknown network", "network_id", netutil.Short(req.NetworkID))
+		return nil, nil
+	}
+	// The engine refuses to remove a network with active endpoints, so any
+	// left here are stale (their DeleteEndpoint never came): remove them.
+	var stale []*state.Endpoint
+	for _, e := range d.endpoints {
+		if e.NetworkID == n.ID {
+			stale = append(stale, e)
+		}
+	}
+	if err := d.cfg.Store.DeleteNetwork(n.ID); err != nil {
+		return nil, err
+	}
+	delete(d.networks, n.ID)
+	var errs []error
+	for _, e := range stale {
+		delete(d.endpoints, e.ID)
+		errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e)))
+	}
+	errs = append(errs, d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(n)))
+	return nil, errors.Join(errs...)
+}
+
+// CreateEndpoint makes the veth pair. The engine has already allocated the
+// address; mynet returns only the MAC, and only when the engine sent none:
+// echoing a field the engine filled makes it roll the endpoint back.
+func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
+	iface := req.Interface
+	if iface == nil {
+		iface = &network.EndpointInterface{}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[req.NetworkID]
+	if !ok {
+		return nil, fmt.Errorf("create endpoint %s: network %s: %w in mynet's state", netutil.Short(req.EndpointID), netutil.Short(req.NetworkID), ErrNotFound)
+	}
+	if old, ok := d.endpoints[req.EndpointID]; ok {
+		if old.NetworkID != n.ID {
+			return nil, badRequestf("endpoint %s already exists on network %s", netutil.Short(old.ID), netutil.Short(old.NetworkID))
+		}
+		return endpointResponse(old), nil
+	}
+	ep, err := d.newEndpoint(n, req.EndpointID, iface)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.commitCreate(ctx, "endpoint "+netutil.Short(ep.ID),
+		func(pending bool) error { ep.Pending = pending; return d.cfg.Store.PutEndpoint(ep) },
+		func() error { return d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID) },
+		func() error { return d.cfg.Dataplane.EnsureEndpoint(ctx, toBridgeEndpoint(n, &ep)) },
+		func() error { return d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, &ep)) },
+	); err != nil {
+		return nil, fmt.Errorf("create endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(n.ID), err)
+	}
+	d.endpoints[ep.ID] = &ep
+	return endpointResponse(&ep), nil
+}
+
+func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.EndpointInterface) (state.Endpoint, error) {
+	count := 0
+	for _, e := range d.endpoints {
+		if e.NetworkID == n.ID {
+			count++
+		}
+	}
+	if count >= d.cfg.MaxEndpoints {
+		return state.Endpoint{}, fmt.Errorf("network %s has %d endpoints, the most mynet puts on one bridge (the kernel allows 1024 ports); use another network", netutil.Short(n.ID), count)
+	}
+	host, ctr := bridge.VethNames(id)
+	ep := state.Endpoint{NetworkID: n.ID, ID: id, HostVeth: host, ContainerVeth: ctr, Created: now()}
+	var err error
+	if ep.IPv4, err = endpointAddress("Address", iface.Address, n.IPv4); err != nil {
+		return ep, err
+	}
+	if ep.IPv6, err = endpointAddress("AddressIPv6", iface.AddressIPv6, n.IPv6); err != nil {
+		return ep, err
+	}
+	if iface.MacAddress != "" {
+		mac, err := parseMAC(iface.MacAddress)
+		if err != nil {
+			return ep, err
+		}
+		ep.MAC = mac.String()
+	} else {
+		mac, err := netutil.RandomMAC()
+		if err != nil {
+			return ep, err
+		}
+		ep.MAC, ep.MACGenerated = mac.String(), true
+	}
+	return ep, nil
+}
+
+// endpointAddress checks that an address the engine assigned lies in one
+// of the network's subnets. An empty address is fine: the engine assigns
+// IPv6 only with --ipv6.
+func endpointAddress(field, addr string, subnets []state.Subnet) (string, error) {
+	if addr == "" {
+		return "", nil
+	}
+	p, err := netip.ParsePrefix(addr)
+	if err != nil {
+		return "", badRequestf("Interface.%s %q: %v", field, addr, err)
+	}
+	for _, s := range subnets {
+		if pool, err := netip.ParsePrefix(s.Pool); err == nil && pool.Contains(p.Addr()) {
+			return p.String(), nil
+		}
+	}
+	return "", badRequestf("Interface.%s %s is not in any subnet of the network", field, p)
+}
+
+func parseMAC(s string) (net.HardwareAddr, error) {
+	mac, err := net.ParseMAC(s)
+	if err != nil || len(mac) != 6 {
+		return nil, badRequestf("MAC address %q is not a 6-byte Ethernet address", s)
+	}
+	if mac[0]&1 != 0 {
+		return nil, badRequestf("MAC address %s is a multicast address; use a unicast one", s)
+	}
+	return mac, nil
+}
+
+func endpointResponse(ep *state.Endpoint) *network.CreateEndpointResponse {
+	if !ep.MACGenerated {
+		return &network.CreateEndpointResponse{}
+	}
+	return &network.CreateEndpointResponse{Interface: &network.EndpointInterface{MacAddress: ep.MAC}}
+}
+
+// EndpointOperInfo is called often and its answer is unused for remote
+// drivers (protocol.md 2.2), so it answers at once, without the lock.
+func (d *Driver) EndpointOperInfo(context.Context, *network.InfoRequest) (*network.InfoResponse, error) {
+	return &network.InfoResponse{Value: map[string]string{}}, nil
+}
+
+// DeleteEndpoint removes the veth pair. Unknown endpoints succeed: after a
+// plugin restart the engine may delete what mynet already cleaned up.
+func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*empty, error) {
+	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, ok := d.endpoints[req.EndpointID]
+	if !ok {
+		d.log.Debug("delete of unknown endpoint", "endpoint_id", netutil.Short(req.EndpointID))
+		return nil, nil
+	}
+	if err := d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID); err != nil {
+		return nil, err
+	}
+	delete(d.endpoints, ep.ID)
+	if n := d.networks[ep.NetworkID]; n != nil {
+		return nil, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, ep))
+	}
+	return nil, nil
+}
+
+// Join hands the container end of the veth to the engine, which moves it
+// into the sandbox and names it eth<N>. The gateway must be returned: an
+// endpoint without one makes the engine add a docker_gwbridge interface.
+func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
+	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, ok := d.endpoints[req.EndpointID]
+	if !ok || ep.NetworkID != req.NetworkID {
+		return nil, fmt.Errorf("join endpoint %s: %w on network %s in mynet's state", netutil.Short(req.EndpointID), ErrNotFound, netutil.Short(req.NetworkID))
+	}
+	n := d.networks[ep.NetworkID]
+	resp := &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: ep.ContainerVeth, DstPrefix: "eth"}}
+	resp.Gateway = gatewayFor(ep.IPv4, n.IPv4)
+	resp.GatewayIPv6 = gatewayFor(ep.IPv6, n.IPv6)
+	return resp, nil
+}
+
+// gatewayFor returns the gateway of the subnet that holds addr.
+func gatewayFor(addr string, subnets []state.Subnet) string {
+	a, err := netip.ParsePrefix(addr)
+	if err != nil {
+		return ""
+	}
+	for _, s := range subnets {
+		pool, err1 := netip.ParsePrefix(s.Pool)
+		gw, err2 := netip.ParsePrefix(s.Gateway)
+		if err1 == nil && err2 == nil && pool.Contains(a.Addr()) {
+			return gw.Addr().String()
+		}
+	}
+	return ""
+}
+
+// Leave has nothing to undo: the engine moves the veth back to the host
+// itself, and DeleteEndpoint removes it.
+func (d *Driver) Leave(_ context.Context, req *network.LeaveRequest) (*empty, error) {
+	return nil, validateIDs(req.NetworkID, req.EndpointID)
+}
+
+func validateIDs(networkID, endpointID string) error {
+	if err := netutil.ValidateID("network ID", networkID); err != nil {
+		return badRequest(err)
+	}
+	if err := netutil.ValidateID("endpoint ID", endpointID); err != nil {
+		return badRequest(err)
+	}
+	return nil
+}

@@ -1,0 +1,219 @@
+package plugin
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/netutil"
+)
+
+// Docker's option keys. The -o keys are those of Docker's own bridge driver,
+// so `-d bridge` can be swapped for `-d mynet` without changing them.
+const (
+	optGeneric    = "com.docker.network.generic"
+	optEnableIPv6 = "com.docker.network.enable_ipv6"
+	optEnableIPv4 = "com.docker.network.enable_ipv4" // Docker 28+
+	optInternal   = "com.docker.network.internal"
+
+	OptBridgeName = "com.docker.network.bridge.name"
+	OptMTU        = "com.docker.network.driver.mtu"
+)
+
+// supportedOptions are the -o keys mynet accepts, with their documentation.
+var supportedOptions = map[string]string{
+	OptBridgeName: "bridge interface name (default mn-<first 12 characters of the network ID>)",
+	OptMTU:        "MTU of the bridge and of every veth, 68-65535 (default: kernel default, 1500)",
+}
+
+// NetworkConfig is a CreateNetwork request parsed and validated: everything
+// after this point is typed, and nothing downstream reads Docker's maps.
+type NetworkConfig struct {
+	ID         string
+	BridgeName string
+	MTU        int
+	EnableIPv6 bool
+	IPv4       []SubnetConfig
+	IPv6       []SubnetConfig
+}
+
+// SubnetConfig is one IPAM entry of the request.
+type SubnetConfig struct {
+	Pool    netip.Prefix
+	Gateway netip.Prefix // invalid when the IPAM driver gave none
+}
+
+// ParseCreateNetwork turns the engine's request into a NetworkConfig,
+// rejecting anything mynet would otherwise have to guess about.
+func ParseCreateNetwork(req *network.CreateNetworkRequest) (NetworkConfig, error) {
+	cfg := NetworkConfig{ID: req.NetworkID}
+	if err := netutil.ValidateID("network ID", req.NetworkID); err != nil {
+		return cfg, badRequest(err)
+	}
+	if err := parseTopLevel(req.Options, &cfg); err != nil {
+		return cfg, err
+	}
+	generic, err := genericOptions(req.Options)
+	if err != nil {
+		return cfg, err
+	}
+	if err := parseGeneric(generic, &cfg); err != nil {
+		return cfg, err
+	}
+	if cfg.BridgeName == "" {
+		cfg.BridgeName = bridge.BridgeName(req.NetworkID)
+	}
+	if cfg.IPv4, err = parseIPAMData("IPv4Data", req.IPv4Data, false); err != nil {
+		return cfg, err
+	}
+	if len(cfg.IPv4) == 0 {
+		return cfg, badRequest(fmt.Errorf("network has no IPv4 subnet: mynet needs an IPAM driver that assigns one (not --ipam-driver null)"))
+	}
+	if cfg.EnableIPv6 {
+		if cfg.IPv6, err = parseIPAMData("IPv6Data", req.IPv6Data, true); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+// parseTopLevel reads the engine's own keys. Keys the engine may add in
+// later versions are ignored here, unlike -o keys, which the user typed.
+func parseTopLevel(opts map[string]any, cfg *NetworkConfig) error {
+	var err error
+	if cfg.EnableIPv6, err = boolOption(opts, optEnableIPv6, false); err != nil {
+		return err
+	}
+	internal, err := boolOption(opts, optInternal, false)
+	if err != nil {
+		return err
+	}
+	if internal {
+		return badRequest(fmt.Errorf("--internal networks are not supported by this version of mynet"))
+	}
+	ipv4, err := boolOption(opts, optEnableIPv4, true)
+	if err != nil {
+		return err
+	}
+	if !ipv4 {
+		return badRequest(fmt.Errorf("IPv6-only networks (--ipv4=false) are not supported by this version of mynet"))
+	}
+	return nil
+}
+
+func genericOptions(opts map[string]any) (map[string]string, error) {
+	raw, ok := opts[optGeneric]
+	if !ok || raw == nil {
+		return nil, nil
+	}
+	m, ok := raw.(map[string]any)
+	if !ok {
+		return nil, badRequest(fmt.Errorf("option %s must be an object, got %T", optGeneric, raw))
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		s, ok := v.(string)
+		if !ok {
+			return nil, badRequest(fmt.Errorf("option %s must be a string, got %T", k, v))
+		}
+		out[k] = s
+	}
+	return out, nil
+}
+
+func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
+	for k, v := range opts {
+		switch k {
+		case OptBridgeName:
+			if err := netutil.ValidateIfName(v); err != nil {
+				return badRequest(fmt.Errorf("option %s: %w", k, err))
+			}
+			cfg.BridgeName = v
+		case OptMTU:
+			mtu, err := strconv.Atoi(v)
+			if err != nil || mtu < 68 || mtu > 65535 {
+				return badRequest(fmt.Errorf("option %s: %q is not an MTU; use a number from 68 to 65535", k, v))
+			}
+			cfg.MTU = mtu
+		default:
+			return badRequest(fmt.Errorf("unknown option %q; mynet supports: %s", k, supportedList()))
+		}
+	}
+	return nil
+}
+
+func supportedList() string {
+	keys := make([]string, 0, len(supportedOptions))
+	for k := range supportedOptions {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return strings.Join(keys, ", ")
+}
+
+// boolOption reads a top-level option that the engine sends as a JSON bool;
+// a string form ("true") is accepted too, as some engine versions send it.
+func boolOption(opts map[string]any, key string, def bool) (bool, error) {
+	v, ok := opts[key]
+	if !ok || v == nil {
+		return def, nil
+	}
+	switch b := v.(type) {
+	case bool:
+		return b, nil
+	case string:
+		if parsed, err := strconv.ParseBool(b); err == nil {
+			return parsed, nil
+		}
+	}
+	return def, badRequest(fmt.Errorf("option %s: %v is not a boolean; use true or false", key, v))
+}
+
+func parseIPAMData(field string, data []*network.IPAMData, v6 bool) ([]SubnetConfig, error) {
+	var out []SubnetConfig
+	for i, d := range data {
+		if d == nil {
+			continue
+		}
+		pool, err := netip.ParsePrefix(d.Pool)
+		if err != nil {
+			return nil, badRequest(fmt.Errorf("%s[%d].Pool %q: %w", field, i, d.Pool, err))
+		}
+		if pool.Addr().Is6() != v6 || pool.Bits() == 0 {
+			return nil, badRequest(fmt.Errorf("%s[%d].Pool %s is not a usable %s subnet", field, i, pool, family(v6)))
+		}
+		if pool != pool.Masked() {
+			return nil, badRequest(fmt.Errorf("%s[%d].Pool %s has host bits set; use %s", field, i, pool, pool.Masked()))
+		}
+		s := SubnetConfig{Pool: pool}
+		if d.Gateway != "" {
+			gw, err := netip.ParsePrefix(d.Gateway)
+			if err != nil {
+				return nil, badRequest(fmt.Errorf("%s[%d].Gateway %q: %w", field, i, d.Gateway, err))
+			}
+			if !pool.Contains(gw.Addr()) {
+				return nil, badRequest(fmt.Errorf("%s[%d].Gateway %s is outside the subnet %s", field, i, gw.Addr(), pool))
+			}
+			s.Gateway = netip.PrefixFrom(gw.Addr(), pool.Bits())
+		}
+		for _, prev := range out {
+			if prev.Pool.Overlaps(pool) {
+				return nil, badRequest(fmt.Errorf("%s: subnets %s and %s overlap", field, prev.Pool, pool))
+			}
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func family(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}

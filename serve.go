@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/ipam"
+	"github.com/mynet/mynet/plugin"
+	"github.com/mynet/mynet/state"
+)
+
+const pluginDir = "/run/docker/plugins"
+
+type serveFlags struct {
+	name        string
+	stateDir    string
+	logLevel    string
+	logFormat   string
+	socketGroup int
+	pools       []ipam.PoolSpec
+}
+
+func parseServeFlags(args []string) (serveFlags, error) {
+	f := serveFlags{}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.StringVar(&f.name, "name", "mynet", "plugin name: the socket is "+pluginDir+"/<name>.sock, and users pass it to -d and --ipam-driver")
+	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/mynet", "directory of the state database")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.IntVar(&f.socketGroup, "socket-group", 0, "group ID that may use the socket (mode 0660)")
+	fs.Func("default-address-pool", "pool for networks without --subnet, as base=CIDR,size=N (repeatable; default "+ipam.DefaultPoolSpecs[0].String()+")", func(s string) error {
+		spec, err := ipam.ParsePoolSpec(s)
+		if err == nil {
+			f.pools = append(f.pools, spec)
+		}
+		return err
+	})
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("serve takes no arguments, got %q", fs.Args())
+	}
+	if !validName.MatchString(f.name) {
+		return f, fmt.Errorf("--name %q: use letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 characters", f.name)
+	}
+	return f, nil
+}
+
+// validName keeps the name safe in a socket path, a link alias and a rule
+// comment.
+var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+func serve(args []string) error {
+	f, err := parseServeFlags(args)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(f.logLevel, f.logFormat)
+	if err != nil {
+		return err
+	}
+	log = log.With("plugin", f.name)
+
+	store, err := state.Open(f.stateDir)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	if st, err := bridge.EnsureHost(log); err != nil {
+		// Not fatal: networks that need it fail with the same message.
+		log.Error("host prerequisite", "err", err)
+	} else {
+		log.Info("host checked", "ip_forward", st.IPForward, "br_netfilter_loaded", st.BrNetfilterLoaded, "bridge_nf_call_iptables", st.BrNetfilter)
+	}
+	dp, err := bridge.New(bridge.Config{Instance: f.name, Log: log})
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	drv := plugin.NewDriver(plugin.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := drv.Restore(ctx); err != nil {
+		// Serve anyway: refusing would strand every network; the problems
+		// are in the log and the affected calls fail with their own errors.
+		log.Error("restore incomplete", "err", err)
+	}
+
+	router := plugin.NewRouter(log, 60*time.Second)
+	drv.Register(router)
+	sock := filepath.Join(pluginDir, f.name+".sock")
+	l, err := listenUnix(sock, f.socketGroup)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(sock)
+	srv := &http.Server{
+		Handler:           router,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	log.Info("serving", "socket", sock, "state", store.Path(), "chains", strings.Join(dp.Chains(), ","))
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", sock, err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("shutdown", "err", err)
+	}
+	return nil
+}
+
+// listenUnix opens the plugin socket with mode 0660 (owner root, group gid)
+// before any connection can be accepted. The umask covers the window
+// between bind and chmod, in which the socket would otherwise be created
+// with the process umask's looser mode.
+func listenUnix(path string, gid int) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s is served by another process; stop it or choose another --name", path)
+	}
+	// Nobody answers: a stale socket of a killed instance.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chown(path, 0, gid); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chown %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return l, nil
+}
