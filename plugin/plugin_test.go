@@ -1,0 +1,517 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/ipam"
+	"github.com/mynet/mynet/state"
+)
+
+// fakeDataplane records what the driver asked for; the kernel side is
+// tested for real in bridge/ and e2e/.
+type fakeDataplane struct {
+	mu        sync.Mutex
+	networks  map[string]bridge.Network
+	endpoints map[string]bridge.Endpoint
+	failNext  error
+	host      []netip.Prefix
+}
+
+func newFake() *fakeDataplane {
+	return &fakeDataplane{networks: map[string]bridge.Network{}, endpoints: map[string]bridge.Endpoint{}}
+}
+
+func (f *fakeDataplane) fail() error {
+	err := f.failNext
+	f.failNext = nil
+	return err
+}
+
+func (f *fakeDataplane) EnsureNetwork(_ context.Context, n bridge.Network) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail(); err != nil {
+		return err
+	}
+	f.networks[n.ID] = n
+	return nil
+}
+
+func (f *fakeDataplane) DeleteNetwork(_ context.Context, n bridge.Network) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.networks, n.ID)
+	return nil
+}
+
+func (f *fakeDataplane) EnsureEndpoint(_ context.Context, e bridge.Endpoint) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail(); err != nil {
+		return err
+	}
+	f.endpoints[e.ID] = e
+	return nil
+}
+
+func (f *fakeDataplane) DeleteEndpoint(_ context.Context, e bridge.Endpoint) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.endpoints, e.ID)
+	return nil
+}
+
+func (f *fakeDataplane) EndpointExists(e bridge.Endpoint) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.endpoints[e.ID]
+	return ok, nil
+}
+
+func (f *fakeDataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id := range f.networks {
+		if !nets[id] {
+			delete(f.networks, id)
+		}
+	}
+	for id := range f.endpoints {
+		if !eps[id] {
+			delete(f.endpoints, id)
+		}
+	}
+	return nil
+}
+
+func (f *fakeDataplane) HostPrefixes(bool) ([]netip.Prefix, error) { return f.host, nil }
+
+type harness struct {
+	t     *testing.T
+	dp    *fakeDataplane
+	store *state.Store
+	dir   string
+	drv   *Driver
+	srv   *httptest.Server
+}
+
+func newHarness(t *testing.T) *harness {
+	h := &harness{t: t, dp: newFake(), dir: t.TempDir()}
+	h.open()
+	t.Cleanup(h.close)
+	return h
+}
+
+// open starts a driver on the harness's state directory, as a restarted
+// plugin would.
+func (h *harness) open() {
+	var err error
+	if h.store, err = state.Open(h.dir); err != nil {
+		h.t.Fatal(err)
+	}
+	h.drv = NewDriver(Config{Store: h.store, Dataplane: h.dp, DefaultPools: []ipam.PoolSpec{{Base: netip.MustParsePrefix("10.213.0.0/22"), Size: 24}}})
+	if err := h.drv.Restore(context.Background()); err != nil {
+		h.t.Fatal(err)
+	}
+	r := NewRouter(h.drv.log, 5e9)
+	h.drv.Register(r)
+	h.srv = httptest.NewServer(r)
+}
+
+func (h *harness) close() {
+	h.srv.Close()
+	h.store.Close()
+}
+
+func (h *harness) restart() {
+	h.close()
+	h.open()
+}
+
+// call posts a raw body and returns the status and the decoded answer.
+func (h *harness) call(method string, body any) (int, map[string]any) {
+	h.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		raw, _ := json.Marshal(b)
+		rd = bytes.NewReader(raw)
+	}
+	resp, err := http.Post(h.srv.URL+"/"+method, "application/json", rd)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	raw, _ := io.ReadAll(resp.Body)
+	if len(bytes.TrimSpace(raw)) > 0 && json.Unmarshal(raw, &out) != nil {
+		out = map[string]any{"raw": string(raw)}
+	}
+	return resp.StatusCode, out
+}
+
+// ok calls and fails the test unless the call succeeded.
+func (h *harness) ok(method string, body any) map[string]any {
+	h.t.Helper()
+	code, out := h.call(method, body)
+	if code != 200 {
+		h.t.Fatalf("%s: status %d: %v", method, code, out["Err"])
+	}
+	return out
+}
+
+// fails calls and returns the error text, failing the test on success.
+func (h *harness) fails(method string, body any, wantCode int) string {
+	h.t.Helper()
+	code, out := h.call(method, body)
+	if code != wantCode {
+		h.t.Fatalf("%s: status %d (%v), want %d", method, code, out, wantCode)
+	}
+	msg, _ := out["Err"].(string)
+	if msg == "" {
+		h.t.Fatalf("%s: error answer without Err: %v", method, out)
+	}
+	return msg
+}
+
+func id(c byte) string { return strings.Repeat(string(c), 64) }
+
+func createNetworkReq(nid, pool, gw string, generic map[string]any) map[string]any {
+	return map[string]any{
+		"NetworkID": nid,
+		"Options":   map[string]any{"com.docker.network.enable_ipv6": false, "com.docker.network.generic": generic},
+		"IPv4Data":  []map[string]any{{"AddressSpace": "local", "Pool": pool, "Gateway": gw}},
+	}
+}
+
+// createNetwork runs the engine's sequence for `docker network create
+// --ipam-driver mynet --subnet pool`.
+func (h *harness) createNetwork(nid, pool string) string {
+	h.t.Helper()
+	p := h.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": "local", "Pool": pool})
+	poolID := p["PoolID"].(string)
+	gw := h.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": poolID, "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}})
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(nid, p["Pool"].(string), gw["Address"].(string), map[string]any{}))
+	return poolID
+}
+
+func (h *harness) dump() *Dump { return h.drv.Dump() }
+
+func TestActivateAndCapabilities(t *testing.T) {
+	h := newHarness(t)
+	out := h.ok("Plugin.Activate", nil)
+	if fmt.Sprint(out["Implements"]) != "[NetworkDriver IpamDriver]" {
+		t.Fatalf("Activate = %v", out)
+	}
+	if out := h.ok("NetworkDriver.GetCapabilities", nil); out["Scope"] != "local" {
+		t.Fatalf("GetCapabilities = %v", out)
+	}
+	if out := h.ok("IpamDriver.GetDefaultAddressSpaces", nil); out["LocalDefaultAddressSpace"] != "local" {
+		t.Fatalf("GetDefaultAddressSpaces = %v", out)
+	}
+	if code, _ := h.call("NetworkDriver.AllocateNetwork", "{}"); code != 404 {
+		t.Fatalf("AllocateNetwork = %d, want 404 (not implemented)", code)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	h := newHarness(t)
+	valid := createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{})
+	for _, tc := range []struct {
+		name, method string
+		body         any
+		want         string
+	}{
+		{"malformed", "NetworkDriver.CreateNetwork", `{"NetworkID":`, "decode request"},
+		{"empty", "NetworkDriver.CreateNetwork", "", "empty request body"},
+		{"trailing", "NetworkDriver.CreateNetwork", `{"NetworkID":"x"} {}`, "trailing data"},
+		{"huge", "NetworkDriver.CreateNetwork", `{"NetworkID":"` + strings.Repeat("a", 10<<20) + `"}`, "exceeds"},
+		{"wrong type", "NetworkDriver.CreateNetwork", `{"NetworkID":5}`, "decode request"},
+		{"short id", "NetworkDriver.CreateNetwork", createNetworkReq("abc", "10.1.0.0/24", "", nil), "64 hex"},
+		{"non-hex id", "NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": id('g')}, "lowercase hex"},
+		{"unknown option", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{"color": "red"}), "com.docker.network.bridge.name"},
+		{"bad mtu", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptMTU: "9"}), "68 to 65535"},
+		{"bridge name too long", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptBridgeName: "abcdefghijklmnop"}), "at most 15"},
+		{"bridge name wildcard", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptBridgeName: "br+"}), "wildcard"},
+		{"gateway outside", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.2.0.1/24", nil), "outside the subnet"},
+		{"non-canonical pool", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.1/24", "", nil), "host bits"},
+		{"bad bool", "NetworkDriver.CreateNetwork", map[string]any{"NetworkID": id('a'), "Options": map[string]any{"com.docker.network.enable_ipv6": "maybe"}, "IPv4Data": valid["IPv4Data"]}, "not a boolean"},
+		{"null ipam", "NetworkDriver.CreateNetwork", map[string]any{"NetworkID": id('a'), "Options": map[string]any{}, "IPv4Data": []map[string]any{{"Pool": "0.0.0.0/0"}}}, "not a usable IPv4 subnet"},
+		{"unknown address space", "IpamDriver.RequestPool", map[string]any{"AddressSpace": "elsewhere", "Pool": "10.1.0.0/24"}, "address space"},
+		{"pool not canonical", "IpamDriver.RequestPool", map[string]any{"Pool": "10.1.0.1/24"}, "use 10.1.0.0/24"},
+		{"pool wrong family", "IpamDriver.RequestPool", map[string]any{"Pool": "fd00::/64"}, "not an IPv4 prefix"},
+		{"range outside", "IpamDriver.RequestPool", map[string]any{"Pool": "10.1.0.0/24", "SubPool": "10.2.0.0/25"}, "not inside subnet"},
+		{"ipam option", "IpamDriver.RequestPool", map[string]any{"Pool": "10.1.0.0/24", "Options": map[string]string{"x": "y"}}, "unknown IPAM option"},
+		{"unknown pool", "IpamDriver.RequestAddress", map[string]any{"PoolID": "10.9.0.0/24"}, "not held"},
+		{"bad address", "IpamDriver.ReleaseAddress", map[string]any{"PoolID": "10.9.0.0/24", "Address": "nope"}, "nope"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			msg := h.fails(tc.method, tc.body, 400)
+			if !strings.Contains(msg, tc.want) {
+				t.Fatalf("error %q does not mention %q", msg, tc.want)
+			}
+			if d := h.dump(); len(d.Networks)+len(d.Pools) != 0 || len(h.dp.networks) != 0 {
+				t.Fatalf("a rejected request left state: %+v", d)
+			}
+		})
+	}
+	// And the plugin still serves.
+	h.ok("NetworkDriver.GetCapabilities", nil)
+}
+
+func TestNetworkEndpointLifecycle(t *testing.T) {
+	h := newHarness(t)
+	nid, eid := id('a'), id('b')
+	poolID := h.createNetwork(nid, "10.1.0.0/24")
+	if poolID != "10.1.0.0/24" {
+		t.Fatalf("PoolID %q is not the subnet", poolID)
+	}
+	if n := h.dp.networks[nid]; n.Bridge != "mn-aaaaaaaaaaaa" || n.IPv4[0].Gateway.String() != "10.1.0.1/24" {
+		t.Fatalf("dataplane network = %+v", n)
+	}
+	// A retried CreateNetwork is a no-op.
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(nid, "10.1.0.0/24", "10.1.0.1/24", map[string]any{}))
+
+	addr := h.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": poolID})["Address"].(string)
+	if addr != "10.1.0.2/24" {
+		t.Fatalf("first endpoint address %s", addr)
+	}
+	ce := map[string]any{"NetworkID": nid, "EndpointID": eid, "Interface": map[string]any{"Address": addr}}
+	out := h.ok("NetworkDriver.CreateEndpoint", ce)
+	mac := out["Interface"].(map[string]any)["MacAddress"].(string)
+	if out["Interface"].(map[string]any)["Address"] != "" {
+		t.Fatalf("CreateEndpoint echoed the address: %v", out)
+	}
+	if again := h.ok("NetworkDriver.CreateEndpoint", ce); again["Interface"].(map[string]any)["MacAddress"] != mac {
+		t.Fatalf("retried CreateEndpoint returned another MAC: %v", again)
+	}
+	// With a MAC from the engine, nothing is returned.
+	withMAC := map[string]any{"NetworkID": nid, "EndpointID": id('c'), "Interface": map[string]any{"Address": "10.1.0.9/24", "MacAddress": "02:42:0a:01:00:09"}}
+	if out := h.ok("NetworkDriver.CreateEndpoint", withMAC); out["Interface"] != nil {
+		t.Fatalf("CreateEndpoint with a MAC answered %v", out)
+	}
+	j := h.ok("NetworkDriver.Join", map[string]any{"NetworkID": nid, "EndpointID": eid, "SandboxKey": "/var/run/docker/netns/x"})
+	if j["Gateway"] != "10.1.0.1" || j["InterfaceName"].(map[string]any)["SrcName"] != "mncbbbbbbbbbbbb" || j["InterfaceName"].(map[string]any)["DstPrefix"] != "eth" {
+		t.Fatalf("Join = %v", j)
+	}
+	h.ok("NetworkDriver.Leave", map[string]any{"NetworkID": nid, "EndpointID": eid})
+
+	// The state survives a restart.
+	h.restart()
+	if d := h.dump(); len(d.Networks) != 1 || len(d.Endpoints) != 2 {
+		t.Fatalf("after restart: %+v", d)
+	}
+	if next := h.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": poolID})["Address"]; next != "10.1.0.3/24" {
+		t.Fatalf("after restart the next address is %v, want 10.1.0.3/24 (no reuse)", next)
+	}
+
+	for range 2 { // deletes are idempotent
+		h.ok("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid})
+		h.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": poolID, "Address": "10.1.0.2"})
+	}
+	h.ok("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": nid, "EndpointID": id('c')})
+	h.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": poolID, "Address": "10.1.0.3"})
+	h.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": poolID, "Address": "10.1.0.1"})
+	for range 2 {
+		h.ok("IpamDriver.ReleasePool", map[string]any{"PoolID": poolID})
+		h.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": nid})
+	}
+	if d := h.dump(); len(d.Networks)+len(d.Endpoints)+len(d.Pools) != 0 || len(h.dp.networks)+len(h.dp.endpoints) != 0 {
+		t.Fatalf("leftovers: %+v, dataplane %v %v", d, h.dp.networks, h.dp.endpoints)
+	}
+	snap, _ := h.store.Load()
+	if len(snap.Networks)+len(snap.Endpoints)+len(snap.Pools) != 0 {
+		t.Fatalf("leftovers in the store: %+v", snap)
+	}
+}
+
+func TestFailedCreateLeavesNoRecord(t *testing.T) {
+	h := newHarness(t)
+	h.dp.failNext = errors.New("boom")
+	msg := h.fails("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil), 500)
+	if !strings.Contains(msg, "boom") || !strings.Contains(msg, "aaaaaaaaaaaa") {
+		t.Fatalf("error %q should name the network and the cause", msg)
+	}
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil))
+	h.dp.failNext = errors.New("boom")
+	h.fails("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}}, 500)
+	snap, _ := h.store.Load()
+	if len(snap.Networks) != 1 || len(snap.Endpoints) != 0 || len(h.dp.endpoints) != 0 {
+		t.Fatalf("failed CreateEndpoint left state: %+v", snap)
+	}
+}
+
+func TestRestoreReconciles(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('c'), "Interface": map[string]any{"Address": "10.1.0.3/24"}})
+	// A crash mid-create left a pending network; a reboot took one veth and
+	// every bridge.
+	must(t, h.store.PutNetwork(state.Network{ID: id('d'), Bridge: "mn-dddddddddddd", Pending: true}))
+	delete(h.dp.endpoints, id('c'))
+	delete(h.dp.networks, id('a'))
+	h.dp.networks[id('e')] = bridge.Network{ID: id('e')} // an orphan
+
+	h.restart()
+	d := h.dump()
+	if len(d.Networks) != 1 || d.Networks[0].ID != id('a') || len(d.Endpoints) != 1 || d.Endpoints[0].ID != id('b') {
+		t.Fatalf("after restore: %+v", d)
+	}
+	if _, ok := h.dp.networks[id('a')]; !ok {
+		t.Fatal("the lost bridge was not rebuilt")
+	}
+	if len(h.dp.networks) != 1 {
+		t.Fatalf("dataplane networks after restore: %v", h.dp.networks)
+	}
+}
+
+func TestIPAM(t *testing.T) {
+	h := newHarness(t)
+	h.dp.host = []netip.Prefix{netip.MustParsePrefix("10.213.0.0/24")} // a host route
+	// Dynamic pools skip the host route and every held pool, as the engine's
+	// overlap loop needs.
+	p1 := h.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": "local"})
+	p2 := h.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": "local"})
+	if p1["Pool"] != "10.213.1.0/24" || p2["Pool"] != "10.213.2.0/24" {
+		t.Fatalf("dynamic pools %v, %v", p1["Pool"], p2["Pool"])
+	}
+	h.ok("IpamDriver.RequestPool", map[string]any{})
+	msg := h.fails("IpamDriver.RequestPool", map[string]any{}, 400)
+	if !strings.Contains(msg, "--subnet") {
+		t.Fatalf("exhaustion error %q should say how to fix it", msg)
+	}
+
+	// An explicit overlapping subnet names the network that holds it.
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.213.1.0/24", "10.213.1.1/24", nil))
+	msg = h.fails("IpamDriver.RequestPool", map[string]any{"Pool": "10.213.0.0/16"}, 400)
+	if !strings.Contains(msg, "aaaaaaaaaaaa") || !strings.Contains(msg, "10.213.1.0/24") {
+		t.Fatalf("overlap error %q should name the pool and the network", msg)
+	}
+
+	// Gateway, --ip, --aux-address and exhaustion in a /29 with a range.
+	pool := h.ok("IpamDriver.RequestPool", map[string]any{"Pool": "10.50.0.0/29", "SubPool": "10.50.0.4/30"})["PoolID"]
+	gw := map[string]any{"PoolID": pool, "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}}
+	if a := h.ok("IpamDriver.RequestAddress", gw)["Address"]; a != "10.50.0.1/29" {
+		t.Fatalf("gateway %v", a)
+	}
+	if a := h.ok("IpamDriver.RequestAddress", gw)["Address"]; a != "10.50.0.1/29" {
+		t.Fatalf("retried gateway request got %v", a)
+	}
+	h.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": pool, "Address": "10.50.0.2"})
+	if msg := h.fails("IpamDriver.RequestAddress", map[string]any{"PoolID": pool, "Address": "10.50.0.2"}, 400); !strings.Contains(msg, "in use") {
+		t.Fatalf("duplicate --ip: %q", msg)
+	}
+	if msg := h.fails("IpamDriver.RequestAddress", map[string]any{"PoolID": pool, "Address": "10.60.0.2"}, 400); !strings.Contains(msg, "not in 10.50.0.0/29") {
+		t.Fatalf("foreign --ip: %q", msg)
+	}
+	got := []any{}
+	for range 3 { // .7 is the broadcast address
+		got = append(got, h.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": pool})["Address"])
+	}
+	if fmt.Sprint(got) != "[10.50.0.4/29 10.50.0.5/29 10.50.0.6/29]" {
+		t.Fatalf("range allocations %v", got)
+	}
+	msg = h.fails("IpamDriver.RequestAddress", map[string]any{"PoolID": pool}, 500)
+	if !strings.Contains(msg, "10.50.0.0/29") || !strings.Contains(msg, "no free address") {
+		t.Fatalf("exhaustion error %q should name the pool", msg)
+	}
+}
+
+// TestConcurrentAllocations is the engine's parallel docker run: every
+// address distinct (run with -race).
+func TestConcurrentAllocations(t *testing.T) {
+	h := newHarness(t)
+	pool := h.createNetwork(id('a'), "10.1.0.0/24")
+	var wg sync.WaitGroup
+	addrs := make([]string, 40)
+	errs := make([]error, 40)
+	for i := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Post(h.srv.URL+"/IpamDriver.RequestAddress", "application/json", strings.NewReader(`{"PoolID":"`+pool+`"}`))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer resp.Body.Close()
+			var out struct{ Address string }
+			errs[i] = json.NewDecoder(resp.Body).Decode(&out)
+			addrs[i] = out.Address
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i, a := range addrs {
+		if errs[i] != nil || a == "" || seen[a] {
+			t.Fatalf("allocation %d: %q, %v (duplicate: %v)", i, a, errs[i], seen[a])
+		}
+		seen[a] = true
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseCreateNetwork(t *testing.T) {
+	req := createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptBridgeName: "br-apps", OptMTU: "1400"})
+	raw, _ := json.Marshal(req)
+	var nreq struct {
+		NetworkID string
+		Options   map[string]any
+		IPv4Data  []map[string]any
+	}
+	must(t, json.Unmarshal(raw, &nreq))
+	code, out := newHarness(t).call("NetworkDriver.CreateNetwork", req)
+	if code != 200 {
+		t.Fatalf("CreateNetwork: %v", out)
+	}
+	for _, tc := range []struct {
+		name    string
+		options map[string]any
+		ipv6    []map[string]any
+		check   func(NetworkConfig) bool
+	}{
+		{"defaults", map[string]any{}, nil, func(c NetworkConfig) bool { return c.BridgeName == "mn-aaaaaaaaaaaa" && c.MTU == 0 }},
+		{"options", map[string]any{"com.docker.network.generic": map[string]any{OptBridgeName: "br-apps", OptMTU: "1400"}}, nil,
+			func(c NetworkConfig) bool { return c.BridgeName == "br-apps" && c.MTU == 1400 }},
+		{"ipv6", map[string]any{"com.docker.network.enable_ipv6": true}, []map[string]any{{"Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}},
+			func(c NetworkConfig) bool { return c.EnableIPv6 && c.IPv6[0].Gateway.String() == "fd00:1::1/64" }},
+		{"ipv6 data ignored without enable_ipv6", map[string]any{}, []map[string]any{{"Pool": "fd00:1::/64"}},
+			func(c NetworkConfig) bool { return len(c.IPv6) == 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body, _ := json.Marshal(map[string]any{"NetworkID": id('a'), "Options": tc.options, "IPv4Data": nreq.IPv4Data, "IPv6Data": tc.ipv6})
+			var r network.CreateNetworkRequest
+			must(t, json.Unmarshal(body, &r))
+			cfg, err := ParseCreateNetwork(&r)
+			if err != nil || !tc.check(cfg) {
+				t.Fatalf("ParseCreateNetwork = %+v, %v", cfg, err)
+			}
+		})
+	}
+}
