@@ -24,3 +24,7 @@ unit:
 
 clean:
 	rm -rf bin
+
+# The end-to-end suite alone, against the running dockerd (as root).
+e2e: build
+	MYNET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 15m ./e2e/

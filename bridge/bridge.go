@@ -98,7 +98,7 @@ func New(cfg Config) (*Dataplane, error) {
 	ipt := cfg.IPv4
 	if ipt == nil {
 		var err error
-		if ipt, err = newIPTables(); err != nil {
+		if ipt, err = newIPTables(false); err != nil {
 			return nil, err
 		}
 	}
@@ -129,6 +129,9 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
 		}
 	}()
+	if err := ensureForwarding(log); err != nil {
+		return err
+	}
 	created, err := d.ensureBridge(n)
 	if err != nil {
 		return err

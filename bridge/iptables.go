@@ -28,14 +28,18 @@ type IPTables interface {
 	ClearAndDeleteChain(table, chain string) error
 }
 
-// newIPTables uses the iptables binary first on PATH, as dockerd does, so
-// mynet's rules land in the same backend (nft or legacy) as Docker's, and
-// passes --wait so concurrent writers queue on the xtables lock instead of
-// failing.
-func newIPTables() (IPTables, error) {
-	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(30))
+// newIPTables uses the iptables (or ip6tables) binary first on PATH, as
+// dockerd does, so mynet's rules land in the same backend (nft or legacy) as
+// Docker's, and passes --wait so concurrent writers queue on the xtables
+// lock instead of failing.
+func newIPTables(v6 bool) (IPTables, error) {
+	proto, bin := iptables.ProtocolIPv4, "iptables"
+	if v6 {
+		proto, bin = iptables.ProtocolIPv6, "ip6tables"
+	}
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(30))
 	if err != nil {
-		return nil, fmt.Errorf("find iptables: %w; install the iptables package", err)
+		return nil, fmt.Errorf("find %s: %w; install the iptables package", bin, err)
 	}
 	return ipt, nil
 }

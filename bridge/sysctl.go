@@ -23,15 +23,8 @@ type HostStatus struct {
 // turns it on, and says so.
 func EnsureHost(log *slog.Logger) (HostStatus, error) {
 	var st HostStatus
-	v, err := readSysctl("net/ipv4/ip_forward")
-	if err != nil {
-		return st, fmt.Errorf("read net.ipv4.ip_forward: %w", err)
-	}
-	if v != "1" {
-		if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
-			return st, fmt.Errorf("enable net.ipv4.ip_forward (containers need it to reach beyond the host): %w; run: sysctl -w net.ipv4.ip_forward=1", err)
-		}
-		log.Info("enabled IPv4 forwarding", "sysctl", "net.ipv4.ip_forward=1")
+	if err := ensureForwarding(log); err != nil {
+		return st, err
 	}
 	st.IPForward = true
 	switch v, err := readSysctl("net/bridge/bridge-nf-call-iptables"); {
@@ -47,4 +40,21 @@ func EnsureHost(log *slog.Logger) (HostStatus, error) {
 		}
 	}
 	return st, nil
+}
+
+// ensureForwarding turns on IPv4 forwarding when it is off. It is checked
+// at every CreateNetwork too, since anything may have turned it off.
+func ensureForwarding(log *slog.Logger) error {
+	v, err := readSysctl("net/ipv4/ip_forward")
+	if err != nil {
+		return fmt.Errorf("read net.ipv4.ip_forward: %w", err)
+	}
+	if v == "1" {
+		return nil
+	}
+	if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		return fmt.Errorf("enable net.ipv4.ip_forward (containers need it to reach beyond the host): %w; run on the host: sysctl -w net.ipv4.ip_forward=1", err)
+	}
+	log.Info("enabled IPv4 forwarding", "sysctl", "net.ipv4.ip_forward=1")
+	return nil
 }

@@ -43,11 +43,15 @@ var ErrLocked = errors.New("state directory is in use by another mynet process")
 
 // Network is a network as mynet created it.
 type Network struct {
-	ID      string
-	Bridge  string
-	MTU     int      `json:",omitempty"`
-	IPv4    []Subnet `json:",omitempty"`
-	IPv6    []Subnet `json:",omitempty"`
+	ID     string
+	Bridge string
+	MTU    int      `json:",omitempty"`
+	IPv4   []Subnet `json:",omitempty"`
+	IPv6   []Subnet `json:",omitempty"`
+	// Pending marks a record written before its kernel objects: if mynet
+	// dies before clearing it, the startup reconcile removes the objects the
+	// record names, and the engine's retry (if any) creates them afresh.
+	Pending bool `json:",omitempty"`
 	Created time.Time
 }
 
@@ -66,7 +70,11 @@ type Endpoint struct {
 	MAC           string
 	IPv4          string `json:",omitempty"` // address/len
 	IPv6          string `json:",omitempty"`
-	Created       time.Time
+	// MACGenerated: mynet chose the MAC (the engine sent none), so a
+	// repeated CreateEndpoint must return it again.
+	MACGenerated bool `json:",omitempty"`
+	Pending      bool `json:",omitempty"`
+	Created      time.Time
 }
 
 // Pool is an IPAM pool. Its allocations are stored as separate keys so that
@@ -77,6 +85,12 @@ type Pool struct {
 	Range  string `json:",omitempty"`
 	V6     bool   `json:",omitempty"`
 	Cursor string `json:",omitempty"` // last address handed out, for round-robin after restarts
+	// Gateway is the address handed out for the gateway request, so that a
+	// repeated request gets the same answer.
+	Gateway string `json:",omitempty"`
+	// NetworkID is the network that uses the pool, once CreateNetwork
+	// names it; empty while the engine is still creating the network.
+	NetworkID string `json:",omitempty"`
 	// Addrs is filled by Load; Put ignores it.
 	Addrs []string `json:"-"`
 }

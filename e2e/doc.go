@@ -1,0 +1,30 @@
+// Package e2e drives a real dockerd against the mynet plugin binary: it
+// creates networks and containers with the docker CLI and checks what the
+// containers, the host and the plugin's own state show.
+//
+// The suite needs root, a responding docker engine, iproute2, iptables and a
+// static busybox at /bin/busybox (Debian's busybox-static). scripts/test.sh
+// installs all of them and runs it; to run it alone:
+//
+//	make build && sudo go test -count=1 -v ./e2e/
+//
+// Environment:
+//
+//	MYNET_BIN           plugin binary (default ../bin/mynet relative to e2e/)
+//	MYNET_E2E_LOGDIR    where plugin.log goes (default: a new temp dir)
+//	MYNET_E2E_REQUIRED  1 makes missing prerequisites fail instead of skip;
+//	                    CI=true does the same
+//	MYNET_E2E_DRIVER    "bridge" runs the scenarios that do not depend on
+//	                    mynet itself against Docker's bridge driver, without
+//	                    starting the plugin: a reference to tell harness bugs
+//	                    from plugin bugs
+//
+// The plugin is started once for the whole suite under a random name, so it
+// never collides with a mynet daemon a developer may be running. Scenarios
+// run one after another, because each checks afterwards that it left no
+// links, iptables rules or plugin state behind, and those are host-global.
+//
+// Traffic only ever goes to containers and network namespaces the tests
+// create: the "remote host" is a namespace on 198.18.0.0/15 (RFC 2544
+// benchmarking space) joined to the host by a veth pair.
+package e2e

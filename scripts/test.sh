@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Runs every mynet test: unit and privileged tests, then the end-to-end suite
+# against a real dockerd. Installs what is missing (Debian/Ubuntu) and starts
+# containerd and dockerd if no engine answers; leaves them running.
+#
+#   sudo scripts/test.sh        (or: sudo make test)
+#
+# Logs: ${MYNET_TEST_LOGDIR:-/tmp/mynet-test-logs}
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+LOGDIR=${MYNET_TEST_LOGDIR:-/tmp/mynet-test-logs}
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "must run as root (the tests create bridges, iptables rules and containers): try sudo make test"
+mkdir -p "$LOGDIR"
+rm -f "$LOGDIR"/{build,unit,e2e}.log # so the summary never counts an old run
+
+# sudo's secure_path usually leaves out the Go toolchain.
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+	PATH=/usr/local/go/bin:$PATH
+fi
+command -v go >/dev/null || die "go not found: install Go (see go.mod for the version) and put it on PATH"
+
+install_missing() {
+	local missing=() cmd pkg
+	# command:package; -race needs cgo, hence gcc and the libc headers.
+	for pair in docker:docker.io dockerd:docker.io containerd:containerd iptables:iptables \
+		ip:iproute2 make:make gcc:gcc; do
+		cmd=${pair%%:*} pkg=${pair#*:}
+		command -v "$cmd" >/dev/null || missing+=("$pkg")
+	done
+	# The e2e image needs a static busybox; Debian's plain busybox is dynamic.
+	dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
+	[[ -e /usr/include/stdio.h ]] || missing+=(libc6-dev)
+	((${#missing[@]})) || return 0
+	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+	say "installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q
+	apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+CONTAINERD_SOCK=/run/containerd/containerd.sock
+engine_up() { timeout 10 docker info >/dev/null 2>&1; }
+containerd_up() { timeout 5 ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1; }
+
+# Daemons are started with setsid, out of this script's process group, so
+# that a Ctrl-C during the tests does not take the engine down too. A second
+# copy started while one is still coming up exits on its pid file lock.
+start_engine() {
+	engine_up && { say "using the running docker engine"; return 0; }
+	say "starting containerd and dockerd (logs in $LOGDIR)"
+	if ! containerd_up; then
+		setsid containerd >>"$LOGDIR/containerd.log" 2>&1 </dev/null &
+		for _ in $(seq 40); do containerd_up && break; sleep 0.5; done
+	fi
+	setsid dockerd --containerd="$CONTAINERD_SOCK" >>"$LOGDIR/dockerd.log" 2>&1 </dev/null &
+	for _ in $(seq 60); do
+		engine_up && return 0
+		sleep 1
+	done
+	tail -n 30 "$LOGDIR/dockerd.log" >&2 || true
+	die "docker engine did not answer within 60 s; see $LOGDIR/dockerd.log"
+}
+
+# Runs "$@" with output shown and copied to $LOGDIR/$name.log; records the
+# result and duration under $name.
+declare -A result took
+step() {
+	local name=$1 t0=$SECONDS
+	shift
+	say "$name: $*"
+	if "$@" 2>&1 | tee "$LOGDIR/$name.log"; then result[$name]=ok; else result[$name]=FAIL; fi
+	took[$name]=$((SECONDS - t0))s
+}
+
+# Every package but the e2e suite, which needs the binary and runs last.
+# shellcheck disable=SC2317 # called through step
+unit_tests() {
+	local all pkgs
+	all=$(go list ./...) || return 1
+	mapfile -t pkgs < <(grep -v /e2e <<<"$all")
+	go test -race -count=1 "${pkgs[@]}"
+}
+
+install_missing
+start_engine
+
+step build make build
+step unit unit_tests
+if [[ ${result[build]} == ok ]]; then
+	# Root and an engine are ensured above, so the suite must run, not skip.
+	step e2e env MYNET_BIN="$PWD/bin/mynet" MYNET_E2E_LOGDIR="$LOGDIR" MYNET_E2E_REQUIRED=1 \
+		go test -count=1 -v -timeout 15m ./e2e/
+else
+	result[e2e]="not run (build failed)" took[e2e]=0s
+fi
+
+say "summary (logs in $LOGDIR)"
+status=0
+for name in build unit e2e; do
+	printf '  %-6s %-24s %s\n' "$name" "${result[$name]}" "${took[$name]}"
+	[[ ${result[$name]} == ok ]] || status=1
+done
+if [[ -f $LOGDIR/e2e.log ]]; then
+	count() { grep -c "^--- $1" "$LOGDIR/e2e.log" || true; }
+	echo "e2e: $(count PASS) passed, $(count FAIL) failed, $(count SKIP) skipped"
+fi
+exit $status
