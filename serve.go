@@ -41,7 +41,7 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.IntVar(&f.socketGroup, "socket-group", 0, "group ID that may use the socket (mode 0660)")
-	fs.Func("default-address-pool", "pool for networks without --subnet, as base=CIDR,size=N (repeatable; default "+ipam.DefaultPoolSpecs[0].String()+")", func(s string) error {
+	fs.Func("default-address-pool", "pool for networks without --subnet, as base=CIDR,size=N (repeatable; default "+ipam.DefaultPoolSpecs[0].String()+" and "+ipam.DefaultPoolSpecs[1].String()+")", func(s string) error {
 		spec, err := ipam.ParsePoolSpec(s)
 		if err == nil {
 			f.pools = append(f.pools, spec)

@@ -21,6 +21,19 @@ type Network struct {
 	MTU    int // 0: kernel default
 	IPv4   []Subnet
 	IPv6   []Subnet
+	// ICC lets containers of the network reach each other.
+	ICC bool
+	// Masquerade rewrites egress to the host's address.
+	Masquerade bool
+	// Internal networks have no egress and no published ports.
+	Internal bool
+}
+
+func (n Network) subnets(v6 bool) []Subnet {
+	if v6 {
+		return n.IPv6
+	}
+	return n.IPv4
 }
 
 // Subnet is a pool with the gateway address the bridge carries; Gateway is
@@ -40,6 +53,20 @@ type Endpoint struct {
 	ContainerVeth string
 	MAC           net.HardwareAddr
 	MTU           int
+	// Addresses are the container's; used to clear stale conntrack and
+	// neighbour entries when the address is reused.
+	Addresses []netip.Addr
+}
+
+// PortMapping publishes container ports on the host: HostPort..HostPortEnd
+// to Port..Port+(HostPortEnd-HostPort) of ContainerIP.
+type PortMapping struct {
+	Proto       string     // tcp, udp or sctp
+	HostIP      netip.Addr // invalid: every address of the host
+	HostPort    uint16
+	HostPortEnd uint16 // equal to HostPort for a single port
+	ContainerIP netip.Addr
+	Port        uint16
 }
 
 // Names derived from IDs, each within IFNAMSIZ: 3-character prefix plus the
@@ -67,9 +94,10 @@ type Config struct {
 	// Netlink is the handle to use; nil opens one in the calling thread's
 	// network namespace.
 	Netlink *netlink.Handle
-	// IPv4 is the iptables backend; nil uses the iptables binary on PATH,
-	// the one dockerd uses.
-	IPv4 IPTables
+	// IPv4 and IPv6 are the iptables backends; nil uses the iptables and
+	// ip6tables binaries on PATH, the ones dockerd uses. Without ip6tables,
+	// IPv6 traffic is not filtered, and networks with IPv6 are refused.
+	IPv4, IPv6 IPTables
 	// FailAt makes the named step fail, for rollback tests.
 	FailAt string
 }
@@ -79,7 +107,7 @@ type Dataplane struct {
 	instance string
 	log      *slog.Logger
 	nl       *netlink.Handle
-	fw       *firewall
+	fw4, fw6 *firewall // fw6 is nil without ip6tables
 	failAt   string
 }
 
@@ -95,20 +123,43 @@ func New(cfg Config) (*Dataplane, error) {
 			return nil, fmt.Errorf("open netlink handle: %w", err)
 		}
 	}
-	ipt := cfg.IPv4
-	if ipt == nil {
+	d := &Dataplane{instance: cfg.Instance, log: cfg.Log, nl: nl, failAt: cfg.FailAt}
+	ipt4 := cfg.IPv4
+	if ipt4 == nil {
 		var err error
-		if ipt, err = newIPTables(false); err != nil {
+		if ipt4, err = newIPTables(false); err != nil {
 			return nil, err
 		}
 	}
-	return &Dataplane{
-		instance: cfg.Instance,
-		log:      cfg.Log,
-		nl:       nl,
-		fw:       newFirewall(cfg.Instance, ipt, cfg.Log),
-		failAt:   cfg.FailAt,
-	}, nil
+	d.fw4 = newFirewall(cfg.Instance, ipt4, false, cfg.Log)
+	ipt6 := cfg.IPv6
+	if ipt6 == nil {
+		var err error
+		if ipt6, err = newIPTables(true); err != nil {
+			cfg.Log.Warn("ip6tables unavailable: networks with IPv6 will be refused", "err", err)
+		}
+	}
+	if ipt6 != nil {
+		d.fw6 = newFirewall(cfg.Instance, ipt6, true, cfg.Log)
+	}
+	return d, nil
+}
+
+// firewalls are the families rules are kept in.
+func (d *Dataplane) firewalls() []*firewall {
+	if d.fw6 == nil {
+		return []*firewall{d.fw4}
+	}
+	return []*firewall{d.fw4, d.fw6}
+}
+
+// forAll runs fn for each family and joins the errors.
+func (d *Dataplane) forAll(fn func(*firewall) error) error {
+	var errs []error
+	for _, fw := range d.firewalls() {
+		errs = append(errs, fn(fw))
+	}
+	return errors.Join(errs...)
 }
 
 // Close releases the netlink handle.
@@ -116,7 +167,7 @@ func (d *Dataplane) Close() { d.nl.Close() }
 
 // Chains names the iptables chains this instance owns, for operators and
 // tests.
-func (d *Dataplane) Chains() []string { return d.fw.chains.all() }
+func (d *Dataplane) Chains() []string { return d.fw4.chains.all() }
 
 // EnsureNetwork makes the network's bridge, addresses and rules exist.
 // On error, everything it created in this call is removed again.
@@ -145,25 +196,55 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 	if err := d.ensureAddrs(n); err != nil {
 		return err
 	}
+	if err := d.bridgeSysctls(n); err != nil {
+		return err
+	}
+	undo.Push("delete rules of network "+netutil.Short(n.ID), func() error {
+		return d.forAll(func(fw *firewall) error { return fw.removeNetwork(n.ID) })
+	})
+	for _, fw := range d.firewalls() {
+		if err := fw.ensureNetwork(n); err != nil {
+			return err
+		}
+	}
+	return d.step("rules")
+}
+
+// bridgeSysctls sets the bridge's per-interface switches.
+func (d *Dataplane) bridgeSysctls(n Network) error {
 	if len(n.IPv6) > 0 {
+		if d.fw6 == nil {
+			return fmt.Errorf("network %s has IPv6 but ip6tables is not available to isolate it; install ip6tables", netutil.Short(n.ID))
+		}
 		// A container must not be able to become the host's IPv6 router
 		// (CVE-2020-10749).
-		if err := writeSysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_ra", n.Bridge), "0"); err != nil {
+		if err := writeSysctl("net/ipv6/conf/"+n.Bridge+"/accept_ra", "0"); err != nil {
 			return fmt.Errorf("disable router advertisements on bridge %s: %w", n.Bridge, err)
 		}
 	}
-	if err := d.fw.ensureNetwork(n); err != nil {
-		return err
+	if !n.ICC {
+		// Without br_netfilter, frames between two ports of the bridge
+		// never reach iptables and the ICC drop would silently do nothing.
+		if v, err := readSysctl("net/bridge/bridge-nf-call-iptables"); err != nil || v != "1" {
+			return fmt.Errorf("network %s disables inter-container communication, which needs br_netfilter with net.bridge.bridge-nf-call-iptables=1 (run: modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1)", netutil.Short(n.ID))
+		}
 	}
-	undo.Push("delete rules of network "+netutil.Short(n.ID), func() error { return d.fw.removeNetwork(n.ID) })
-	return d.step("rules")
+	if !n.Internal {
+		// Lets the host's own 127.0.0.1 reach published ports: the DNAT
+		// target is on the bridge, and the kernel drops loopback sources
+		// routed elsewhere unless this is set.
+		if err := writeSysctl("net/ipv4/conf/"+n.Bridge+"/route_localnet", "1"); err != nil {
+			d.log.Warn("published ports will not answer on 127.0.0.1", "bridge", n.Bridge, "err", err)
+		}
+	}
+	return nil
 }
 
 // DeleteNetwork removes the network's rules and bridge. Objects that are
 // already gone are not an error.
 func (d *Dataplane) DeleteNetwork(ctx context.Context, n Network) error {
 	var errs []error
-	if err := d.fw.removeNetwork(n.ID); err != nil {
+	if err := d.forAll(func(fw *firewall) error { return fw.removeNetwork(n.ID) }); err != nil {
 		errs = append(errs, err)
 	}
 	if err := d.removeOwnedLink(n.Bridge, d.tag("net", n.ID)); err != nil {
@@ -192,16 +273,65 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 	if created {
 		undo.Push("delete veth "+ep.HostVeth, func() error { return d.removeLink(ep.HostVeth) })
 	}
-	return d.step("veth")
+	if err := d.step("veth"); err != nil {
+		return err
+	}
+	// The address may have belonged to another container a moment ago:
+	// forget the host's neighbour entry for its old MAC.
+	d.forgetAddresses(ep)
+	return nil
 }
 
-// DeleteEndpoint removes the veth pair; both ends go with the host end. The
-// container end may be in a sandbox or already gone with it.
+// DeleteEndpoint removes the endpoint's port rules and veth pair; both ends
+// go with the host end. The container end may be in a sandbox or already
+// gone with it. Conntrack entries of its addresses are flushed, so a reused
+// address or port is not black-holed by a stale flow.
 func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
-	if err := d.removeOwnedLink(ep.HostVeth, d.tag("ep", ep.ID)); err != nil {
+	var errs []error
+	errs = append(errs, d.forAll(func(fw *firewall) error { return fw.removePorts(ep.ID) }))
+	errs = append(errs, d.removeOwnedLink(ep.HostVeth, d.tag("ep", ep.ID)))
+	d.forgetAddresses(ep)
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)
 	}
 	return nil
+}
+
+// EnsurePorts publishes the endpoint's ports. On error, every port rule of
+// the endpoint is removed again. RemovePorts undoes it.
+func (d *Dataplane) EnsurePorts(ctx context.Context, n Network, ep Endpoint, ports []PortMapping) (retErr error) {
+	if n.Internal && len(ports) > 0 {
+		return fmt.Errorf("network %s is internal: it cannot publish ports", netutil.Short(n.ID))
+	}
+	defer func() {
+		if retErr != nil {
+			if err := d.RemovePorts(ctx, ep, ports); err != nil {
+				d.log.Warn("rollback of port rules failed", "endpoint_id", netutil.Short(ep.ID), "err", err)
+			}
+		}
+	}()
+	for _, fw := range d.firewalls() {
+		if err := fw.ensurePorts(n, ep, ports); err != nil {
+			return err
+		}
+	}
+	return d.step("ports")
+}
+
+// RemovePorts deletes the endpoint's port rules, found by their comment,
+// and flushes conntrack entries of its UDP ports: a UDP "connection" to a
+// port that is published again elsewhere would otherwise keep going to the
+// old container.
+func (d *Dataplane) RemovePorts(ctx context.Context, ep Endpoint, ports []PortMapping) error {
+	err := d.forAll(func(fw *firewall) error { return fw.removePorts(ep.ID) })
+	for _, m := range ports {
+		if m.Proto == "udp" {
+			for p := m.HostPort; p >= m.HostPort && p <= max(m.HostPortEnd, m.HostPort); p++ {
+				d.flushConntrack(m.ContainerIP, p)
+			}
+		}
+	}
+	return err
 }
 
 // EndpointExists reports whether the endpoint's host veth is present; after
@@ -236,9 +366,7 @@ func (d *Dataplane) RemoveOrphans(ctx context.Context, networks, endpoints map[s
 			errs = append(errs, err)
 		}
 	}
-	if err := d.fw.removeOrphans(networks); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, d.forAll(func(fw *firewall) error { return fw.removeOrphans(networks, endpoints) }))
 	return errors.Join(errs...)
 }
 

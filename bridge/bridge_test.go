@@ -29,7 +29,7 @@ const (
 
 func testNetwork(id, subnet, gw string) Network {
 	return Network{
-		ID: id, Bridge: BridgeName(id), MTU: 1450,
+		ID: id, Bridge: BridgeName(id), MTU: 1450, ICC: true, Masquerade: true,
 		IPv4: []Subnet{{Pool: netip.MustParsePrefix(subnet), Gateway: netip.MustParsePrefix(gw)}},
 	}
 }
@@ -52,9 +52,11 @@ func withDataplane(t *testing.T, failAt string, fn func(d *Dataplane)) {
 		}
 		// A host always has the filter and nat tables (dockerd creates them);
 		// with iptables-nft a fresh namespace has them only once used.
-		for _, table := range []string{"filter", "nat"} {
-			run(t, "iptables", "-t", table, "-N", "PRIME")
-			run(t, "iptables", "-t", table, "-X", "PRIME")
+		for _, cmd := range []string{"iptables", "ip6tables"} {
+			for _, table := range []string{"filter", "nat"} {
+				run(t, cmd, "-t", table, "-N", "PRIME")
+				run(t, cmd, "-t", table, "-X", "PRIME")
+			}
 		}
 		d, err := New(Config{Instance: "mynet-test", Netlink: nl, FailAt: failAt})
 		if err != nil {
@@ -93,18 +95,21 @@ func snapshot(t *testing.T) string {
 
 var counters = regexp.MustCompile(` \[\d+:\d+\]`)
 
-// iptablesSave returns the ruleset without comments and counters, so it can
-// be compared and kept as a golden file.
+// iptablesSave returns both families' rulesets without comments and
+// counters, so they can be compared and kept as golden files.
 func iptablesSave(t *testing.T) string {
 	t.Helper()
-	out, err := exec.Command("iptables-save").CombinedOutput()
-	if err != nil {
-		t.Fatalf("iptables-save: %v: %s", err, out)
-	}
 	var keep []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if l != "" && !strings.HasPrefix(l, "#") {
-			keep = append(keep, counters.ReplaceAllString(l, ""))
+	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := exec.Command(cmd).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", cmd, err, out)
+		}
+		keep = append(keep, "# "+cmd)
+		for _, l := range strings.Split(string(out), "\n") {
+			if l != "" && !strings.HasPrefix(l, "#") {
+				keep = append(keep, counters.ReplaceAllString(l, ""))
+			}
 		}
 	}
 	return strings.Join(keep, "\n") + "\n"
@@ -149,6 +154,7 @@ func TestNetworkLifecycle(t *testing.T) {
 					for _, c := range []string{"DOCKER-USER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2"} {
 						run(t, "iptables", "-N", c)
 					}
+					run(t, "iptables", "-A", "DOCKER-USER", "-j", "RETURN")
 					run(t, "iptables", "-A", "FORWARD", "-j", "DOCKER-USER")
 					run(t, "iptables", "-A", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1")
 				}
@@ -309,7 +315,7 @@ func TestRemoveOrphans(t *testing.T) {
 			t.Fatal(err)
 		}
 		// A link of another instance must survive.
-		other, _ := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw.ipt})
+		other, _ := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw4.ipt})
 		otherNet := testNetwork(strings.Repeat("d", 64), "10.3.0.0/24", "10.3.0.1/24")
 		if err := other.EnsureNetwork(ctx, otherNet); err != nil {
 			t.Fatal(err)
@@ -363,4 +369,124 @@ func TestHostPrefixes(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestRuleOptions keeps a golden ruleset for each option combination and
+// checks that deleting the network restores the baseline.
+func TestRuleOptions(t *testing.T) {
+	v6 := []Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
+	for _, tc := range []struct {
+		name   string
+		modify func(*Network)
+	}{
+		{"icc-off", func(n *Network) { n.ICC = false }},
+		{"masquerade-off", func(n *Network) { n.Masquerade = false }},
+		{"internal", func(n *Network) { n.Internal = true }},
+		{"ipv6", func(n *Network) { n.IPv6 = v6 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			withDataplane(t, "", func(d *Dataplane) {
+				ctx := context.Background()
+				before := snapshot(t)
+				n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+				tc.modify(&n)
+				if err := d.EnsureNetwork(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+				golden(t, "options-"+tc.name, iptablesSave(t))
+				if err := d.DeleteNetwork(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+				if after := snapshot(t); after != before {
+					t.Fatalf("namespace changed:\n--- before\n%s--- after\n%s", before, after)
+				}
+			})
+		})
+	}
+}
+
+func TestPorts(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		n.IPv6 = []Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		withNetwork := iptablesSave(t)
+		ep := testEndpoint(n, eid1)
+		c4, c6 := netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("fd00:1::2")
+		ports := []PortMapping{
+			{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: c4, Port: 80},
+			{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: c6, Port: 80},
+			{Proto: "udp", HostIP: netip.MustParseAddr("10.9.9.9"), HostPort: 5353, HostPortEnd: 5353, ContainerIP: c4, Port: 53},
+			{Proto: "tcp", HostPort: 9000, HostPortEnd: 9010, ContainerIP: c4, Port: 9000},
+		}
+		for range 2 {
+			if err := d.EnsurePorts(ctx, n, ep, ports); err != nil {
+				t.Fatal(err)
+			}
+		}
+		golden(t, "ports", iptablesSave(t))
+		if err := d.RemovePorts(ctx, ep, ports); err != nil {
+			t.Fatal(err)
+		}
+		if got := iptablesSave(t); got != withNetwork {
+			t.Fatalf("port rules remain:\n%s", got)
+		}
+		internal := n
+		internal.Internal = true
+		if err := d.EnsurePorts(ctx, internal, ep, ports); err == nil {
+			t.Fatal("an internal network published ports")
+		}
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestRuleCount: rules grow with networks and published ports, never with
+// endpoints.
+func TestRuleCount(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		base := countRules(t)
+		for i := range 50 {
+			ep := testEndpoint(n, fmt.Sprintf("%012x%052d", i+1, 0))
+			if err := d.EnsureEndpoint(ctx, ep); err != nil {
+				t.Fatal(err)
+			}
+			if i < 20 {
+				m := PortMapping{Proto: "tcp", HostPort: uint16(10000 + i), HostPortEnd: uint16(10000 + i), ContainerIP: netip.AddrFrom4([4]byte{10, 1, 0, byte(2 + i)}), Port: 80}
+				if err := d.EnsurePorts(ctx, n, ep, []PortMapping{m}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		got := countRules(t)
+		t.Logf("rules: %d with the network, %d with 50 endpoints and 20 published ports", base, got)
+		if got != base+2*20 {
+			t.Fatalf("got %d rules, want %d (2 per published port, none per endpoint)", got, base+2*20)
+		}
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		if countRules(t) != 0 {
+			t.Fatalf("rules remain after deleting the network:\n%s", iptablesSave(t))
+		}
+	})
+}
+
+func countRules(t *testing.T) int {
+	n := 0
+	for _, l := range strings.Split(iptablesSave(t), "\n") {
+		if strings.HasPrefix(l, "-A ") {
+			n++
+		}
+	}
+	return n
 }

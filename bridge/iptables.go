@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -55,12 +57,19 @@ const (
 // DOCKER-ISOLATION-STAGE-2; 28+ in DOCKER-BRIDGE (via DOCKER).
 var dockerIsolationChains = []string{"DOCKER-ISOLATION-STAGE-2", "DOCKER-BRIDGE"}
 
+// dockerUserChain is where mynet hooks its filter rules when Docker runs.
+// Docker keeps the jump to DOCKER-USER first in FORWARD, but inserts each
+// new network's accepts at the top of FORWARD too, above any jump of ours;
+// at the end of DOCKER-USER mynet's verdicts come after the operator's own
+// DOCKER-USER rules and before all of Docker's.
+const dockerUserChain = "DOCKER-USER"
+
 // chainSet names one instance's chains. The default instance gets plain
 // MYNET-* names; another instance (a test, a second plugin) gets a short hash
 // of its name, within iptables' 28-character limit, so neither ever touches
 // the other's rules.
 type chainSet struct {
-	forward, isolation, egress, postrouting string
+	forward, isolation, egress, postrouting, dnat string
 }
 
 func chainsFor(instance string) chainSet {
@@ -74,69 +83,175 @@ func chainsFor(instance string) chainSet {
 		isolation:   p + "-ISOLATION",
 		egress:      p + "-EGRESS",
 		postrouting: p + "-POSTROUTING",
+		dnat:        p + "-DNAT",
 	}
 }
 
-func (c chainSet) all() []string { return []string{c.forward, c.isolation, c.egress, c.postrouting} }
+func (c chainSet) all() []string {
+	return []string{c.forward, c.isolation, c.egress, c.postrouting, c.dnat}
+}
+
+// tables lists each chain with its table, in creation order: a chain that
+// jumps to another comes first, so deletion can go in the same order.
+func (c chainSet) tables() []struct{ table, chain string } {
+	return []struct{ table, chain string }{
+		{tableFilter, c.forward}, {tableFilter, c.isolation}, {tableFilter, c.egress},
+		{tableNAT, c.postrouting}, {tableNAT, c.dnat},
+	}
+}
 
 // rule is one iptables rule, defined once and used for both adding and
-// deleting.
+// deleting. top rules are inserted at the head of their chain, the rest
+// appended.
 type rule struct {
 	table, chain string
 	args         []string
+	top          bool
 }
 
 func (r rule) String() string { return r.table + " " + r.chain + " " + strings.Join(r.args, " ") }
 
+// firewall manages one address family's rules.
 type firewall struct {
 	instance string
 	chains   chainSet
 	ipt      IPTables
+	v6       bool
 	log      *slog.Logger
 }
 
-func newFirewall(instance string, ipt IPTables, log *slog.Logger) *firewall {
-	return &firewall{instance: instance, chains: chainsFor(instance), ipt: ipt, log: log}
+func newFirewall(instance string, ipt IPTables, v6 bool, log *slog.Logger) *firewall {
+	return &firewall{instance: instance, chains: chainsFor(instance), ipt: ipt, v6: v6, log: log}
 }
 
-func networkComment(id string) []string {
-	return []string{"-m", "comment", "--comment", "mynet net=" + id}
+func (f *firewall) family() string {
+	if f.v6 {
+		return "ip6tables"
+	}
+	return "iptables"
 }
 
-var networkCommentRE = regexp.MustCompile(`--comment "?mynet net=([0-9a-f]+)`)
+// comment tags a rule with its network and, for port rules, its endpoint;
+// deletion and orphan removal find rules by it.
+func comment(networkID, endpointID string) []string {
+	c := "mynet net=" + networkID
+	if endpointID != "" {
+		c += " ep=" + endpointID
+	}
+	return []string{"-m", "comment", "--comment", c}
+}
 
-// networkRules is the whole per-network policy. Rules in different chains
-// are order-independent by construction: isolation drops live in their own
-// chain, evaluated before any accept, so adding or repairing one rule never
-// needs the others moved.
+var commentRE = regexp.MustCompile(`--comment "?mynet net=([0-9a-f]+)(?: ep=([0-9a-f]+))?`)
+
+// networkRules is the whole per-network policy of one family; it is empty
+// when the network has no subnet of the family. Drops live in the
+// isolation chain, which is evaluated before any accept, so the order of
+// rules only matters for the port accepts, which are inserted at its top.
 //
 //	isolation: new connections into the bridge from any other interface
-//	           (other mynet networks, Docker's bridges, the outside) are dropped;
-//	forward:   replies into the bridge, traffic inside the bridge, and
+//	           are dropped (other mynet networks, Docker's bridges, the
+//	           outside); so is traffic between its containers without ICC,
+//	           and all egress of an internal network;
+//	forward:   replies into the bridge, traffic inside it (with ICC) and
 //	           egress (checked against Docker's bridges first) are accepted;
-//	nat:       egress is masqueraded to the host's address.
+//	nat:       egress is masqueraded to the host's address, and connections
+//	           from the host's loopback to a published port get the
+//	           bridge's address, so replies find their way back.
 func (f *firewall) networkRules(n Network) []rule {
-	c, br := networkComment(n.ID), n.Bridge
-	rules := []rule{
-		{tableFilter, f.chains.isolation, concat([]string{"!", "-i", br, "-o", br, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED"}, c, []string{"-j", "DROP"})},
-		{tableFilter, f.chains.forward, concat([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, c, []string{"-j", "ACCEPT"})},
-		{tableFilter, f.chains.forward, concat([]string{"-i", br, "-o", br}, c, []string{"-j", "ACCEPT"})},
-		{tableFilter, f.chains.forward, concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", f.chains.egress})},
+	subnets := n.subnets(f.v6)
+	if len(subnets) == 0 {
+		return nil
 	}
-	for _, s := range n.IPv4 {
-		rules = append(rules, rule{tableNAT, f.chains.postrouting, concat([]string{"-s", s.Pool.String(), "!", "-o", br}, c, []string{"-j", "MASQUERADE"})})
+	c, br := comment(n.ID, ""), n.Bridge
+	notReply := []string{"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED"}
+	rules := []rule{
+		{table: tableFilter, chain: f.chains.isolation, args: concat([]string{"!", "-i", br, "-o", br}, notReply, c, []string{"-j", "DROP"})},
+		{table: tableFilter, chain: f.chains.forward, args: concat([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, c, []string{"-j", "ACCEPT"})},
+	}
+	if n.ICC {
+		rules = append(rules, rule{table: tableFilter, chain: f.chains.forward, args: concat([]string{"-i", br, "-o", br}, c, []string{"-j", "ACCEPT"})})
+	} else {
+		rules = append(rules, rule{table: tableFilter, chain: f.chains.isolation, args: concat([]string{"-i", br, "-o", br}, notReply, c, []string{"-j", "DROP"})})
+	}
+	if n.Internal {
+		return append(rules, rule{table: tableFilter, chain: f.chains.isolation, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", "DROP"})})
+	}
+	rules = append(rules, rule{table: tableFilter, chain: f.chains.forward, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", f.chains.egress})})
+	if n.Masquerade {
+		for _, s := range subnets {
+			rules = append(rules, rule{table: tableNAT, chain: f.chains.postrouting, args: concat([]string{"-s", s.Pool.String(), "!", "-o", br}, c, []string{"-j", "MASQUERADE"})})
+		}
+	}
+	if !f.v6 {
+		rules = append(rules, rule{table: tableNAT, chain: f.chains.postrouting, args: concat([]string{"-s", "127.0.0.0/8", "-o", br}, c, []string{"-j", "MASQUERADE"})})
 	}
 	return rules
 }
 
+// portRules publishes one mapping: DNAT from the host's addresses (the
+// jump into the DNAT chain matches local destinations only) and an accept
+// for the translated connections only, ahead of the isolation drops, so a
+// published port does not open the container to direct connections.
+func (f *firewall) portRules(n Network, ep Endpoint, m PortMapping) []rule {
+	if m.ContainerIP.Is6() != f.v6 || (m.HostIP.IsValid() && m.HostIP.Is6() != f.v6) {
+		return nil
+	}
+	c := comment(n.ID, ep.ID)
+	proto := []string{"-p", m.Proto, "-m", m.Proto}
+	hostPorts, ctrPorts := portSpec(m.HostPort, m.HostPortEnd, ":"), portSpec(m.Port, m.Port+(m.HostPortEnd-m.HostPort), "-")
+	var dst []string
+	if m.HostIP.IsValid() {
+		dst = []string{"-d", netip.PrefixFrom(m.HostIP, m.HostIP.BitLen()).String()}
+	}
+	to := m.ContainerIP.String() + ":" + ctrPorts
+	if f.v6 {
+		to = "[" + m.ContainerIP.String() + "]:" + ctrPorts
+	}
+	ctr := netip.PrefixFrom(m.ContainerIP, m.ContainerIP.BitLen()).String()
+	return []rule{
+		{table: tableNAT, chain: f.chains.dnat, args: concat(dst, proto, []string{"--dport", hostPorts}, c, []string{"-j", "DNAT", "--to-destination", to})},
+		{table: tableFilter, chain: f.chains.isolation, top: true, args: concat([]string{"-d", ctr, "-o", n.Bridge}, proto, []string{"--dport", strings.ReplaceAll(ctrPorts, "-", ":"), "-m", "conntrack", "--ctstate", "DNAT"}, c, []string{"-j", "ACCEPT"})},
+	}
+}
+
+func portSpec(first, last uint16, sep string) string {
+	if last <= first {
+		return strconv.Itoa(int(first))
+	}
+	return strconv.Itoa(int(first)) + sep + strconv.Itoa(int(last))
+}
+
 // ensureNetwork adds whichever of the network's rules are missing.
 func (f *firewall) ensureNetwork(n Network) error {
+	rules := f.networkRules(n)
+	if len(rules) == 0 {
+		return nil
+	}
 	if err := f.ensureChains(); err != nil {
 		return err
 	}
-	for _, r := range f.networkRules(n) {
-		if err := f.ensure(r, -1); err != nil {
-			return fmt.Errorf("network %s: %w", netutil.Short(n.ID), err)
+	return f.ensureAll(rules, "network "+netutil.Short(n.ID))
+}
+
+// ensurePorts adds the rules of an endpoint's published ports.
+func (f *firewall) ensurePorts(n Network, ep Endpoint, ports []PortMapping) error {
+	var rules []rule
+	for _, m := range ports {
+		rules = append(rules, f.portRules(n, ep, m)...)
+	}
+	if len(rules) == 0 {
+		return nil
+	}
+	if err := f.ensureChains(); err != nil {
+		return err
+	}
+	return f.ensureAll(rules, "ports of endpoint "+netutil.Short(ep.ID))
+}
+
+func (f *firewall) ensureAll(rules []rule, what string) error {
+	for _, r := range rules {
+		if err := f.ensure(r); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
 	return nil
@@ -147,19 +262,22 @@ func (f *firewall) ensureNetwork(n Network) error {
 // of a network whose config is lost. When no network is left, mynet's chains
 // and the jumps into them go too.
 func (f *firewall) removeNetwork(id string) error {
-	return f.removeRulesWhere(func(rid string) bool { return rid == id })
+	return f.removeWhere(func(nid, _ string) bool { return nid == id })
 }
 
-// removeOrphans deletes rules of networks not in keep.
-func (f *firewall) removeOrphans(keep map[string]bool) error {
-	return f.removeRulesWhere(func(rid string) bool { return !keep[rid] })
+// removePorts deletes the port rules of one endpoint.
+func (f *firewall) removePorts(endpointID string) error {
+	return f.removeWhere(func(_, eid string) bool { return eid == endpointID })
 }
 
-func (f *firewall) removeRulesWhere(drop func(networkID string) bool) error {
-	remaining, chainsFound := 0, false
-	for _, tc := range []struct{ table, chain string }{
-		{tableFilter, f.chains.isolation}, {tableFilter, f.chains.forward}, {tableNAT, f.chains.postrouting},
-	} {
+// removeOrphans deletes rules of networks and endpoints not in keep.
+func (f *firewall) removeOrphans(networks, endpoints map[string]bool) error {
+	return f.removeWhere(func(nid, eid string) bool { return !networks[nid] || (eid != "" && !endpoints[eid]) })
+}
+
+func (f *firewall) removeWhere(drop func(networkID, endpointID string) bool) error {
+	networksLeft, chainsFound := 0, false
+	for _, tc := range f.chains.tables() {
 		exists, err := f.ipt.ChainExists(tc.table, tc.chain)
 		if err != nil {
 			return fmt.Errorf("check chain %s: %w", tc.chain, err)
@@ -175,87 +293,127 @@ func (f *firewall) removeRulesWhere(drop func(networkID string) bool) error {
 		// lines[0] is the chain's "-N" line, so lines[i] is rule number i.
 		// Delete from the bottom so the numbers above stay valid.
 		for i := len(lines) - 1; i >= 1; i-- {
-			m := networkCommentRE.FindStringSubmatch(lines[i])
+			m := commentRE.FindStringSubmatch(lines[i])
 			if m == nil {
 				continue
 			}
-			if !drop(m[1]) {
-				remaining++
+			if !drop(m[1], m[2]) {
+				if m[2] == "" {
+					networksLeft++
+				}
 				continue
 			}
 			if err := f.ipt.DeleteById(tc.table, tc.chain, i); err != nil {
 				return fmt.Errorf("delete rule %d of %s (%s): %w", i, tc.chain, lines[i], err)
 			}
-			f.log.Debug("rule removed", "rule", lines[i])
+			f.log.Debug("rule removed", "family", f.family(), "rule", lines[i])
 		}
 	}
-	if remaining == 0 && chainsFound {
+	if networksLeft == 0 && chainsFound {
 		return f.removeChains()
 	}
 	return nil
 }
 
-// ensureChains creates mynet's chains and hooks them into FORWARD and
-// POSTROUTING.
+// ensureChains creates mynet's chains and hooks them into the built-in ones.
 func (f *firewall) ensureChains() error {
-	for _, tc := range []struct{ table, chain string }{
-		{tableFilter, f.chains.forward}, {tableFilter, f.chains.isolation}, {tableFilter, f.chains.egress}, {tableNAT, f.chains.postrouting},
-	} {
+	for _, tc := range f.chains.tables() {
 		if err := f.ensureChain(tc.table, tc.chain); err != nil {
 			return err
 		}
 	}
-	if err := f.ensure(rule{tableFilter, f.chains.forward, []string{"-j", f.chains.isolation}}, 1); err != nil {
+	if err := f.ensure(rule{table: tableFilter, chain: f.chains.forward, args: []string{"-j", f.chains.isolation}, top: true}); err != nil {
 		return err
 	}
 	if err := f.ensureEgress(); err != nil {
 		return err
 	}
-	fwdPos, err := f.forwardJumpPosition()
-	if err != nil {
-		return err
+	return f.ensureHooks()
+}
+
+// hooks are the jumps from built-in chains (and Docker's DOCKER-USER) into
+// mynet's. The DNAT chain sees only packets to the host's own addresses;
+// for IPv6, ::1 is left out: unlike 127.0.0.1 with route_localnet, it
+// cannot be routed to a bridge.
+func (f *firewall) hooks(forwardFrom string) []rule {
+	c := []string{"-m", "comment", "--comment", "mynet " + f.instance}
+	local := []string{"-m", "addrtype", "--dst-type", "LOCAL"}
+	output := local
+	if f.v6 {
+		output = concat([]string{"!", "-d", "::1/128"}, local)
 	}
-	for _, j := range f.jumps() {
-		pos := 1
-		if j.chain == "FORWARD" {
-			pos = fwdPos
-		}
-		if err := f.ensure(j, pos); err != nil {
+	return []rule{
+		{table: tableFilter, chain: forwardFrom, args: concat(c, []string{"-j", f.chains.forward})},
+		{table: tableNAT, chain: "POSTROUTING", args: concat(c, []string{"-j", f.chains.postrouting}), top: true},
+		{table: tableNAT, chain: "PREROUTING", args: concat(local, c, []string{"-j", f.chains.dnat}), top: true},
+		{table: tableNAT, chain: "OUTPUT", args: concat(output, c, []string{"-j", f.chains.dnat}), top: true},
+	}
+}
+
+// ensureHooks puts the filter hook at the end of DOCKER-USER when Docker
+// runs, else first in FORWARD, and removes it from the other place, so a
+// Docker started after mynet gets the hook moved at the next ensure.
+func (f *firewall) ensureHooks() error {
+	hasUser, err := f.ipt.ChainExists(tableFilter, dockerUserChain)
+	if err != nil {
+		return fmt.Errorf("check chain %s: %w", dockerUserChain, err)
+	}
+	from, other := "FORWARD", dockerUserChain
+	if hasUser {
+		from, other = dockerUserChain, "FORWARD"
+	}
+	hooks := f.hooks(from)
+	for _, h := range hooks[1:] {
+		if err := f.ensure(h); err != nil {
 			return err
 		}
+	}
+	fwd := hooks[0]
+	ok, err := f.ipt.Exists(fwd.table, fwd.chain, fwd.args...)
+	if err != nil {
+		return fmt.Errorf("check rule %s: %w", fwd, err)
+	}
+	if !ok {
+		if err := f.insertForwardHook(fwd, hasUser); err != nil {
+			return err
+		}
+	}
+	if !hasUser {
+		return nil
+	}
+	old := f.hooks(other)[0]
+	if err := f.ipt.DeleteIfExists(old.table, old.chain, old.args...); err != nil {
+		return fmt.Errorf("delete old hook %s: %w", old, err)
 	}
 	return nil
 }
 
-// jumps hook mynet's chains into the built-in ones.
-func (f *firewall) jumps() []rule {
-	c := []string{"-m", "comment", "--comment", "mynet " + f.instance}
-	return []rule{
-		{tableFilter, "FORWARD", concat(c, []string{"-j", f.chains.forward})},
-		{tableNAT, "POSTROUTING", concat(c, []string{"-j", f.chains.postrouting})},
-	}
-}
-
-// forwardJumpPosition puts mynet's jump right after Docker's DOCKER-USER
-// jump, so the operator's DOCKER-USER rules still come first, and before
-// Docker's own verdicts.
-func (f *firewall) forwardJumpPosition() (int, error) {
-	lines, err := f.ipt.List(tableFilter, "FORWARD")
-	if err != nil {
-		return 0, fmt.Errorf("list FORWARD: %w", err)
-	}
-	for i, l := range lines {
-		if l == "-A FORWARD -j DOCKER-USER" {
-			return i + 1, nil // lines[0] is the policy, so DOCKER-USER is rule i
+func (f *firewall) insertForwardHook(fwd rule, hasUser bool) error {
+	pos := 1
+	if hasUser {
+		// Before DOCKER-USER's closing RETURN, after the operator's rules.
+		lines, err := f.ipt.List(tableFilter, dockerUserChain)
+		if err != nil {
+			return fmt.Errorf("list %s: %w", dockerUserChain, err)
+		}
+		// lines[0] is "-N", so the chain has len(lines)-1 rules.
+		pos = len(lines)
+		if last := lines[len(lines)-1]; last == "-A "+dockerUserChain+" -j RETURN" {
+			pos--
 		}
 	}
-	return 1, nil
+	if err := f.ipt.Insert(fwd.table, fwd.chain, pos, fwd.args...); err != nil {
+		return fmt.Errorf("add rule %s: %w", fwd, err)
+	}
+	return nil
 }
 
-// ensureEgress makes the egress chain pass through Docker's isolation chain,
-// when Docker has one, and then accept.
+// ensureEgress makes the egress chain pass new connections through Docker's
+// isolation chain, when Docker has one, and then accept. Replies skip the
+// check: they belong to connections that were let in, such as a container
+// of a Docker network reaching a port mynet publishes.
 func (f *firewall) ensureEgress() error {
-	want := []string{"-N " + f.chains.egress}
+	want := []string{"-N " + f.chains.egress, "-A " + f.chains.egress + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}
 	for _, c := range dockerIsolationChains {
 		ok, err := f.ipt.ChainExists(tableFilter, c)
 		if err != nil {
@@ -293,27 +451,29 @@ func (f *firewall) ensureEgress() error {
 // removeChains unhooks and deletes all of mynet's chains.
 func (f *firewall) removeChains() error {
 	var errs []error
-	for _, j := range f.jumps() {
+	hooks := append(f.hooks("FORWARD"), f.hooks(dockerUserChain)[0])
+	for _, h := range hooks {
 		// iptables cannot even look for a jump to a chain that is gone, and
-		// such a jump cannot exist.
-		target := j.args[len(j.args)-1]
-		if ok, err := f.ipt.ChainExists(j.table, target); err != nil || !ok {
+		// such a jump cannot exist; nor can a jump from a missing chain.
+		target := h.args[len(h.args)-1]
+		if ok, err := f.ipt.ChainExists(h.table, target); err != nil || !ok {
 			continue
 		}
-		if err := f.ipt.DeleteIfExists(j.table, j.chain, j.args...); err != nil {
-			errs = append(errs, fmt.Errorf("delete jump %s: %w", j, err))
+		if ok, err := f.ipt.ChainExists(h.table, h.chain); err != nil || !ok {
+			continue
+		}
+		if err := f.ipt.DeleteIfExists(h.table, h.chain, h.args...); err != nil {
+			errs = append(errs, fmt.Errorf("delete hook %s: %w", h, err))
 		}
 	}
-	// forward first: it references isolation and egress.
-	for _, tc := range []struct{ table, chain string }{
-		{tableFilter, f.chains.forward}, {tableFilter, f.chains.isolation}, {tableFilter, f.chains.egress}, {tableNAT, f.chains.postrouting},
-	} {
+	// In tables() order: a chain that jumps to another is cleared first.
+	for _, tc := range f.chains.tables() {
 		if err := f.ipt.ClearAndDeleteChain(tc.table, tc.chain); err != nil {
 			errs = append(errs, fmt.Errorf("delete chain %s: %w", tc.chain, err))
 		}
 	}
 	if len(errs) == 0 {
-		f.log.Debug("chains removed", "instance", f.instance)
+		f.log.Debug("chains removed", "family", f.family(), "instance", f.instance)
 	}
 	return errors.Join(errs...)
 }
@@ -329,12 +489,12 @@ func (f *firewall) ensureChain(table, chain string) error {
 	if err := f.ipt.NewChain(table, chain); err != nil {
 		return fmt.Errorf("create chain %s: %w", chain, err)
 	}
-	f.log.Debug("chain created", "table", table, "chain", chain)
+	f.log.Debug("chain created", "family", f.family(), "table", table, "chain", chain)
 	return nil
 }
 
-// ensure adds r if missing: appended when pos < 1, else inserted at pos.
-func (f *firewall) ensure(r rule, pos int) error {
+// ensure adds r if it is missing.
+func (f *firewall) ensure(r rule) error {
 	ok, err := f.ipt.Exists(r.table, r.chain, r.args...)
 	if err != nil {
 		return fmt.Errorf("check rule %s: %w", r, err)
@@ -342,15 +502,15 @@ func (f *firewall) ensure(r rule, pos int) error {
 	if ok {
 		return nil
 	}
-	if pos < 1 {
-		err = f.ipt.Append(r.table, r.chain, r.args...)
+	if r.top {
+		err = f.ipt.Insert(r.table, r.chain, 1, r.args...)
 	} else {
-		err = f.ipt.Insert(r.table, r.chain, pos, r.args...)
+		err = f.ipt.Append(r.table, r.chain, r.args...)
 	}
 	if err != nil {
-		return fmt.Errorf("add rule %s: %w", r, err)
+		return fmt.Errorf("add %s rule %s: %w", f.family(), r, err)
 	}
-	f.log.Debug("rule added", "rule", r.String())
+	f.log.Debug("rule added", "family", f.family(), "rule", r.String())
 	return nil
 }
 

@@ -14,12 +14,14 @@ type PoolSpec struct {
 	Size int
 }
 
-// DefaultPoolSpecs are used when no --default-address-pool is given. They
-// avoid Docker's own defaults (172.17.0.0/16-172.31.0.0/16 and
-// 192.168.0.0/16) so mynet and the built-in bridge never compete, and give
-// 256 networks of 254 addresses each.
+// DefaultPoolSpecs are used when no --default-address-pool is given. The
+// IPv4 pool avoids Docker's own defaults (172.17.0.0/16-172.31.0.0/16 and
+// 192.168.0.0/16) so mynet and the built-in bridge never compete, and gives
+// 256 networks of 254 addresses each. The IPv6 pool is a unique local /48
+// ("myne" in its global ID) split into /64s, for --ipv6 without a subnet.
 var DefaultPoolSpecs = []PoolSpec{
 	{Base: netip.MustParsePrefix("10.213.0.0/16"), Size: 24},
+	{Base: netip.MustParsePrefix("fd6d:796e:6500::/48"), Size: 64},
 }
 
 // ParsePoolSpec parses dockerd's --default-address-pool syntax,

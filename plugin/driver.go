@@ -38,6 +38,13 @@ type Dataplane interface {
 	RemoveOrphans(ctx context.Context, networks, endpoints map[string]bool) error
 	// HostPrefixes are subnets in use on the host, for choosing pools.
 	HostPrefixes(v6 bool) ([]netip.Prefix, error)
+	// EnsurePorts publishes ports of an endpoint; RemovePorts undoes it.
+	EnsurePorts(context.Context, bridge.Network, bridge.Endpoint, []bridge.PortMapping) error
+	RemovePorts(context.Context, bridge.Endpoint, []bridge.PortMapping) error
+	// ProbePort fails when a host process holds the port; EphemeralPorts
+	// is the host's range for ports chosen automatically.
+	ProbePort(proto string, ip netip.Addr, port uint16) error
+	EphemeralPorts() (first, last uint16)
 }
 
 // Store persists state; state.Store implements it, and a distributed store
@@ -178,6 +185,11 @@ func (d *Driver) Restore(ctx context.Context) error {
 			}
 			if exists || err != nil {
 				d.endpoints[e.ID] = &e
+				if len(e.Ports) > 0 {
+					if err := d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, &e), toBridgePorts(e.Ports)); err != nil {
+						errs = append(errs, fmt.Errorf("restore ports of endpoint %s: %w", netutil.Short(e.ID), err))
+					}
+				}
 				continue
 			}
 		}
@@ -232,7 +244,10 @@ func (d *Driver) restorePool(rec state.Pool) error {
 }
 
 func toBridgeNetwork(n *state.Network) bridge.Network {
-	return bridge.Network{ID: n.ID, Bridge: n.Bridge, MTU: n.MTU, IPv4: toBridgeSubnets(n.IPv4), IPv6: toBridgeSubnets(n.IPv6)}
+	return bridge.Network{
+		ID: n.ID, Bridge: n.Bridge, MTU: n.MTU, IPv4: toBridgeSubnets(n.IPv4), IPv6: toBridgeSubnets(n.IPv6),
+		ICC: n.ICC, Masquerade: n.Masquerade, Internal: n.Internal,
+	}
 }
 
 func toBridgeSubnets(in []state.Subnet) []bridge.Subnet {
@@ -248,7 +263,24 @@ func toBridgeSubnets(in []state.Subnet) []bridge.Subnet {
 
 func toBridgeEndpoint(n *state.Network, e *state.Endpoint) bridge.Endpoint {
 	mac, _ := parseMAC(e.MAC)
-	return bridge.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU}
+	ep := bridge.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU}
+	for _, a := range []string{e.IPv4, e.IPv6} {
+		if p, err := netip.ParsePrefix(a); err == nil {
+			ep.Addresses = append(ep.Addresses, p.Addr())
+		}
+	}
+	return ep
+}
+
+func toBridgePorts(in []state.Port) []bridge.PortMapping {
+	out := make([]bridge.PortMapping, 0, len(in))
+	for _, p := range in {
+		m := bridge.PortMapping{Proto: p.Proto, HostPort: p.HostPort, HostPortEnd: p.HostPortEnd, Port: p.Port}
+		m.HostIP, _ = netip.ParseAddr(p.HostIP)
+		m.ContainerIP, _ = netip.ParseAddr(p.ContainerIP)
+		out = append(out, m)
+	}
+	return out
 }
 
 func fromSubnets(in []SubnetConfig) []state.Subnet {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 
@@ -110,18 +112,22 @@ func parseCanonical(what, s string, v6 bool) (netip.Prefix, error) {
 }
 
 func (d *Driver) checkOverlap(subnet netip.Prefix) error {
+	var holders []string
 	for _, p := range d.pools {
-		held := p.pool.Prefix()
-		if !held.Overlaps(subnet) {
+		if !p.pool.Prefix().Overlaps(subnet) {
 			continue
 		}
 		holder := "a network being created"
 		if p.rec.NetworkID != "" {
 			holder = "network " + netutil.Short(p.rec.NetworkID)
 		}
-		return badRequest(fmt.Errorf("%w: %s overlaps %s, held by %s; choose another --subnet or remove that network", ErrPoolOverlap, subnet, held, holder))
+		holders = append(holders, p.pool.Prefix().String()+" (held by "+holder+")")
 	}
-	return nil
+	if len(holders) == 0 {
+		return nil
+	}
+	slices.Sort(holders)
+	return badRequest(fmt.Errorf("%w: %s overlaps %s; choose another --subnet or remove that network", ErrPoolOverlap, subnet, strings.Join(holders, ", ")))
 }
 
 // nextDefaultPool picks a subnet that overlaps neither a held pool nor the

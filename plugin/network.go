@@ -27,8 +27,8 @@ func (d *Driver) registerNetworkDriver(r *Router) {
 	handle(r, "NetworkDriver.DeleteEndpoint", d.DeleteEndpoint)
 	handle(r, "NetworkDriver.Join", d.Join)
 	handle(r, "NetworkDriver.Leave", d.Leave)
-	handle(r, "NetworkDriver.ProgramExternalConnectivity", noop[network.ProgramExternalConnectivityRequest])
-	handle(r, "NetworkDriver.RevokeExternalConnectivity", noop[network.RevokeExternalConnectivityRequest])
+	handle(r, "NetworkDriver.ProgramExternalConnectivity", d.ProgramExternalConnectivity)
+	handle(r, "NetworkDriver.RevokeExternalConnectivity", d.RevokeExternalConnectivity)
 	handle(r, "NetworkDriver.DiscoverNew", noop[network.DiscoveryNotification])
 	handle(r, "NetworkDriver.DiscoverDelete", noop[network.DiscoveryNotification])
 	// AllocateNetwork and FreeNetwork are only sent by a swarm manager to
@@ -52,6 +52,10 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	rec := state.Network{
 		ID: cfg.ID, Bridge: cfg.BridgeName, MTU: cfg.MTU,
 		IPv4: fromSubnets(cfg.IPv4), IPv6: fromSubnets(cfg.IPv6), Created: now(),
+		ICC: cfg.ICC, Masquerade: cfg.Masquerade, Internal: cfg.Internal,
+	}
+	if cfg.HostBinding.IsValid() {
+		rec.HostBinding = cfg.HostBinding.String()
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -307,8 +311,12 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 	}
 	n := d.networks[ep.NetworkID]
 	resp := &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: ep.ContainerVeth, DstPrefix: "eth"}}
-	resp.Gateway = gatewayFor(ep.IPv4, n.IPv4)
-	resp.GatewayIPv6 = gatewayFor(ep.IPv6, n.IPv6)
+	// An internal network has no way out, so no default route; the engine
+	// adds no docker_gwbridge leg for internal networks either.
+	if !n.Internal {
+		resp.Gateway = gatewayFor(ep.IPv4, n.IPv4)
+		resp.GatewayIPv6 = gatewayFor(ep.IPv6, n.IPv6)
+	}
 	return resp, nil
 }
 

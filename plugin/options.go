@@ -21,25 +21,35 @@ const (
 	optEnableIPv4 = "com.docker.network.enable_ipv4" // Docker 28+
 	optInternal   = "com.docker.network.internal"
 
-	OptBridgeName = "com.docker.network.bridge.name"
-	OptMTU        = "com.docker.network.driver.mtu"
+	OptBridgeName  = "com.docker.network.bridge.name"
+	OptMTU         = "com.docker.network.driver.mtu"
+	OptICC         = "com.docker.network.bridge.enable_icc"
+	OptMasquerade  = "com.docker.network.bridge.enable_ip_masquerade"
+	OptHostBinding = "com.docker.network.bridge.host_binding_ipv4"
 )
 
 // supportedOptions are the -o keys mynet accepts, with their documentation.
 var supportedOptions = map[string]string{
-	OptBridgeName: "bridge interface name (default mn-<first 12 characters of the network ID>)",
-	OptMTU:        "MTU of the bridge and of every veth, 68-65535 (default: kernel default, 1500)",
+	OptBridgeName:  "bridge interface name (default mn-<first 12 characters of the network ID>)",
+	OptMTU:         "MTU of the bridge and of every veth, 68-65535 (default: kernel default, 1500)",
+	OptICC:         "containers of the network may reach each other: true or false (default true)",
+	OptMasquerade:  "masquerade egress to the host's address: true or false (default true)",
+	OptHostBinding: "default host IPv4 address for published ports (default: all)",
 }
 
 // NetworkConfig is a CreateNetwork request parsed and validated: everything
 // after this point is typed, and nothing downstream reads Docker's maps.
 type NetworkConfig struct {
-	ID         string
-	BridgeName string
-	MTU        int
-	EnableIPv6 bool
-	IPv4       []SubnetConfig
-	IPv6       []SubnetConfig
+	ID          string
+	BridgeName  string
+	MTU         int
+	EnableIPv6  bool
+	Internal    bool
+	ICC         bool
+	Masquerade  bool
+	HostBinding netip.Addr // invalid: all host addresses
+	IPv4        []SubnetConfig
+	IPv6        []SubnetConfig
 }
 
 // SubnetConfig is one IPAM entry of the request.
@@ -51,7 +61,7 @@ type SubnetConfig struct {
 // ParseCreateNetwork turns the engine's request into a NetworkConfig,
 // rejecting anything mynet would otherwise have to guess about.
 func ParseCreateNetwork(req *network.CreateNetworkRequest) (NetworkConfig, error) {
-	cfg := NetworkConfig{ID: req.NetworkID}
+	cfg := NetworkConfig{ID: req.NetworkID, ICC: true, Masquerade: true}
 	if err := netutil.ValidateID("network ID", req.NetworkID); err != nil {
 		return cfg, badRequest(err)
 	}
@@ -89,12 +99,8 @@ func parseTopLevel(opts map[string]any, cfg *NetworkConfig) error {
 	if cfg.EnableIPv6, err = boolOption(opts, optEnableIPv6, false); err != nil {
 		return err
 	}
-	internal, err := boolOption(opts, optInternal, false)
-	if err != nil {
+	if cfg.Internal, err = boolOption(opts, optInternal, false); err != nil {
 		return err
-	}
-	if internal {
-		return badRequest(fmt.Errorf("--internal networks are not supported by this version of mynet"))
 	}
 	ipv4, err := boolOption(opts, optEnableIPv4, true)
 	if err != nil {
@@ -140,6 +146,22 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 				return badRequest(fmt.Errorf("option %s: %q is not an MTU; use a number from 68 to 65535", k, v))
 			}
 			cfg.MTU = mtu
+		case OptICC, OptMasquerade:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return badRequest(fmt.Errorf("option %s: %q is not a boolean; use true or false", k, v))
+			}
+			if k == OptICC {
+				cfg.ICC = b
+			} else {
+				cfg.Masquerade = b
+			}
+		case OptHostBinding:
+			a, err := netip.ParseAddr(v)
+			if err != nil || !a.Is4() {
+				return badRequest(fmt.Errorf("option %s: %q is not an IPv4 address", k, v))
+			}
+			cfg.HostBinding = a
 		default:
 			return badRequest(fmt.Errorf("unknown option %q; mynet supports: %s", k, supportedList()))
 		}

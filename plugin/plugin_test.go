@@ -27,12 +27,13 @@ type fakeDataplane struct {
 	mu        sync.Mutex
 	networks  map[string]bridge.Network
 	endpoints map[string]bridge.Endpoint
+	ports     map[string][]bridge.PortMapping
 	failNext  error
 	host      []netip.Prefix
 }
 
 func newFake() *fakeDataplane {
-	return &fakeDataplane{networks: map[string]bridge.Network{}, endpoints: map[string]bridge.Endpoint{}}
+	return &fakeDataplane{networks: map[string]bridge.Network{}, endpoints: map[string]bridge.Endpoint{}, ports: map[string][]bridge.PortMapping{}}
 }
 
 func (f *fakeDataplane) fail() error {
@@ -99,6 +100,33 @@ func (f *fakeDataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bo
 }
 
 func (f *fakeDataplane) HostPrefixes(bool) ([]netip.Prefix, error) { return f.host, nil }
+
+func (f *fakeDataplane) EnsurePorts(_ context.Context, _ bridge.Network, ep bridge.Endpoint, ports []bridge.PortMapping) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail(); err != nil {
+		return err
+	}
+	f.ports[ep.ID] = ports
+	return nil
+}
+
+func (f *fakeDataplane) RemovePorts(_ context.Context, ep bridge.Endpoint, _ []bridge.PortMapping) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.ports, ep.ID)
+	return nil
+}
+
+// ProbePort pretends a host service listens on 30000.
+func (f *fakeDataplane) ProbePort(_ string, _ netip.Addr, port uint16) error {
+	if port == 30000 {
+		return errors.New("address already in use")
+	}
+	return nil
+}
+
+func (f *fakeDataplane) EphemeralPorts() (uint16, uint16) { return 30000, 30002 }
 
 type harness struct {
 	t     *testing.T

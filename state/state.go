@@ -48,6 +48,12 @@ type Network struct {
 	MTU    int      `json:",omitempty"`
 	IPv4   []Subnet `json:",omitempty"`
 	IPv6   []Subnet `json:",omitempty"`
+	// ICC and Masquerade are Docker's enable_icc and enable_ip_masquerade.
+	ICC        bool
+	Masquerade bool
+	Internal   bool `json:",omitempty"`
+	// HostBinding is the default host address of published ports.
+	HostBinding string `json:",omitempty"`
 	// Pending marks a record written before its kernel objects: if mynet
 	// dies before clearing it, the startup reconcile removes the objects the
 	// record names, and the engine's retry (if any) creates them afresh.
@@ -70,11 +76,24 @@ type Endpoint struct {
 	MAC           string
 	IPv4          string `json:",omitempty"` // address/len
 	IPv6          string `json:",omitempty"`
+	// Ports are the published ports, host ports resolved, while the
+	// endpoint is the container's gateway endpoint.
+	Ports []Port `json:",omitempty"`
 	// MACGenerated: mynet chose the MAC (the engine sent none), so a
 	// repeated CreateEndpoint must return it again.
 	MACGenerated bool `json:",omitempty"`
 	Pending      bool `json:",omitempty"`
 	Created      time.Time
+}
+
+// Port is one published port mapping as programmed.
+type Port struct {
+	Proto       string // tcp, udp, sctp
+	HostIP      string `json:",omitempty"`
+	HostPort    uint16
+	HostPortEnd uint16
+	ContainerIP string
+	Port        uint16
 }
 
 // Pool is an IPAM pool. Its allocations are stored as separate keys so that

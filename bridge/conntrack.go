@@ -1,0 +1,75 @@
+package bridge
+
+import (
+	"errors"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// forgetAddresses clears state the kernel keeps about an endpoint's
+// addresses: conntrack entries from or to them (so a reused address does
+// not inherit flows) and the host's neighbour entries on the bridge (so the
+// host does not keep sending to the previous owner's MAC). Best effort:
+// failures are logged, never returned.
+func (d *Dataplane) forgetAddresses(ep Endpoint) {
+	for _, a := range ep.Addresses {
+		d.flushConntrack(a, 0)
+		d.forgetNeighbour(ep.Bridge, a)
+	}
+}
+
+// flushConntrack deletes entries whose original source or reply source is
+// addr (the reply source is the container for connections DNATed to it).
+// With hostPort set it deletes only UDP entries DNATed to addr from that
+// published port.
+// Equivalent to: conntrack -D -s ADDR; conntrack -D -r ADDR [-p udp --dport PORT].
+func (d *Dataplane) flushConntrack(addr netip.Addr, hostPort uint16) {
+	family := netlink.InetFamily(unix.AF_INET)
+	if addr.Is6() {
+		family = unix.AF_INET6
+	}
+	kinds := []netlink.ConntrackFilterType{netlink.ConntrackOrigSrcIP, netlink.ConntrackReplySrcIP}
+	if hostPort != 0 {
+		kinds = kinds[1:]
+	}
+	var filters []netlink.CustomConntrackFilter
+	for _, kind := range kinds {
+		f := &netlink.ConntrackFilter{}
+		err := f.AddIP(kind, addr.AsSlice())
+		if err == nil && hostPort != 0 {
+			err = errors.Join(f.AddProtocol(unix.IPPROTO_UDP), f.AddPort(netlink.ConntrackOrigDstPort, hostPort))
+		}
+		if err != nil {
+			d.log.Debug("conntrack filter", "address", addr, "err", err)
+			continue
+		}
+		filters = append(filters, f)
+	}
+	n, err := d.nl.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...)
+	if err != nil {
+		d.log.Debug("conntrack flush failed", "address", addr, "err", err)
+		return
+	}
+	if n > 0 {
+		d.log.Debug("conntrack entries flushed", "address", addr, "host_port", hostPort, "count", n)
+	}
+}
+
+// forgetNeighbour deletes the host's neighbour entry for addr on the bridge.
+// Equivalent to: ip neigh del ADDR dev BRIDGE.
+func (d *Dataplane) forgetNeighbour(bridge string, addr netip.Addr) {
+	br, err := d.nl.LinkByName(bridge)
+	if err != nil {
+		return
+	}
+	family := netlink.FAMILY_V4
+	if addr.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	err = d.nl.NeighDel(&netlink.Neigh{LinkIndex: br.Attrs().Index, Family: family, IP: addr.AsSlice()})
+	if err != nil && !isNotFound(err) && !errors.Is(err, unix.ENOENT) {
+		d.log.Debug("neighbour flush failed", "address", addr, "err", err)
+	}
+}

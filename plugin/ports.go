@@ -1,0 +1,270 @@
+package plugin
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/state"
+)
+
+// optPortMap is the sandbox label carrying the container's -p bindings.
+const optPortMap = "com.docker.network.portmap"
+
+// portBinding is the engine's types.PortBinding as it arrives in JSON.
+type portBinding struct {
+	Proto       int
+	IP          string
+	Port        uint16
+	HostIP      string
+	HostPort    uint16
+	HostPortEnd uint16
+}
+
+var protoNames = map[int]string{6: "tcp", 17: "udp", 132: "sctp"}
+
+// ProgramExternalConnectivity publishes the container's ports. The engine
+// sends it only for the container's gateway endpoint (protocol.md 2.4), and
+// again for a new gateway endpoint when the old one leaves; the ports follow.
+// The record is written before the rules, so the startup reconcile
+// re-creates whatever a crash interrupted.
+func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *network.ProgramExternalConnectivityRequest) (*empty, error) {
+	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
+	bindings, err := parsePortMap(req.Options[optPortMap])
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, n, err := d.endpointOn(req.NetworkID, req.EndpointID, "program ports of")
+	if err != nil {
+		return nil, err
+	}
+	if len(bindings) == 0 {
+		return nil, nil
+	}
+	if n.Internal {
+		return nil, badRequestf("network %s is internal: it cannot publish ports", netutil.Short(n.ID))
+	}
+	ports := ep.Ports // a repeat (retry, or the gateway moving back) keeps its ports
+	if len(ports) == 0 {
+		if ports, err = d.resolvePorts(n, ep, bindings); err != nil {
+			return nil, fmt.Errorf("publish ports of endpoint %s: %w", netutil.Short(ep.ID), err)
+		}
+	}
+	rec := *ep
+	rec.Ports = ports
+	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
+		return nil, err
+	}
+	if err := d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, &rec), toBridgePorts(ports)); err != nil {
+		if serr := d.cfg.Store.PutEndpoint(*ep); serr != nil {
+			d.log.Warn("could not revert the endpoint record; the startup reconcile retries the ports", "endpoint_id", netutil.Short(ep.ID), "err", serr)
+		}
+		return nil, fmt.Errorf("publish ports of endpoint %s: %w", netutil.Short(ep.ID), err)
+	}
+	*ep = rec
+	d.log.Info("ports published", "network_id", netutil.Short(n.ID), "endpoint_id", netutil.Short(ep.ID), "ports", describePorts(ports))
+	return nil, nil
+}
+
+// RevokeExternalConnectivity unpublishes the ports; the record goes first,
+// so a leftover rule is an orphan the reconcile removes.
+func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.RevokeExternalConnectivityRequest) (*empty, error) {
+	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, ok := d.endpoints[req.EndpointID]
+	if !ok || len(ep.Ports) == 0 {
+		return nil, nil
+	}
+	n := d.networks[ep.NetworkID]
+	rec := *ep
+	rec.Ports = nil
+	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
+		return nil, err
+	}
+	old := ep.Ports
+	*ep = rec
+	return nil, d.cfg.Dataplane.RemovePorts(ctx, toBridgeEndpoint(n, ep), toBridgePorts(old))
+}
+
+func (d *Driver) endpointOn(networkID, endpointID, op string) (*state.Endpoint, *state.Network, error) {
+	ep, ok := d.endpoints[endpointID]
+	if !ok || ep.NetworkID != networkID {
+		return nil, nil, fmt.Errorf("%s endpoint %s: %w on network %s in mynet's state", op, netutil.Short(endpointID), ErrNotFound, netutil.Short(networkID))
+	}
+	return ep, d.networks[networkID], nil
+}
+
+// parsePortMap decodes the engine's port map, which arrives as a generic
+// JSON value inside the options map.
+func parsePortMap(raw any) ([]portBinding, error) {
+	if raw == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return nil, badRequestf("option %s: %v", optPortMap, err)
+	}
+	var out []portBinding
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, badRequestf("option %s is not a list of port bindings: %v", optPortMap, err)
+	}
+	return out, nil
+}
+
+// resolvePorts turns bindings into mappings: a protocol name, container
+// addresses of the binding's family (both families for an unspecified host
+// address), and host ports chosen where the user left them open, checked
+// against mynet's other mappings and against the host's listening sockets.
+// Consecutive ports with identical host and container numbers, such as
+// -p 8000-8010:8000-8010, become one mapping and so one rule.
+func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []portBinding) ([]state.Port, error) {
+	hostDefault, _ := netip.ParseAddr(n.HostBinding)
+	var out []state.Port
+	for _, b := range bindings {
+		proto, ok := protoNames[b.Proto]
+		if !ok {
+			return nil, badRequestf("port %d: protocol %d cannot be published; use tcp, udp or sctp", b.Port, b.Proto)
+		}
+		hostIP := hostDefault
+		if b.HostIP != "" {
+			a, err := netip.ParseAddr(b.HostIP)
+			if err != nil {
+				return nil, badRequestf("port %d/%s: host IP %q: %v", b.Port, proto, b.HostIP, err)
+			}
+			hostIP = a.Unmap()
+		}
+		if hostIP.IsUnspecified() {
+			hostIP = netip.Addr{}
+		}
+		ctrIPs := containerAddrs(ep, hostIP)
+		if len(ctrIPs) == 0 {
+			return nil, badRequestf("port %d/%s: the container has no address of host IP %s's family", b.Port, proto, hostIP)
+		}
+		hostPort, err := d.pickHostPort(proto, hostIP, b, out)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range ctrIPs {
+			p := state.Port{Proto: proto, HostPort: hostPort, HostPortEnd: hostPort, ContainerIP: c.String(), Port: b.Port}
+			if hostIP.IsValid() {
+				p.HostIP = hostIP.String()
+			}
+			out = append(out, p)
+		}
+	}
+	return coalesce(out), nil
+}
+
+func containerAddrs(ep *state.Endpoint, hostIP netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range []string{ep.IPv4, ep.IPv6} {
+		p, err := netip.ParsePrefix(a)
+		if err == nil && (!hostIP.IsValid() || hostIP.Is6() == p.Addr().Is6()) {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
+}
+
+// pickHostPort returns the binding's host port: the one given, the first
+// free one of a given range, or the first free one of the host's ephemeral
+// range when none is given.
+func (d *Driver) pickHostPort(proto string, hostIP netip.Addr, b portBinding, pending []state.Port) (uint16, error) {
+	first, last := b.HostPort, max(b.HostPortEnd, b.HostPort)
+	if b.HostPort == 0 {
+		first, last = d.cfg.Dataplane.EphemeralPorts()
+	}
+	var lastErr error
+	for p := uint32(first); p <= uint32(last); p++ {
+		port := uint16(p)
+		if owner := d.portOwner(proto, hostIP, port, pending); owner != "" {
+			lastErr = badRequestf("host port %d/%s is already published by %s", port, proto, owner)
+			continue
+		}
+		if err := d.cfg.Dataplane.ProbePort(proto, hostIP, port); err != nil {
+			lastErr = badRequestf("host port %d/%s is in use on the host: %v", port, proto, err)
+			continue
+		}
+		return port, nil
+	}
+	if first == last {
+		return 0, lastErr
+	}
+	return 0, badRequestf("no free host port for %d/%s in %d-%d (last problem: %v)", b.Port, proto, first, last, lastErr)
+}
+
+// portOwner names the endpoint that already publishes proto/port on an
+// overlapping host address, or returns "".
+func (d *Driver) portOwner(proto string, hostIP netip.Addr, port uint16, pending []state.Port) string {
+	clash := func(p state.Port) bool {
+		other, _ := netip.ParseAddr(p.HostIP)
+		return p.Proto == proto && port >= p.HostPort && port <= p.HostPortEnd &&
+			(!hostIP.IsValid() || !other.IsValid() || other == hostIP)
+	}
+	for _, p := range pending {
+		if clash(p) {
+			return "another binding of the same container"
+		}
+	}
+	for _, e := range d.endpoints {
+		for _, p := range e.Ports {
+			if clash(p) {
+				return fmt.Sprintf("endpoint %s on network %s", netutil.Short(e.ID), netutil.Short(e.NetworkID))
+			}
+		}
+	}
+	return ""
+}
+
+// coalesce merges runs of consecutive identity mappings (host port equal
+// to container port) into ranges. A DNAT to a port range keeps the original
+// port when it lies in the range, so one rule maps the run one to one.
+func coalesce(in []state.Port) []state.Port {
+	slices.SortStableFunc(in, func(a, b state.Port) int {
+		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostIP, b.HostIP), cmp.Compare(a.ContainerIP, b.ContainerIP), cmp.Compare(a.HostPort, b.HostPort))
+	})
+	var out []state.Port
+	for _, p := range in {
+		if len(out) > 0 {
+			last := &out[len(out)-1]
+			if last.Proto == p.Proto && last.HostIP == p.HostIP && last.ContainerIP == p.ContainerIP &&
+				last.HostPort == last.Port && p.HostPort == p.Port && p.HostPort == last.HostPortEnd+1 {
+				last.HostPortEnd = p.HostPort
+				continue
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func describePorts(ports []state.Port) string {
+	var parts []string
+	for _, p := range ports {
+		host := p.HostIP
+		if host == "" {
+			host = "*"
+		}
+		hp, cp := fmt.Sprint(p.HostPort), fmt.Sprint(p.Port)
+		if p.HostPortEnd > p.HostPort {
+			hp += fmt.Sprint("-", p.HostPortEnd)
+			cp += fmt.Sprint("-", p.Port+p.HostPortEnd-p.HostPort)
+		}
+		parts = append(parts, fmt.Sprintf("%s:%s->%s:%s/%s", host, hp, p.ContainerIP, cp, p.Proto))
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,115 @@
+package plugin
+
+import (
+	"strings"
+	"testing"
+)
+
+func portmap(bindings ...map[string]any) map[string]any {
+	return map[string]any{optPortMap: bindings}
+}
+
+func binding(proto int, hostIP string, hostPort, port int) map[string]any {
+	return map[string]any{"Proto": proto, "IP": "", "Port": port, "HostIP": hostIP, "HostPort": hostPort, "HostPortEnd": hostPort}
+}
+
+func TestPorts(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	for i, c := range []byte{'b', 'c', 'd'} {
+		h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id(c),
+			"Interface": map[string]any{"Address": "10.1.0." + string(rune('2'+i)) + "/24"}})
+	}
+	program := func(eid string, opts map[string]any) (int, map[string]any) {
+		return h.call("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": eid, "Options": opts})
+	}
+	ports := func(eid string) string { return describePorts(h.drv.endpoints[eid].Ports) }
+
+	// A range of identical ports becomes one mapping; port 0 takes the first
+	// free ephemeral port (30000 is held by a host process).
+	var rng []map[string]any
+	for p := 8000; p <= 8002; p++ {
+		rng = append(rng, binding(6, "", p, p))
+	}
+	if code, out := program(id('b'), portmap(append(rng, binding(17, "", 0, 53))...)); code != 200 {
+		t.Fatalf("program: %v", out)
+	}
+	if got := ports(id('b')); got != "*:8000-8002->10.1.0.2:8000-8002/tcp, *:30001->10.1.0.2:53/udp" {
+		t.Fatalf("ports = %s", got)
+	}
+	// A repeat keeps the chosen ports.
+	program(id('b'), portmap(append(rng, binding(17, "", 0, 53))...))
+	if got := ports(id('b')); !strings.Contains(got, "30001") {
+		t.Fatalf("repeat changed ports: %s", got)
+	}
+
+	// The same host port again fails and names the holder; nothing is kept.
+	msg := h.fails("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('c'), "Options": portmap(binding(6, "", 8001, 80))}, 400)
+	if !strings.Contains(msg, "8001/tcp") || !strings.Contains(msg, "bbbbbbbbbbbb") {
+		t.Fatalf("conflict error %q", msg)
+	}
+	if len(h.drv.endpoints[id('c')].Ports) != 0 || h.dp.ports[id('c')] != nil {
+		t.Fatal("a failed program left ports")
+	}
+	// A port held by a host process is refused; a specific host address
+	// does not clash with a different specific one.
+	if msg := h.fails("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('c'), "Options": portmap(binding(6, "", 30000, 80))}, 400); !strings.Contains(msg, "in use on the host") {
+		t.Fatalf("host conflict error %q", msg)
+	}
+	h.ok("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('c'), "Options": portmap(binding(6, "192.0.2.1", 9000, 80))})
+	h.ok("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('d'), "Options": portmap(binding(6, "192.0.2.2", 9000, 80))})
+
+	// The ports survive a restart and are re-applied.
+	h.restart()
+	if len(h.dp.ports[id('b')]) != 2 {
+		t.Fatalf("ports not restored: %v", h.dp.ports)
+	}
+	for range 2 {
+		h.ok("NetworkDriver.RevokeExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('b')})
+	}
+	if len(h.drv.endpoints[id('b')].Ports) != 0 || h.dp.ports[id('b')] != nil {
+		t.Fatal("revoke left ports")
+	}
+}
+
+func TestInternalNetwork(t *testing.T) {
+	h := newHarness(t)
+	req := createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil)
+	req["Options"].(map[string]any)["com.docker.network.internal"] = true
+	h.ok("NetworkDriver.CreateNetwork", req)
+	if !h.dp.networks[id('a')].Internal {
+		t.Fatal("dataplane network is not internal")
+	}
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
+	j := h.ok("NetworkDriver.Join", map[string]any{"NetworkID": id('a'), "EndpointID": id('b')})
+	if j["Gateway"] != "" {
+		t.Fatalf("internal network returned gateway %v", j["Gateway"])
+	}
+	msg := h.fails("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Options": portmap(binding(6, "", 8080, 80))}, 400)
+	if !strings.Contains(msg, "internal") {
+		t.Fatalf("error %q", msg)
+	}
+}
+
+func TestNetworkOptions(t *testing.T) {
+	h := newHarness(t)
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24",
+		map[string]any{OptICC: "false", OptMasquerade: "false", OptHostBinding: "192.0.2.7"}))
+	n := h.dp.networks[id('a')]
+	if n.ICC || n.Masquerade {
+		t.Fatalf("options not applied: %+v", n)
+	}
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
+	h.ok("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Options": portmap(binding(6, "", 8080, 80))})
+	if got := describePorts(h.drv.endpoints[id('b')].Ports); got != "192.0.2.7:8080->10.1.0.2:80/tcp" {
+		t.Fatalf("host_binding_ipv4 not used: %s", got)
+	}
+	for _, bad := range []map[string]any{{OptICC: "maybe"}, {OptHostBinding: "fd00::1"}, {OptMasquerade: ""}} {
+		msg := h.fails("NetworkDriver.CreateNetwork", createNetworkReq(id('c'), "10.3.0.0/24", "", bad), 400)
+		for k := range bad {
+			if !strings.Contains(msg, k) {
+				t.Errorf("error %q does not name %s", msg, k)
+			}
+		}
+	}
+}
