@@ -6,6 +6,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
@@ -29,6 +30,12 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mynet:", err)
+		var se stateError
+		if errors.As(err, &se) {
+			// EX_CONFIG: restarting cannot help, so the systemd unit does
+			// not restart on it (RestartPreventExitStatus=78).
+			os.Exit(78)
+		}
 		os.Exit(1)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/ipam"
+	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
 )
@@ -31,6 +32,7 @@ type serveFlags struct {
 	logFormat   string
 	socketGroup int
 	pools       []ipam.PoolSpec
+	reconcile   time.Duration
 }
 
 func parseServeFlags(args []string) (serveFlags, error) {
@@ -48,6 +50,7 @@ func parseServeFlags(args []string) (serveFlags, error) {
 		}
 		return err
 	})
+	fs.DurationVar(&f.reconcile, "reconcile-interval", 5*time.Second, "how often to check mynet's links and rules for outside changes and repair them (0: only at startup and on SIGHUP)")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
@@ -90,9 +93,12 @@ func serve(args []string) error {
 	}
 	log = log.With("plugin", f.name)
 
+	if err := failpoint.Enable(os.Getenv(failpoint.EnvVar)); err != nil {
+		return err
+	}
 	store, err := state.Open(f.stateDir)
 	if err != nil {
-		return err
+		return stateError{err}
 	}
 	defer store.Close()
 
@@ -116,6 +122,7 @@ func serve(args []string) error {
 		log.Error("restore incomplete", "err", err)
 	}
 
+	go reconcileLoop(ctx, drv, f.reconcile, log)
 	router := plugin.NewRouter(log, 60*time.Second)
 	drv.Register(router)
 	sock := filepath.Join(pluginDir, f.name+".sock")
@@ -125,7 +132,7 @@ func serve(args []string) error {
 	}
 	defer os.Remove(sock)
 	srv := &http.Server{
-		Handler:           router,
+		Handler:           plugin.Limit(router, 64, 30*time.Second),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      2 * time.Minute,

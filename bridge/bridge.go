@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/netutil/failpoint"
 )
 
 // Network is what the dataplane needs to build one network.
@@ -98,8 +99,6 @@ type Config struct {
 	// ip6tables binaries on PATH, the ones dockerd uses. Without ip6tables,
 	// IPv6 traffic is not filtered, and networks with IPv6 are refused.
 	IPv4, IPv6 IPTables
-	// FailAt makes the named step fail, for rollback tests.
-	FailAt string
 }
 
 // Dataplane builds networks and endpoints in one network namespace.
@@ -108,7 +107,6 @@ type Dataplane struct {
 	log      *slog.Logger
 	nl       *netlink.Handle
 	fw4, fw6 *firewall // fw6 is nil without ip6tables
-	failAt   string
 }
 
 // New returns a Dataplane. It touches nothing in the kernel.
@@ -123,7 +121,7 @@ func New(cfg Config) (*Dataplane, error) {
 			return nil, fmt.Errorf("open netlink handle: %w", err)
 		}
 	}
-	d := &Dataplane{instance: cfg.Instance, log: cfg.Log, nl: nl, failAt: cfg.FailAt}
+	d := &Dataplane{instance: cfg.Instance, log: cfg.Log, nl: nl}
 	ipt4 := cfg.IPv4
 	if ipt4 == nil {
 		var err error
@@ -190,7 +188,7 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 	if created {
 		undo.Push("delete bridge "+n.Bridge, func() error { return d.removeLink(n.Bridge) })
 	}
-	if err := d.step("bridge"); err != nil {
+	if err := failpoint.Inject("bridge.network.bridge"); err != nil {
 		return err
 	}
 	if err := d.ensureAddrs(n); err != nil {
@@ -207,7 +205,7 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 			return err
 		}
 	}
-	return d.step("rules")
+	return failpoint.Inject("bridge.network.rules")
 }
 
 // bridgeSysctls sets the bridge's per-interface switches.
@@ -273,7 +271,7 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 	if created {
 		undo.Push("delete veth "+ep.HostVeth, func() error { return d.removeLink(ep.HostVeth) })
 	}
-	if err := d.step("veth"); err != nil {
+	if err := failpoint.Inject("bridge.endpoint.veth"); err != nil {
 		return err
 	}
 	// The address may have belonged to another container a moment ago:
@@ -315,7 +313,7 @@ func (d *Dataplane) EnsurePorts(ctx context.Context, n Network, ep Endpoint, por
 			return err
 		}
 	}
-	return d.step("ports")
+	return failpoint.Inject("bridge.ports")
 }
 
 // RemovePorts deletes the endpoint's port rules, found by their comment,
@@ -417,14 +415,6 @@ func (d *Dataplane) parseTag(alias string) (kind, id string, ok bool) {
 	}
 	kind, id, ok = strings.Cut(rest, ":")
 	return kind, id, ok && (kind == "net" || kind == "ep")
-}
-
-// step fails when the test hook names it.
-func (d *Dataplane) step(name string) error {
-	if d.failAt == name {
-		return fmt.Errorf("injected failure after step %q", name)
-	}
-	return nil
 }
 
 func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/netutil/nstest"
 )
 
@@ -44,6 +45,10 @@ func testEndpoint(n Network, id string) Endpoint {
 // to it. The netlink handle is opened inside the namespace; iptables child
 // processes inherit it from the locked thread.
 func withDataplane(t *testing.T, failAt string, fn func(d *Dataplane)) {
+	if err := failpoint.Enable(failAt); err != nil {
+		t.Fatal(err)
+	}
+	defer failpoint.Enable("")
 	nstest.RequireCommand(t, "iptables")
 	nstest.Run(t, func() {
 		nl, err := netlink.NewHandle()
@@ -58,7 +63,7 @@ func withDataplane(t *testing.T, failAt string, fn func(d *Dataplane)) {
 				run(t, cmd, "-t", table, "-X", "PRIME")
 			}
 		}
-		d, err := New(Config{Instance: "mynet-test", Netlink: nl, FailAt: failAt})
+		d, err := New(Config{Instance: "mynet-test", Netlink: nl})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,14 +259,14 @@ func TestEndpointLifecycle(t *testing.T) {
 // TestFailedCreateLeavesNothing injects a failure after each step of the
 // creates and checks the namespace is exactly as before.
 func TestFailedCreateLeavesNothing(t *testing.T) {
-	for _, step := range []string{"bridge", "rules", "veth"} {
+	for _, step := range []string{"bridge.network.bridge", "bridge.network.rules", "bridge.endpoint.veth"} {
 		t.Run(step, func(t *testing.T) {
-			withDataplane(t, step, func(d *Dataplane) {
+			withDataplane(t, step+"=error", func(d *Dataplane) {
 				ctx := context.Background()
 				n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 				before := snapshot(t)
 				err := d.EnsureNetwork(ctx, n)
-				if step == "veth" {
+				if step == "bridge.endpoint.veth" {
 					// The network itself succeeds; the endpoint fails.
 					if err != nil {
 						t.Fatal(err)
@@ -489,4 +494,49 @@ func countRules(t *testing.T) int {
 		}
 	}
 	return n
+}
+
+// TestFingerprint: stable while nothing changes, different after damage
+// from outside, and the same again once EnsureNetwork has repaired it.
+func TestFingerprint(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		fp := func() string {
+			s, err := d.Fingerprint()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		good := fp()
+		if fp() != good {
+			t.Fatal("fingerprint changes with nothing changing")
+		}
+		for _, damage := range [][]string{
+			{"iptables", "-F", d.fw4.chains.isolation},
+			{"iptables", "-t", "nat", "-F", d.fw4.chains.postrouting},
+			{"iptables", "-D", "FORWARD", "-m", "comment", "--comment", "mynet mynet-test", "-j", d.fw4.chains.forward},
+			{"ip", "addr", "flush", "dev", n.Bridge},
+			{"ip", "link", "del", n.Bridge},
+		} {
+			run(t, damage...)
+			if fp() == good {
+				t.Fatalf("fingerprint unchanged after %v", damage)
+			}
+			if err := d.EnsureNetwork(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+			if got := fp(); got != good && !strings.Contains(strings.Join(damage, " "), "link del") {
+				t.Fatalf("fingerprint after repairing %v differs", damage)
+			}
+			good = fp()
+		}
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

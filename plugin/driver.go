@@ -36,6 +36,9 @@ type Dataplane interface {
 	EndpointExists(bridge.Endpoint) (bool, error)
 	// RemoveOrphans deletes tagged objects whose IDs are not in the sets.
 	RemoveOrphans(ctx context.Context, networks, endpoints map[string]bool) error
+	// Fingerprint summarises mynet's kernel objects, so that a change made
+	// from outside can be noticed cheaply.
+	Fingerprint() (string, error)
 	// HostPrefixes are subnets in use on the host, for choosing pools.
 	HostPrefixes(v6 bool) ([]netip.Prefix, error)
 	// EnsurePorts publishes ports of an endpoint; RemovePorts undoes it.
@@ -57,7 +60,7 @@ type Store interface {
 	DeleteEndpoint(networkID, id string) error
 	PutPool(state.Pool) error
 	DeletePool(id string) error
-	AddAddress(poolID, addr, cursor string) error
+	AddAddress(poolID, addr, owner, cursor string) error
 	RemoveAddress(poolID, addr string) error
 }
 
@@ -79,15 +82,41 @@ type Driver struct {
 	cfg Config
 	log *slog.Logger
 
-	mu        sync.Mutex
-	networks  map[string]*state.Network
-	endpoints map[string]*state.Endpoint // by endpoint ID
-	pools     map[string]*poolEntry      // by pool ID
+	mu sync.Mutex
+	// dirty: kernel objects changed since the last reconcile pass, so the
+	// next one checks everything instead of comparing fingerprints.
+	dirty       bool
+	fingerprint string
+	networks    map[string]*state.Network
+	endpoints   map[string]*state.Endpoint // by endpoint ID
+	pools       map[string]*poolEntry      // by pool ID
 }
 
 type poolEntry struct {
 	rec  state.Pool
 	pool *ipam.Pool
+	// owners and byOwner link addresses to the MAC of the endpoint they
+	// were allocated for, so a retried RequestAddress gets the same answer.
+	owners  map[netip.Addr]string
+	byOwner map[string]netip.Addr
+}
+
+func newPoolEntry(rec state.Pool, p *ipam.Pool) *poolEntry {
+	return &poolEntry{rec: rec, pool: p, owners: map[netip.Addr]string{}, byOwner: map[string]netip.Addr{}}
+}
+
+func (p *poolEntry) setOwner(a netip.Addr, owner string) {
+	if owner != "" {
+		p.owners[a], p.byOwner[owner] = owner, a
+	}
+}
+
+func (p *poolEntry) release(a netip.Addr) {
+	p.pool.Release(a)
+	if owner, ok := p.owners[a]; ok {
+		delete(p.byOwner, owner)
+		delete(p.owners, a)
+	}
 }
 
 // NewDriver returns a driver with empty state; call Restore before serving.
@@ -146,10 +175,8 @@ func (d *Driver) Dump() *Dump {
 
 // Restore loads the state and makes the kernel match it, before the socket
 // serves: the engine replays nothing after a restart (protocol.md section
-// 5), so bridges and rules lost to a reboot or a flush are rebuilt here,
-// half-done operations of a crash are undone, endpoints whose veth vanished
-// with their container are dropped, and tagged objects the state does not
-// know are removed.
+// 5), so half-done operations of a crash are undone here and a full
+// reconcile pass rebuilds whatever a reboot or a flush took.
 func (d *Driver) Restore(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -170,43 +197,19 @@ func (d *Driver) Restore(ctx context.Context) error {
 			errs = append(errs, d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(&n)), d.cfg.Store.DeleteNetwork(n.ID))
 			continue
 		}
-		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(&n)); err != nil {
-			errs = append(errs, fmt.Errorf("restore network %s: %w", netutil.Short(n.ID), err))
-		}
 		d.networks[n.ID] = &n
 	}
 	for i := range snap.Endpoints {
 		e := snap.Endpoints[i]
-		n := d.networks[e.NetworkID]
-		if n != nil && !e.Pending {
-			exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, &e))
-			if err != nil {
-				errs = append(errs, err)
-			}
-			if exists || err != nil {
-				d.endpoints[e.ID] = &e
-				if len(e.Ports) > 0 {
-					if err := d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, &e), toBridgePorts(e.Ports)); err != nil {
-						errs = append(errs, fmt.Errorf("restore ports of endpoint %s: %w", netutil.Short(e.ID), err))
-					}
-				}
-				continue
-			}
+		if n := d.networks[e.NetworkID]; e.Pending && n != nil {
+			d.log.Info("undoing endpoint creation interrupted by a crash", "endpoint_id", netutil.Short(e.ID))
+			errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, &e)), d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID))
+			continue
 		}
-		d.log.Info("dropping stale endpoint", "network_id", netutil.Short(e.NetworkID), "endpoint_id", netutil.Short(e.ID), "pending", e.Pending, "network_known", n != nil)
-		if n != nil {
-			errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, &e)))
-		}
-		errs = append(errs, d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID))
+		d.endpoints[e.ID] = &e // the reconcile drops it if its network is gone
 	}
-	keepNets, keepEps := map[string]bool{}, map[string]bool{}
-	for id := range d.networks {
-		keepNets[id] = true
-	}
-	for id := range d.endpoints {
-		keepEps[id] = true
-	}
-	errs = append(errs, d.cfg.Dataplane.RemoveOrphans(ctx, keepNets, keepEps))
+	_, err = d.reconcile(ctx, true)
+	errs = append(errs, err)
 	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(d.endpoints), "pools", len(d.pools))
 	return errors.Join(errs...)
 }
@@ -238,8 +241,14 @@ func (d *Driver) restorePool(rec state.Pool) error {
 	if c, err := netip.ParseAddr(rec.Cursor); err == nil {
 		p.SetCursor(c)
 	}
-	rec.Addrs = nil
-	d.pools[rec.ID] = &poolEntry{rec: rec, pool: p}
+	e := newPoolEntry(rec, p)
+	for a, owner := range rec.Owners {
+		if addr, err := netip.ParseAddr(a); err == nil {
+			e.setOwner(addr, owner)
+		}
+	}
+	e.rec.Addrs, e.rec.Owners = nil, nil
+	d.pools[rec.ID] = e
 	return nil
 }
 

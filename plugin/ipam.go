@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/state"
 )
 
@@ -22,6 +24,7 @@ const (
 	globalAddressSpace = "global"
 	gatewayRequestKey  = "RequestAddressType"
 	gatewayRequestType = "com.docker.network.gateway"
+	macAddressOption   = "com.docker.network.endpoint.macaddress"
 )
 
 // ErrPoolOverlap is returned for a --subnet that overlaps a held pool.
@@ -29,7 +32,10 @@ var ErrPoolOverlap = errors.New("subnet overlaps a pool mynet already holds")
 
 func (d *Driver) registerIPAM(r *Router) {
 	handle(r, "IpamDriver.GetCapabilities", func(context.Context, *empty) (*ipamapi.CapabilitiesResponse, error) {
-		return &ipamapi.CapabilitiesResponse{RequiresMACAddress: false}, nil
+		// With RequiresMACAddress the engine generates each endpoint's MAC
+		// before asking for its address and sends it along: a key that makes
+		// a retried RequestAddress recognisable (protocol.md section 4).
+		return &ipamapi.CapabilitiesResponse{RequiresMACAddress: true}, nil
 	})
 	handle(r, "IpamDriver.GetDefaultAddressSpaces", func(context.Context, *empty) (*ipamapi.AddressSpacesResponse, error) {
 		return &ipamapi.AddressSpacesResponse{LocalDefaultAddressSpace: localAddressSpace, GlobalDefaultAddressSpace: globalAddressSpace}, nil
@@ -81,14 +87,14 @@ func (d *Driver) RequestPool(_ context.Context, req *ipamapi.RequestPoolRequest)
 	if err != nil {
 		return nil, badRequest(err)
 	}
-	rec := state.Pool{ID: subnet.String(), Pool: subnet.String(), V6: req.V6}
+	rec := state.Pool{ID: subnet.String(), Pool: subnet.String(), V6: req.V6, Created: now()}
 	if rng.IsValid() {
 		rec.Range = rng.String()
 	}
 	if err := d.cfg.Store.PutPool(rec); err != nil {
 		return nil, err
 	}
-	p := &poolEntry{rec: rec, pool: pool}
+	p := newPoolEntry(rec, pool)
 	d.pools[rec.ID] = p
 	return poolResponse(p), nil
 }
@@ -174,8 +180,12 @@ func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRe
 		return nil, badRequestf("pool %q is not held by mynet's IPAM", req.PoolID)
 	}
 	gateway := req.Options[gatewayRequestKey] == gatewayRequestType
+	owner := macOption(req.Options)
 	var addr netip.Addr
 	var err error
+	if prev, ok := p.byOwner[owner]; ok && owner != "" && (req.Address == "" || req.Address == prev.String()) {
+		return addressResponse(p, prev), nil // a retry for the same endpoint
+	}
 	switch {
 	case req.Address != "":
 		if addr, err = netip.ParseAddr(req.Address); err != nil {
@@ -202,14 +212,28 @@ func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRe
 			return nil, err
 		}
 	}
-	if err := d.persistAddress(p, addr, gateway, req.Address == "" && !gateway); err != nil {
+	if err := d.persistAddress(p, addr, owner, gateway, req.Address == "" && !gateway); err != nil {
 		p.pool.Release(addr)
+		return nil, err
+	}
+	p.setOwner(addr, owner)
+	if err := failpoint.Inject("ipam.address.committed"); err != nil {
 		return nil, err
 	}
 	return addressResponse(p, addr), nil
 }
 
-func (d *Driver) persistAddress(p *poolEntry, addr netip.Addr, gateway, moveCursor bool) error {
+// macOption is the endpoint MAC the engine sends with RequestAddress, in
+// canonical form, or "".
+func macOption(opts map[string]string) string {
+	mac, err := net.ParseMAC(opts[macAddressOption])
+	if err != nil {
+		return ""
+	}
+	return mac.String()
+}
+
+func (d *Driver) persistAddress(p *poolEntry, addr netip.Addr, owner string, gateway, moveCursor bool) error {
 	if gateway {
 		rec := p.rec
 		rec.Gateway = addr.String()
@@ -222,7 +246,7 @@ func (d *Driver) persistAddress(p *poolEntry, addr netip.Addr, gateway, moveCurs
 	if moveCursor {
 		cursor = addr.String()
 	}
-	return d.cfg.Store.AddAddress(p.rec.ID, addr.String(), cursor)
+	return d.cfg.Store.AddAddress(p.rec.ID, addr.String(), owner, cursor)
 }
 
 func addressResponse(p *poolEntry, a netip.Addr) *ipamapi.RequestAddressResponse {
@@ -254,6 +278,6 @@ func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRe
 	if err := d.cfg.Store.RemoveAddress(p.rec.ID, addr.String()); err != nil {
 		return nil, err
 	}
-	p.pool.Release(addr)
+	p.release(addr)
 	return nil, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/state"
 )
 
@@ -72,7 +73,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 			return nil, badRequestf("bridge name %s is already used by mynet network %s; choose another %s", cfg.BridgeName, netutil.Short(n.ID), OptBridgeName)
 		}
 	}
-	if err := d.commitCreate(ctx, "network "+netutil.Short(rec.ID),
+	if err := d.commitCreate(ctx, "network", rec.ID,
 		func(pending bool) error { rec.Pending = pending; return d.cfg.Store.PutNetwork(rec) },
 		func() error { return d.cfg.Store.DeleteNetwork(rec.ID) },
 		func() error { return d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(&rec)) },
@@ -88,7 +89,12 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 // commitCreate runs the crash-safe create sequence: a pending record, the
 // kernel objects, the committed record; on failure it undoes whatever was
 // done, newest first.
-func (d *Driver) commitCreate(ctx context.Context, what string, put func(pending bool) error, del, ensure, remove func() error) (retErr error) {
+//
+// Failpoints "<kind>.create.pending" and "<kind>.create.committed" stop it
+// after each record write.
+func (d *Driver) commitCreate(ctx context.Context, kind, id string, put func(pending bool) error, del, ensure, remove func() error) (retErr error) {
+	what := kind + " " + netutil.Short(id)
+	d.dirty = true
 	var undo netutil.Undo
 	defer func() {
 		if cerr := undo.RunIf(retErr, d.log); cerr != nil {
@@ -99,11 +105,17 @@ func (d *Driver) commitCreate(ctx context.Context, what string, put func(pending
 		return err
 	}
 	undo.Push("delete record of "+what, del)
+	if err := failpoint.Inject(kind + ".create.pending"); err != nil {
+		return err
+	}
 	if err := ensure(); err != nil {
 		return err
 	}
 	undo.Push("remove kernel objects of "+what, remove)
-	return put(false)
+	if err := put(false); err != nil {
+		return err
+	}
+	return failpoint.Inject(kind + ".create.committed")
 }
 
 // linkPools records which network uses which of mynet's IPAM pools, so that
@@ -147,6 +159,10 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 		return nil, err
 	}
 	delete(d.networks, n.ID)
+	d.dirty = true
+	if err := failpoint.Inject("network.delete.record"); err != nil {
+		return nil, err
+	}
 	var errs []error
 	for _, e := range stale {
 		delete(d.endpoints, e.ID)
@@ -183,7 +199,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	if err != nil {
 		return nil, err
 	}
-	if err := d.commitCreate(ctx, "endpoint "+netutil.Short(ep.ID),
+	if err := d.commitCreate(ctx, "endpoint", ep.ID,
 		func(pending bool) error { ep.Pending = pending; return d.cfg.Store.PutEndpoint(ep) },
 		func() error { return d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID) },
 		func() error { return d.cfg.Dataplane.EnsureEndpoint(ctx, toBridgeEndpoint(n, &ep)) },
@@ -290,6 +306,10 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 		return nil, err
 	}
 	delete(d.endpoints, ep.ID)
+	d.dirty = true
+	if err := failpoint.Inject("endpoint.delete.record"); err != nil {
+		return nil, err
+	}
 	if n := d.networks[ep.NetworkID]; n != nil {
 		return nil, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, ep))
 	}

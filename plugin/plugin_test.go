@@ -101,6 +101,12 @@ func (f *fakeDataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bo
 
 func (f *fakeDataplane) HostPrefixes(bool) ([]netip.Prefix, error) { return f.host, nil }
 
+func (f *fakeDataplane) Fingerprint() (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fmt.Sprint(f.networks, f.endpoints, f.ports), nil // fmt sorts map keys
+}
+
 func (f *fakeDataplane) EnsurePorts(_ context.Context, _ bridge.Network, ep bridge.Endpoint, ports []bridge.PortMapping) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -541,5 +547,40 @@ func TestParseCreateNetwork(t *testing.T) {
 				t.Fatalf("ParseCreateNetwork = %+v, %v", cfg, err)
 			}
 		})
+	}
+}
+
+func TestReconcileRepairsOutsideDamage(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
+	ctx := context.Background()
+	if repaired, err := h.drv.Reconcile(ctx, false); err != nil || repaired {
+		t.Fatalf("first pass after own changes = %v, %v; want no repair", repaired, err)
+	}
+	if repaired, _ := h.drv.Reconcile(ctx, false); repaired {
+		t.Fatal("a pass with nothing changed reported a repair")
+	}
+	// Someone deletes the bridge and its rules; a container dies and takes
+	// its veth along.
+	h.dp.mu.Lock()
+	delete(h.dp.networks, id('a'))
+	delete(h.dp.endpoints, id('b'))
+	h.dp.mu.Unlock()
+	repaired, err := h.drv.Reconcile(ctx, false)
+	if err != nil || !repaired {
+		t.Fatalf("Reconcile = %v, %v; want a repair", repaired, err)
+	}
+	if _, ok := h.dp.networks[id('a')]; !ok {
+		t.Fatal("network not re-created")
+	}
+	if d := h.dump(); len(d.Endpoints) != 0 {
+		t.Fatalf("stale endpoint kept: %+v", d.Endpoints)
+	}
+	// A deleted network is not resurrected.
+	h.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": id('a')})
+	h.drv.Reconcile(ctx, true)
+	if len(h.dp.networks) != 0 {
+		t.Fatal("a deleted network came back")
 	}
 }

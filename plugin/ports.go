@@ -12,6 +12,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/state"
 )
 
@@ -66,6 +67,10 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *network.P
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return nil, err
 	}
+	d.dirty = true
+	if err := failpoint.Inject("ports.record"); err != nil {
+		return nil, err
+	}
 	if err := d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, &rec), toBridgePorts(ports)); err != nil {
 		if serr := d.cfg.Store.PutEndpoint(*ep); serr != nil {
 			d.log.Warn("could not revert the endpoint record; the startup reconcile retries the ports", "endpoint_id", netutil.Short(ep.ID), "err", serr)
@@ -97,6 +102,7 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 	}
 	old := ep.Ports
 	*ep = rec
+	d.dirty = true
 	return nil, d.cfg.Dataplane.RemovePorts(ctx, toBridgeEndpoint(n, ep), toBridgePorts(old))
 }
 

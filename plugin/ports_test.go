@@ -113,3 +113,29 @@ func TestNetworkOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestRetriedRequestAddress: the engine resends a request after a
+// transport error (a plugin crash after the commit, before the reply); the
+// endpoint's MAC, which the engine sends because mynet asks for it, makes
+// the retry return the same address instead of allocating a second one.
+func TestRetriedRequestAddress(t *testing.T) {
+	h := newHarness(t)
+	if out := h.ok("IpamDriver.GetCapabilities", nil); out["RequiresMACAddress"] != true {
+		t.Fatalf("GetCapabilities = %v", out)
+	}
+	pool := h.createNetwork(id('a'), "10.1.0.0/24")
+	req := map[string]any{"PoolID": pool, "Options": map[string]string{macAddressOption: "02:42:0A:01:00:99"}}
+	first := h.ok("IpamDriver.RequestAddress", req)["Address"]
+	h.restart()
+	if again := h.ok("IpamDriver.RequestAddress", req)["Address"]; again != first {
+		t.Fatalf("retry got %v, first %v", again, first)
+	}
+	other := h.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": pool, "Options": map[string]string{macAddressOption: "02:42:0a:01:00:98"}})["Address"]
+	if other == first {
+		t.Fatal("another endpoint got the same address")
+	}
+	h.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": pool, "Address": strings.TrimSuffix(first.(string), "/24")})
+	if next := h.ok("IpamDriver.RequestAddress", req)["Address"]; next == first {
+		t.Fatal("after release, the same MAC got its old address back at once (round-robin expected)")
+	}
+}

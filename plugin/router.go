@@ -121,9 +121,13 @@ func writeError(w http.ResponseWriter, err error) {
 	if errors.Is(err, ErrBadRequest) {
 		status = http.StatusBadRequest
 	}
+	writeErrorStatus(w, status, err.Error())
+}
+
+func writeErrorStatus(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", sdk.DefaultContentTypeV1_1)
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(struct{ Err string }{err.Error()})
+	json.NewEncoder(w).Encode(struct{ Err string }{msg})
 }
 
 // requestIDs picks the IDs out of any request type for logging.

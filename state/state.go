@@ -107,11 +107,15 @@ type Pool struct {
 	// Gateway is the address handed out for the gateway request, so that a
 	// repeated request gets the same answer.
 	Gateway string `json:",omitempty"`
+	Created time.Time
 	// NetworkID is the network that uses the pool, once CreateNetwork
 	// names it; empty while the engine is still creating the network.
 	NetworkID string `json:",omitempty"`
-	// Addrs is filled by Load; Put ignores it.
-	Addrs []string `json:"-"`
+	// Addrs and Owners are filled by Load; Put ignores them. Owners maps
+	// an address to the MAC of the endpoint it was allocated for, when the
+	// engine sent one.
+	Addrs  []string          `json:"-"`
+	Owners map[string]string `json:"-"`
 }
 
 // Snapshot is the whole state, as loaded at startup.
@@ -200,10 +204,16 @@ func (s *Store) Load() (Snapshot, error) {
 		for i := range snap.Pools {
 			byID[snap.Pools[i].ID] = &snap.Pools[i]
 		}
-		return tx.Bucket(bucketAddrs).ForEach(func(k, _ []byte) error {
+		return tx.Bucket(bucketAddrs).ForEach(func(k, v []byte) error {
 			id, addr, _ := strings.Cut(string(k), "|")
 			if p := byID[id]; p != nil {
 				p.Addrs = append(p.Addrs, addr)
+				if len(v) > 0 {
+					if p.Owners == nil {
+						p.Owners = map[string]string{}
+					}
+					p.Owners[addr] = string(v)
+				}
 			}
 			return nil
 		})
@@ -273,9 +283,10 @@ func (s *Store) DeletePool(id string) error {
 	})
 }
 
-// AddAddress records an allocation and, when cursor is non-empty, the pool's
-// new round-robin cursor, in one transaction.
-func (s *Store) AddAddress(poolID, addr, cursor string) error {
+// AddAddress records an allocation with its owner (may be empty) and, when
+// cursor is non-empty, the pool's new round-robin cursor, in one
+// transaction.
+func (s *Store) AddAddress(poolID, addr, owner, cursor string) error {
 	return s.update("save address "+addr, func(tx *bolt.Tx) error {
 		pools := tx.Bucket(bucketPools)
 		raw := pools.Get([]byte(poolID))
@@ -292,7 +303,7 @@ func (s *Store) AddAddress(poolID, addr, cursor string) error {
 				return err
 			}
 		}
-		return tx.Bucket(bucketAddrs).Put([]byte(poolID+"|"+addr), nil)
+		return tx.Bucket(bucketAddrs).Put([]byte(poolID+"|"+addr), []byte(owner))
 	})
 }
 

@@ -24,8 +24,8 @@ func TestRoundTrip(t *testing.T) {
 	must(t, s.PutNetwork(Network{ID: nid, Bridge: "mn-111111111111", MTU: 1400, IPv4: []Subnet{{Pool: "10.0.0.0/24", Gateway: "10.0.0.1/24"}}}))
 	must(t, s.PutEndpoint(Endpoint{NetworkID: nid, ID: eid, HostVeth: "mnv222222222222", IPv4: "10.0.0.2/24"}))
 	must(t, s.PutPool(Pool{ID: "10.0.0.0/24", Pool: "10.0.0.0/24"}))
-	must(t, s.AddAddress("10.0.0.0/24", "10.0.0.1", ""))
-	must(t, s.AddAddress("10.0.0.0/24", "10.0.0.2", "10.0.0.2"))
+	must(t, s.AddAddress("10.0.0.0/24", "10.0.0.1", "", ""))
+	must(t, s.AddAddress("10.0.0.0/24", "10.0.0.2", "02:00:00:00:00:02", "10.0.0.2"))
 	must(t, s.Close())
 
 	s, err = Open(dir)
@@ -43,7 +43,7 @@ func TestRoundTrip(t *testing.T) {
 	if len(snap.Endpoints) != 1 || snap.Endpoints[0].HostVeth != "mnv222222222222" {
 		t.Fatalf("endpoints = %+v", snap.Endpoints)
 	}
-	if len(snap.Pools) != 1 || snap.Pools[0].Cursor != "10.0.0.2" || strings.Join(snap.Pools[0].Addrs, ",") != "10.0.0.1,10.0.0.2" {
+	if len(snap.Pools) != 1 || snap.Pools[0].Cursor != "10.0.0.2" || strings.Join(snap.Pools[0].Addrs, ",") != "10.0.0.1,10.0.0.2" || snap.Pools[0].Owners["10.0.0.2"] != "02:00:00:00:00:02" {
 		t.Fatalf("pools = %+v", snap.Pools)
 	}
 
@@ -57,7 +57,7 @@ func TestRoundTrip(t *testing.T) {
 	if len(snap.Networks)+len(snap.Endpoints)+len(snap.Pools) != 0 {
 		t.Fatalf("state not empty after deletes: %+v", snap)
 	}
-	if err := s.AddAddress("nope", "10.0.0.3", ""); err == nil {
+	if err := s.AddAddress("nope", "10.0.0.3", "", ""); err == nil {
 		t.Fatal("AddAddress to an unknown pool succeeded")
 	}
 }

@@ -1,0 +1,120 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/state"
+)
+
+// stalePoolAge is how long a pool may sit unused and unattached before the
+// reconcile releases it. The engine attaches a pool to a network (and asks
+// for its gateway) within a second of requesting it; an older empty,
+// unattached pool is one whose RequestPool the engine retried after a
+// transport error, and which it will never release itself.
+const stalePoolAge = 10 * time.Minute
+
+// Reconcile repairs what changed behind mynet's back: bridges, addresses and
+// rules that someone deleted or flushed (a firewall reload does this) are
+// re-created, endpoints whose veth vanished with their container are
+// dropped, and tagged objects the state does not know are removed; rules of
+// deleted networks never come back, since only the state is re-applied.
+// Unless full is set, it first compares a fingerprint of mynet's kernel
+// objects with the one taken after the last pass and does nothing when they
+// match, so it is cheap to run every few seconds. It reports whether it
+// found something changed from outside.
+func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reconcile(ctx, full)
+}
+
+func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err error) {
+	fp, err := d.cfg.Dataplane.Fingerprint()
+	if err != nil {
+		return false, err
+	}
+	if !full && !d.dirty && fp == d.fingerprint {
+		return false, nil
+	}
+	// Only a change nobody in this process made counts as a repair.
+	repaired = !d.dirty && d.fingerprint != "" && fp != d.fingerprint
+	var errs []error
+	for _, n := range d.networks {
+		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
+			errs = append(errs, fmt.Errorf("restore network %s: %w", netutil.Short(n.ID), err))
+		}
+	}
+	for _, e := range d.endpoints {
+		errs = append(errs, d.reconcileEndpoint(ctx, e))
+	}
+	keepNets, keepEps := map[string]bool{}, map[string]bool{}
+	for id := range d.networks {
+		keepNets[id] = true
+	}
+	for id := range d.endpoints {
+		keepEps[id] = true
+	}
+	errs = append(errs, d.cfg.Dataplane.RemoveOrphans(ctx, keepNets, keepEps))
+	errs = append(errs, d.releaseStalePools())
+	if err := errors.Join(errs...); err != nil {
+		return repaired, err
+	}
+	if d.fingerprint, err = d.cfg.Dataplane.Fingerprint(); err != nil {
+		return repaired, err
+	}
+	d.dirty = false
+	if repaired {
+		d.log.Warn("mynet's links or rules were changed from outside; restored them")
+	}
+	return repaired, nil
+}
+
+// reconcileEndpoint keeps a live endpoint's ports and drops a stale one: its
+// host veth is gone, so its container died without the engine telling
+// mynet (a legacy plugin gets no DeleteEndpoint for containers that died
+// with the engine, protocol.md section 5). Its address is the engine's to
+// release.
+func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint) error {
+	n := d.networks[e.NetworkID]
+	if n != nil {
+		exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e))
+		if err != nil {
+			return err
+		}
+		if exists {
+			if len(e.Ports) == 0 {
+				return nil
+			}
+			return d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, e), toBridgePorts(e.Ports))
+		}
+	}
+	d.log.Info("dropping stale endpoint", "network_id", netutil.Short(e.NetworkID), "endpoint_id", netutil.Short(e.ID), "network_known", n != nil)
+	if err := d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID); err != nil {
+		return err
+	}
+	delete(d.endpoints, e.ID)
+	if n == nil {
+		return nil
+	}
+	return d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e))
+}
+
+func (d *Driver) releaseStalePools() error {
+	var errs []error
+	for id, p := range d.pools {
+		if p.rec.NetworkID != "" || p.pool.Len() > 0 || p.rec.Created.IsZero() || time.Since(p.rec.Created) < stalePoolAge {
+			continue
+		}
+		d.log.Info("releasing a pool the engine never used", "pool_id", id, "requested", p.rec.Created)
+		if err := d.cfg.Store.DeletePool(id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(d.pools, id)
+	}
+	return errors.Join(errs...)
+}

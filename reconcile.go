@@ -1,0 +1,47 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/mynet/mynet/plugin"
+)
+
+// stateError marks a state file mynet cannot use; main exits with 78 on it.
+type stateError struct{ err error }
+
+func (e stateError) Error() string { return e.err.Error() }
+func (e stateError) Unwrap() error { return e.err }
+
+// reconcileLoop repairs mynet's kernel objects every interval (a cheap
+// fingerprint comparison when nothing changed) and fully on SIGHUP, as an
+// operator would ask after a firewall reload.
+func reconcileLoop(ctx context.Context, drv *plugin.Driver, interval time.Duration, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var tick <-chan time.Time
+	if interval > 0 {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		full := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+		case <-hup:
+			full = true
+			log.Info("SIGHUP: reconciling everything")
+		}
+		if _, err := drv.Reconcile(ctx, full); err != nil {
+			log.Error("reconcile", "err", err)
+		}
+	}
+}
