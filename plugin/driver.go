@@ -293,7 +293,7 @@ func toBridgePorts(in []state.Port) []bridge.PortMapping {
 }
 
 func fromSubnets(in []SubnetConfig) []state.Subnet {
-	out := make([]state.Subnet, 0, len(in))
+	var out []state.Subnet // nil when empty, as a record loaded from JSON
 	for _, s := range in {
 		ss := state.Subnet{Pool: s.Pool.String()}
 		if s.Gateway.IsValid() {

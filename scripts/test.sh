@@ -86,11 +86,22 @@ unit_tests() {
 	go test -race -count=1 "${pkgs[@]}"
 }
 
+# Each fuzz target for a short, bounded time: enough to catch a regression
+# in decoding or option parsing on every run; long runs are for humans.
+# shellcheck disable=SC2317 # called through step
+fuzz_targets() {
+	local target
+	for target in plugin:FuzzRequests plugin:FuzzParseCreateNetwork ipam:FuzzPool; do
+		go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "${MYNET_FUZZTIME:-10s}" "./${target%%:*}" || return 1
+	done
+}
+
 install_missing
 start_engine
 
 step build make build
 step unit unit_tests
+step fuzz fuzz_targets
 if [[ ${result[build]} == ok ]]; then
 	# Root and an engine are ensured above, so the suite must run, not skip.
 	step e2e env MYNET_BIN="$PWD/bin/mynet" MYNET_E2E_LOGDIR="$LOGDIR" MYNET_E2E_REQUIRED=1 \
@@ -101,7 +112,7 @@ fi
 
 say "summary (logs in $LOGDIR)"
 status=0
-for name in build unit e2e; do
+for name in build unit fuzz e2e; do
 	printf '  %-6s %-24s %s\n' "$name" "${result[$name]}" "${took[$name]}"
 	[[ ${result[$name]} == ok ]] || status=1
 done
