@@ -38,7 +38,9 @@ var engineSteps = []engineStep{
 	{"NetworkDriver.CreateEndpoint", func(s *script) any {
 		return map[string]any{"NetworkID": s.nid, "EndpointID": s.eid, "Interface": map[string]any{"Address": s.addr, "MacAddress": s.mac}}
 	}, nil},
-	{"NetworkDriver.Join", func(s *script) any { return map[string]any{"NetworkID": s.nid, "EndpointID": s.eid, "SandboxKey": "/x"} }, nil},
+	{"NetworkDriver.Join", func(s *script) any {
+		return map[string]any{"NetworkID": s.nid, "EndpointID": s.eid, "SandboxKey": "/x"}
+	}, nil},
 	{"NetworkDriver.ProgramExternalConnectivity", func(s *script) any {
 		return map[string]any{"NetworkID": s.nid, "EndpointID": s.eid, "Options": map[string]any{
 			"com.docker.network.portmap": []map[string]any{{"Proto": 6, "Port": 80, "HostPort": 18080, "HostPortEnd": 18080}}}}
