@@ -228,12 +228,31 @@ func (d *Driver) portOwner(proto string, hostIP netip.Addr, port uint16, pending
 	}
 	for _, e := range d.endpoints {
 		for _, p := range e.Ports {
-			if clash(p) {
+			if clash(p) && !d.dropIfStale(e) {
 				return fmt.Sprintf("endpoint %s on network %s", netutil.Short(e.ID), netutil.Short(e.NetworkID))
 			}
 		}
 	}
 	return ""
+}
+
+// dropIfStale removes an endpoint whose veth is gone and reports whether it
+// did. After the engine restarts, a --restart=always container comes back
+// with a new endpoint before the periodic reconcile has noticed that the
+// old one died, and must get its ports back rather than a conflict.
+func (d *Driver) dropIfStale(e *state.Endpoint) bool {
+	n := d.networks[e.NetworkID]
+	if n == nil {
+		return false
+	}
+	if exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e)); err != nil || exists {
+		return false
+	}
+	if err := d.reconcileEndpoint(context.Background(), e); err != nil {
+		d.log.Warn("could not drop stale endpoint", "endpoint_id", netutil.Short(e.ID), "err", err)
+		return false
+	}
+	return true
 }
 
 // coalesce merges runs of consecutive identity mappings (host port equal

@@ -139,3 +139,25 @@ func TestRetriedRequestAddress(t *testing.T) {
 		t.Fatal("after release, the same MAC got its old address back at once (round-robin expected)")
 	}
 }
+
+// TestStaleEndpointReleasesItsPorts: a container that died with the engine
+// leaves an endpoint mynet was never told about; its successor publishing
+// the same port must win, not get a conflict.
+func TestStaleEndpointReleasesItsPorts(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	for i, c := range []byte{'b', 'c'} {
+		h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id(c),
+			"Interface": map[string]any{"Address": "10.1.0." + string(rune('2'+i)) + "/24"}})
+	}
+	pm := map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Options": portmap(binding(6, "", 8080, 80))}
+	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)
+	h.dp.mu.Lock()
+	delete(h.dp.endpoints, id('b')) // the veth went with the container
+	h.dp.mu.Unlock()
+	pm["EndpointID"] = id('c')
+	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)
+	if _, ok := h.drv.endpoints[id('b')]; ok {
+		t.Fatal("stale endpoint kept")
+	}
+}
