@@ -4,7 +4,9 @@
 //
 // The suite needs root, a responding docker engine, iproute2, iptables and a
 // static busybox at /bin/busybox (Debian's busybox-static). scripts/test.sh
-// installs all of them and runs it; to run it alone:
+// installs all of them and runs it. The test image it imports also carries
+// testdata/udpecho, built with the go command that runs the suite. To run it
+// alone:
 //
 //	make build && sudo go test -count=1 -v ./e2e/
 //

@@ -142,9 +142,10 @@ func (s *scenario) network(role string, args ...string) string {
 	return name
 }
 
-// mynetNetwork creates a network with the driver and IPAM under test. An
-// empty subnet lets the IPAM driver choose one.
-func (s *scenario) mynetNetwork(role, subnet string) string {
+// mynetNetwork creates a network with the driver and IPAM under test and
+// any further `docker network create` options. An empty subnet lets the IPAM
+// driver choose one.
+func (s *scenario) mynetNetwork(role, subnet string, opts ...string) string {
 	s.t.Helper()
 	args := []string{"-d", env.driver}
 	if env.ipamDriver != "" {
@@ -153,7 +154,7 @@ func (s *scenario) mynetNetwork(role, subnet string) string {
 	if subnet != "" {
 		args = append(args, "--subnet", subnet)
 	}
-	return s.network(role, args...)
+	return s.network(role, append(args, opts...)...)
 }
 
 // trackContainer returns the name of a container for role and registers it
@@ -181,6 +182,37 @@ func (s *scenario) container(role, network string, cmd ...string) string {
 	name := s.trackContainer(role)
 	docker(s.t, runArgs(name, network, cmd...)...)
 	return name
+}
+
+// start starts a detached container with `docker run` options of its own
+// (--net, -p, --ip, --cap-add ...) and returns its name. Without a command
+// it just sleeps.
+func (s *scenario) start(role string, opts []string, cmd ...string) string {
+	s.t.Helper()
+	name, _, err := s.tryStart(role, opts, cmd...)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return name
+}
+
+// tryStart is start for a run that may fail; it also returns docker's
+// output. docker run creates the container even when it fails to start it;
+// it is removed with the others.
+func (s *scenario) tryStart(role string, opts []string, cmd ...string) (name, out string, err error) {
+	name = s.trackContainer(role)
+	if len(cmd) == 0 {
+		cmd = []string{"sleep", "3600"}
+	}
+	args := append(append([]string{"run", "-d", "--name", name}, opts...), testImage)
+	out, err = run("docker", append(args, cmd...)...)
+	return name, out, err
+}
+
+// httpd is the command of a container serving the test image's page on
+// port.
+func httpd(port int) []string {
+	return []string{"httpd", "-f", "-p", strconv.Itoa(port), "-h", "/"}
 }
 
 // runOnce runs cmd in a new container with --net=mode and returns its
@@ -243,6 +275,25 @@ func (s *scenario) ip(container, network string) netip.Addr {
 	return s.ips(network, container)[0]
 }
 
+// ip6 returns container's global IPv6 address on network.
+func (s *scenario) ip6(container, network string) netip.Addr {
+	s.t.Helper()
+	format := fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).GlobalIPv6Address}}`, network)
+	out := docker(s.t, "inspect", "-f", format, container)
+	a, err := netip.ParseAddr(out)
+	if err != nil || !a.Is6() {
+		s.t.Fatalf("IPv6 address of %s on %s: %q (%v)", container, network, out, err)
+	}
+	return a
+}
+
+// endpointID returns the ID of container's endpoint on network.
+func (s *scenario) endpointID(container, network string) string {
+	s.t.Helper()
+	format := fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).EndpointID}}`, network)
+	return docker(s.t, "inspect", "-f", format, container)
+}
+
 // ips returns the containers' IPv4 addresses on network, in order.
 func (s *scenario) ips(network string, containers ...string) []netip.Addr {
 	s.t.Helper()
@@ -296,20 +347,33 @@ func (s *scenario) subnet(network string) netip.Prefix {
 	return p
 }
 
-// hostNS as the source of a ping means the host itself.
-const hostNS = "<host>"
+// Where runIn runs commands, besides a container given by its name.
+const (
+	hostNS     = "<host>" // the host itself
+	netnsPlace = "netns:" // followed by a network namespace's name: see remoteHost.where
+)
 
-// ping sends one echo request from a container (or hostNS) to target and
-// returns the output and whether a reply came within wait seconds.
-func (s *scenario) ping(from, target string, wait int) (string, bool) {
-	args := []string{"ping", "-c", "1", "-W", strconv.Itoa(wait), target}
-	var out string
-	var err error
-	if from == hostNS {
-		out, err = run("busybox", args...) // the host has no ping binary of its own
-	} else {
-		out, err = run("docker", append([]string{"exec", from}, args...)...)
+// runIn runs a busybox applet with args in from (a container, hostNS or
+// netnsPlace+name). The host has no ping or nc of its own, so busybox runs
+// there too.
+func runIn(from string, stdin io.Reader, args ...string) (string, error) {
+	switch {
+	case from == hostNS:
+		return runWithInput(stdin, "busybox", args...)
+	case strings.HasPrefix(from, netnsPlace):
+		return runWithInput(stdin, "ip", append([]string{"netns", "exec", strings.TrimPrefix(from, netnsPlace), "busybox"}, args...)...)
+	case stdin != nil:
+		return runWithInput(stdin, "docker", append([]string{"exec", "-i", from}, args...)...)
+	default:
+		return run("docker", append([]string{"exec", from}, args...)...)
 	}
+}
+
+// ping sends one echo request from a container (or hostNS) to target, an
+// IPv4 or IPv6 address or a name, and returns the output and whether a
+// reply came within wait seconds.
+func (s *scenario) ping(from, target string, wait int) (string, bool) {
+	out, err := runIn(from, nil, "ping", "-c", "1", "-W", strconv.Itoa(wait), target)
 	return out, err == nil
 }
 
@@ -332,6 +396,49 @@ func (s *scenario) expectNoPing(from, target string) {
 	case !strings.Contains(out, "1 packets transmitted, 0 packets received"):
 		s.t.Errorf("ping from %s to %s failed without sending a request:\n%s", from, target, out)
 	}
+}
+
+// httpRequest is what get sends; httpd answers it and closes.
+const httpRequest = "GET / HTTP/1.0\r\n\r\n"
+
+// get sends GET / to target from `from` (see runIn) with busybox nc, which
+// gives up on connecting or reading after wait seconds.
+func get(from string, target netip.AddrPort, wait int) (string, error) {
+	return runIn(from, strings.NewReader(httpRequest),
+		"nc", "-w", strconv.Itoa(wait), target.Addr().String(), strconv.Itoa(int(target.Port())))
+}
+
+// isPage reports whether an HTTP response is the test image's page.
+func isPage(resp string) bool {
+	return strings.Contains(resp, "200 OK") && strings.Contains(resp, strings.TrimSpace(httpdPage))
+}
+
+// expectPage asserts that GET http://target/ from `from` returns the test
+// image's page. No other server on the way could send that page.
+func (s *scenario) expectPage(from string, target netip.AddrPort) {
+	s.t.Helper()
+	if out, err := get(from, target, 3); err != nil || !isPage(out) {
+		s.t.Errorf("GET http://%s/ from %s: want 200 and the test page, got (%v):\n%s", target, from, err, out)
+	}
+}
+
+// connectFailures are busybox nc's words for a connection that did not
+// happen; anything else (say, "not found") means nc could not even try.
+var connectFailures = []string{"Connection refused", "timed out", "No route to host", "Network is unreachable"}
+
+// expectNoConnection asserts that a TCP connection from `from` to target is
+// refused or unanswered within 2 seconds. It returns nc's output, which
+// tells refused from timed out.
+func (s *scenario) expectNoConnection(from string, target netip.AddrPort) string {
+	s.t.Helper()
+	out, err := get(from, target, 2)
+	switch {
+	case err == nil || isPage(out):
+		s.t.Errorf("GET http://%s/ from %s connected, want no connection:\n%s", target, from, out)
+	case !slices.ContainsFunc(connectFailures, func(f string) bool { return strings.Contains(out, f) }):
+		s.t.Errorf("GET http://%s/ from %s failed without trying to connect: %v", target, from, err)
+	}
+	return out
 }
 
 // expectOnlyEth0 asserts that container has exactly one interface besides

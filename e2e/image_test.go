@@ -3,17 +3,32 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
 	"debug/elf"
+	_ "embed"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
 
+// udpechoSource is the UDP echo server the image carries as /bin/udpecho
+// (busybox nc has no UDP mode); embedded only so that its hash names the
+// image.
+//
+//go:embed testdata/udpecho/main.go
+var udpechoSource []byte
+
+// testImage is built locally because no registry is reachable. An existing
+// image is reused as is, so its tag must change with its content: the
+// suffix follows udpecho's source; bump the number for any other change.
+var testImage = fmt.Sprintf("mynet-e2e-busybox:2-%x", sha256.Sum256(udpechoSource))[:len("mynet-e2e-busybox:2-")+12]
+
 const (
-	// testImage is built locally because no registry is reachable. Bump the
-	// tag whenever its content changes: an existing image is reused as is.
-	testImage = "mynet-e2e-busybox:1"
+	// udpechoPackage is built into the image; go test runs in e2e/.
+	udpechoPackage = "./testdata/udpecho"
 	// busyboxPath must be a static build (Debian's busybox-static): the
 	// image has no libc.
 	busyboxPath = "/bin/busybox"
@@ -23,7 +38,7 @@ const (
 )
 
 // ensureImage imports testImage unless it exists: a root filesystem holding
-// only busybox, one symlink per applet, and index.html.
+// only busybox, one symlink per applet, index.html and /bin/udpecho.
 func ensureImage() error {
 	if _, err := run("docker", "image", "inspect", testImage); err == nil {
 		return nil
@@ -47,6 +62,10 @@ func busyboxRootfs() (*bytes.Buffer, error) {
 	if err != nil {
 		return nil, err
 	}
+	udpecho, err := buildStatic(udpechoPackage)
+	if err != nil {
+		return nil, err
+	}
 	list, err := run(busyboxPath, "--list")
 	if err != nil {
 		return nil, err
@@ -66,6 +85,7 @@ func busyboxRootfs() (*bytes.Buffer, error) {
 	add(&tar.Header{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755, ModTime: now}, nil)
 	add(&tar.Header{Typeflag: tar.TypeDir, Name: "tmp/", Mode: 0o1777, ModTime: now}, nil)
 	add(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bin)), ModTime: now}, bin)
+	add(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/udpecho", Mode: 0o755, Size: int64(len(udpecho)), ModTime: now}, udpecho)
 	add(&tar.Header{Typeflag: tar.TypeReg, Name: "index.html", Mode: 0o644, Size: int64(len(httpdPage)), ModTime: now}, []byte(httpdPage))
 	for _, applet := range strings.Fields(list) {
 		if applet != "busybox" {
@@ -76,6 +96,27 @@ func busyboxRootfs() (*bytes.Buffer, error) {
 		err = tw.Close()
 	}
 	return &buf, err
+}
+
+// buildStatic builds a main package of this module without cgo, so that it
+// runs in an image without libc, and returns the binary. go test puts its
+// own go command first on PATH.
+func buildStatic(pkg string) ([]byte, error) {
+	dir, err := os.MkdirTemp("", "mynet-e2e-build-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build %s: %v\n%s", pkg, err, msg)
+	}
+	if err := requireStatic(out); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(out)
 }
 
 // requireStatic fails unless path is a statically linked ELF binary.

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/mynet/mynet/bridge"
 )
 
 // leakGrace is how long cleanup may take to settle: the kernel destroys a
@@ -30,9 +32,19 @@ func takeSnapshot(p *plugin) (snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range linkNames(links) {
-		if strings.HasPrefix(name, env.linkPrefix) {
-			snap = append(snap, "link "+name)
+	lines := strings.Split(links, "\n")
+	foreign := map[string]bool{}
+	for _, line := range lines {
+		if name := linkNames(line); len(name) == 1 && foreignLink(line) {
+			foreign[name[0]] = true
+		}
+	}
+	for _, line := range lines {
+		name := linkNames(line)
+		// A veth's container end carries no alias; while it is on the
+		// host, its peer tells whose it is.
+		if len(name) == 1 && strings.HasPrefix(name[0], env.linkPrefix) && !foreign[name[0]] && !foreign[vethPeer(line)] {
+			snap = append(snap, "link "+name[0])
 		}
 	}
 	for _, tool := range []string{"iptables", "ip6tables"} {
@@ -41,7 +53,11 @@ func takeSnapshot(p *plugin) (snapshot, error) {
 		if err != nil {
 			return nil, err
 		}
-		snap = append(snap, mynetRules(tool, out)...)
+		rules, err := mynetRules(tool, out)
+		if err != nil {
+			return nil, err
+		}
+		snap = append(snap, rules...)
 	}
 	if p != nil {
 		st, err := p.state()
@@ -64,22 +80,65 @@ func takeSnapshot(p *plugin) (snapshot, error) {
 
 var chainCounters = regexp.MustCompile(` \[\d+:\d+\]$`)
 
-// mynetRules returns the lines of iptables-save output that mention mynet,
-// each prefixed with the tool and table it came from.
-func mynetRules(tool, out string) []string {
-	var rules []string
+// Another mynet may run beside the suite, such as a developer's own under
+// another --name. Its links and rules are not the suite plugin's, and their
+// coming and going during a scenario is no leak. The suite's plugin tags its
+// links with the alias mynet:<name>:..., and each of its rules is in one of
+// its own chains (bridge.InstanceChains) or jumps to one.
+
+// foreignLink reports whether an `ip -o link` line is a link of another
+// mynet instance. Links without a mynet alias count as the suite's.
+func foreignLink(line string) bool {
+	if env.plugin == nil {
+		return false
+	}
+	_, alias, tagged := strings.Cut(line, " alias mynet:")
+	return tagged && !strings.HasPrefix(alias, env.plugin.name+":")
+}
+
+// vethPeer returns the peer's name in an `ip -o link` line of a veth whose
+// peer is in the same namespace (7: mnc0123@mnv0123: ...), or "".
+func vethPeer(line string) string {
+	fields := strings.Fields(line)
+	if len(fields) < 2 {
+		return ""
+	}
+	_, peer, _ := strings.Cut(strings.TrimSuffix(fields[1], ":"), "@")
+	return peer
+}
+
+// mentionsChain reports whether an iptables-save line mentions one of chains.
+func mentionsChain(line string, chains []string) bool {
+	return slices.ContainsFunc(chains, func(c string) bool { return strings.Contains(line, c) })
+}
+
+// mynetRules returns the lines of iptables-save output that mention mynet
+// (when the suite runs its plugin: the lines of its chains), each prefixed
+// with the tool and table it came from.
+func mynetRules(tool, out string) ([]string, error) {
+	var rules, own []string
+	comment := ""
+	if env.plugin != nil {
+		filter, nat := bridge.InstanceChains(env.plugin.name)
+		own, comment = append(filter, nat...), `"mynet `+env.plugin.name+`"`
+	}
 	table := ""
 	for _, line := range strings.Split(out, "\n") {
 		switch {
 		case strings.HasPrefix(line, "#"):
 		case strings.HasPrefix(line, "*"):
 			table = line[1:]
-		case strings.Contains(strings.ToLower(line), "mynet"):
+		case !strings.Contains(strings.ToLower(line), "mynet"):
+		case own != nil && !mentionsChain(line, own):
+			if strings.Contains(line, comment) {
+				return nil, fmt.Errorf("%s: a rule of the plugin outside its chains %q, which the leak check expects: %s", tool, own, line)
+			}
+		default:
 			line = chainCounters.ReplaceAllString(line, "")
 			rules = append(rules, fmt.Sprintf("%s %s: %s", tool, table, line))
 		}
 	}
-	return rules
+	return rules, nil
 }
 
 // diff returns the lines only in a and only in b.
@@ -102,21 +161,29 @@ func (a snapshot) diff(b snapshot) (onlyA, onlyB []string) {
 // empty records, unless an earlier scenario already leaked some.
 func (s *scenario) checkLeaks(before snapshot) {
 	s.t.Helper()
+	added, gone, err := settle(before)
+	switch {
+	case err != nil:
+		s.t.Errorf("leak check: %v", err)
+	case len(added)+len(gone) > 0:
+		s.t.Errorf("leak check: %v after cleanup, mynet's objects differ from before the scenario\nleft behind:%s\ngone:%s",
+			leakGrace, bullets(added), bullets(gone))
+	}
+}
+
+// settle waits up to leakGrace for mynet's objects to be those of before
+// again and returns the lines that are still only in the current state
+// (added) or only in before (gone).
+func settle(before snapshot) (added, gone []string, err error) {
 	deadline := time.Now().Add(leakGrace)
 	for {
 		after, err := takeSnapshot(env.plugin)
 		if err != nil {
-			s.t.Errorf("leak check: %v", err)
-			return
+			return nil, nil, err
 		}
-		gone, added := before.diff(after)
-		if len(gone)+len(added) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Errorf("leak check: %v after cleanup, mynet's objects differ from before the scenario\nleft behind:%s\ngone:%s",
-				leakGrace, bullets(added), bullets(gone))
-			return
+		gone, added = before.diff(after)
+		if len(gone)+len(added) == 0 || time.Now().After(deadline) {
+			return added, gone, nil
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

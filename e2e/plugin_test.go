@@ -208,3 +208,33 @@ func (p *plugin) call(method string, out any) error {
 	}
 	return nil
 }
+
+// statePort is one published port of an endpoint record in /Mynet.State.
+type statePort struct {
+	Proto                       string
+	HostIP                      string
+	HostPort, HostPortEnd, Port uint16
+	ContainerIP                 string
+}
+
+// endpointPorts returns the published ports of the plugin's record of
+// endpoint id; found is false when there is no such record.
+func (p *plugin) endpointPorts(id string) (ports []statePort, found bool, err error) {
+	st, err := p.state()
+	if err != nil {
+		return nil, false, err
+	}
+	for _, raw := range st.Endpoints {
+		var ep struct {
+			ID    string
+			Ports []statePort
+		}
+		if err := json.Unmarshal(raw, &ep); err != nil {
+			return nil, false, fmt.Errorf("endpoint record %s: %w", raw, err)
+		}
+		if ep.ID == id {
+			return ep.Ports, true, nil
+		}
+	}
+	return nil, false, nil
+}

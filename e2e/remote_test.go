@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -96,13 +98,27 @@ func (r *remoteHost) acceptOne(t *testing.T) (int, <-chan accepted) {
 	return l.Addr().(*net.TCPAddr).Port, result
 }
 
-// listenInNetns opens a TCP listener inside the named network namespace. A
-// socket belongs to the namespace it was created in, so only the creation
-// needs this OS thread to switch namespaces; accepting works from anywhere.
+// listenInNetns opens a TCP listener inside the named network namespace.
 func listenInNetns(name, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := inNetns(name, func() (err error) {
+		l, err = net.Listen("tcp4", addr)
+		return err
+	})
+	if err != nil && l != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, err
+}
+
+// inNetns runs fn on an OS thread switched into the named network namespace.
+// A socket belongs to the namespace it was created in, so only its creation
+// needs to happen in fn; using it works from anywhere.
+func inNetns(name string, fn func() error) error {
 	target, err := netns.GetFromName(name)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer target.Close()
 
@@ -110,23 +126,65 @@ func listenInNetns(name, addr string) (net.Listener, error) {
 	orig, err := netns.Get()
 	if err != nil {
 		runtime.UnlockOSThread()
-		return nil, err
+		return err
 	}
 	defer orig.Close()
 	if err := netns.Set(target); err != nil {
 		runtime.UnlockOSThread()
-		return nil, err
+		return err
 	}
-	l, listenErr := net.Listen("tcp4", addr)
+	fnErr := fn()
 	if err := netns.Set(orig); err != nil {
-		// The thread is stuck in the remote namespace: leave it locked,
-		// so the runtime ends it when this goroutine returns instead of
+		// The thread is stuck in the other namespace: leave it locked, so
+		// the runtime ends it when this goroutine returns instead of
 		// reusing it.
-		if l != nil {
-			l.Close()
-		}
-		return nil, fmt.Errorf("switching back to the host namespace: %w", err)
+		return errors.Join(fnErr, fmt.Errorf("switching back to the host namespace: %w", err))
 	}
 	runtime.UnlockOSThread()
-	return l, listenErr
+	return fnErr
+}
+
+// where names the remote host's namespace as a place to run commands in,
+// for scenario.get and runIn.
+func (r *remoteHost) where() string { return netnsPlace + r.ns }
+
+// udpExchange sends msg from the remote host's srcPort to dst and returns
+// the first datagram that comes back. It sends again every 500ms, in case
+// the first one was lost while something settled, until wait has passed.
+// A fixed source port makes every datagram one conntrack flow.
+func (r *remoteHost) udpExchange(srcPort uint16, dst netip.AddrPort, msg string, wait time.Duration) (string, error) {
+	var conn *net.UDPConn
+	err := inNetns(r.ns, func() (err error) {
+		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.addr, srcPort)))
+		return err
+	})
+	if err != nil {
+		if conn != nil {
+			conn.Close()
+		}
+		return "", fmt.Errorf("UDP socket on %s:%d in %s: %w", r.addr, srcPort, r.ns, err)
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(wait)
+	buf := make([]byte, 2048)
+	for {
+		if _, err := conn.WriteToUDPAddrPort([]byte(msg), dst); err != nil {
+			return "", fmt.Errorf("UDP to %s: %w", dst, err)
+		}
+		next := time.Now().Add(500 * time.Millisecond)
+		if next.After(deadline) {
+			next = deadline
+		}
+		_ = conn.SetReadDeadline(next)
+		n, _, err := conn.ReadFromUDPAddrPort(buf)
+		if err == nil {
+			return string(buf[:n]), nil
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return "", fmt.Errorf("UDP from %s: %w", dst, err)
+		}
+		if !time.Now().Before(deadline) {
+			return "", fmt.Errorf("no UDP reply from %s to %s:%d within %v", dst, r.addr, srcPort, wait)
+		}
+	}
 }
