@@ -161,3 +161,21 @@ func TestStaleEndpointReleasesItsPorts(t *testing.T) {
 		t.Fatal("stale endpoint kept")
 	}
 }
+
+// TestEndpointLimit: the network refuses endpoints past its limit with
+// mynet's own error, before the kernel's "exchange full".
+func TestEndpointLimit(t *testing.T) {
+	h := newHarness(t)
+	h.drv.cfg.MaxEndpoints = 2
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	for i, c := range []byte{'b', 'c', 'd'} {
+		body := map[string]any{"NetworkID": id('a'), "EndpointID": id(c), "Interface": map[string]any{"Address": "10.1.0." + string(rune('2'+i)) + "/24"}}
+		code, out := h.call("NetworkDriver.CreateEndpoint", body)
+		if i < 2 && code != 200 {
+			t.Fatalf("endpoint %d refused: %v", i, out)
+		}
+		if i == 2 && (code == 200 || !strings.Contains(out["Err"].(string), "1024 ports")) {
+			t.Fatalf("third endpoint: %d %v", code, out)
+		}
+	}
+}
