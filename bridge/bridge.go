@@ -57,6 +57,8 @@ type Endpoint struct {
 	// Addresses are the container's; used to clear stale conntrack and
 	// neighbour entries when the address is reused.
 	Addresses []netip.Addr
+	// Ports are the endpoint's published ports, removed with it.
+	Ports []PortMapping
 }
 
 // PortMapping publishes container ports on the host: HostPort..HostPortEnd
@@ -107,6 +109,11 @@ type Dataplane struct {
 	log      *slog.Logger
 	nl       *netlink.Handle
 	fw4, fw6 *firewall // fw6 is nil without ip6tables
+	// janitor runs best-effort cleanups (conntrack and neighbour flushes,
+	// which cost a full conntrack dump each) after the request has been
+	// answered, on a netlink handle of its own.
+	janitor     chan func(*netlink.Handle)
+	janitorDone chan struct{}
 }
 
 // New returns a Dataplane. It touches nothing in the kernel.
@@ -121,7 +128,21 @@ func New(cfg Config) (*Dataplane, error) {
 			return nil, fmt.Errorf("open netlink handle: %w", err)
 		}
 	}
-	d := &Dataplane{instance: cfg.Instance, log: cfg.Log, nl: nl}
+	// Opened here, in the caller's network namespace, so that the janitor
+	// goroutine works there whatever thread it runs on.
+	nlJanitor, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("open netlink handle: %w", err)
+	}
+	d := &Dataplane{instance: cfg.Instance, log: cfg.Log, nl: nl,
+		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{})}
+	go func() {
+		defer close(d.janitorDone)
+		defer nlJanitor.Close()
+		for job := range d.janitor {
+			job(nlJanitor)
+		}
+	}()
 	ipt4 := cfg.IPv4
 	if ipt4 == nil {
 		var err error
@@ -161,7 +182,21 @@ func (d *Dataplane) forAll(fn func(*firewall) error) error {
 }
 
 // Close releases the netlink handle.
-func (d *Dataplane) Close() { d.nl.Close() }
+// Close finishes queued cleanups and releases the netlink handles.
+func (d *Dataplane) Close() {
+	close(d.janitor)
+	<-d.janitorDone
+	d.nl.Close()
+}
+
+// later queues a best-effort cleanup; when the queue is full it runs now.
+func (d *Dataplane) later(job func(*netlink.Handle)) {
+	select {
+	case d.janitor <- job:
+	default:
+		job(d.nl)
+	}
+}
 
 // Chains names the iptables chains this instance owns, for operators and
 // tests.
@@ -286,7 +321,9 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 // address or port is not black-holed by a stale flow.
 func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 	var errs []error
-	errs = append(errs, d.forAll(func(fw *firewall) error { return fw.removePorts(ep.ID) }))
+	if len(ep.Ports) > 0 {
+		errs = append(errs, d.RemovePorts(ctx, ep, ep.Ports))
+	}
 	errs = append(errs, d.removeOwnedLink(ep.HostVeth, d.tag("ep", ep.ID)))
 	d.forgetAddresses(ep)
 	if err := errors.Join(errs...); err != nil {
@@ -321,13 +358,16 @@ func (d *Dataplane) EnsurePorts(ctx context.Context, n Network, ep Endpoint, por
 // port that is published again elsewhere would otherwise keep going to the
 // old container.
 func (d *Dataplane) RemovePorts(ctx context.Context, ep Endpoint, ports []PortMapping) error {
-	err := d.forAll(func(fw *firewall) error { return fw.removePorts(ep.ID) })
+	err := d.forAll(func(fw *firewall) error { return fw.removePorts(ep, ports) })
 	for _, m := range ports {
-		if m.Proto == "udp" {
-			for p := m.HostPort; p >= m.HostPort && p <= max(m.HostPortEnd, m.HostPort); p++ {
-				d.flushConntrack(m.ContainerIP, p)
-			}
+		if m.Proto != "udp" {
+			continue
 		}
+		d.later(func(h *netlink.Handle) {
+			for p := uint32(m.HostPort); p <= uint32(max(m.HostPortEnd, m.HostPort)); p++ {
+				d.flushConntrack(h, m.ContainerIP, uint16(p))
+			}
+		})
 	}
 	return err
 }

@@ -14,10 +14,15 @@ import (
 // host does not keep sending to the previous owner's MAC). Best effort:
 // failures are logged, never returned.
 func (d *Dataplane) forgetAddresses(ep Endpoint) {
-	for _, a := range ep.Addresses {
-		d.flushConntrack(a, 0)
-		d.forgetNeighbour(ep.Bridge, a)
+	if len(ep.Addresses) == 0 {
+		return
 	}
+	d.later(func(h *netlink.Handle) {
+		for _, a := range ep.Addresses {
+			d.flushConntrack(h, a, 0)
+			d.forgetNeighbour(h, ep.Bridge, a)
+		}
+	})
 }
 
 // flushConntrack deletes entries whose original source or reply source is
@@ -25,7 +30,7 @@ func (d *Dataplane) forgetAddresses(ep Endpoint) {
 // With hostPort set it deletes only UDP entries DNATed to addr from that
 // published port.
 // Equivalent to: conntrack -D -s ADDR; conntrack -D -r ADDR [-p udp --dport PORT].
-func (d *Dataplane) flushConntrack(addr netip.Addr, hostPort uint16) {
+func (d *Dataplane) flushConntrack(h *netlink.Handle, addr netip.Addr, hostPort uint16) {
 	family := netlink.InetFamily(unix.AF_INET)
 	if addr.Is6() {
 		family = unix.AF_INET6
@@ -47,7 +52,7 @@ func (d *Dataplane) flushConntrack(addr netip.Addr, hostPort uint16) {
 		}
 		filters = append(filters, f)
 	}
-	n, err := d.nl.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...)
+	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...)
 	if err != nil {
 		d.log.Debug("conntrack flush failed", "address", addr, "err", err)
 		return
@@ -59,8 +64,8 @@ func (d *Dataplane) flushConntrack(addr netip.Addr, hostPort uint16) {
 
 // forgetNeighbour deletes the host's neighbour entry for addr on the bridge.
 // Equivalent to: ip neigh del ADDR dev BRIDGE.
-func (d *Dataplane) forgetNeighbour(bridge string, addr netip.Addr) {
-	br, err := d.nl.LinkByName(bridge)
+func (d *Dataplane) forgetNeighbour(h *netlink.Handle, bridge string, addr netip.Addr) {
+	br, err := h.LinkByName(bridge)
 	if err != nil {
 		return
 	}
@@ -68,7 +73,7 @@ func (d *Dataplane) forgetNeighbour(bridge string, addr netip.Addr) {
 	if addr.Is6() {
 		family = netlink.FAMILY_V6
 	}
-	err = d.nl.NeighDel(&netlink.Neigh{LinkIndex: br.Attrs().Index, Family: family, IP: addr.AsSlice()})
+	err = h.NeighDel(&netlink.Neigh{LinkIndex: br.Attrs().Index, Family: family, IP: addr.AsSlice()})
 	if err != nil && !isNotFound(err) && !errors.Is(err, unix.ENOENT) {
 		d.log.Debug("neighbour flush failed", "address", addr, "err", err)
 	}

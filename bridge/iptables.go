@@ -22,6 +22,7 @@ type IPTables interface {
 	Exists(table, chain string, rulespec ...string) (bool, error)
 	Insert(table, chain string, pos int, rulespec ...string) error
 	Append(table, chain string, rulespec ...string) error
+	Delete(table, chain string, rulespec ...string) error
 	DeleteIfExists(table, chain string, rulespec ...string) error
 	DeleteById(table, chain string, id int) error
 	List(table, chain string) ([]string, error)
@@ -192,11 +193,11 @@ func (f *firewall) networkRules(n Network) []rule {
 // jump into the DNAT chain matches local destinations only) and an accept
 // for the translated connections only, ahead of the isolation drops, so a
 // published port does not open the container to direct connections.
-func (f *firewall) portRules(n Network, ep Endpoint, m PortMapping) []rule {
+func (f *firewall) portRules(ep Endpoint, m PortMapping) []rule {
 	if m.ContainerIP.Is6() != f.v6 || (m.HostIP.IsValid() && m.HostIP.Is6() != f.v6) {
 		return nil
 	}
-	c := comment(n.ID, ep.ID)
+	c := comment(ep.NetworkID, ep.ID)
 	proto := []string{"-p", m.Proto, "-m", m.Proto}
 	hostPorts, ctrPorts := portSpec(m.HostPort, m.HostPortEnd, ":"), portSpec(m.Port, m.Port+(m.HostPortEnd-m.HostPort), "-")
 	var dst []string
@@ -210,7 +211,7 @@ func (f *firewall) portRules(n Network, ep Endpoint, m PortMapping) []rule {
 	ctr := netip.PrefixFrom(m.ContainerIP, m.ContainerIP.BitLen()).String()
 	return []rule{
 		{table: tableNAT, chain: f.chains.dnat, args: concat(dst, proto, []string{"--dport", hostPorts}, c, []string{"-j", "DNAT", "--to-destination", to})},
-		{table: tableFilter, chain: f.chains.isolation, top: true, args: concat([]string{"-d", ctr, "-o", n.Bridge}, proto, []string{"--dport", strings.ReplaceAll(ctrPorts, "-", ":"), "-m", "conntrack", "--ctstate", "DNAT"}, c, []string{"-j", "ACCEPT"})},
+		{table: tableFilter, chain: f.chains.isolation, top: true, args: concat([]string{"-d", ctr, "-o", ep.Bridge}, proto, []string{"--dport", strings.ReplaceAll(ctrPorts, "-", ":"), "-m", "conntrack", "--ctstate", "DNAT"}, c, []string{"-j", "ACCEPT"})},
 	}
 }
 
@@ -235,10 +236,7 @@ func (f *firewall) ensureNetwork(n Network) error {
 
 // ensurePorts adds the rules of an endpoint's published ports.
 func (f *firewall) ensurePorts(n Network, ep Endpoint, ports []PortMapping) error {
-	var rules []rule
-	for _, m := range ports {
-		rules = append(rules, f.portRules(n, ep, m)...)
-	}
+	rules := f.allPortRules(ep, ports)
 	if len(rules) == 0 {
 		return nil
 	}
@@ -246,6 +244,14 @@ func (f *firewall) ensurePorts(n Network, ep Endpoint, ports []PortMapping) erro
 		return err
 	}
 	return f.ensureAll(rules, "ports of endpoint "+netutil.Short(ep.ID))
+}
+
+func (f *firewall) allPortRules(ep Endpoint, ports []PortMapping) []rule {
+	var rules []rule
+	for _, m := range ports {
+		rules = append(rules, f.portRules(ep, m)...)
+	}
+	return rules
 }
 
 func (f *firewall) ensureAll(rules []rule, what string) error {
@@ -265,9 +271,24 @@ func (f *firewall) removeNetwork(id string) error {
 	return f.removeWhere(func(nid, _ string) bool { return nid == id })
 }
 
-// removePorts deletes the port rules of one endpoint.
-func (f *firewall) removePorts(endpointID string) error {
-	return f.removeWhere(func(_, eid string) bool { return eid == endpointID })
+// removePorts deletes the rules of the given ports of one endpoint, one
+// iptables call per rule; leftovers of ports the state lost are orphans
+// that removeOrphans finds by comment.
+func (f *firewall) removePorts(ep Endpoint, ports []PortMapping) error {
+	var errs []error
+	for _, r := range f.allPortRules(ep, ports) {
+		err := f.ipt.Delete(r.table, r.chain, r.args...)
+		var ierr *iptables.Error
+		if errors.As(err, &ierr) && ierr.IsNotExist() {
+			err = nil
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("delete %s rule %s: %w", f.family(), r, err))
+			continue
+		}
+		f.log.Debug("rule removed", "family", f.family(), "rule", r.String())
+	}
+	return errors.Join(errs...)
 }
 
 // removeOrphans deletes rules of networks and endpoints not in keep.

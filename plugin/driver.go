@@ -76,13 +76,16 @@ type Config struct {
 }
 
 // Driver implements both plugin interfaces over one in-memory view of the
-// state. Mutations are serialised by mu: the engine calls concurrently,
-// each call is short, and one lock keeps the ordering arguments simple.
+// state. The engine calls concurrently; mutations of networks and
+// endpoints are serialised by mu, those of IPAM pools by ipamMu, so an
+// address request never waits behind a veth being created. Lock order: mu,
+// then ipamMu.
 type Driver struct {
 	cfg Config
 	log *slog.Logger
 
-	mu sync.Mutex
+	ipamMu sync.Mutex // guards pools
+	mu     sync.Mutex // guards the rest
 	// dirty: kernel objects changed since the last reconcile pass, so the
 	// next one checks everything instead of comparing fingerprints.
 	dirty       bool
@@ -156,6 +159,8 @@ type Dump struct {
 func (d *Driver) Dump() *Dump {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.ipamMu.Lock()
+	defer d.ipamMu.Unlock()
 	out := &Dump{Networks: []state.Network{}, Endpoints: []state.Endpoint{}, Pools: []state.Pool{}}
 	for _, n := range d.networks {
 		out.Networks = append(out.Networks, *n)
@@ -184,11 +189,14 @@ func (d *Driver) Restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.ipamMu.Lock()
 	for _, p := range snap.Pools {
 		if err := d.restorePool(p); err != nil {
+			d.ipamMu.Unlock()
 			return err
 		}
 	}
+	d.ipamMu.Unlock()
 	var errs []error
 	for i := range snap.Networks {
 		n := snap.Networks[i]
@@ -210,7 +218,7 @@ func (d *Driver) Restore(ctx context.Context) error {
 	}
 	_, err = d.reconcile(ctx, true)
 	errs = append(errs, err)
-	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(d.endpoints), "pools", len(d.pools))
+	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(d.endpoints), "pools", len(snap.Pools))
 	return errors.Join(errs...)
 }
 
@@ -272,7 +280,7 @@ func toBridgeSubnets(in []state.Subnet) []bridge.Subnet {
 
 func toBridgeEndpoint(n *state.Network, e *state.Endpoint) bridge.Endpoint {
 	mac, _ := parseMAC(e.MAC)
-	ep := bridge.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU}
+	ep := bridge.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU, Ports: toBridgePorts(e.Ports)}
 	for _, a := range []string{e.IPv4, e.IPv6} {
 		if p, err := netip.ParsePrefix(a); err == nil {
 			ep.Addresses = append(ep.Addresses, p.Addr())

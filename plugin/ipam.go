@@ -56,8 +56,8 @@ func (d *Driver) RequestPool(_ context.Context, req *ipamapi.RequestPoolRequest)
 	for k := range req.Options {
 		return nil, badRequestf("unknown IPAM option %q (--ipam-opt); mynet's IPAM takes none", k)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.ipamMu.Lock()
+	defer d.ipamMu.Unlock()
 	var subnet, rng netip.Prefix
 	var err error
 	if req.Pool != "" {
@@ -156,8 +156,8 @@ func (d *Driver) nextDefaultPool(v6 bool) (netip.Prefix, error) {
 
 // ReleasePool forgets a pool and its allocations; unknown pools succeed.
 func (d *Driver) ReleasePool(_ context.Context, req *ipamapi.ReleasePoolRequest) (*empty, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.ipamMu.Lock()
+	defer d.ipamMu.Unlock()
 	if _, ok := d.pools[req.PoolID]; !ok {
 		d.log.Debug("release of unknown pool", "pool_id", req.PoolID)
 		return nil, nil
@@ -173,8 +173,8 @@ func (d *Driver) ReleasePool(_ context.Context, req *ipamapi.ReleasePoolRequest)
 // usable address), a specific address (--ip, --aux-address), or the next
 // free one.
 func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.ipamMu.Lock()
+	defer d.ipamMu.Unlock()
 	p, ok := d.pools[req.PoolID]
 	if !ok {
 		return nil, badRequestf("pool %q is not held by mynet's IPAM", req.PoolID)
@@ -259,8 +259,8 @@ func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRe
 	if err != nil {
 		return nil, badRequestf("address %q: %v", req.Address, err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.ipamMu.Lock()
+	defer d.ipamMu.Unlock()
 	p, ok := d.pools[req.PoolID]
 	if !ok {
 		d.log.Debug("release in unknown pool", "pool_id", req.PoolID, "address", req.Address)

@@ -121,6 +121,8 @@ func (d *Driver) commitCreate(ctx context.Context, kind, id string, put func(pen
 // linkPools records which network uses which of mynet's IPAM pools, so that
 // overlap errors can name it. Pools of other IPAM drivers are not ours.
 func (d *Driver) linkPools(n state.Network) {
+	d.ipamMu.Lock()
+	defer d.ipamMu.Unlock()
 	for _, s := range append(append([]state.Subnet(nil), n.IPv4...), n.IPv6...) {
 		p := d.pools[s.Pool]
 		if p == nil || p.rec.NetworkID != "" {

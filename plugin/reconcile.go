@@ -104,6 +104,8 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint) error
 }
 
 func (d *Driver) releaseStalePools() error {
+	d.ipamMu.Lock()
+	defer d.ipamMu.Unlock()
 	var errs []error
 	for id, p := range d.pools {
 		if p.rec.NetworkID != "" || p.pool.Len() > 0 || p.rec.Created.IsZero() || time.Since(p.rec.Created) < stalePoolAge {
