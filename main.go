@@ -3,6 +3,9 @@
 // Linux bridge per network and a veth pair per container.
 //
 //	mynet serve [flags]   run the daemon in the foreground
+//	mynet ls              list the daemon's networks
+//	mynet inspect NETWORK show a network's endpoints
+//	mynet doctor          check the host and the daemon's objects
 package main
 
 import (
@@ -20,6 +23,12 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		err = serve(os.Args[2:])
+	case "ls":
+		err = runLs(os.Args[2:], defaultEnv())
+	case "inspect":
+		err = runInspect(os.Args[2:], defaultEnv())
+	case "doctor":
+		err = runDoctor(os.Args[2:], defaultEnv())
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -45,5 +54,11 @@ func usage() {
 
 commands:
   serve    run the plugin daemon in the foreground (mynet serve -h for flags)
+  ls       list the daemon's networks
+  inspect  show a network's endpoints: addresses, MACs, veths, published ports
+  doctor   check the host and the daemon's objects; print each problem's fix
+
+ls, inspect and doctor reach the daemon of serve's default flags; --name,
+--socket or --plugin NAME:TAG reach another. --format json for scripts.
 `)
 }

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mynet/mynet/metrics"
 	"github.com/mynet/mynet/plugin"
 )
 
@@ -40,8 +41,13 @@ func reconcileLoop(ctx context.Context, drv *plugin.Driver, interval time.Durati
 			full = true
 			log.Info("SIGHUP: reconciling everything")
 		}
-		if _, err := drv.Reconcile(ctx, full); err != nil {
+		repaired, err := drv.Reconcile(ctx, full)
+		if err != nil {
+			metrics.ReconcileErrors.Inc()
 			log.Error("reconcile", "err", err)
+		}
+		if repaired {
+			metrics.ReconcileRepairs.Inc()
 		}
 	}
 }

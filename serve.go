@@ -18,6 +18,7 @@ import (
 
 	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/ipam"
+	"github.com/mynet/mynet/metrics"
 	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
@@ -33,6 +34,8 @@ type serveFlags struct {
 	socketGroup int
 	pools       []ipam.PoolSpec
 	reconcile   time.Duration
+
+	metricsSocket, metricsAddr string
 }
 
 func parseServeFlags(args []string) (serveFlags, error) {
@@ -51,8 +54,18 @@ func parseServeFlags(args []string) (serveFlags, error) {
 		return err
 	})
 	fs.DurationVar(&f.reconcile, "reconcile-interval", 5*time.Second, "how often to check mynet's links and rules for outside changes and repair them (0: only at startup and on SIGHUP)")
+	fs.StringVar(&f.metricsSocket, "metrics-socket", "", "serve Prometheus metrics on this unix socket (mode 0660, group --socket-group); off by default")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this loopback address, 127.0.0.1:PORT or [::1]:PORT; off by default")
 	if err := fs.Parse(args); err != nil {
 		return f, err
+	}
+	if f.metricsSocket != "" && f.metricsAddr != "" {
+		return f, errors.New("give --metrics-socket or --metrics-addr, not both")
+	}
+	if f.metricsAddr != "" {
+		if err := metrics.CheckAddr(f.metricsAddr); err != nil {
+			return f, err
+		}
 	}
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("serve takes no arguments, got %q", fs.Args())
@@ -131,8 +144,13 @@ func serve(args []string) error {
 		return err
 	}
 	defer os.Remove(sock)
+	handler, stopMetrics, err := startMetrics(ctx, f, plugin.Limit(router, 64, 30*time.Second), drv, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	srv := &http.Server{
-		Handler:           plugin.Limit(router, 64, 30*time.Second),
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      2 * time.Minute,
@@ -188,4 +206,38 @@ func listenUnix(path string, gid int) (net.Listener, error) {
 		return nil, fmt.Errorf("chmod %s: %w", path, err)
 	}
 	return l, nil
+}
+
+// startMetrics serves the metrics on the opt-in listener until ctx ends and
+// returns h wrapped to measure requests, and a func that removes the
+// metrics socket. Without --metrics-socket or --metrics-addr it returns h
+// as it is.
+func startMetrics(ctx context.Context, f serveFlags, h http.Handler, drv *plugin.Driver, log *slog.Logger) (http.Handler, func(), error) {
+	if f.metricsSocket == "" && f.metricsAddr == "" {
+		return h, func() {}, nil
+	}
+	m := metrics.New(func() state.Snapshot {
+		d := drv.Dump()
+		return state.Snapshot{Networks: d.Networks, Endpoints: d.Endpoints, Pools: d.Pools}
+	}, log)
+	var l net.Listener
+	var err error
+	where, cleanup := f.metricsSocket, func() {}
+	if where != "" {
+		l, err = listenUnix(where, f.socketGroup)
+		cleanup = func() { os.Remove(where) }
+	} else {
+		where = f.metricsAddr
+		l, err = net.Listen("tcp", where)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	go func() {
+		if err := metrics.Serve(ctx, l, m.Handler(), log); err != nil {
+			log.Error("metrics listener failed", "listen", where, "err", err)
+		}
+	}()
+	log.Info("serving metrics", "listen", where)
+	return m.Middleware(h), cleanup, nil
 }

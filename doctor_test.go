@@ -1,0 +1,560 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/netutil/nstest"
+	"github.com/mynet/mynet/plugin"
+	"github.com/mynet/mynet/state"
+)
+
+// The doctor tests create each problem the doctor claims to find in a
+// throwaway network namespace, check that the doctor reports it with its
+// fix, and, where the fix is a plain command, run it and check that the
+// problem is gone.
+
+const (
+	docInst = "doctor-test"
+	docNet1 = "d0c0000000011111111111111111111111111111111111111111111111111111"
+	docNet2 = "d0c0000000022222222222222222222222222222222222222222222222222222"
+	docEp1  = "d0ce00000001aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	docEp2  = "d0ce00000002bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+	unknown = "0000deadbeef0000000000000000000000000000000000000000000000000000"
+)
+
+// docHarness is a namespace with one healthy network and endpoint built by
+// the real dataplane, and a daemon socket serving the matching state.
+type docHarness struct {
+	t       *testing.T
+	dp      *bridge.Dataplane
+	srv     *stateServer
+	net1    bridge.Network
+	ep1     bridge.Endpoint
+	procSys string
+	target  target
+}
+
+func healthyDump() *plugin.Dump {
+	host, ctr := bridge.VethNames(docEp1)
+	return &plugin.Dump{
+		Networks: []state.Network{{ID: docNet1, Bridge: bridge.BridgeName(docNet1), ICC: true, Masquerade: true,
+			IPv4: []state.Subnet{{Pool: "10.231.0.0/24", Gateway: "10.231.0.1/24"}}}},
+		Endpoints: []state.Endpoint{{NetworkID: docNet1, ID: docEp1, HostVeth: host, ContainerVeth: ctr,
+			MAC: "02:00:00:00:00:01", IPv4: "10.231.0.2/24"}},
+		Pools: []state.Pool{},
+	}
+}
+
+// withDoctor runs fn in a fresh namespace holding the healthy setup.
+func withDoctor(t *testing.T, fn func(h *docHarness)) {
+	nstest.RequireCommand(t, "iptables")
+	nstest.RequireCommand(t, "ip")
+	nstest.Run(t, func() {
+		requireTestNamespace(t)
+		h := &docHarness{t: t, procSys: "/proc/sys"}
+		h.srv = newStateServer(t, healthyDump())
+		if err := os.Chmod(h.srv.socket, 0o660); err != nil {
+			t.Fatal(err)
+		}
+		h.target = target{Socket: h.srv.socket, Instance: docInst, InstanceKnown: true, Restart: "restart-mynet"}
+		nl, err := netlink.NewHandle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dp, err := bridge.New(bridge.Config{Instance: docInst, Netlink: nl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dp.Close()
+		h.dp = dp
+		h.net1 = bridge.Network{ID: docNet1, Bridge: bridge.BridgeName(docNet1), ICC: true, Masquerade: true,
+			IPv4: []bridge.Subnet{{Pool: netip.MustParsePrefix("10.231.0.0/24"), Gateway: netip.MustParsePrefix("10.231.0.1/24")}}}
+		host, ctr := bridge.VethNames(docEp1)
+		h.ep1 = bridge.Endpoint{NetworkID: docNet1, ID: docEp1, Bridge: h.net1.Bridge, HostVeth: host, ContainerVeth: ctr,
+			MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}
+		ctx := context.Background()
+		if err := dp.EnsureNetwork(ctx, h.net1); err != nil {
+			t.Fatal(err)
+		}
+		if err := dp.EnsureEndpoint(ctx, h.ep1); err != nil {
+			t.Fatal(err)
+		}
+		fn(h)
+	})
+}
+
+// hostNS is the namespace the tests started in, taken before any test
+// moves a thread elsewhere.
+var hostNS, hostNSErr = netns.Get()
+
+// requireTestNamespace stops a test that would change the host: the
+// calling thread must be in a namespace other than the one the tests
+// started in.
+func requireTestNamespace(t *testing.T) {
+	t.Helper()
+	if hostNSErr != nil {
+		t.Fatal(hostNSErr)
+	}
+	cur, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Close()
+	if cur.Equal(hostNS) {
+		t.Fatal("not in a test namespace: refusing to change the host")
+	}
+}
+
+func (h *docHarness) run() doctorReport {
+	d := newDoctor(h.target, &cliEnv{stdout: io.Discard})
+	d.procSys = h.procSys
+	return d.run(context.Background())
+}
+
+func (h *docHarness) sh(cmd string) {
+	h.t.Helper()
+	if out, err := exec.Command("sh", "-c", cmd).CombinedOutput(); err != nil {
+		h.t.Fatalf("%s: %v: %s", cmd, err, out)
+	}
+}
+
+func problems(rep doctorReport) []finding {
+	var out []finding
+	for _, f := range rep.Findings {
+		if f.Status == statusProblem {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func findingsText(rep doctorReport) string {
+	var b strings.Builder
+	writeDoctor(&b, rep)
+	return b.String()
+}
+
+// brNetfilter reports whether br_netfilter's switches exist here.
+func brNetfilter() bool {
+	_, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables")
+	return err == nil
+}
+
+func TestDoctorHealthy(t *testing.T) {
+	withDoctor(t, func(h *docHarness) {
+		rep := h.run()
+		for _, p := range problems(rep) {
+			if p.Check == "br_netfilter" && !brNetfilter() {
+				continue // the host lacks the module; covered below
+			}
+			t.Errorf("problem on a healthy setup: %+v", p)
+		}
+		text := findingsText(rep)
+		for _, want := range []string{`ok +socket +\S+ answers \(daemon pid ` + strconv.Itoa(os.Getpid()) + `\)`, `ok +ip_forward `,
+			`ok +state +1 network and 1 endpoint in the state match the kernel`, `info +forward_policy +FORWARD policy is ACCEPT`, `info +iptables_backend +no Docker chains`} {
+			if !regexp.MustCompile(want).MatchString(text) {
+				t.Errorf("report lacks %q:\n%s", want, text)
+			}
+		}
+		if rep.Problems == 0 && !strings.HasSuffix(text, "no problems found\n") {
+			t.Errorf("no summary line:\n%s", text)
+		}
+		if h.srv.calls.Load() != 2 {
+			t.Errorf("state fetched %d times, want 2 (before and after the kernel scan)", h.srv.calls.Load())
+		}
+	})
+}
+
+// Each case breaks the healthy setup one way; the doctor must report the
+// check with a fix containing fixPart, and nothing else. When apply is set
+// the fix is applied (run, or done as the daemon's reconcile would do it)
+// and the doctor must then find nothing.
+func TestDoctorFindsEachProblem(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		needs   func() bool
+		breakIt func(h *docHarness)
+		check   string
+		msgPart string
+		fixPart string
+		// runFix runs each line of the fix; apply is the alternative for
+		// fixes that ask the daemon to reconcile.
+		runFix bool
+		apply  func(h *docHarness)
+		// others are further checks the break makes fail.
+		others []string
+	}{
+		{
+			name:    "ip_forward off",
+			breakIt: func(h *docHarness) { writeProc(h.t, "/proc/sys/net/ipv4/ip_forward", "0") },
+			check:   "ip_forward", msgPart: "net.ipv4.ip_forward = 0", fixPart: "sysctl -w net.ipv4.ip_forward=1", runFix: true,
+		},
+		{
+			name: "bridge-nf-call-iptables off",
+			// Per namespace since Linux 5.3; global before, where the
+			// test would change the host.
+			needs:   func() bool { return brNetfilter() && kernelAtLeast(5, 3) },
+			breakIt: func(h *docHarness) { writeProc(h.t, "/proc/sys/net/bridge/bridge-nf-call-iptables", "0") },
+			check:   "br_netfilter", msgPart: "bridge-nf-call-iptables = 0", fixPart: "sysctl -w net.bridge.bridge-nf-call-iptables=1", runFix: true,
+		},
+		{
+			name: "br_netfilter not loaded",
+			breakIt: func(h *docHarness) {
+				// A /proc/sys without net/bridge, as on a host without
+				// the module.
+				h.procSys = h.t.TempDir()
+				if err := os.MkdirAll(filepath.Join(h.procSys, "net/ipv4"), 0o755); err != nil {
+					h.t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(h.procSys, "net/ipv4/ip_forward"), []byte("1\n"), 0o644); err != nil {
+					h.t.Fatal(err)
+				}
+			},
+			check: "br_netfilter", msgPart: "not loaded", fixPart: "modprobe br_netfilter",
+		},
+		{
+			name: "orphan bridge",
+			breakIt: func(h *docHarness) {
+				addLink(h.t, "mn-orphan", "mynet:"+docInst+":net:"+unknown)
+				// Another instance's link is not this one's business.
+				addLink(h.t, "mn-other", "mynet:someone-else:net:"+unknown)
+			},
+			check: "orphan_link", msgPart: "bridge mn-orphan is tagged with network 0000deadbeef", fixPart: "ip link del mn-orphan", runFix: true,
+		},
+		{
+			name:    "orphan veth",
+			breakIt: func(h *docHarness) { addLink(h.t, "mnv-orphan", "mynet:"+docInst+":ep:"+unknown) },
+			check:   "orphan_link", msgPart: "veth mnv-orphan is tagged with endpoint 0000deadbeef", fixPart: "ip link del mnv-orphan", runFix: true,
+		},
+		{
+			name: "rule naming an unknown network",
+			breakIt: func(h *docHarness) {
+				filter, _ := bridge.InstanceChains(docInst)
+				h.sh("iptables -w -t filter -A " + filter[0] + ` -o mn-gone -m comment --comment "mynet net=` + unknown + `" -j ACCEPT`)
+			},
+			check: "orphan_rule", msgPart: "1 iptables rule in ", fixPart: ` -t filter -D ` + instanceChain(0) + ` -o mn-gone -m comment --comment "mynet net=` + unknown + `" -j ACCEPT`, runFix: true,
+		},
+		{
+			name: "network built but not in the state",
+			breakIt: func(h *docHarness) {
+				n2 := bridge.Network{ID: docNet2, Bridge: bridge.BridgeName(docNet2), ICC: true, Masquerade: true,
+					IPv4: []bridge.Subnet{{Pool: netip.MustParsePrefix("10.232.0.0/24"), Gateway: netip.MustParsePrefix("10.232.0.1/24")}}}
+				if err := h.dp.EnsureNetwork(context.Background(), n2); err != nil {
+					h.t.Fatal(err)
+				}
+			},
+			check: "orphan_rule", msgPart: "name network d0c000000002, which the state does not know", fixPart: "-D " + instanceChain(0), runFix: true,
+			others: []string{"orphan_link"},
+		},
+		{
+			name: "state network without a bridge",
+			breakIt: func(h *docHarness) {
+				d := healthyDump()
+				d.Networks = append(d.Networks, state.Network{ID: docNet2, Bridge: "br-lost", ICC: true,
+					IPv4: []state.Subnet{{Pool: "10.232.0.0/24", Gateway: "10.232.0.1/24"}}})
+				h.srv.dump.Store(d)
+			},
+			check: "missing_bridge", msgPart: "bridge br-lost of network d0c000000002 is missing", fixPart: "kill -HUP " + strconv.Itoa(os.Getpid()),
+			others: []string{"missing_rules"},
+			apply: func(h *docHarness) {
+				n2 := bridge.Network{ID: docNet2, Bridge: "br-lost", ICC: true,
+					IPv4: []bridge.Subnet{{Pool: netip.MustParsePrefix("10.232.0.0/24"), Gateway: netip.MustParsePrefix("10.232.0.1/24")}}}
+				if err := h.dp.EnsureNetwork(context.Background(), n2); err != nil {
+					h.t.Fatal(err)
+				}
+			},
+		},
+		{
+			name:    "endpoint veth deleted",
+			breakIt: func(h *docHarness) { h.sh("ip link del " + h.ep1.HostVeth) },
+			check:   "missing_veth", msgPart: "host veth " + vethOf(docEp1) + " of endpoint d0ce00000001 (10.231.0.2/24)", fixPart: "docker network disconnect -f " + docNet1[:12] + " CONTAINER",
+			apply: func(h *docHarness) {
+				if err := h.dp.EnsureEndpoint(context.Background(), h.ep1); err != nil {
+					h.t.Fatal(err)
+				}
+			},
+		},
+		{
+			name:    "endpoint veth off its bridge",
+			breakIt: func(h *docHarness) { h.sh("ip link set " + h.ep1.HostVeth + " nomaster") },
+			check:   "missing_veth", msgPart: "is not on bridge " + bridge.BridgeName(docNet1), fixPart: "ip link set " + vethOf(docEp1) + " master " + bridge.BridgeName(docNet1), runFix: true,
+		},
+		{
+			name: "interface squatting a bridge name",
+			breakIt: func(h *docHarness) {
+				h.sh("ip link del " + h.net1.Bridge + " && ip link add " + h.net1.Bridge + " type bridge")
+			},
+			check: "missing_bridge", msgPart: "is not mynet's (type bridge", fixPart: "ip link del " + bridge.BridgeName(docNet1),
+			others: []string{"missing_veth"},
+		},
+		{
+			name: "network rules flushed",
+			breakIt: func(h *docHarness) {
+				filter, nat := bridge.InstanceChains(docInst)
+				for _, c := range filter[:2] {
+					h.sh("iptables -w -t filter -F " + c)
+				}
+				h.sh("iptables -w -t nat -F " + nat[0])
+			},
+			check: "missing_rules", msgPart: "network d0c000000001 has no iptables rules", fixPart: "kill -HUP",
+			others: []string{"missing_rules"}, // the jump from the isolation chain went too
+			apply:  func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name: "jump into mynet's chains deleted",
+			breakIt: func(h *docHarness) {
+				h.sh("iptables -w -D FORWARD -m comment --comment \"mynet " + docInst + "\" -j " + instanceChain(0))
+			},
+			check: "missing_rules", msgPart: "no jump from FORWARD or DOCKER-USER into " + instanceChain(0), fixPart: "kill -HUP",
+			apply: func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name:    "socket mode too open",
+			breakIt: func(h *docHarness) { chmod(h.t, h.srv.socket, 0o666) },
+			check:   "socket", msgPart: "has mode 0666, want 0660: any local user", fixPart: "chmod 0660 ", runFix: true,
+		},
+		{
+			name:    "socket owned by another user",
+			breakIt: func(h *docHarness) { h.sh("chown 65534 " + h.srv.socket) },
+			check:   "socket", msgPart: "want root", fixPart: "chown root ", runFix: true,
+		},
+		{
+			name: "iptables backend differs from Docker's",
+			needs: func() bool {
+				_, err := exec.LookPath("iptables-legacy")
+				return err == nil && iptablesBackend(context.Background(), "iptables") == backendNFT
+			},
+			// Docker's chains in legacy iptables, mynet's in nf_tables.
+			breakIt: func(h *docHarness) { h.sh("iptables-legacy -w -N DOCKER && iptables-legacy -w -N DOCKER-USER") },
+			check:   "iptables_backend", msgPart: "mynet uses nf_tables (its chains are there) but Docker's rules are in legacy",
+			fixPart: "update-alternatives --set iptables /usr/sbin/iptables-legacy",
+			// Not applied: it would switch the host's alternatives.
+		},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.needs != nil && !c.needs() {
+				t.Skip("not possible on this host")
+			}
+			withDoctor(t, func(h *docHarness) {
+				h.t = t
+				c.breakIt(h)
+				rep := h.run()
+				var found *finding
+				for _, p := range problems(rep) {
+					switch {
+					case p.Check == c.check && strings.Contains(p.Message, c.msgPart) && found == nil:
+						found = &p
+					case p.Check == "br_netfilter" && !brNetfilter():
+					case containsString(c.others, p.Check):
+					default:
+						t.Errorf("unexpected problem: %+v", p)
+					}
+				}
+				if found == nil {
+					t.Fatalf("no %s problem mentioning %q:\n%s", c.check, c.msgPart, findingsText(rep))
+				}
+				if !strings.Contains(found.Fix, c.fixPart) {
+					t.Errorf("fix %q lacks %q", found.Fix, c.fixPart)
+				}
+				if !strings.Contains(findingsText(rep), "fix: ") {
+					t.Errorf("table output shows no fix:\n%s", findingsText(rep))
+				}
+				switch {
+				case c.runFix:
+					// The fixes of every problem found, as an operator
+					// would run them.
+					for _, p := range problems(rep) {
+						for _, l := range strings.Split(p.Fix, "\n") {
+							h.sh(l)
+						}
+					}
+				case c.apply != nil:
+					c.apply(h)
+				default:
+					return
+				}
+				if rep := h.run(); len(problemsExcept(rep, "br_netfilter")) > 0 {
+					t.Errorf("problems left after the fix:\n%s", findingsText(rep))
+				}
+			})
+		})
+	}
+}
+
+// TestDoctorSocketDown: a socket nobody listens on is reported, and the
+// checks that need the state say they were skipped.
+func TestDoctorSocketDown(t *testing.T) {
+	withDoctor(t, func(h *docHarness) {
+		dead := filepath.Join(t.TempDir(), "dead.sock")
+		l, err := net.Listen("unix", dead)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
+		chmod(t, dead, 0o660)
+		h.target.Socket = dead
+		rep := h.run()
+		text := findingsText(rep)
+		if !regexp.MustCompile(`PROBLEM +socket `).MatchString(text) || !strings.Contains(text, "stale socket") || !strings.Contains(text, "fix: restart-mynet") {
+			t.Errorf("dead socket not reported:\n%s", text)
+		}
+		if !regexp.MustCompile(`skipped +state `).MatchString(text) {
+			t.Errorf("state checks not marked skipped:\n%s", text)
+		}
+
+		h.target.Socket = filepath.Join(t.TempDir(), "none.sock")
+		if text := findingsText(h.run()); !strings.Contains(text, "no socket at") {
+			t.Errorf("missing socket not reported:\n%s", text)
+		}
+	})
+}
+
+// TestDoctorInstance: the instance is read from the bridges' tags when
+// not given, and a wrong one given explicitly is a problem.
+func TestDoctorInstance(t *testing.T) {
+	withDoctor(t, func(h *docHarness) {
+		h.target.Instance, h.target.InstanceKnown = "mynet", false
+		rep := h.run()
+		if rep.Instance != docInst || len(problemsExcept(rep, "br_netfilter")) > 0 {
+			t.Errorf("instance not detected:\n%s", findingsText(rep))
+		}
+		h.target.Instance, h.target.InstanceKnown = "wrong", true
+		rep = h.run()
+		found := false
+		for _, p := range problems(rep) {
+			found = found || (p.Check == "instance" && strings.Contains(p.Fix, "--instance "+docInst))
+		}
+		if !found {
+			t.Errorf("wrong --instance not reported:\n%s", findingsText(rep))
+		}
+	})
+}
+
+// TestDoctorForwardDrop: a DROP policy is information, not a problem.
+func TestDoctorForwardDrop(t *testing.T) {
+	withDoctor(t, func(h *docHarness) {
+		h.sh("iptables -w -P FORWARD DROP")
+		rep := h.run()
+		if len(problemsExcept(rep, "br_netfilter")) > 0 || !regexp.MustCompile(`info +forward_policy +FORWARD policy is DROP`).MatchString(findingsText(rep)) {
+			t.Errorf("FORWARD DROP:\n%s", findingsText(rep))
+		}
+	})
+}
+
+// TestDoctorExitStatus: runDoctor fails when there is a problem and prints
+// JSON on request.
+func TestDoctorExitStatus(t *testing.T) {
+	withDoctor(t, func(h *docHarness) {
+		chmod(t, h.srv.socket, 0o666)
+		var out strings.Builder
+		err := runDoctor([]string{"--socket", h.srv.socket, "--instance", docInst, "--format", "json"}, &cliEnv{stdout: &out})
+		if err == nil || !strings.Contains(err.Error(), "problem") {
+			t.Errorf("runDoctor = %v, want a problem count", err)
+		}
+		if !strings.Contains(out.String(), `"Check": "socket"`) || !strings.Contains(out.String(), `"Fix": "chmod 0660 `) {
+			t.Errorf("JSON report:\n%s", out.String())
+		}
+	})
+}
+
+func problemsExcept(rep doctorReport, check string) []finding {
+	var out []finding
+	for _, p := range problems(rep) {
+		if p.Check != check || brNetfilter() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// reconcile does what the daemon's reconcile does for the healthy setup.
+func (h *docHarness) reconcile() {
+	ctx := context.Background()
+	if err := h.dp.EnsureNetwork(ctx, h.net1); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.dp.EnsureEndpoint(ctx, h.ep1); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func instanceChain(i int) string {
+	filter, _ := bridge.InstanceChains(docInst)
+	return filter[i]
+}
+
+func vethOf(ep string) string {
+	host, _ := bridge.VethNames(ep)
+	return host
+}
+
+// addLink adds a bridge (some kernels lack dummy links; none that runs
+// mynet lacks bridges) carrying alias.
+func addLink(t *testing.T, name, alias string) {
+	t.Helper()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = name
+	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+		t.Fatalf("add %s: %v", name, err)
+	}
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetAlias(l, alias); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeProc(t *testing.T, path, v string) {
+	t.Helper()
+	requireTestNamespace(t)
+	if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func chmod(t *testing.T, path string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func kernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return false
+	}
+	var maj, min int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &maj, &min); err != nil {
+		return false
+	}
+	return maj > major || maj == major && min >= minor
+}
+
+func containsString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
