@@ -144,7 +144,10 @@ func serve(args []string) error {
 		return err
 	}
 	defer os.Remove(sock)
-	handler, stopMetrics, err := startMetrics(ctx, f, plugin.Limit(router, 64, 30*time.Second), drv, log)
+	// No request may hold dockerd longer than a minute, even one stuck in
+	// a kernel call: legacy plugins get no client timeout from the engine.
+	bounded := http.TimeoutHandler(router, time.Minute, `{"Err":"mynet did not finish the request within a minute; see its log"}`)
+	handler, stopMetrics, err := startMetrics(ctx, f, plugin.Limit(bounded, 64, 30*time.Second), drv, log)
 	if err != nil {
 		return err
 	}
