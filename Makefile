@@ -28,3 +28,30 @@ clean:
 # The end-to-end suite alone, against the running dockerd (as root).
 e2e: build
 	MYNET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 15m ./e2e/
+
+# Managed plugin $(PLUGIN):$(TAG) from Dockerfile and config.json, built
+# without a registry (as root; details in scripts/build-plugin.sh).
+TAG     ?= dev
+PLUGIN  ?= mynet
+
+.PHONY: plugin install
+
+plugin: build
+	TAG=$(TAG) PLUGIN=$(PLUGIN) MYNET_BIN=$(BIN) ./scripts/build-plugin.sh
+
+# Host service: bin/mynet and a systemd unit ordered before docker.service.
+# Starts nothing. Run `make build` first (sudo's PATH often has no go).
+PREFIX  ?= /usr/local
+UNITDIR ?= /etc/systemd/system
+
+install:
+	@test -x $(BIN) || { echo "$(BIN) not found: run make build first" >&2; exit 1; }
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mynet
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/bin/mynet|$(PREFIX)/bin/mynet|' contrib/systemd/mynet.service >$(DESTDIR)$(UNITDIR)/mynet.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/mynet.service
+	@echo
+	@echo "Installed $(PREFIX)/bin/mynet and $(UNITDIR)/mynet.service. Next:"
+	@echo "    systemctl daemon-reload"
+	@echo "    systemctl enable --now mynet    # starts before docker.service from now on"
+	@echo "    docker network create -d mynet --ipam-driver mynet --subnet 10.123.0.0/24 appnet"

@@ -28,7 +28,7 @@ install_missing() {
 	local missing=() cmd pkg
 	# command:package; -race needs cgo, hence gcc and the libc headers.
 	for pair in docker:docker.io dockerd:docker.io containerd:containerd iptables:iptables \
-		ip:iproute2 make:make gcc:gcc; do
+		ip:iproute2 make:make gcc:gcc debootstrap:debootstrap; do
 		cmd=${pair%%:*} pkg=${pair#*:}
 		command -v "$cmd" >/dev/null || missing+=("$pkg")
 	done
