@@ -251,8 +251,8 @@ func (d *Dataplane) bridgeSysctls(n Network) error {
 		}
 		// A container must not be able to become the host's IPv6 router
 		// (CVE-2020-10749).
-		if err := writeSysctl("net/ipv6/conf/"+n.Bridge+"/accept_ra", "0"); err != nil {
-			return fmt.Errorf("disable router advertisements on bridge %s: %w", n.Bridge, err)
+		if err := ignoreRouterAdvertisements(n.Bridge); err != nil {
+			return err
 		}
 	}
 	if !n.ICC {
@@ -266,7 +266,7 @@ func (d *Dataplane) bridgeSysctls(n Network) error {
 		// Lets the host's own 127.0.0.1 reach published ports: the DNAT
 		// target is on the bridge, and the kernel drops loopback sources
 		// routed elsewhere unless this is set.
-		if err := writeSysctl("net/ipv4/conf/"+n.Bridge+"/route_localnet", "1"); err != nil {
+		if err := d.setRouteLocalnet(n.Bridge); err != nil {
 			d.log.Warn("published ports will not answer on 127.0.0.1", "bridge", n.Bridge, "err", err)
 		}
 	}

@@ -180,6 +180,10 @@ func TestNetworkLifecycle(t *testing.T) {
 				if br.Type() != "bridge" || br.Attrs().MTU != 1450 || br.Attrs().Flags&net.FlagUp == 0 || br.Attrs().Alias != "mynet:mynet-test:net:"+nid1 {
 					t.Fatalf("bridge %s: type %s mtu %d flags %v alias %q", n1.Bridge, br.Type(), br.Attrs().MTU, br.Attrs().Flags, br.Attrs().Alias)
 				}
+				// Set over rtnetlink, not /proc/sys, so a managed plugin can.
+				if v, err := readSysctl("net/ipv4/conf/" + n1.Bridge + "/route_localnet"); err != nil || v != "1" {
+					t.Fatalf("route_localnet = %q, %v; want 1", v, err)
+				}
 				addrs, _ := netlink.AddrList(br, netlink.FAMILY_V4)
 				if len(addrs) != 1 || addrs[0].IPNet.String() != "10.1.0.1/24" {
 					t.Fatalf("bridge addresses = %v", addrs)

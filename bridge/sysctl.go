@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // HostStatus is what mynet found about the host's forwarding setup.
@@ -56,5 +59,51 @@ func ensureForwarding(log *slog.Logger) error {
 		return fmt.Errorf("enable net.ipv4.ip_forward (containers need it to reach beyond the host): %w; run on the host: sysctl -w net.ipv4.ip_forward=1", err)
 	}
 	log.Info("enabled IPv4 forwarding", "sysctl", "net.ipv4.ip_forward=1")
+	return nil
+}
+
+// ignoreRouterAdvertisements makes sure the host ignores router
+// advertisements arriving on the bridge, so a container cannot become the
+// host's IPv6 router (CVE-2020-10749). accept_ra=0 does it; where /proc/sys
+// is read-only (a managed plugin), forwarding=1 on the bridge, which a
+// Docker host with IPv6 has, does too: the kernel then ignores RAs unless
+// accept_ra is 2.
+func ignoreRouterAdvertisements(bridge string) error {
+	werr := writeSysctl("net/ipv6/conf/"+bridge+"/accept_ra", "0")
+	if werr == nil {
+		return nil
+	}
+	ra, _ := readSysctl("net/ipv6/conf/" + bridge + "/accept_ra")
+	fwd, _ := readSysctl("net/ipv6/conf/" + bridge + "/forwarding")
+	if fwd == "1" && ra != "2" {
+		return nil
+	}
+	return fmt.Errorf("disable router advertisements on bridge %s: %w; on the host run: sysctl -w net.ipv6.conf.all.forwarding=1 (Docker does this for IPv6 networks)", bridge, werr)
+}
+
+// ipv4DevconfRouteLocalnet is IPV4_DEVCONF_ROUTE_LOCALNET from linux/ip.h.
+const ipv4DevconfRouteLocalnet = 26
+
+// setRouteLocalnet sets net.ipv4.conf.<link>.route_localnet=1 through
+// rtnetlink (IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF), which needs only
+// CAP_NET_ADMIN and so works in a managed plugin, whose /proc/sys is
+// read-only. Equivalent to: sysctl -w net.ipv4.conf.LINK.route_localnet=1.
+func (d *Dataplane) setRouteLocalnet(link string) error {
+	l, err := d.nl.LinkByName(link)
+	if err != nil {
+		return err
+	}
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(l.Attrs().Index)
+	req.AddData(msg)
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	inet := spec.AddRtAttr(unix.AF_INET, nil)
+	conf := inet.AddRtAttr(unix.IFLA_INET_CONF, nil)
+	conf.AddRtAttr(ipv4DevconfRouteLocalnet, nl.Uint32Attr(1))
+	req.AddData(spec)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("set route_localnet on %s: %w", link, err)
+	}
 	return nil
 }
