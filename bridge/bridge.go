@@ -59,6 +59,9 @@ type Endpoint struct {
 	Addresses []netip.Addr
 	// Ports are the endpoint's published ports, removed with it.
 	Ports []PortMapping
+	// AntiSpoofing filters what the container may send: only its own MAC
+	// and addresses, no router advertisements, no other ethertypes.
+	AntiSpoofing bool
 }
 
 // PortMapping publishes container ports on the host: HostPort..HostPortEnd
@@ -309,9 +312,18 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 	if err := failpoint.Inject("bridge.endpoint.veth"); err != nil {
 		return err
 	}
-	// The address may have belonged to another container a moment ago:
-	// forget the host's neighbour entry for its old MAC.
-	d.forgetAddresses(ep)
+	if ep.AntiSpoofing {
+		if err := d.EnsureSpoofCheck(ep); err != nil {
+			return err
+		}
+		undo.Push("delete anti-spoofing rules of "+ep.HostVeth, func() error { return d.RemoveSpoofCheck(ep) })
+	}
+	if created {
+		// The address may have belonged to another container a moment
+		// ago: forget its flows and the host's neighbour entry for the old
+		// MAC. Not on a repeat: the endpoint's own flows are live.
+		d.forgetAddresses(ep)
+	}
 	return nil
 }
 
@@ -324,6 +336,7 @@ func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 	if len(ep.Ports) > 0 {
 		errs = append(errs, d.RemovePorts(ctx, ep, ep.Ports))
 	}
+	errs = append(errs, d.RemoveSpoofCheck(ep))
 	errs = append(errs, d.removeOwnedLink(ep.HostVeth, d.tag("ep", ep.ID)))
 	d.forgetAddresses(ep)
 	if err := errors.Join(errs...); err != nil {
@@ -405,6 +418,7 @@ func (d *Dataplane) RemoveOrphans(ctx context.Context, networks, endpoints map[s
 		}
 	}
 	errs = append(errs, d.forAll(func(fw *firewall) error { return fw.removeOrphans(networks, endpoints) }))
+	errs = append(errs, d.RemoveSpoofOrphans(endpoints))
 	return errors.Join(errs...)
 }
 

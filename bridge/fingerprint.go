@@ -52,6 +52,11 @@ func (d *Dataplane) Fingerprint() (string, error) {
 		}
 		fmt.Fprintln(h, lines)
 	}
+	spoof, err := d.SpoofFingerprint()
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintln(h, spoof)
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 

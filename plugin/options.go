@@ -26,30 +26,34 @@ const (
 	OptICC         = "com.docker.network.bridge.enable_icc"
 	OptMasquerade  = "com.docker.network.bridge.enable_ip_masquerade"
 	OptHostBinding = "com.docker.network.bridge.host_binding_ipv4"
+	// OptAntiSpoofing is mynet's own: Docker's bridge has no such filter.
+	OptAntiSpoofing = "mynet.anti_spoofing"
 )
 
 // supportedOptions are the -o keys mynet accepts, with their documentation.
 var supportedOptions = map[string]string{
-	OptBridgeName:  "bridge interface name (default mn-<first 12 characters of the network ID>)",
-	OptMTU:         "MTU of the bridge and of every veth, 68-65535 (default: kernel default, 1500)",
-	OptICC:         "containers of the network may reach each other: true or false (default true)",
-	OptMasquerade:  "masquerade egress to the host's address: true or false (default true)",
-	OptHostBinding: "default host IPv4 address for published ports (default: all)",
+	OptBridgeName:   "bridge interface name (default mn-<first 12 characters of the network ID>)",
+	OptMTU:          "MTU of the bridge and of every veth, 68-65535 (default: kernel default, 1500)",
+	OptICC:          "containers of the network may reach each other: true or false (default true)",
+	OptMasquerade:   "masquerade egress to the host's address: true or false (default true)",
+	OptHostBinding:  "default host IPv4 address for published ports (default: all)",
+	OptAntiSpoofing: "containers may send only from their own MAC and addresses: true or false (default true)",
 }
 
 // NetworkConfig is a CreateNetwork request parsed and validated: everything
 // after this point is typed, and nothing downstream reads Docker's maps.
 type NetworkConfig struct {
-	ID          string
-	BridgeName  string
-	MTU         int
-	EnableIPv6  bool
-	Internal    bool
-	ICC         bool
-	Masquerade  bool
-	HostBinding netip.Addr // invalid: all host addresses
-	IPv4        []SubnetConfig
-	IPv6        []SubnetConfig
+	ID           string
+	BridgeName   string
+	MTU          int
+	EnableIPv6   bool
+	Internal     bool
+	ICC          bool
+	Masquerade   bool
+	HostBinding  netip.Addr // invalid: all host addresses
+	AntiSpoofing bool
+	IPv4         []SubnetConfig
+	IPv6         []SubnetConfig
 }
 
 // SubnetConfig is one IPAM entry of the request.
@@ -61,7 +65,7 @@ type SubnetConfig struct {
 // ParseCreateNetwork turns the engine's request into a NetworkConfig,
 // rejecting anything mynet would otherwise have to guess about.
 func ParseCreateNetwork(req *network.CreateNetworkRequest) (NetworkConfig, error) {
-	cfg := NetworkConfig{ID: req.NetworkID, ICC: true, Masquerade: true}
+	cfg := NetworkConfig{ID: req.NetworkID, ICC: true, Masquerade: true, AntiSpoofing: true}
 	if err := netutil.ValidateID("network ID", req.NetworkID); err != nil {
 		return cfg, badRequest(err)
 	}
@@ -146,16 +150,12 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 				return badRequest(fmt.Errorf("option %s: %q is not an MTU; use a number from 68 to 65535", k, v))
 			}
 			cfg.MTU = mtu
-		case OptICC, OptMasquerade:
+		case OptICC, OptMasquerade, OptAntiSpoofing:
 			b, err := strconv.ParseBool(v)
 			if err != nil {
 				return badRequest(fmt.Errorf("option %s: %q is not a boolean; use true or false", k, v))
 			}
-			if k == OptICC {
-				cfg.ICC = b
-			} else {
-				cfg.Masquerade = b
-			}
+			*map[string]*bool{OptICC: &cfg.ICC, OptMasquerade: &cfg.Masquerade, OptAntiSpoofing: &cfg.AntiSpoofing}[k] = b
 		case OptHostBinding:
 			a, err := netip.ParseAddr(v)
 			if err != nil || !a.Is4() {

@@ -86,6 +86,11 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint) error
 			return err
 		}
 		if exists {
+			// EnsureEndpoint finds the veth in place and restores the
+			// rest (its anti-spoofing rules); then the ports.
+			if err := d.cfg.Dataplane.EnsureEndpoint(ctx, toBridgeEndpoint(n, e)); err != nil {
+				return err
+			}
 			if len(e.Ports) == 0 {
 				return nil
 			}

@@ -52,6 +52,8 @@ type Network struct {
 	ICC        bool
 	Masquerade bool
 	Internal   bool `json:",omitempty"`
+	// AntiSpoofing filters what containers may send (mynet.anti_spoofing).
+	AntiSpoofing bool
 	// HostBinding is the default host address of published ports.
 	HostBinding string `json:",omitempty"`
 	// Pending marks a record written before its kernel objects: if mynet
