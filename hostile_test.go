@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -53,6 +54,9 @@ func TestHostileInput(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, err := d.call(tc.method, tc.body)
+			if err != nil && tooBigClosed(tc.body, err) {
+				return // refused before it was all sent; the daemon goes on below
+			}
 			if err != nil {
 				t.Fatalf("transport error: %v", err)
 			}
@@ -127,4 +131,11 @@ func daemonPID(t *testing.T, d *daemon) int {
 	}
 	t.Fatal("daemon process not found")
 	return 0
+}
+
+// tooBigClosed: the server stops reading an oversized body at the limit
+// and answers; a client still writing may see the connection close first.
+func tooBigClosed(body any, err error) bool {
+	b, _ := body.(string)
+	return len(b) > 1<<20 && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET))
 }

@@ -280,7 +280,7 @@ func toBridgeSubnets(in []state.Subnet) []bridge.Subnet {
 
 func toBridgeEndpoint(n *state.Network, e *state.Endpoint) bridge.Endpoint {
 	mac, _ := parseMAC(e.MAC)
-	ep := bridge.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU, Ports: toBridgePorts(e.Ports), AntiSpoofing: n.AntiSpoofing}
+	ep := bridge.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU, Ports: toBridgePorts(e.Ports), AntiSpoofing: !n.SpoofingAllowed}
 	for _, a := range []string{e.IPv4, e.IPv6} {
 		if p, err := netip.ParsePrefix(a); err == nil {
 			ep.Addresses = append(ep.Addresses, p.Addr())

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/docker/go-plugins-helpers/network"
@@ -191,6 +192,11 @@ func (h *harness) call(method string, body any) (int, map[string]any) {
 		rd = bytes.NewReader(raw)
 	}
 	resp, err := http.Post(h.srv.URL+"/"+method, "application/json", rd)
+	if b, ok := body.(string); ok && len(b) > maxBody && err != nil && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
+		// The server answered and closed at the limit while we were still
+		// writing: that is the rejection.
+		return 400, map[string]any{"Err": "request body exceeds the limit (connection closed)"}
+	}
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -52,8 +52,9 @@ type Network struct {
 	ICC        bool
 	Masquerade bool
 	Internal   bool `json:",omitempty"`
-	// AntiSpoofing filters what containers may send (mynet.anti_spoofing).
-	AntiSpoofing bool
+	// SpoofingAllowed turns off the anti-spoofing filter
+	// (mynet.anti_spoofing=false); the zero value protects.
+	SpoofingAllowed bool `json:",omitempty"`
 	// HostBinding is the default host address of published ports.
 	HostBinding string `json:",omitempty"`
 	// Pending marks a record written before its kernel objects: if mynet
