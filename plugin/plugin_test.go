@@ -590,3 +590,15 @@ func TestReconcileRepairsOutsideDamage(t *testing.T) {
 		t.Fatal("a deleted network came back")
 	}
 }
+
+// TestStateDumpShowsAllocations: operators, the CLI and the e2e leak check
+// read allocations from Mynet.State.
+func TestStateDumpShowsAllocations(t *testing.T) {
+	h := newHarness(t)
+	pool := h.createNetwork(id('a'), "10.1.0.0/24")
+	h.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": pool})
+	pools := h.ok("Mynet.State", nil)["Pools"].([]any)
+	if got := fmt.Sprint(pools[0].(map[string]any)["Addrs"]); got != "[10.1.0.1 10.1.0.2]" {
+		t.Fatalf("Addrs in the dump = %s", got)
+	}
+}

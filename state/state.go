@@ -114,10 +114,11 @@ type Pool struct {
 	// NetworkID is the network that uses the pool, once CreateNetwork
 	// names it; empty while the engine is still creating the network.
 	NetworkID string `json:",omitempty"`
-	// Addrs and Owners are filled by Load; Put ignores them. Owners maps
-	// an address to the MAC of the endpoint it was allocated for, when the
-	// engine sent one.
-	Addrs  []string          `json:"-"`
+	// Addrs and Owners are filled by Load; PutPool does not store them
+	// (each allocation is a key of its own). Owners maps an address to the
+	// MAC of the endpoint it was allocated for, when the engine sent one.
+	// Addrs is in the JSON for the daemon's state dump.
+	Addrs  []string          `json:",omitempty"`
 	Owners map[string]string `json:"-"`
 }
 
@@ -271,6 +272,7 @@ func (s *Store) DeleteEndpoint(networkID, id string) error {
 
 // PutPool creates or replaces a pool record (not its allocations).
 func (s *Store) PutPool(p Pool) error {
+	p.Addrs, p.Owners = nil, nil
 	return s.update("save pool "+p.ID, func(tx *bolt.Tx) error {
 		return putJSON(tx.Bucket(bucketPools), p.ID, p)
 	})
