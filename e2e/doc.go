@@ -16,10 +16,19 @@
 //	MYNET_E2E_LOGDIR    where plugin.log goes (default: a new temp dir)
 //	MYNET_E2E_REQUIRED  1 makes missing prerequisites fail instead of skip;
 //	                    CI=true does the same
+//	MYNET_E2E_ENGINE_LOCK  lock file the engine-restart tests hold while
+//	                    they stop and restart dockerd (default
+//	                    /tmp/mynet-docker.lock; "off" disables it)
 //	MYNET_E2E_DRIVER    "bridge" runs the scenarios that do not depend on
 //	                    mynet itself against Docker's bridge driver, without
 //	                    starting the plugin: a reference to tell harness bugs
 //	                    from plugin bugs
+//
+// The engine-restart tests stop and restart dockerd (with its own command
+// line, plus --live-restore for one of them) and restore it afterwards; the
+// managed-plugin test builds the plugin with debootstrap (cached). Both need
+// a dockerd that is a plain process, as scripts/test.sh starts it. The soak
+// test (build tag soak, make soak) is not part of the default suite.
 //
 // The plugin is started once for the whole suite under a random name, so it
 // never collides with a mynet daemon a developer may be running. Scenarios
