@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -36,6 +37,7 @@ type serveFlags struct {
 	reconcile   time.Duration
 
 	metricsSocket, metricsAddr string
+	pprof                      bool
 }
 
 func parseServeFlags(args []string) (serveFlags, error) {
@@ -56,8 +58,12 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	fs.DurationVar(&f.reconcile, "reconcile-interval", 5*time.Second, "how often to check mynet's links and rules for outside changes and repair them (0: only at startup and on SIGHUP)")
 	fs.StringVar(&f.metricsSocket, "metrics-socket", "", "serve Prometheus metrics on this unix socket (mode 0660, group --socket-group); off by default")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this loopback address, 127.0.0.1:PORT or [::1]:PORT; off by default")
+	fs.BoolVar(&f.pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the metrics listener")
 	if err := fs.Parse(args); err != nil {
 		return f, err
+	}
+	if f.pprof && f.metricsSocket == "" && f.metricsAddr == "" {
+		return f, errors.New("--pprof serves on the metrics listener: give --metrics-socket or --metrics-addr too")
 	}
 	if f.metricsSocket != "" && f.metricsAddr != "" {
 		return f, errors.New("give --metrics-socket or --metrics-addr, not both")
@@ -236,8 +242,17 @@ func startMetrics(ctx context.Context, f serveFlags, h http.Handler, drv *plugin
 	if err != nil {
 		return nil, nil, fmt.Errorf("metrics listener: %w", err)
 	}
+	handler := m.Handler()
+	if f.pprof {
+		mux := http.NewServeMux()
+		mux.Handle("/", handler)
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		handler = mux
+	}
 	go func() {
-		if err := metrics.Serve(ctx, l, m.Handler(), log); err != nil {
+		if err := metrics.Serve(ctx, l, handler, log); err != nil {
 			log.Error("metrics listener failed", "listen", where, "err", err)
 		}
 	}()

@@ -36,9 +36,11 @@ type Dataplane interface {
 	EndpointExists(bridge.Endpoint) (bool, error)
 	// RemoveOrphans deletes tagged objects whose IDs are not in the sets.
 	RemoveOrphans(ctx context.Context, networks, endpoints map[string]bool) error
-	// Fingerprint summarises mynet's kernel objects, so that a change made
-	// from outside can be noticed cheaply.
+	// Fingerprint and SpoofFingerprint summarise mynet's links and rules,
+	// and its anti-spoofing filters, so that a change made from outside can
+	// be noticed cheaply.
 	Fingerprint() (string, error)
+	SpoofFingerprint() (string, error)
 	// HostPrefixes are subnets in use on the host, for choosing pools.
 	HostPrefixes(v6 bool) ([]netip.Prefix, error)
 	// EnsurePorts publishes ports of an endpoint; RemovePorts undoes it.
@@ -88,8 +90,8 @@ type Driver struct {
 	mu     sync.Mutex // guards the rest
 	// dirty: kernel objects changed since the last reconcile pass, so the
 	// next one checks everything instead of comparing fingerprints.
-	dirty       bool
-	fingerprint string
+	dirty                   bool
+	fingerprint, spoofPrint string
 	networks    map[string]*state.Network
 	endpoints   map[string]*state.Endpoint // by endpoint ID
 	pools       map[string]*poolEntry      // by pool ID

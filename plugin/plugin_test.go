@@ -102,6 +102,8 @@ func (f *fakeDataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bo
 
 func (f *fakeDataplane) HostPrefixes(bool) ([]netip.Prefix, error) { return f.host, nil }
 
+func (f *fakeDataplane) SpoofFingerprint() (string, error) { return "", nil }
+
 func (f *fakeDataplane) Fingerprint() (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -248,7 +248,7 @@ func (d *Driver) dropIfStale(e *state.Endpoint) bool {
 	if exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e)); err != nil || exists {
 		return false
 	}
-	if err := d.reconcileEndpoint(context.Background(), e); err != nil {
+	if err := d.reconcileEndpoint(context.Background(), e, false); err != nil {
 		d.log.Warn("could not drop stale endpoint", "endpoint_id", netutil.Short(e.ID), "err", err)
 		return false
 	}

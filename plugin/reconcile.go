@@ -37,11 +37,20 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	if err != nil {
 		return false, err
 	}
-	if !full && !d.dirty && fp == d.fingerprint {
+	sfp, err := d.cfg.Dataplane.SpoofFingerprint()
+	if err != nil {
+		return false, err
+	}
+	changed, spoofChanged := fp != d.fingerprint, sfp != d.spoofPrint
+	if !full && !d.dirty && !changed && !spoofChanged {
 		return false, nil
 	}
 	// Only a change nobody in this process made counts as a repair.
-	repaired = !d.dirty && d.fingerprint != "" && fp != d.fingerprint
+	repaired = !d.dirty && d.fingerprint != "" && (changed || spoofChanged)
+	// Re-applying the anti-spoofing filters costs a netlink transaction per
+	// endpoint, so it is done only when they were damaged from outside (or
+	// on a full pass), not after every container mynet itself started.
+	respoof := full || (spoofChanged && !d.dirty)
 	var errs []error
 	for _, n := range d.networks {
 		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
@@ -49,7 +58,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 		}
 	}
 	for _, e := range d.endpoints {
-		errs = append(errs, d.reconcileEndpoint(ctx, e))
+		errs = append(errs, d.reconcileEndpoint(ctx, e, respoof))
 	}
 	keepNets, keepEps := map[string]bool{}, map[string]bool{}
 	for id := range d.networks {
@@ -66,6 +75,9 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	if d.fingerprint, err = d.cfg.Dataplane.Fingerprint(); err != nil {
 		return repaired, err
 	}
+	if d.spoofPrint, err = d.cfg.Dataplane.SpoofFingerprint(); err != nil {
+		return repaired, err
+	}
 	d.dirty = false
 	if repaired {
 		d.log.Warn("mynet's links or rules were changed from outside; restored them")
@@ -73,12 +85,12 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	return repaired, nil
 }
 
-// reconcileEndpoint keeps a live endpoint's ports and drops a stale one: its
-// host veth is gone, so its container died without the engine telling
-// mynet (a legacy plugin gets no DeleteEndpoint for containers that died
-// with the engine, protocol.md section 5). Its address is the engine's to
-// release.
-func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint) error {
+// reconcileEndpoint keeps a live endpoint's ports (and, with respoof, its
+// anti-spoofing filter) and drops a stale one: its host veth is gone, so
+// its container died without the engine telling mynet (a legacy plugin
+// gets no DeleteEndpoint for containers that died with the engine,
+// protocol.md section 5). Its address is the engine's to release.
+func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respoof bool) error {
 	n := d.networks[e.NetworkID]
 	if n != nil {
 		exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e))
@@ -86,10 +98,12 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint) error
 			return err
 		}
 		if exists {
-			// EnsureEndpoint finds the veth in place and restores the
-			// rest (its anti-spoofing rules); then the ports.
-			if err := d.cfg.Dataplane.EnsureEndpoint(ctx, toBridgeEndpoint(n, e)); err != nil {
-				return err
+			if respoof {
+				// EnsureEndpoint finds the veth in place and restores the
+				// rest: its anti-spoofing filter.
+				if err := d.cfg.Dataplane.EnsureEndpoint(ctx, toBridgeEndpoint(n, e)); err != nil {
+					return err
+				}
 			}
 			if len(e.Ports) == 0 {
 				return nil
