@@ -50,6 +50,7 @@ install:
 	install -d $(DESTDIR)$(UNITDIR)
 	sed 's|/usr/local/bin/mynet|$(PREFIX)/bin/mynet|' contrib/systemd/mynet.service >$(DESTDIR)$(UNITDIR)/mynet.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/mynet.service
+	install -D -m 0644 contrib/tmpfiles.d/mynet.conf $(DESTDIR)/etc/tmpfiles.d/mynet.conf
 	@echo
 	@echo "Installed $(PREFIX)/bin/mynet and $(UNITDIR)/mynet.service. Next:"
 	@echo "    systemctl daemon-reload"
@@ -64,3 +65,16 @@ install:
 
 soak: build
 	MYNET_BIN=$(CURDIR)/$(BIN) $(GO) test -tags soak -count=1 -run TestSoak -timeout 60m -v ./e2e/
+
+# Benchmarks side by side with Docker's bridge driver (issue 6): as root,
+# with dockerd running; not part of test. Takes 8 minutes or more and the
+# docker lock (/tmp/mynet-docker.lock) for the phases that use dockerd.
+# Flags go in BENCH_ARGS, e.g. BENCH_ARGS=-quick; see docs/benchmarks.md.
+BENCH_ARGS ?=
+
+.PHONY: bench
+
+bench: build
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/mynet-bench ./bench/cmd/mynet-bench
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/netbench ./bench/cmd/netbench
+	GO=$(GO) ./bin/mynet-bench -mynet $(BIN) -netbench bin/netbench $(BENCH_ARGS)
