@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // engineStep is one call of the engine's sequence for a network with one
@@ -102,7 +103,12 @@ func TestCrashAtEveryFailpoint(t *testing.T) {
 			if len(st.Networks)+len(st.Endpoints)+len(st.Pools) != 0 {
 				t.Fatalf("state not empty at the end: %+v", st)
 			}
-			if after := ns.snapshot(t); after != before {
+			// The last veth is deleted just after DeleteEndpoint answers.
+			after := ns.snapshot(t)
+			for deadline := time.Now().Add(3 * time.Second); after != before && time.Now().Before(deadline); after = ns.snapshot(t) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if after != before {
 				t.Fatalf("namespace not clean:\n--- before\n%s\n--- after\n%s", before, after)
 			}
 		})

@@ -192,6 +192,13 @@ func (d *Dataplane) Close() {
 	d.nl.Close()
 }
 
+// Sync waits until the cleanups queued so far have run.
+func (d *Dataplane) Sync() {
+	done := make(chan struct{})
+	d.later(func(*netlink.Handle) { close(done) })
+	<-done
+}
+
 // later queues a best-effort cleanup; when the queue is full it runs now.
 func (d *Dataplane) later(job func(*netlink.Handle)) {
 	select {
@@ -337,7 +344,17 @@ func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 		errs = append(errs, d.RemovePorts(ctx, ep, ep.Ports))
 	}
 	errs = append(errs, d.RemoveSpoofCheck(ep))
-	errs = append(errs, d.removeOwnedLink(ep.HostVeth, d.tag("ep", ep.ID)))
+	// The veth goes after the answer: deleting a netdev waits for an RCU
+	// grace period (about 20 ms), which the built-in driver does not pay on
+	// this path either (its veth goes with the sandbox's namespace). The
+	// name is the endpoint's own, so nothing can claim it meanwhile, and a
+	// crash before the janitor runs leaves a tagged orphan for the reconcile.
+	tag := d.tag("ep", ep.ID)
+	d.later(func(h *netlink.Handle) {
+		if err := removeOwnedLinkWith(h, d.log, ep.HostVeth, tag); err != nil {
+			d.log.Warn("could not delete veth", "veth", ep.HostVeth, "err", err)
+		}
+	})
 	d.forgetAddresses(ep)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)

@@ -248,6 +248,7 @@ func TestEndpointLifecycle(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		d.Sync() // the veth goes after the answer
 		if _, err := netlink.LinkByName(ep.ContainerVeth); err == nil {
 			t.Fatal("container end survived DeleteEndpoint")
 		}
