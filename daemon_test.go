@@ -114,6 +114,8 @@ type daemon struct {
 	log        *bytes.Buffer
 	client     *http.Client
 	failpoints string
+	// reconcileInterval is --reconcile-interval; "" means 0 (off).
+	reconcileInterval string
 }
 
 func startDaemon(t *testing.T, ns *testNS) *daemon {
@@ -133,8 +135,12 @@ func startDaemon(t *testing.T, ns *testNS) *daemon {
 func (d *daemon) start(failpoints string) {
 	d.t.Helper()
 	d.failpoints = failpoints
+	interval := d.reconcileInterval
+	if interval == "" {
+		interval = "0"
+	}
 	d.cmd = exec.Command("ip", "netns", "exec", d.ns.name, daemonBin, "serve", "--name", d.name,
-		"--state-dir", d.dir, "--log-level", "debug", "--reconcile-interval", "0")
+		"--state-dir", d.dir, "--log-level", "debug", "--reconcile-interval", interval)
 	d.cmd.Env = append(os.Environ(), "MYNET_FAILPOINTS="+failpoints)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

@@ -18,6 +18,10 @@ type stateError struct{ err error }
 func (e stateError) Error() string { return e.err.Error() }
 func (e stateError) Unwrap() error { return e.err }
 
+// recheckEvery is how many ticks pass between checks that do not trust the
+// fingerprint (see plugin.Driver.Recheck).
+const recheckEvery = 10
+
 // reconcileLoop repairs mynet's kernel objects every interval (a cheap
 // fingerprint comparison when nothing changed) and fully on SIGHUP, as an
 // operator would ask after a firewall reload.
@@ -31,12 +35,15 @@ func reconcileLoop(ctx context.Context, drv *plugin.Driver, interval time.Durati
 		defer t.Stop()
 		tick = t.C
 	}
-	for {
+	for n := 1; ; n++ {
 		full := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick:
+			if n%recheckEvery == 0 {
+				drv.Recheck()
+			}
 		case <-hup:
 			full = true
 			log.Info("SIGHUP: reconciling everything")

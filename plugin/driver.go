@@ -92,9 +92,9 @@ type Driver struct {
 	// next one checks everything instead of comparing fingerprints.
 	dirty                   bool
 	fingerprint, spoofPrint string
-	networks    map[string]*state.Network
-	endpoints   map[string]*state.Endpoint // by endpoint ID
-	pools       map[string]*poolEntry      // by pool ID
+	networks                map[string]*state.Network
+	endpoints               map[string]*state.Endpoint // by endpoint ID
+	pools                   map[string]*poolEntry      // by pool ID
 }
 
 type poolEntry struct {

@@ -32,6 +32,16 @@ func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err e
 	return d.reconcile(ctx, full)
 }
 
+// Recheck makes the next pass compare the kernel with the state even if
+// the fingerprint has not changed. A change made from outside while a pass
+// was running can end up in the fingerprint that pass records; the
+// periodic loop calls this now and then so such a change is repaired too.
+func (d *Driver) Recheck() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.fingerprint = ""
+}
+
 func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err error) {
 	fp, err := d.cfg.Dataplane.Fingerprint()
 	if err != nil {
