@@ -328,8 +328,10 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 	if created {
 		// The address may have belonged to another container a moment
 		// ago: forget its flows and the host's neighbour entry for the old
-		// MAC. Not on a repeat: the endpoint's own flows are live.
+		// MAC, and tell the other neighbours the new one. Not on a repeat:
+		// the endpoint's own flows are live.
 		d.forgetAddresses(ep)
+		d.announceAddresses(ep)
 	}
 	return nil
 }

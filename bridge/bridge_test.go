@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -539,6 +540,47 @@ func TestFingerprint(t *testing.T) {
 				t.Fatalf("fingerprint after repairing %v differs", damage)
 			}
 			good = fp()
+		}
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestAnnounceNewAddress: a neighbour that still maps an address to its
+// previous owner's MAC learns the new endpoint's MAC when it is created.
+func TestAnnounceNewAddress(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		// The neighbour: a veth on the bridge whose other end holds a stale
+		// entry for 10.1.0.9 with the old MAC.
+		run(t, "ip", "link", "add", "nb0", "type", "veth", "peer", "name", "nb1")
+		run(t, "ip", "link", "set", "nb0", "master", n.Bridge, "up")
+		run(t, "ip", "addr", "add", "10.1.0.50/24", "dev", "nb1")
+		run(t, "ip", "link", "set", "nb1", "up")
+		run(t, "ip", "neigh", "replace", "10.1.0.9", "lladdr", "02:00:00:00:00:99", "dev", "nb1", "nud", "stale")
+		ep := testEndpoint(n, eid1)
+		ep.Addresses = []netip.Addr{netip.MustParseAddr("10.1.0.9")}
+		if err := d.EnsureEndpoint(ctx, ep); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			out, _ := exec.Command("ip", "neigh", "show", "10.1.0.9", "dev", "nb1").CombinedOutput()
+			if got = string(out); strings.Contains(got, ep.MAC.String()) {
+				break
+			}
+		}
+		if !strings.Contains(got, ep.MAC.String()) {
+			t.Fatalf("neighbour entry after the new endpoint: %q, want MAC %s", got, ep.MAC)
+		}
+		run(t, "ip", "link", "del", "nb0")
+		if err := d.DeleteEndpoint(ctx, ep); err != nil {
+			t.Fatal(err)
 		}
 		if err := d.DeleteNetwork(ctx, n); err != nil {
 			t.Fatal(err)

@@ -25,6 +25,17 @@ func (d *Dataplane) forgetAddresses(ep Endpoint) {
 	})
 }
 
+// announceAddresses tells the bridge's neighbours a new endpoint's MAC for
+// its IPv4 addresses (see announce). Runs in the calling thread's network
+// namespace, like the dataplane's other requests, so it is not queued.
+func (d *Dataplane) announceAddresses(ep Endpoint) {
+	for _, a := range ep.Addresses {
+		if err := announce(ep.Bridge, ep.MAC, a); err != nil {
+			d.log.Debug("gratuitous ARP failed", "address", a, "err", err)
+		}
+	}
+}
+
 // flushConntrack deletes entries whose original source or reply source is
 // addr (the reply source is the container for connections DNATed to it).
 // With hostPort set it deletes only UDP entries DNATed to addr from that

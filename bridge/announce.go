@@ -1,0 +1,54 @@
+package bridge
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// announce broadcasts a gratuitous ARP on the bridge for a new endpoint's
+// IPv4 address: neighbours that still map the address to its previous
+// owner's MAC (a container that had it a moment ago) update their entry
+// rather than sending to the old MAC until it expires. Linux updates an
+// existing entry on an unsolicited ARP whatever arp_accept says, and
+// creates none, so hosts that never talked to the address are not touched.
+// The frame leaves from the bridge device itself, so it floods to every
+// port and passes no port's anti-spoofing filter.
+// Equivalent to: arping -U -c 1 -I BRIDGE -s ADDR ADDR, with the
+// endpoint's MAC as the source.
+func announce(bridge string, mac net.HardwareAddr, addr netip.Addr) error {
+	if !addr.Is4() || len(mac) != 6 {
+		return nil
+	}
+	ifi, err := net.InterfaceByName(bridge)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open packet socket: %w", err)
+	}
+	defer unix.Close(fd)
+	ip := addr.As4()
+	frame := make([]byte, 0, 42)
+	frame = append(frame, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff) // broadcast
+	frame = append(frame, mac...)
+	frame = binary.BigEndian.AppendUint16(frame, unix.ETH_P_ARP)
+	frame = append(frame, 0, 1, 8, 0, 6, 4, 0, 1) // Ethernet, IPv4, request
+	frame = append(frame, mac...)
+	frame = append(frame, ip[:]...)
+	frame = append(frame, 0, 0, 0, 0, 0, 0)
+	frame = append(frame, ip[:]...)
+	to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6, Protocol: bigEndian16(unix.ETH_P_ARP)}
+	copy(to.Addr[:], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	if err := unix.Sendto(fd, frame, 0, to); err != nil {
+		return fmt.Errorf("send gratuitous ARP for %s on %s: %w", addr, bridge, err)
+	}
+	return nil
+}
+
+// bigEndian16 puts a protocol number in network order, as sockaddr_ll wants.
+func bigEndian16(v uint16) uint16 { return v<<8 | v>>8 }
