@@ -113,6 +113,22 @@ func (c *cliFlags) resolve(ctx context.Context, env *cliEnv) (target, error) {
 	return t, nil
 }
 
+// parseCommand parses a subcommand's flags and arguments; done means the
+// user asked for -h and the usage has been printed.
+func parseCommand(name, usage string, doctor bool, args []string) (cf cliFlags, pos []string, done bool, err error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	cf.register(fs, doctor)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	pos, err = parseArgs(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return cf, nil, true, nil
+	}
+	return cf, pos, false, err
+}
+
 // parseArgs parses flags that may come before or after the positional
 // arguments (mynet inspect NET --format json), and returns the latter.
 func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
@@ -263,18 +279,8 @@ func socketError(socket string, err error) error {
 
 // runLs is `mynet ls`.
 func runLs(args []string, env *cliEnv) error {
-	var cf cliFlags
-	fs := flag.NewFlagSet("ls", flag.ContinueOnError)
-	cf.register(fs, false)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: mynet ls [--name NAME | --socket PATH | --plugin NAME:TAG] [--format table|json]\n\nLists the daemon's networks.\n\n")
-		fs.PrintDefaults()
-	}
-	pos, err := parseArgs(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
-	if err != nil {
+	cf, pos, done, err := parseCommand("ls", "usage: mynet ls [--name NAME | --socket PATH | --plugin NAME:TAG] [--format table|json]\n\nLists the daemon's networks.\n\n", false, args)
+	if done || err != nil {
 		return err
 	}
 	if len(pos) > 0 {
@@ -301,18 +307,8 @@ func runLs(args []string, env *cliEnv) error {
 
 // runInspect is `mynet inspect NETWORK`.
 func runInspect(args []string, env *cliEnv) error {
-	var cf cliFlags
-	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
-	cf.register(fs, false)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: mynet inspect [--name NAME | --socket PATH | --plugin NAME:TAG] [--format table|json] NETWORK\n\nShows a network's endpoints. NETWORK is its ID, a unique prefix of it, its bridge, or its Docker name.\n\n")
-		fs.PrintDefaults()
-	}
-	pos, err := parseArgs(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
-	if err != nil {
+	cf, pos, done, err := parseCommand("inspect", "usage: mynet inspect [--name NAME | --socket PATH | --plugin NAME:TAG] [--format table|json] NETWORK\n\nShows a network's endpoints. NETWORK is its ID, a unique prefix of it, its bridge, or its Docker name.\n\n", false, args)
+	if done || err != nil {
 		return err
 	}
 	if len(pos) != 1 {

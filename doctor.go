@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -92,19 +91,9 @@ func (d *doctor) add(check, status, msg, fix string) {
 
 // runDoctor is `mynet doctor`.
 func runDoctor(args []string, env *cliEnv) error {
-	var cf cliFlags
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	cf.register(fs, true)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: mynet doctor [--name NAME | --socket PATH | --plugin NAME:TAG] [--instance NAME] [--format table|json]\n\n"+
-			"Checks the host and the daemon's objects; prints each problem with its fix and exits 1 if there is one. Run it as root on the host.\n\n")
-		fs.PrintDefaults()
-	}
-	pos, err := parseArgs(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
-	if err != nil {
+	cf, pos, done, err := parseCommand("doctor", "usage: mynet doctor [--name NAME | --socket PATH | --plugin NAME:TAG] [--instance NAME] [--format table|json]\n\n"+
+		"Checks the host and the daemon's objects; prints each problem with its fix and exits 1 if there is one. Run it as root on the host.\n\n", true, args)
+	if done || err != nil {
 		return err
 	}
 	if len(pos) > 0 {
