@@ -55,6 +55,28 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	if !full && !d.dirty && !changed && !spoofChanged {
 		return false, nil
 	}
+	if !full && d.dirty && d.fingerprint != "" {
+		// Only mynet itself changed things since the last pass: take in
+		// the new fingerprints without re-checking every network under the
+		// lock, which would stall requests after every container start.
+		// Outside damage that coincided with them is caught by the next
+		// Recheck. Endpoints whose container died are still dropped: that
+		// is a link lookup each.
+		dropped := false
+		for _, e := range d.endpoints {
+			dropped = d.dropIfStale(e) || dropped
+		}
+		if dropped { // the drops changed both fingerprints: take them again
+			if fp, err = d.cfg.Dataplane.Fingerprint(); err != nil {
+				return false, err
+			}
+			if sfp, err = d.cfg.Dataplane.SpoofFingerprint(); err != nil {
+				return false, err
+			}
+		}
+		d.fingerprint, d.spoofPrint, d.dirty = fp, sfp, false
+		return false, nil
+	}
 	// Only a change nobody in this process made counts as a repair.
 	repaired = !d.dirty && d.fingerprint != "" && (changed || spoofChanged)
 	// Re-applying the anti-spoofing filters costs a netlink transaction per
