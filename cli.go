@@ -286,16 +286,10 @@ func runLs(args []string, env *cliEnv) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("ls takes no arguments, got %q", pos)
 	}
-	ctx := context.Background()
-	t, err := cf.resolve(ctx, env)
+	views, err := loadViews(cf, env)
 	if err != nil {
 		return err
 	}
-	d, err := fetchState(ctx, t.Socket)
-	if err != nil {
-		return err
-	}
-	views := networkViews(ctx, d, env)
 	if cf.format == "json" {
 		for i := range views {
 			views[i].Endpoints = nil // inspect shows them
@@ -303,6 +297,21 @@ func runLs(args []string, env *cliEnv) error {
 		return writeJSON(env.stdout, views)
 	}
 	return writeLs(env.stdout, views)
+}
+
+// loadViews reaches the daemon the flags name and returns its networks as
+// ls and inspect show them.
+func loadViews(cf cliFlags, env *cliEnv) ([]networkView, error) {
+	ctx := context.Background()
+	t, err := cf.resolve(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	d, err := fetchState(ctx, t.Socket)
+	if err != nil {
+		return nil, err
+	}
+	return networkViews(ctx, d, env), nil
 }
 
 // runInspect is `mynet inspect NETWORK`.
@@ -314,16 +323,10 @@ func runInspect(args []string, env *cliEnv) error {
 	if len(pos) != 1 {
 		return fmt.Errorf("inspect takes one network (mynet inspect [flags] NETWORK), got %d arguments", len(pos))
 	}
-	ctx := context.Background()
-	t, err := cf.resolve(ctx, env)
+	views, err := loadViews(cf, env)
 	if err != nil {
 		return err
 	}
-	d, err := fetchState(ctx, t.Socket)
-	if err != nil {
-		return err
-	}
-	views := networkViews(ctx, d, env)
 	v, err := findNetwork(views, pos[0])
 	if err != nil {
 		return err

@@ -38,16 +38,20 @@ func openBench(b *testing.B, existing int, noSync bool) *Store {
 	return s
 }
 
+// benchCases: an empty store, one holding 1000 endpoints, and the empty
+// store without fsync for comparison.
+var benchCases = []struct {
+	name     string
+	existing int
+	noSync   bool
+}{{"empty", 0, false}, {"1000-endpoints", 1000, false}, {"empty-nosync", 0, true}}
+
 // BenchmarkEndpointCommit is the state commit of an endpoint: PutEndpoint
 // then DeleteEndpoint, two bbolt transactions, each one an fsync. The nosync
 // variant is a comparison only, to show what the fsyncs cost; mynet never
 // runs without them.
 func BenchmarkEndpointCommit(b *testing.B) {
-	for _, c := range []struct {
-		name     string
-		existing int
-		noSync   bool
-	}{{"empty", 0, false}, {"1000-endpoints", 1000, false}, {"empty-nosync", 0, true}} {
+	for _, c := range benchCases {
 		b.Run(c.name, func(b *testing.B) {
 			s := openBench(b, c.existing, c.noSync)
 			ep := benchEndpoint(0)
@@ -69,11 +73,7 @@ func BenchmarkEndpointCommit(b *testing.B) {
 // for one container start and stop: the address, the pending endpoint
 // record, the committed one, its deletion, the address's release.
 func BenchmarkEndpointCycleTransactions(b *testing.B) {
-	for _, c := range []struct {
-		name     string
-		existing int
-		noSync   bool
-	}{{"empty", 0, false}, {"1000-endpoints", 1000, false}, {"empty-nosync", 0, true}} {
+	for _, c := range benchCases {
 		b.Run(c.name, func(b *testing.B) {
 			s := openBench(b, c.existing, c.noSync)
 			ep := benchEndpoint(0)
