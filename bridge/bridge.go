@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/netutil"
 	"github.com/mynet/mynet/netutil/failpoint"
@@ -117,6 +118,10 @@ type Dataplane struct {
 	// answered, on a netlink handle of its own.
 	janitor     chan func(*netlink.Handle)
 	janitorDone chan struct{}
+	nft         *nftSockets // the anti-spoofing table's sockets (spoof.go)
+	// packetFD sends gratuitous ARPs; -1 when it could not be opened
+	// (no CAP_NET_RAW), and then there are none.
+	packetFD int
 }
 
 // New returns a Dataplane. It touches nothing in the kernel.
@@ -139,6 +144,10 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	d := &Dataplane{instance: cfg.Instance, log: cfg.Log, nl: nl,
 		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{})}
+	d.nft = openNFT()
+	if d.packetFD, err = openAnnounceSocket(); err != nil {
+		cfg.Log.Warn("new endpoints will not be announced with a gratuitous ARP", "err", err)
+	}
 	go func() {
 		defer close(d.janitorDone)
 		defer nlJanitor.Close()
@@ -184,12 +193,16 @@ func (d *Dataplane) forAll(fn func(*firewall) error) error {
 	return errors.Join(errs...)
 }
 
-// Close releases the netlink handle.
-// Close finishes queued cleanups and releases the netlink handles.
+// Close finishes queued cleanups and releases the netlink handles and
+// sockets.
 func (d *Dataplane) Close() {
 	close(d.janitor)
 	<-d.janitorDone
 	d.nl.Close()
+	d.nft.close()
+	if d.packetFD >= 0 {
+		unix.Close(d.packetFD)
+	}
 }
 
 // Sync waits until the cleanups queued so far have run.
@@ -293,6 +306,12 @@ func (d *Dataplane) DeleteNetwork(ctx context.Context, n Network) error {
 	if err := d.removeOwnedLink(n.Bridge, d.tag("net", n.ID)); err != nil {
 		errs = append(errs, err)
 	}
+	// The engine deletes a network only after its endpoints, so the table
+	// of anti-spoofing rules is often empty now; another network's next
+	// endpoint creates it again.
+	if err := d.removeEmptySpoofTable(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete network %s: %w", netutil.Short(n.ID), err)
 	}
@@ -309,7 +328,7 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
 		}
 	}()
-	created, err := d.ensureVeth(ep)
+	created, brIndex, err := d.ensureVeth(ep)
 	if err != nil {
 		return err
 	}
@@ -331,7 +350,7 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 		// MAC, and tell the other neighbours the new one. Not on a repeat:
 		// the endpoint's own flows are live.
 		d.forgetAddresses(ep)
-		d.announceAddresses(ep)
+		d.announceAddresses(ep, brIndex)
 	}
 	return nil
 }
@@ -437,7 +456,8 @@ func (d *Dataplane) RemoveOrphans(ctx context.Context, networks, endpoints map[s
 		}
 	}
 	errs = append(errs, d.forAll(func(fw *firewall) error { return fw.removeOrphans(networks, endpoints) }))
-	errs = append(errs, d.RemoveSpoofOrphans(endpoints))
+	// An empty table stays while networks do (see RemoveSpoofCheck).
+	errs = append(errs, d.removeSpoofOrphans(endpoints, len(networks) == 0))
 	return errors.Join(errs...)
 }
 

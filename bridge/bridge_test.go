@@ -45,7 +45,7 @@ func testEndpoint(n Network, id string) Endpoint {
 // withDataplane runs fn in a fresh network namespace with a Dataplane bound
 // to it. The netlink handle is opened inside the namespace; iptables child
 // processes inherit it from the locked thread.
-func withDataplane(t *testing.T, failAt string, fn func(d *Dataplane)) {
+func withDataplane(t testing.TB, failAt string, fn func(d *Dataplane)) {
 	if err := failpoint.Enable(failAt); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-func run(t *testing.T, args ...string) {
+func run(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)

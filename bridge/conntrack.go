@@ -26,11 +26,14 @@ func (d *Dataplane) forgetAddresses(ep Endpoint) {
 }
 
 // announceAddresses tells the bridge's neighbours a new endpoint's MAC for
-// its IPv4 addresses (see announce). Runs in the calling thread's network
-// namespace, like the dataplane's other requests, so it is not queued.
-func (d *Dataplane) announceAddresses(ep Endpoint) {
+// its IPv4 addresses (see announce), from the packet socket opened with the
+// Dataplane. Best effort, like a real NIC's announcement.
+func (d *Dataplane) announceAddresses(ep Endpoint, bridgeIndex int) {
+	if d.packetFD < 0 {
+		return
+	}
 	for _, a := range ep.Addresses {
-		if err := announce(ep.Bridge, ep.MAC, a); err != nil {
+		if err := announce(d.packetFD, bridgeIndex, ep.Bridge, ep.MAC, a); err != nil {
 			d.log.Debug("gratuitous ARP failed", "address", a, "err", err)
 		}
 	}

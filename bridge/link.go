@@ -90,11 +90,11 @@ func (d *Dataplane) ensureAddrs(n Network) error {
 // and up, container end down with the endpoint's MAC.
 // Equivalent to: ip link add HOST mtu MTU master BRIDGE type veth peer name
 // CONTAINER address MAC; ip link set HOST up.
-func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, err error) {
+func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err error) {
 	tag := d.tag("ep", ep.ID)
 	br, err := d.nl.LinkByName(ep.Bridge)
 	if err != nil {
-		return false, fmt.Errorf("look up bridge %s for endpoint %s: %w", ep.Bridge, netutil.Short(ep.ID), err)
+		return false, 0, fmt.Errorf("look up bridge %s for endpoint %s: %w", ep.Bridge, netutil.Short(ep.ID), err)
 	}
 	l, err := d.nl.LinkByName(ep.HostVeth)
 	switch {
@@ -106,30 +106,30 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, err error) {
 		}
 		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: ep.ContainerVeth, PeerHardwareAddr: ep.MAC}
 		if err := d.nl.LinkAdd(veth); err != nil && !errors.Is(err, unix.EEXIST) {
-			return false, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)
+			return false, 0, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)
 		}
 		created = true
 		if l, err = d.tagNew(ep.HostVeth, tag); err != nil {
-			return created, err
+			return created, 0, err
 		}
 		d.log.Debug("veth created", "veth", ep.HostVeth, "peer", ep.ContainerVeth)
 	case err != nil:
-		return false, fmt.Errorf("look up veth %s: %w", ep.HostVeth, err)
+		return false, 0, fmt.Errorf("look up veth %s: %w", ep.HostVeth, err)
 	}
 	if l.Type() != "veth" || l.Attrs().Alias != tag {
-		return false, fmt.Errorf("interface %s already exists and is not mynet's veth for endpoint %s (type %s, alias %q)", ep.HostVeth, netutil.Short(ep.ID), l.Type(), l.Attrs().Alias)
+		return false, 0, fmt.Errorf("interface %s already exists and is not mynet's veth for endpoint %s (type %s, alias %q)", ep.HostVeth, netutil.Short(ep.ID), l.Type(), l.Attrs().Alias)
 	}
 	if l.Attrs().MasterIndex != br.Attrs().Index {
 		if err := d.nl.LinkSetMasterByIndex(l, br.Attrs().Index); err != nil {
-			return created, fmt.Errorf("attach veth %s to bridge %s: %w", ep.HostVeth, ep.Bridge, err)
+			return created, 0, fmt.Errorf("attach veth %s to bridge %s: %w", ep.HostVeth, ep.Bridge, err)
 		}
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {
 		if err := d.nl.LinkSetUp(l); err != nil {
-			return created, fmt.Errorf("set veth %s up: %w", ep.HostVeth, err)
+			return created, 0, fmt.Errorf("set veth %s up: %w", ep.HostVeth, err)
 		}
 	}
-	return created, nil
+	return created, br.Attrs().Index, nil
 }
 
 // tagNew sets the ownership alias on a link this call just created. The

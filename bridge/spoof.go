@@ -46,12 +46,13 @@ package bridge
 // The ruleset grows with endpoints (per-port filtering cannot avoid that),
 // but only here; the iptables rules still grow with networks only.
 //
-// Namespace: nftables has no handle bound to a namespace the way
-// *netlink.Handle is, and Dataplane does not keep the namespace's fd, so
-// every call opens its own netlink socket in the calling thread's network
-// namespace, the same rule the iptables child processes follow. Production
-// runs in the host namespace; privileged tests call from inside
-// nstest.Run, which locks the goroutine's thread in the test namespace.
+// Sockets: the Dataplane opens its two netfilter netlink sockets when it is
+// created, in the caller's network namespace (the host's in production, the
+// test's inside nstest.Run), and keeps them. Closing a netfilter netlink
+// socket makes the kernel wait for the deferred cleanup of the last
+// ruleset change (nft_rcv_nl_event flushes the destroy work, which waits
+// for an RCU grace period): a socket per call cost 10-20 ms per container
+// start and stop on the benchmark VM.
 
 import (
 	"bytes"
@@ -61,11 +62,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -89,9 +88,56 @@ const (
 	spoofVersion = "1"
 )
 
-// spoofMu serialises read-modify-write of the table within this process;
-// the driver already serialises calls, this keeps the Dataplane safe alone.
-var spoofMu sync.Mutex
+// nftSockets are a Dataplane's netfilter sockets and what it knows of its
+// table. mu serialises read-modify-write of the table.
+type nftSockets struct {
+	mu   sync.Mutex
+	conn *nftables.Conn // batches and the library's reads
+	raw  *netlink.Conn  // generation queries and the rule dump
+	err  error          // why the sockets could not be opened
+	// cache is the table as this Dataplane last wrote or read it, so that
+	// a container start or stop costs one write and no read of a table
+	// that grows with the endpoints (14 ms to read at 100 endpoints on the
+	// benchmark VM). It is valid while the namespace's nftables generation
+	// is cache.gen: every committed nftables change anywhere in the
+	// namespace increments the generation, a write of mynet's by exactly
+	// one, so a change made from outside, even to another table, makes the
+	// next call read the table again.
+	cache *cachedSpoofState
+}
+
+type cachedSpoofState struct {
+	gen uint32
+	st  spoofState
+}
+
+// openNFT opens the sockets in the calling thread's network namespace.
+func openNFT() *nftSockets {
+	c, err := nftables.New(nftables.AsLasting())
+	if err != nil {
+		return &nftSockets{err: fmt.Errorf("open nftables netlink socket: %w", err)}
+	}
+	raw, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		c.CloseLasting()
+		return &nftSockets{err: fmt.Errorf("open nftables netlink socket: %w", err)}
+	}
+	return &nftSockets{conn: c, raw: raw}
+}
+
+func (n *nftSockets) close() {
+	if n.err == nil {
+		n.conn.CloseLasting()
+		n.raw.Close()
+	}
+}
+
+// lockNFT takes nft.mu (the caller unlocks it) and returns the socket for
+// batches, or why there is none.
+func (d *Dataplane) lockNFT() (*nftables.Conn, error) {
+	d.nft.mu.Lock()
+	return d.nft.conn, d.nft.err
+}
 
 // SpoofTableName is the nftables bridge table of an instance: "mynet" for
 // the default one, "mynet_<6 hex of sha256(instance)>" for any other,
@@ -137,16 +183,6 @@ func (d *Dataplane) spoofObjects() spoofObjects {
 	}
 }
 
-// spoofConn opens a netlink socket in the calling thread's network namespace
-// (see the package comment above); close it with CloseLasting.
-func spoofConn() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
-	}
-	return c, nil
-}
-
 // EnsureSpoofCheck makes the endpoint's anti-spoofing rules exist: frames
 // from ep.HostVeth must carry ep.MAC and, in ARP, IPv4 and IPv6, only
 // ep.Addresses (see spoofRules for the exact policy). It creates the table
@@ -158,17 +194,15 @@ func (d *Dataplane) EnsureSpoofCheck(ep Endpoint) error {
 	if err != nil {
 		return err
 	}
-	spoofMu.Lock()
-	defer spoofMu.Unlock()
-	c, err := spoofConn()
+	c, err := d.lockNFT()
+	defer d.nft.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	defer c.CloseLasting()
 	o := d.spoofObjects()
 	chain := &nftables.Chain{Name: spoofChainName(ep.ID), Table: o.table}
 
-	cur, err := readSpoofTable(c, o, spoofBaseChain, chain.Name)
+	cur, gen, err := d.loadSpoofState(c, o, spoofBaseChain, chain.Name)
 	if err != nil {
 		return err
 	}
@@ -205,23 +239,37 @@ func (d *Dataplane) EnsureSpoofCheck(ep Endpoint) error {
 		return fmt.Errorf("anti-spoofing map element: %w", err)
 	}
 	if err := c.Flush(); err != nil {
+		d.forgetSpoofState()
 		hint := ""
 		if !cur.exists && (errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPROTONOSUPPORT)) {
 			hint = " (anti-spoofing needs nf_tables with the bridge family, CONFIG_NF_TABLES_BRIDGE; it can be turned off per network)"
 		}
 		return fmt.Errorf("anti-spoofing rules for endpoint %s (veth %s) in nftables table bridge %s: %w%s", netutil.Short(ep.ID), ep.HostVeth, o.table.Name, err, hint)
 	}
+	// cur may be the cached state itself: update it in place.
+	cur.exists = true
+	if !slices.Contains(cur.endpointChains, chain.Name) {
+		cur.endpointChains = append(cur.endpointChains, chain.Name)
+	}
+	cur.comments[spoofBaseChain] = []string{spoofDispatchComment}
+	cur.comments[chain.Name] = tags
+	cur.elements = slices.DeleteFunc(cur.elements, func(e spoofElement) bool { return e.ifname == ep.HostVeth })
+	cur.elements = append(cur.elements, spoofElement{ifname: ep.HostVeth, chain: chain.Name})
+	d.storeSpoofState(cur, gen)
 	if changed {
 		d.log.Debug("anti-spoofing rules written", "endpoint_id", netutil.Short(ep.ID), "veth", ep.HostVeth, "table", o.table.Name, "chain", chain.Name)
 	}
 	return nil
 }
 
-// RemoveSpoofCheck deletes the endpoint's map element and chain, and the
-// whole table when no other endpoint is left in it. Missing objects are
-// not an error.
+// RemoveSpoofCheck deletes the endpoint's map element and chain. Missing
+// objects are not an error. The table stays, even empty: creating it
+// registers a netfilter hook and deleting it unregisters one, and each
+// waits for an RCU grace period (13 ms on the benchmark VM), which every
+// container start and stop paid while the network had one container.
+// DeleteNetwork and the orphan sweep remove an empty table.
 func (d *Dataplane) RemoveSpoofCheck(ep Endpoint) error {
-	return d.removeSpoof(func(short string) bool { return short == netutil.Short(ep.ID) }, ep.HostVeth)
+	return d.removeSpoof(func(short string) bool { return short == netutil.Short(ep.ID) }, ep.HostVeth, false)
 }
 
 // RemoveSpoofOrphans deletes the rules of every endpoint whose ID is not in
@@ -229,38 +277,42 @@ func (d *Dataplane) RemoveSpoofCheck(ep Endpoint) error {
 // the 12-hex short form, which is what is compared), and the table when no
 // endpoint is left.
 func (d *Dataplane) RemoveSpoofOrphans(endpoints map[string]bool) error {
+	return d.removeSpoofOrphans(endpoints, true)
+}
+
+func (d *Dataplane) removeSpoofOrphans(endpoints map[string]bool, dropEmptyTable bool) error {
 	keep := map[string]bool{}
 	for id := range endpoints {
 		keep[netutil.Short(id)] = true
 	}
-	return d.removeSpoof(func(short string) bool { return !keep[short] }, "")
+	return d.removeSpoof(func(short string) bool { return !keep[short] }, "", dropEmptyTable)
+}
+
+// removeEmptySpoofTable deletes the table if no endpoint has rules in it.
+func (d *Dataplane) removeEmptySpoofTable() error {
+	return d.removeSpoof(func(string) bool { return false }, "", true)
 }
 
 // removeSpoof deletes the chains (and map elements) of the endpoints
 // selected picks by short ID, plus any element keyed by veth; all in one
-// batch.
-func (d *Dataplane) removeSpoof(selected func(short string) bool, veth string) error {
-	spoofMu.Lock()
-	defer spoofMu.Unlock()
-	c, err := spoofConn()
+// batch. With dropEmptyTable, a table left without endpoint chains goes too.
+func (d *Dataplane) removeSpoof(selected func(short string) bool, veth string, dropEmptyTable bool) error {
+	c, err := d.lockNFT()
+	defer d.nft.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	defer c.CloseLasting()
 	o := d.spoofObjects()
-	cur, err := readSpoofTable(c, o)
+	cur, gen, err := d.loadSpoofState(c, o)
 	if err != nil || !cur.exists {
 		return err
 	}
 	var gone []string
 	isGone := map[string]bool{}
-	left := 0
 	for _, name := range cur.endpointChains {
 		if selected(strings.TrimPrefix(name, spoofChainPrefix)) {
 			gone = append(gone, name)
 			isGone[name] = true
-		} else {
-			left++
 		}
 	}
 	var elems []nftables.SetElement
@@ -269,8 +321,9 @@ func (d *Dataplane) removeSpoof(selected func(short string) bool, veth string) e
 			elems = append(elems, nftables.SetElement{Key: spoofIfnameKey(e.ifname)})
 		}
 	}
+	dropTable := dropEmptyTable && len(gone) == len(cur.endpointChains)
 	switch {
-	case left == 0:
+	case dropTable:
 		// Deleting a table deletes everything in it.
 		c.DelTable(o.table)
 	case len(gone) == 0 && len(elems) == 0:
@@ -288,11 +341,64 @@ func (d *Dataplane) removeSpoof(selected func(short string) bool, veth string) e
 		}
 	}
 	if err := c.Flush(); err != nil {
+		d.forgetSpoofState()
 		return fmt.Errorf("remove anti-spoofing rules %v from nftables table bridge %s: %w", gone, o.table.Name, err)
 	}
-	d.log.Debug("anti-spoofing rules removed", "table", o.table.Name, "chains", gone, "table_removed", left == 0)
+	if dropTable {
+		cur = spoofState{comments: map[string][]string{}, complete: true}
+	} else { // cur may be the cached state itself: update it in place
+		for _, name := range gone {
+			delete(cur.comments, name)
+		}
+		cur.endpointChains = slices.DeleteFunc(cur.endpointChains, func(name string) bool { return isGone[name] })
+		cur.elements = slices.DeleteFunc(cur.elements, func(e spoofElement) bool {
+			return isGone[e.chain] || (veth != "" && e.ifname == veth)
+		})
+	}
+	d.storeSpoofState(cur, gen)
+	d.log.Debug("anti-spoofing rules removed", "table", o.table.Name, "chains", gone, "table_removed", dropTable)
 	return nil
 }
+
+// loadSpoofState returns the table's state, from the cache when nothing
+// changed since this process last wrote it, and the generation it is valid
+// at. Comments are known for the chains named in withRules, and for those
+// the cache holds; an unknown chain reads as having none, so an ensure
+// rewrites it, which is correct, just not minimal.
+func (d *Dataplane) loadSpoofState(c *nftables.Conn, o spoofObjects, withRules ...string) (spoofState, uint32, error) {
+	gen, err := d.nftGeneration()
+	if err != nil {
+		return spoofState{}, 0, err
+	}
+	if d.nft.cache != nil && d.nft.cache.gen == gen {
+		return d.nft.cache.st, gen, nil
+	}
+	st, err := readSpoofTable(c, o, withRules...)
+	if err != nil {
+		return st, 0, err
+	}
+	// The read is not atomic with the generation: re-read it, and keep no
+	// cache if anything committed in between.
+	if again, err := d.nftGeneration(); err != nil || again != gen {
+		return st, 0, err
+	}
+	return st, gen, nil
+}
+
+// storeSpoofState records the state a write of this process produced on
+// top of the one loaded at gen. The write committed one generation; if the
+// generation moved by more, someone else committed too and the cache is
+// dropped.
+func (d *Dataplane) storeSpoofState(st spoofState, gen uint32) {
+	now, err := d.nftGeneration()
+	if err != nil || gen == 0 || now != gen+1 {
+		d.forgetSpoofState()
+		return
+	}
+	d.nft.cache = &cachedSpoofState{gen: now, st: st}
+}
+
+func (d *Dataplane) forgetSpoofState() { d.nft.cache = nil }
 
 // SpoofFingerprint describes the anti-spoofing table as the kernel has it:
 // each chain with its rules' comments (the first one fingerprints the
@@ -302,72 +408,57 @@ func (d *Dataplane) removeSpoof(selected func(short string) bool, veth string) e
 // re-run EnsureSpoofCheck for live endpoints.
 //
 // Reading every rule is expensive with many endpoints (the kernel's rule
-// dump is quadratic: about a second for 1000 endpoints), so the result is
-// kept with the nftables generation it was read at, which every committed
-// change in the namespace increments, and reused while it stays the same.
+// dump is quadratic: about a second for 1000 endpoints), so it is computed
+// from the cached state (see spoofStates) while the nftables generation
+// says nothing changed since this process read or wrote the table, and
+// read in full only otherwise.
 func (d *Dataplane) SpoofFingerprint() (string, error) {
-	spoofMu.Lock()
-	defer spoofMu.Unlock()
+	c, err := d.lockNFT()
+	defer d.nft.mu.Unlock()
+	if err != nil {
+		return "", err
+	}
 	o := d.spoofObjects()
-	gen, err := nftGeneration()
+	gen, err := d.nftGeneration()
 	if err != nil {
 		return "", err
 	}
-	key := threadNetns() + " " + o.table.Name
-	if fp, ok := spoofFingerprints[key]; ok && fp.gen == gen {
-		return fp.value, nil
+	cached := d.nft.cache
+	if cached == nil || cached.gen != gen || !cached.st.complete {
+		st, err := readSpoofTable(c, o)
+		if err != nil {
+			return "", err
+		}
+		if st.exists {
+			if st.comments, err = d.spoofRuleComments(o.table.Name); err != nil {
+				return "", err
+			}
+		}
+		st.complete = true
+		cached = &cachedSpoofState{gen: gen, st: st}
+		if again, err := d.nftGeneration(); err == nil && again == gen {
+			d.nft.cache = cached
+		} else {
+			d.forgetSpoofState()
+		}
 	}
-	c, err := spoofConn()
-	if err != nil {
-		return "", err
+	if !cached.st.exists {
+		return "", nil
 	}
-	defer c.CloseLasting()
-	st, err := readSpoofTable(c, o)
-	if err != nil || !st.exists {
-		spoofFingerprints[key] = cachedFingerprint{gen: gen}
-		return "", err
+	lines := []string{"chain " + spoofBaseChain + ": " + strings.Join(cached.st.comments[spoofBaseChain], " | ")}
+	for _, name := range cached.st.endpointChains {
+		lines = append(lines, "chain "+name+": "+strings.Join(cached.st.comments[name], " | "))
 	}
-	comments, err := spoofRuleComments(o.table.Name)
-	if err != nil {
-		return "", err
-	}
-	lines := []string{"chain " + spoofBaseChain + ": " + strings.Join(comments[spoofBaseChain], " | ")}
-	for _, name := range st.endpointChains {
-		lines = append(lines, "chain "+name+": "+strings.Join(comments[name], " | "))
-	}
-	for _, e := range st.elements {
+	for _, e := range cached.st.elements {
 		lines = append(lines, "element "+e.ifname+" -> "+e.chain)
 	}
 	slices.Sort(lines)
-	value := "table bridge " + d.SpoofTable() + "\n" + strings.Join(lines, "\n")
-	spoofFingerprints[key] = cachedFingerprint{gen: gen, value: value}
-	return value, nil
-}
-
-// spoofFingerprints caches SpoofFingerprint by namespace and table; guarded
-// by spoofMu.
-var spoofFingerprints = map[string]cachedFingerprint{}
-
-type cachedFingerprint struct {
-	gen   uint32
-	value string
-}
-
-// threadNetns identifies the calling thread's network namespace.
-func threadNetns() string {
-	fi, err := os.Stat("/proc/thread-self/ns/net")
-	if err != nil {
-		return ""
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
-	}
-	return ""
+	return "table bridge " + d.SpoofTable() + "\n" + strings.Join(lines, "\n"), nil
 }
 
 // nftGeneration returns the namespace's nftables ruleset generation.
-func nftGeneration() (uint32, error) {
-	msgs, err := nftRequest(netlink.Message{Header: netlink.Header{
+func (d *Dataplane) nftGeneration() (uint32, error) {
+	msgs, err := d.nft.raw.Execute(netlink.Message{Header: netlink.Header{
 		Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
 		Flags: netlink.Request,
 	}, Data: nfgenmsg(unix.NFPROTO_UNSPEC)})
@@ -393,23 +484,15 @@ func nftGeneration() (uint32, error) {
 // resource ID.
 func nfgenmsg(family byte) []byte { return []byte{family, unix.NFNETLINK_V0, 0, 0} }
 
-// nftRequest sends one request on a socket in the calling thread's network
-// namespace and returns the replies.
-func nftRequest(m netlink.Message) ([]netlink.Message, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
-	}
-	defer conn.Close()
-	return conn.Execute(m)
-}
-
 // spoofState is what the kernel has of the table.
 type spoofState struct {
 	exists         bool
 	endpointChains []string            // ep_* chains
 	comments       map[string][]string // rule comments by chain, in order
 	elements       []spoofElement
+	// complete: comments holds every chain's, so the state can stand in
+	// for a full read (SpoofFingerprint).
+	complete bool
 }
 
 type spoofElement struct{ ifname, chain string }
@@ -492,12 +575,12 @@ func verdictChain(e nftables.SetElement) string {
 // chain, in order, from a single netlink dump: the library asks chain by
 // chain, one request per endpoint, and decodes every expression, where
 // only the comments are needed here.
-func spoofRuleComments(table string) (map[string][]string, error) {
+func (d *Dataplane) spoofRuleComments(table string) (map[string][]string, error) {
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")}})
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := nftRequest(netlink.Message{
+	msgs, err := d.nft.raw.Execute(netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
 			Flags: netlink.Request | netlink.Dump,

@@ -21,7 +21,7 @@ import (
 // namespace. fn must not start goroutines that touch the network: they run on
 // other threads, in the host namespace. The restore is a defer on the same
 // goroutine, not t.Cleanup, which may run on another thread.
-func Run(t *testing.T, fn func()) {
+func Run(t testing.TB, fn func()) {
 	t.Helper()
 	RequireRoot(t)
 	runtime.LockOSThread()
@@ -57,7 +57,7 @@ func Run(t *testing.T, fn func()) {
 }
 
 // RequireRoot skips the test unless it runs as root.
-func RequireRoot(t *testing.T) {
+func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("privileged test: run as root (sudo make test) to create network namespaces")
@@ -65,7 +65,7 @@ func RequireRoot(t *testing.T) {
 }
 
 // RequireCommand skips the test when a binary it drives is not installed.
-func RequireCommand(t *testing.T, name string) {
+func RequireCommand(t testing.TB, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
 		t.Skipf("privileged test needs %s: install it (scripts/test.sh does)", name)
