@@ -13,9 +13,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mynet/mynet/bridge"
@@ -78,23 +80,59 @@ type Config struct {
 }
 
 // Driver implements both plugin interfaces over one in-memory view of the
-// state. The engine calls concurrently; mutations of networks and
-// endpoints are serialised by mu, those of IPAM pools by ipamMu, so an
-// address request never waits behind a veth being created. Lock order: mu,
-// then ipamMu.
+// state. The engine calls concurrently, and a container start must not
+// wait for another container's veth or fsync, so there are four locks, taken
+// in this order:
+//
+//   - opMu: endpoint operations share it; network operations, ports,
+//     the reconcile and Restore hold it alone. Work on the kernel and the
+//     store happens under it, never under mapMu.
+//   - epLocks: one stripe per endpoint ID hash, so that a retried or
+//     out-of-order request for one endpoint waits for the one in flight.
+//   - mapMu: guards the networks and endpoints maps and the records they
+//     point to, and is held only to read or change them. Join needs only
+//     this one, so it answers while endpoints are being built.
+//   - ipamMu: guards pools; an address request never waits for a veth.
+//
+// Whoever holds opMu alone may read the maps without mapMu (nobody else
+// writes them then), and still takes mapMu to change them.
 type Driver struct {
 	cfg Config
 	log *slog.Logger
 
-	ipamMu sync.Mutex // guards pools
-	mu     sync.Mutex // guards the rest
+	opMu    sync.RWMutex
+	epLocks [64]sync.Mutex
+	mapMu   sync.RWMutex
+	ipamMu  sync.Mutex // guards pools
+
 	// dirty: kernel objects changed since the last reconcile pass, so the
 	// next one checks everything instead of comparing fingerprints.
-	dirty                   bool
-	fingerprint, spoofPrint string
+	dirty                   atomic.Bool
+	fingerprint, spoofPrint string // under opMu alone
 	networks                map[string]*state.Network
 	endpoints               map[string]*state.Endpoint // by endpoint ID
-	pools                   map[string]*poolEntry      // by pool ID
+	// creating counts endpoint creations in flight per network, so
+	// that concurrent creates cannot overshoot MaxEndpoints; under mapMu.
+	creating map[string]int
+	pools    map[string]*poolEntry // by pool ID
+}
+
+// epLock returns the stripe of endpoint id's lock.
+func (d *Driver) epLock(id string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return &d.epLocks[h.Sum32()%uint32(len(d.epLocks))]
+}
+
+// lookup returns an endpoint and its network under mapMu.
+func (d *Driver) lookup(endpointID string) (*state.Endpoint, *state.Network) {
+	d.mapMu.RLock()
+	defer d.mapMu.RUnlock()
+	ep := d.endpoints[endpointID]
+	if ep == nil {
+		return nil, nil
+	}
+	return ep, d.networks[ep.NetworkID]
 }
 
 type poolEntry struct {
@@ -139,6 +177,7 @@ func NewDriver(cfg Config) *Driver {
 		cfg: cfg, log: cfg.Log,
 		networks:  map[string]*state.Network{},
 		endpoints: map[string]*state.Endpoint{},
+		creating:  map[string]int{},
 		pools:     map[string]*poolEntry{},
 	}
 }
@@ -159,8 +198,8 @@ type Dump struct {
 
 // Dump returns a copy of the state.
 func (d *Driver) Dump() *Dump {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mapMu.RLock()
+	defer d.mapMu.RUnlock()
 	d.ipamMu.Lock()
 	defer d.ipamMu.Unlock()
 	out := &Dump{Networks: []state.Network{}, Endpoints: []state.Endpoint{}, Pools: []state.Pool{}}
@@ -185,8 +224,8 @@ func (d *Driver) Dump() *Dump {
 // 5), so half-done operations of a crash are undone here and a full
 // reconcile pass rebuilds whatever a reboot or a flush took.
 func (d *Driver) Restore(ctx context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
 	snap, err := d.cfg.Store.Load()
 	if err != nil {
 		return err
@@ -207,7 +246,9 @@ func (d *Driver) Restore(ctx context.Context) error {
 			errs = append(errs, d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(&n)), d.cfg.Store.DeleteNetwork(n.ID))
 			continue
 		}
+		d.mapMu.Lock()
 		d.networks[n.ID] = &n
+		d.mapMu.Unlock()
 	}
 	for i := range snap.Endpoints {
 		e := snap.Endpoints[i]
@@ -216,7 +257,9 @@ func (d *Driver) Restore(ctx context.Context) error {
 			errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, &e)), d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID))
 			continue
 		}
+		d.mapMu.Lock()
 		d.endpoints[e.ID] = &e // the reconcile drops it if its network is gone
+		d.mapMu.Unlock()
 	}
 	_, err = d.reconcile(ctx, true)
 	errs = append(errs, err)

@@ -58,8 +58,8 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if cfg.HostBinding.IsValid() {
 		rec.HostBinding = cfg.HostBinding.String()
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
 	if old, ok := d.networks[cfg.ID]; ok {
 		old := *old
 		old.Created = rec.Created
@@ -81,7 +81,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	); err != nil {
 		return nil, fmt.Errorf("create network %s: %w", netutil.Short(rec.ID), err)
 	}
+	d.mapMu.Lock()
 	d.networks[rec.ID] = &rec
+	d.mapMu.Unlock()
 	d.linkPools(rec)
 	return nil, nil
 }
@@ -94,7 +96,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 // after each record write.
 func (d *Driver) commitCreate(ctx context.Context, kind, id string, put func(pending bool) error, del, ensure, remove func() error) (retErr error) {
 	what := kind + " " + netutil.Short(id)
-	d.dirty = true
+	d.dirty.Store(true)
 	var undo netutil.Undo
 	defer func() {
 		if cerr := undo.RunIf(retErr, d.log); cerr != nil {
@@ -142,8 +144,8 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 	if err := netutil.ValidateID("network ID", req.NetworkID); err != nil {
 		return nil, badRequest(err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
 	n, ok := d.networks[req.NetworkID]
 	if !ok {
 		d.log.Debug("delete of unknown network", "network_id", netutil.Short(req.NetworkID))
@@ -160,14 +162,18 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 	if err := d.cfg.Store.DeleteNetwork(n.ID); err != nil {
 		return nil, err
 	}
+	d.mapMu.Lock()
 	delete(d.networks, n.ID)
-	d.dirty = true
+	for _, e := range stale {
+		delete(d.endpoints, e.ID)
+	}
+	d.mapMu.Unlock()
+	d.dirty.Store(true)
 	if err := failpoint.Inject("network.delete.record"); err != nil {
 		return nil, err
 	}
 	var errs []error
 	for _, e := range stale {
-		delete(d.endpoints, e.ID)
 		errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e)))
 	}
 	errs = append(errs, d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(n)))
@@ -185,13 +191,20 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	if iface == nil {
 		iface = &network.EndpointInterface{}
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
+	lock := d.epLock(req.EndpointID)
+	lock.Lock()
+	defer lock.Unlock()
+
+	d.mapMu.Lock()
 	n, ok := d.networks[req.NetworkID]
 	if !ok {
+		d.mapMu.Unlock()
 		return nil, fmt.Errorf("create endpoint %s: network %s: %w in mynet's state", netutil.Short(req.EndpointID), netutil.Short(req.NetworkID), ErrNotFound)
 	}
 	if old, ok := d.endpoints[req.EndpointID]; ok {
+		d.mapMu.Unlock()
 		if old.NetworkID != n.ID {
 			return nil, badRequestf("endpoint %s already exists on network %s", netutil.Short(old.ID), netutil.Short(old.NetworkID))
 		}
@@ -199,8 +212,19 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	}
 	ep, err := d.newEndpoint(n, req.EndpointID, iface)
 	if err != nil {
+		d.mapMu.Unlock()
 		return nil, err
 	}
+	d.creating[n.ID]++
+	d.mapMu.Unlock()
+	defer func() {
+		d.mapMu.Lock()
+		if d.creating[n.ID]--; d.creating[n.ID] == 0 {
+			delete(d.creating, n.ID)
+		}
+		d.mapMu.Unlock()
+	}()
+
 	if err := d.commitCreate(ctx, "endpoint", ep.ID,
 		func(pending bool) error { ep.Pending = pending; return d.cfg.Store.PutEndpoint(ep) },
 		func() error { return d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID) },
@@ -209,12 +233,16 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	); err != nil {
 		return nil, fmt.Errorf("create endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(n.ID), err)
 	}
+	d.mapMu.Lock()
 	d.endpoints[ep.ID] = &ep
+	d.mapMu.Unlock()
 	return endpointResponse(&ep), nil
 }
 
+// newEndpoint checks the network's capacity and builds the record; under
+// mapMu.
 func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.EndpointInterface) (state.Endpoint, error) {
-	count := 0
+	count := d.creating[n.ID]
 	for _, e := range d.endpoints {
 		if e.NetworkID == n.ID {
 			count++
@@ -297,22 +325,27 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	ep, ok := d.endpoints[req.EndpointID]
-	if !ok {
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
+	lock := d.epLock(req.EndpointID)
+	lock.Lock()
+	defer lock.Unlock()
+	ep, n := d.lookup(req.EndpointID)
+	if ep == nil {
 		d.log.Debug("delete of unknown endpoint", "endpoint_id", netutil.Short(req.EndpointID))
 		return nil, nil
 	}
 	if err := d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID); err != nil {
 		return nil, err
 	}
+	d.mapMu.Lock()
 	delete(d.endpoints, ep.ID)
-	d.dirty = true
+	d.mapMu.Unlock()
+	d.dirty.Store(true)
 	if err := failpoint.Inject("endpoint.delete.record"); err != nil {
 		return nil, err
 	}
-	if n := d.networks[ep.NetworkID]; n != nil {
+	if n != nil {
 		return nil, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, ep))
 	}
 	return nil, nil
@@ -325,8 +358,8 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mapMu.RLock()
+	defer d.mapMu.RUnlock()
 	ep, ok := d.endpoints[req.EndpointID]
 	if !ok || ep.NetworkID != req.NetworkID {
 		return nil, fmt.Errorf("join endpoint %s: %w on network %s in mynet's state", netutil.Short(req.EndpointID), ErrNotFound, netutil.Short(req.NetworkID))

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -603,4 +604,96 @@ func TestStateDumpShowsAllocations(t *testing.T) {
 	if got := fmt.Sprint(pools[0].(map[string]any)["Addrs"]); got != "[10.1.0.1 10.1.0.2]" {
 		t.Fatalf("Addrs in the dump = %s", got)
 	}
+}
+
+// TestConcurrentEndpoints runs whole endpoint cycles at once, with Joins,
+// dumps and reconcile passes in between, as a busy engine does: every
+// cycle must succeed, the network's endpoint limit must hold under
+// concurrent creates, and nothing may be left. Run with -race.
+func TestConcurrentEndpoints(t *testing.T) {
+	h := newHarness(t)
+	nid := id('a')
+	pool := h.createNetwork(nid, "10.1.0.0/24")
+	epID := func(i int) string { return fmt.Sprintf("%064x", i+1) }
+	cycle := func(i int) error {
+		eid := epID(i)
+		addr := fmt.Sprintf("10.1.0.%d/24", i+10)
+		for _, c := range []struct {
+			method string
+			body   map[string]any
+		}{
+			{"NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid, "Interface": map[string]any{"Address": addr}}},
+			{"NetworkDriver.Join", map[string]any{"NetworkID": nid, "EndpointID": eid, "SandboxKey": "/var/run/docker/netns/x"}},
+			{"NetworkDriver.Leave", map[string]any{"NetworkID": nid, "EndpointID": eid}},
+			{"NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid}},
+		} {
+			raw, _ := json.Marshal(c.body)
+			resp, err := http.Post(h.srv.URL+"/"+c.method, "application/json", bytes.NewReader(raw))
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				return fmt.Errorf("endpoint %d: %s: status %d", i, c.method, resp.StatusCode)
+			}
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 64 {
+		wg.Go(func() {
+			for range 3 {
+				errs <- cycle(i)
+			}
+		})
+	}
+	stop := make(chan struct{})
+	var bg sync.WaitGroup
+	bg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := h.drv.Reconcile(context.Background(), false); err != nil {
+				errs <- err
+			}
+			h.drv.Dump()
+		}
+	})
+	wg.Wait()
+	close(stop)
+	bg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if d := h.dump(); len(d.Endpoints) != 0 || len(h.dp.endpoints) != 0 {
+		t.Fatalf("left after the cycles: %d endpoint records, %d in the dataplane", len(d.Endpoints), len(h.dp.endpoints))
+	}
+
+	// 30 concurrent creates against a limit of 10: exactly 10 succeed.
+	h.drv.cfg.MaxEndpoints = 10
+	var ok atomic.Int32
+	for i := range 30 {
+		wg.Go(func() {
+			raw, _ := json.Marshal(map[string]any{"NetworkID": nid, "EndpointID": epID(100 + i), "Interface": map[string]any{"Address": fmt.Sprintf("10.1.0.%d/24", i+10)}})
+			resp, err := http.Post(h.srv.URL+"/NetworkDriver.CreateEndpoint", "application/json", bytes.NewReader(raw))
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got := ok.Load(); got != 10 || len(h.dump().Endpoints) != 10 {
+		t.Fatalf("%d creates succeeded and %d endpoints exist with a limit of 10", got, len(h.dump().Endpoints))
+	}
+	_ = pool
 }

@@ -44,8 +44,9 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *network.P
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	// Exclusive: host ports are chosen against every other endpoint's.
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
 	ep, n, err := d.endpointOn(req.NetworkID, req.EndpointID, "program ports of")
 	if err != nil {
 		return nil, err
@@ -67,7 +68,7 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *network.P
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return nil, err
 	}
-	d.dirty = true
+	d.dirty.Store(true)
 	if err := failpoint.Inject("ports.record"); err != nil {
 		return nil, err
 	}
@@ -77,7 +78,9 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *network.P
 		}
 		return nil, fmt.Errorf("publish ports of endpoint %s: %w", netutil.Short(ep.ID), err)
 	}
+	d.mapMu.Lock()
 	*ep = rec
+	d.mapMu.Unlock()
 	d.log.Info("ports published", "network_id", netutil.Short(n.ID), "endpoint_id", netutil.Short(ep.ID), "ports", describePorts(ports))
 	return nil, nil
 }
@@ -88,8 +91,8 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
 	ep, ok := d.endpoints[req.EndpointID]
 	if !ok || len(ep.Ports) == 0 {
 		return nil, nil
@@ -101,8 +104,10 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 		return nil, err
 	}
 	old := ep.Ports
+	d.mapMu.Lock()
 	*ep = rec
-	d.dirty = true
+	d.mapMu.Unlock()
+	d.dirty.Store(true)
 	return nil, d.cfg.Dataplane.RemovePorts(ctx, toBridgeEndpoint(n, ep), toBridgePorts(old))
 }
 

@@ -27,8 +27,8 @@ const stalePoolAge = 10 * time.Minute
 // match, so it is cheap to run every few seconds. It reports whether it
 // found something changed from outside.
 func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
 	return d.reconcile(ctx, full)
 }
 
@@ -37,8 +37,8 @@ func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err e
 // was running can end up in the fingerprint that pass records; the
 // periodic loop calls this now and then so such a change is repaired too.
 func (d *Driver) Recheck() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
 	d.fingerprint = ""
 }
 
@@ -52,10 +52,11 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 		return false, err
 	}
 	changed, spoofChanged := fp != d.fingerprint, sfp != d.spoofPrint
-	if !full && !d.dirty && !changed && !spoofChanged {
+	dirty := d.dirty.Load()
+	if !full && !dirty && !changed && !spoofChanged {
 		return false, nil
 	}
-	if !full && d.dirty && d.fingerprint != "" {
+	if !full && dirty && d.fingerprint != "" {
 		// Only mynet itself changed things since the last pass: take in
 		// the new fingerprints without re-checking every network under the
 		// lock, which would stall requests after every container start.
@@ -74,15 +75,16 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 				return false, err
 			}
 		}
-		d.fingerprint, d.spoofPrint, d.dirty = fp, sfp, false
+		d.fingerprint, d.spoofPrint = fp, sfp
+		d.dirty.Store(false)
 		return false, nil
 	}
 	// Only a change nobody in this process made counts as a repair.
-	repaired = !d.dirty && d.fingerprint != "" && (changed || spoofChanged)
+	repaired = !dirty && d.fingerprint != "" && (changed || spoofChanged)
 	// Re-applying the anti-spoofing filters costs a netlink transaction per
 	// endpoint, so it is done only when they were damaged from outside (or
 	// on a full pass), not after every container mynet itself started.
-	respoof := full || (spoofChanged && !d.dirty)
+	respoof := full || (spoofChanged && !dirty)
 	var errs []error
 	for _, n := range d.networks {
 		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
@@ -110,7 +112,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	if d.spoofPrint, err = d.cfg.Dataplane.SpoofFingerprint(); err != nil {
 		return repaired, err
 	}
-	d.dirty = false
+	d.dirty.Store(false)
 	if repaired {
 		d.log.Warn("mynet's links or rules were changed from outside; restored them")
 	}
@@ -147,7 +149,9 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respo
 	if err := d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID); err != nil {
 		return err
 	}
+	d.mapMu.Lock()
 	delete(d.endpoints, e.ID)
+	d.mapMu.Unlock()
 	if n == nil {
 		return nil
 	}
