@@ -119,6 +119,7 @@ type Dataplane struct {
 	janitor     chan func(*netlink.Handle)
 	janitorDone chan struct{}
 	nft         *nftSockets // the anti-spoofing table's sockets (spoof.go)
+	reaper      *reaper     // veths waiting for deletion (reap.go)
 	// packetFD sends gratuitous ARPs; -1 when it could not be opened
 	// (no CAP_NET_RAW), and then there are none.
 	packetFD int
@@ -148,6 +149,7 @@ func New(cfg Config) (*Dataplane, error) {
 	if d.packetFD, err = openAnnounceSocket(); err != nil {
 		cfg.Log.Warn("new endpoints will not be announced with a gratuitous ARP", "err", err)
 	}
+	d.reaper = newReaper(cfg.Instance)
 	go func() {
 		defer close(d.janitorDone)
 		defer nlJanitor.Close()
@@ -200,6 +202,7 @@ func (d *Dataplane) Close() {
 	<-d.janitorDone
 	d.nl.Close()
 	d.nft.close()
+	d.reaper.close()
 	if d.packetFD >= 0 {
 		unix.Close(d.packetFD)
 	}
@@ -370,12 +373,9 @@ func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 	// this path either (its veth goes with the sandbox's namespace). The
 	// name is the endpoint's own, so nothing can claim it meanwhile, and a
 	// crash before the janitor runs leaves a tagged orphan for the reconcile.
-	tag := d.tag("ep", ep.ID)
-	d.later(func(h *netlink.Handle) {
-		if err := removeOwnedLinkWith(h, d.log, ep.HostVeth, tag); err != nil {
-			d.log.Warn("could not delete veth", "veth", ep.HostVeth, "err", err)
-		}
-	})
+	// See reap.go for how deletions are batched.
+	d.reaper.add(ep.HostVeth, d.tag("ep", ep.ID))
+	d.later(d.reap)
 	d.forgetAddresses(ep)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)

@@ -587,3 +587,54 @@ func TestAnnounceNewAddress(t *testing.T) {
 		}
 	})
 }
+
+// TestVethDeletionBatches: veths of deleted endpoints go in one batch (see
+// reap.go) and all of them go; a link that took an endpoint's name but is
+// not mynet's stays, and nothing is left in the instance's link group.
+func TestVethDeletionBatches(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		var eps []Endpoint
+		for i := range 20 {
+			ep := testEndpoint(n, fmt.Sprintf("%012x%052d", i+1, 0))
+			if err := d.EnsureEndpoint(ctx, ep); err != nil {
+				t.Fatal(err)
+			}
+			eps = append(eps, ep)
+		}
+		// Someone replaces the last veth with a link of their own.
+		foreign := eps[19]
+		run(t, "ip", "link", "del", foreign.HostVeth)
+		run(t, "ip", "link", "add", foreign.HostVeth, "type", "bridge")
+		for _, ep := range eps {
+			if err := d.DeleteEndpoint(ctx, ep); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d.Sync()
+		links, err := netlink.LinkList()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var left []string
+		for _, l := range links {
+			if uint32(l.Attrs().Group) == d.reaper.group {
+				t.Errorf("link %s left in mynet's link group", l.Attrs().Name)
+			}
+			if strings.HasPrefix(l.Attrs().Name, "mnv") || strings.HasPrefix(l.Attrs().Name, "mnc") {
+				left = append(left, l.Attrs().Name)
+			}
+		}
+		if !slices.Equal(left, []string{foreign.HostVeth}) {
+			t.Fatalf("links left: %v, want only the foreign %s", left, foreign.HostVeth)
+		}
+		run(t, "ip", "link", "del", foreign.HostVeth)
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

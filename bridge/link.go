@@ -104,7 +104,14 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 		if ep.MTU > 0 {
 			attrs.MTU = ep.MTU // the peer inherits it
 		}
-		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: ep.ContainerVeth, PeerHardwareAddr: ep.MAC}
+		// One queue each way, said explicitly: without it the kernel
+		// allocates a queue per CPU, then cuts the device down to one
+		// (veth_init_queues), and the cut waits for an RCU grace period
+		// under the RTNL lock, twice per pair, stalling every link change
+		// on the host. The data path is the same: a veth gets one
+		// active queue either way.
+		attrs.NumTxQueues, attrs.NumRxQueues = 1, 1
+		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: ep.ContainerVeth, PeerHardwareAddr: ep.MAC, PeerNumTxQueues: 1, PeerNumRxQueues: 1}
 		if err := d.nl.LinkAdd(veth); err != nil && !errors.Is(err, unix.EEXIST) {
 			return false, 0, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)
 		}
