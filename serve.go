@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -244,6 +245,10 @@ func startMetrics(ctx context.Context, f serveFlags, h http.Handler, drv *plugin
 	}
 	handler := m.Handler()
 	if f.pprof {
+		// Where requests wait matters more here than CPU: sample lock
+		// contention and blocking too (a cost, hence only with --pprof).
+		runtime.SetMutexProfileFraction(5)
+		runtime.SetBlockProfileRate(int(100 * time.Microsecond))
 		mux := http.NewServeMux()
 		mux.Handle("/", handler)
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

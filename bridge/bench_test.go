@@ -13,8 +13,12 @@ import (
 // so a regression points at its step. "others" endpoints stay alive on the
 // bridge, since the anti-spoofing table grows with them.
 func BenchmarkEndpointCycle(b *testing.B) {
-	for _, others := range []int{0, 200} {
-		b.Run(fmt.Sprintf("%d-others", others), func(b *testing.B) {
+	for _, tc := range []struct {
+		others int
+		spoof  bool
+	}{{0, true}, {999, true}, {0, false}, {999, false}} {
+		others := tc.others
+		b.Run(fmt.Sprintf("%d-others/anti-spoofing=%v", others, tc.spoof), func(b *testing.B) {
 			withDataplane(b, "", func(d *Dataplane) {
 				ctx := context.Background()
 				n := testNetwork(nid1, "10.20.0.0/16", "10.20.0.1/16")
@@ -25,7 +29,7 @@ func BenchmarkEndpointCycle(b *testing.B) {
 					ep := testEndpoint(n, fmt.Sprintf("%012x%052d", i, 0))
 					ep.MAC = net.HardwareAddr{0x02, 0, 0, 0, byte(i >> 8), byte(i)}
 					ep.Addresses = append(ep.Addresses, n.IPv4[0].Pool.Addr().Next().Next())
-					ep.AntiSpoofing = true
+					ep.AntiSpoofing = tc.spoof
 					return ep
 				}
 				for i := 1; i <= others; i++ {

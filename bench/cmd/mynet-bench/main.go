@@ -43,6 +43,7 @@ import (
 
 type config struct {
 	mynetBin, netbenchBin, out, image, dockerLock, workDir string
+	pprofDir                                               string
 	phases                                                 map[string]bool
 	trials, netTrials, parallel, parallelTrials            int
 	apiCycles                                              int
@@ -78,6 +79,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.dpDuration, "dp-duration", 5*time.Second, "phase 7: length of each throughput and latency test")
 	fs.IntVar(&c.dpTrials, "dp-trials", 3, "phase 7: trials per driver and test")
 	fs.StringVar(&c.gobenchTime, "gobench-time", "1s", "go phase: -benchtime")
+	fs.StringVar(&c.pprofDir, "pprof", "", "phase 4: run the namespace instance with --pprof and save its CPU, goroutine, mutex and block profiles of each concurrency level in this directory")
 	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (plugin logs, state) after the run")
 	fs.BoolVar(&c.rmImages, "rm-images", false, "remove the images this run imported (they are kept as a cache by default)")
 	quick := fs.Bool("quick", false, "a smoke run of every phase in about two minutes: few trials, small scale; figures are not meaningful")

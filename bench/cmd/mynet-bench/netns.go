@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -314,7 +316,17 @@ func (b *bench) netnsPhases(ctx context.Context) error {
 		return err
 	}
 	logf("phases 4-6,8: mynet in network namespace %s", ns)
-	inst, err := startInstance(ctx, b.mynetBin, "mynet-bench-ns-"+b.runID, ns, b.workDir)
+	var extra []string
+	var prof *profiler
+	if b.cfg.pprofDir != "" {
+		if err := os.MkdirAll(b.cfg.pprofDir, 0o755); err != nil {
+			return err
+		}
+		sock := filepath.Join(b.workDir, "ns-metrics.sock")
+		extra = []string{"--pprof", "--metrics-socket", sock}
+		prof = newProfiler(b.cfg.pprofDir, sock)
+	}
+	inst, err := startInstance(ctx, b.mynetBin, "mynet-bench-ns-"+b.runID, ns, b.workDir, extra...)
 	if err != nil {
 		return err
 	}
@@ -368,7 +380,12 @@ func (b *bench) netnsPhases(ctx context.Context) error {
 	if b.cfg.phases["4"] {
 		for _, conc := range b.cfg.apiConc {
 			logf("phase 4: %d endpoint cycles at concurrency %d", b.cfg.apiCycles, conc)
+			profDone := func() {}
+			if prof != nil {
+				profDone = prof.during(ctx, fmt.Sprintf("phase4-c%d", conc))
+			}
 			r, err := runCycles(ctx, c, n, conc, b.cfg.apiCycles)
+			profDone()
 			if err != nil {
 				return fmt.Errorf("phase 4 at concurrency %d: %w", conc, err)
 			}
