@@ -96,17 +96,31 @@ func nftDump(t *testing.T, table string) string {
 		}
 		var lines []string
 		for _, e := range elems {
-			lines = append(lines, fmt.Sprintf("    %q : jump %s", bytes.TrimRight(e.Key, "\x00"), verdictChain(e)))
+			lines = append(lines, "    element "+renderSpoofKey(s.Name, e.Key))
 		}
 		slices.Sort(lines)
-		fmt.Fprintf(&b, "  map %s map=%v key length %d\n%s\n", s.Name, s.IsMap, s.KeyType.Bytes, strings.Join(lines, "\n"))
+		fmt.Fprintf(&b, "  set %s key length %d\n%s\n", s.Name, s.KeyType.Bytes, strings.Join(lines, "\n"))
 	}
 	return b.String()
 }
 
-// spoofCounters returns the drop counters of an endpoint's chain by rule
-// comment (without the fingerprint prefix of the first one).
-func spoofCounters(t *testing.T, table, endpointID string) map[string]uint64 {
+// renderSpoofKey shows a set key as nft would: "veth" or "veth" . value.
+func renderSpoofKey(set string, key []byte) string {
+	name := fmt.Sprintf("%q", ifname(key))
+	rest := key[min(len(key), 16):]
+	switch set {
+	case setMACs:
+		return name + " . " + net.HardwareAddr(rest[:min(len(rest), 6)]).String()
+	case setIPv4, setIPv6:
+		a, _ := netip.AddrFromSlice(rest)
+		return name + " . " + a.String()
+	}
+	return name
+}
+
+// spoofCounters returns the drop counters of the filter's rules by
+// comment; the rules are shared, so a test counts with one attacker.
+func spoofCounters(t *testing.T, table string) map[string]uint64 {
 	t.Helper()
 	c, err := nftables.New(nftables.AsLasting())
 	if err != nil {
@@ -114,16 +128,13 @@ func spoofCounters(t *testing.T, table, endpointID string) map[string]uint64 {
 	}
 	defer c.CloseLasting()
 	tb := &nftables.Table{Family: nftables.TableFamilyBridge, Name: table}
-	rules, err := c.GetRules(tb, &nftables.Chain{Name: spoofChainName(endpointID), Table: tb})
+	rules, err := c.GetRules(tb, &nftables.Chain{Name: spoofBaseChain, Table: tb})
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]uint64{}
 	for _, r := range rules {
 		cm, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-		if i := strings.Index(cm, ": "); strings.HasPrefix(cm, "mynet ep=") && i >= 0 {
-			cm = cm[i+2:]
-		}
 		for _, e := range r.Exprs {
 			if ctr, ok := e.(*expr.Counter); ok {
 				out[cm] += ctr.Packets
@@ -160,19 +171,22 @@ func TestSpoofCheckLifecycle(t *testing.T) {
 		if out, err := exec.Command("nft", "list", "table", "bridge", table).CombinedOutput(); err == nil {
 			t.Logf("as nft shows it:\n%s", out) // nft is optional: mynet does not need it
 		}
+		v1 := fmt.Sprintf("%q", ep1.HostVeth)
 		for _, want := range []string{
 			"chain prerouting type filter hook 0 priority -300 policy 1", // NF_BR_PRE_ROUTING, accept
-			"chain ep_" + eid1[:12],
-			fmt.Sprintf("%q : jump ep_%s", ep1.HostVeth, eid1[:12]),
-			"mynet ep=" + eid1[:12] + " mac=02:00:00:00:00:01 addrs=10.1.0.2,fd00:1::2",
+			"mynet anti-spoofing v" + spoofVersion,
+			"element " + v1 + "\n",
+			"element " + v1 + " . 02:00:00:00:00:01",
+			"element " + v1 + " . 10.1.0.2",
+			"element " + v1 + " . fd00:1::2",
 		} {
 			if !strings.Contains(one, want) {
 				t.Errorf("table lacks %q", want)
 			}
 		}
 
-		// A second endpoint adds its chain and element and leaves the
-		// first one's rules (same handles) alone.
+		// A second endpoint adds its elements and leaves the rules (same
+		// handles) and the first one's elements alone.
 		if err := d.EnsureSpoofCheck(ep2); err != nil {
 			t.Fatal(err)
 		}
@@ -189,8 +203,8 @@ func TestSpoofCheckLifecycle(t *testing.T) {
 		if err := d.EnsureSpoofCheck(moved); err != nil {
 			t.Fatal(err)
 		}
-		if got := nftDump(t, table); !strings.Contains(got, "addrs=10.1.0.9 ") || strings.Contains(got, "addrs=10.1.0.2") {
-			t.Errorf("ensure with a new address did not rewrite the chain:\n%s", got)
+		if got := nftDump(t, table); !strings.Contains(got, v1+" . 10.1.0.9") || strings.Contains(got, v1+" . 10.1.0.2") || strings.Contains(got, v1+" . fd00:1::2") {
+			t.Errorf("ensure with a new address did not replace the elements:\n%s", got)
 		}
 
 		for range 2 { // removes are idempotent
@@ -199,7 +213,7 @@ func TestSpoofCheckLifecycle(t *testing.T) {
 			}
 		}
 		got := nftDump(t, table)
-		if strings.Contains(got, eid1[:12]) || strings.Contains(got, ep1.HostVeth) || !strings.Contains(got, "chain ep_"+eid2[:12]) {
+		if strings.Contains(got, ep1.HostVeth) || !strings.Contains(got, fmt.Sprintf("element %q . 10.1.0.3", ep2.HostVeth)) {
 			t.Fatalf("after removing endpoint 1:\n%s", got)
 		}
 		for range 2 {
@@ -209,8 +223,8 @@ func TestSpoofCheckLifecycle(t *testing.T) {
 		}
 		// The emptied table stays (creating it again would cost the next
 		// container an RCU grace period) until the network goes.
-		if got := nftDump(t, table); strings.Contains(got, "chain ep_") || strings.Contains(got, "mnv") {
-			t.Fatalf("endpoint rules left after removing the last endpoint:\n%s", got)
+		if got := nftDump(t, table); strings.Contains(got, "mnv") {
+			t.Fatalf("endpoint elements left after removing the last endpoint:\n%s", got)
 		}
 		if err := d.removeEmptySpoofTable(); err != nil {
 			t.Fatal(err)
@@ -272,8 +286,9 @@ func TestSpoofOrphans(t *testing.T) {
 		}
 		got := nftDump(t, d.SpoofTable())
 		for id, want := range map[string]bool{eid1: true, eid2: false, eid3: false} {
-			if strings.Contains(got, "chain ep_"+id[:12]) != want || strings.Contains(got, "ep_"+id[:12]+"\n") != want {
-				t.Errorf("endpoint %s: chain or element present = %v, want %v", id[:12], !want, want)
+			veth, _ := VethNames(id)
+			if strings.Contains(got, veth) != want {
+				t.Errorf("endpoint %s: elements present = %v, want %v", id[:12], !want, want)
 			}
 		}
 		if err := d.RemoveSpoofOrphans(map[string]bool{eid1: true}); err != nil { // nothing left to do
@@ -303,8 +318,9 @@ func TestSpoofOrphans(t *testing.T) {
 	})
 }
 
-// TestSpoofRepair: the fingerprint is stable, notices a chain flushed or
-// an element deleted from outside, and EnsureSpoofCheck puts it back.
+// TestSpoofRepair: the fingerprint is stable, notices rules flushed and
+// elements deleted or added from outside, and EnsureSpoofCheck puts the
+// table back as it was.
 func TestSpoofRepair(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
@@ -335,10 +351,21 @@ func TestSpoofRepair(t *testing.T) {
 		}
 		o := d.spoofObjects()
 		for name, damage := range map[string]func(c *nftables.Conn){
-			"flush an endpoint's chain": func(c *nftables.Conn) { c.FlushChain(&nftables.Chain{Name: spoofChainName(eid1), Table: o.table}) },
-			"flush the base chain":      func(c *nftables.Conn) { c.FlushChain(o.base) },
-			"delete a map element": func(c *nftables.Conn) {
-				if err := c.SetDeleteElements(o.ports, []nftables.SetElement{{Key: spoofIfnameKey(eps[1].HostVeth)}}); err != nil {
+			"flush the base chain": func(c *nftables.Conn) { c.FlushChain(o.base) },
+			"delete a ports element": func(c *nftables.Conn) {
+				if err := c.SetDeleteElements(o.sets[setPorts], []nftables.SetElement{{Key: spoofIfnameKey(eps[1].HostVeth)}}); err != nil {
+					t.Fatal(err)
+				}
+			},
+			"delete an address element": func(c *nftables.Conn) {
+				key := append(spoofIfnameKey(eps[0].HostVeth), 10, 1, 0, 2)
+				if err := c.SetDeleteElements(o.sets[setIPv4], []nftables.SetElement{{Key: key}}); err != nil {
+					t.Fatal(err)
+				}
+			},
+			"give an endpoint another address": func(c *nftables.Conn) {
+				key := append(spoofIfnameKey(eps[0].HostVeth), 10, 1, 0, 99)
+				if err := c.SetAddElements(o.sets[setIPv4], []nftables.SetElement{{Key: key}}); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -591,7 +618,7 @@ func TestSpoofTraffic(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond) // past the entries' update time, for locktime 0
 			rx.drain()
-			before := spoofCounters(t, d.SpoofTable(), attacker.ID)
+			before := spoofCounters(t, d.SpoofTable())
 			markers := map[string][]byte{}
 			for i, p := range probes {
 				m := []byte(fmt.Sprintf("MYNET%03d%v", i, protected))
@@ -633,7 +660,7 @@ func TestSpoofTraffic(t *testing.T) {
 				t.Errorf("protected=%v: the bridge forwards the victim's MAC to the attacker's port = %v, want %v", protected, stolen, !protected)
 			}
 			if protected {
-				after := spoofCounters(t, d.SpoofTable(), attacker.ID)
+				after := spoofCounters(t, d.SpoofTable())
 				want := map[string]uint64{}
 				for _, p := range probes {
 					if p.rule != "" {
@@ -645,7 +672,7 @@ func TestSpoofTraffic(t *testing.T) {
 						t.Errorf("rule %q counted %d drops, want at least %d", rule, got, n)
 					}
 				}
-				t.Logf("drop counters of the attacker's chain: %v", after)
+				t.Logf("drop counters of the filter: %v", after)
 			}
 		}
 		round(true)
@@ -993,4 +1020,50 @@ func checksum(b []byte) uint16 {
 		sum = sum>>16 + sum&0xffff
 	}
 	return ^uint16(sum)
+}
+
+// TestSpoofUpgrade: a table of the previous layout (a verdict map jumping
+// to a chain per endpoint) is replaced by the current one on the first
+// ensure, in one batch.
+func TestSpoofUpgrade(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		ep := spoofEndpoint(n, eid1, "02:00:00:00:00:01", "10.1.0.2")
+		o := d.spoofObjects()
+		c, err := nftables.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.AddTable(o.table)
+		c.AddChain(o.base)
+		old := &nftables.Chain{Name: "ep_" + eid1[:12], Table: o.table}
+		c.AddChain(old)
+		c.AddRule(&nftables.Rule{Table: o.table, Chain: old, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}})
+		vmap := &nftables.Set{Table: o.table, Name: setPorts, IsMap: true, KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict}
+		if err := c.AddSet(vmap, []nftables.SetElement{{Key: spoofIfnameKey(ep.HostVeth), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: old.Name}}}); err != nil {
+			t.Fatal(err)
+		}
+		c.AddRule(&nftables.Rule{Table: o.table, Chain: o.base, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: vmap.Name, SetID: vmap.ID},
+		}})
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.EnsureSpoofCheck(ep); err != nil {
+			t.Fatal(err)
+		}
+		got := nftDump(t, d.SpoofTable())
+		for _, want := range []string{"mynet anti-spoofing v" + spoofVersion, fmt.Sprintf("element %q . 10.1.0.2", ep.HostVeth)} {
+			if !strings.Contains(got, want) {
+				t.Errorf("after the upgrade the table lacks %q:\n%s", want, got)
+			}
+		}
+		if strings.Contains(got, "ep_") {
+			t.Errorf("the old layout survived the upgrade:\n%s", got)
+		}
+		if err := d.RemoveSpoofOrphans(nil); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

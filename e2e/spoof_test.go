@@ -78,7 +78,7 @@ func spoofScenario(t *testing.T, s *scenario, n string, protected bool) {
 		br = "mn-" + netID[:12]
 		victimPort = "mnv" + s.endpointID(victim, n)[:12]
 		if protected {
-			s.expectSpoofChains(n, victim, observer, raw, admin)
+			s.expectSpoofElements(n, victim, observer, raw, admin)
 		}
 	}
 
@@ -173,8 +173,8 @@ func spoofScenario(t *testing.T, s *scenario, n string, protected bool) {
 	after("the victim's MAC", "")
 
 	if protected {
-		// Removing the containers removes their rules, and the table with
-		// the last of them.
+		// Removing the containers removes their elements, and removing the
+		// network the table.
 		s.removeAll()
 		if env.plugin != nil {
 			s.expectNoSpoofTable()
@@ -271,11 +271,11 @@ func spoofTable() string {
 	return "mynet_" + hex.EncodeToString(sum[:3])
 }
 
-// expectSpoofChains fails early, with a clear message, when the plugin has
-// not installed a filter chain for each container's endpoint. It needs the
+// expectSpoofElements fails early, with a clear message, when the plugin
+// has not put each container's host veth under the filter. It needs the
 // nft binary, which mynet itself does not; without it the traffic checks
 // alone decide.
-func (s *scenario) expectSpoofChains(network string, containers ...string) {
+func (s *scenario) expectSpoofElements(network string, containers ...string) {
 	s.t.Helper()
 	if _, err := exec.LookPath("nft"); err != nil {
 		return
@@ -285,14 +285,14 @@ func (s *scenario) expectSpoofChains(network string, containers ...string) {
 		s.t.Fatalf("the plugin has no anti-spoofing table (is EnsureSpoofCheck wired into EnsureEndpoint?): %v", err)
 	}
 	for _, c := range containers {
-		if id := s.endpointID(c, network); !strings.Contains(out, "chain ep_"+id[:12]) {
-			s.t.Errorf("no anti-spoofing chain ep_%s for %s in:\n%s", id[:12], c, out)
+		if id := s.endpointID(c, network); !strings.Contains(out, `"mnv`+id[:12]+`"`) {
+			s.t.Errorf("the host veth mnv%s of %s is not under the anti-spoofing filter:\n%s", id[:12], c, out)
 		}
 	}
 }
 
 // expectNoSpoofTable waits for the plugin to drop its table once the last
-// endpoint is gone.
+// endpoint and network are gone.
 func (s *scenario) expectNoSpoofTable() {
 	s.t.Helper()
 	if _, err := exec.LookPath("nft"); err != nil {
@@ -305,7 +305,7 @@ func (s *scenario) expectNoSpoofTable() {
 			return
 		}
 		if time.Now().After(deadline) {
-			s.t.Errorf("the anti-spoofing table outlived the last endpoint by %v:\n%s", leakGrace, out)
+			s.t.Errorf("the anti-spoofing table outlived the last network by %v:\n%s", leakGrace, out)
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
