@@ -43,7 +43,7 @@ import (
 
 type config struct {
 	mynetBin, netbenchBin, out, image, dockerLock, workDir string
-	pprofDir                                               string
+	pprofDir, dpCPU                                        string
 	phases                                                 map[string]bool
 	trials, netTrials, parallel, parallelTrials            int
 	apiCycles                                              int
@@ -78,6 +78,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.ports, "ports", 20, "phase 6: published ports (one per endpoint)")
 	fs.DurationVar(&c.dpDuration, "dp-duration", 5*time.Second, "phase 7: length of each throughput and latency test")
 	fs.IntVar(&c.dpTrials, "dp-trials", 3, "phase 7: trials per driver and test")
+	fs.StringVar(&c.dpCPU, "dp-cpu", strconv.Itoa(runtime.NumCPU()-1), "phase 7: the CPU (docker --cpuset-cpus) both netbench containers run on; \"none\" leaves placement to the scheduler")
 	fs.StringVar(&c.gobenchTime, "gobench-time", "1s", "go phase: -benchtime")
 	fs.StringVar(&c.pprofDir, "pprof", "", "phase 4: run the namespace instance with --pprof and save its CPU, goroutine, mutex and block profiles of each concurrency level in this directory")
 	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (plugin logs, state) after the run")

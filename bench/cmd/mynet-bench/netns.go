@@ -102,7 +102,8 @@ type ruleCount struct {
 	IPv6      int `json:"ipv6_rules"`
 	Total     int `json:"total"` // iptables + ip6tables, what target 6 is about
 	// The anti-spoofing filter lives in nftables bridge tables named
-	// mynet*, outside iptables; it has a chain per endpoint by design.
+	// mynet*, outside iptables: fixed rules, and set elements per
+	// endpoint.
 	NftChains int `json:"nft_bridge_chains"`
 	NftRules  int `json:"nft_bridge_rules"`
 }
