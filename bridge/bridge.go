@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -120,6 +121,8 @@ type Dataplane struct {
 	janitorDone chan struct{}
 	nft         *nftSockets // the anti-spoofing table's sockets (spoof.go)
 	reaper      *reaper     // veths waiting for deletion (reap.go)
+	forgetMu    sync.Mutex
+	forgetQueue []forgetItem // addresses waiting for forgetQueued
 	// packetFD sends gratuitous ARPs; -1 when it could not be opened
 	// (no CAP_NET_RAW), and then there are none.
 	packetFD int
@@ -416,7 +419,7 @@ func (d *Dataplane) RemovePorts(ctx context.Context, ep Endpoint, ports []PortMa
 		}
 		d.later(func(h *netlink.Handle) {
 			for p := uint32(m.HostPort); p <= uint32(max(m.HostPortEnd, m.HostPort)); p++ {
-				d.flushConntrack(h, m.ContainerIP, uint16(p))
+				d.flushConntrack(h, []netip.Addr{m.ContainerIP}, uint16(p))
 			}
 		})
 	}

@@ -13,16 +13,50 @@ import (
 // not inherit flows) and the host's neighbour entries on the bridge (so the
 // host does not keep sending to the previous owner's MAC). Best effort:
 // failures are logged, never returned.
+//
+// A conntrack flush walks the whole table, so the janitor does it for every
+// address queued meanwhile at once: one dump per family with a filter per
+// address, instead of one dump per container when containers come and go
+// in bulk.
 func (d *Dataplane) forgetAddresses(ep Endpoint) {
 	if len(ep.Addresses) == 0 {
 		return
 	}
-	d.later(func(h *netlink.Handle) {
-		for _, a := range ep.Addresses {
-			d.flushConntrack(h, a, 0)
-			d.forgetNeighbour(h, ep.Bridge, a)
+	d.forgetMu.Lock()
+	for _, a := range ep.Addresses {
+		d.forgetQueue = append(d.forgetQueue, forgetItem{bridge: ep.Bridge, addr: a})
+	}
+	d.forgetMu.Unlock()
+	d.later(d.forgetQueued)
+}
+
+type forgetItem struct {
+	bridge string
+	addr   netip.Addr
+}
+
+// forgetQueued flushes what forgetAddresses queued.
+func (d *Dataplane) forgetQueued(h *netlink.Handle) {
+	d.forgetMu.Lock()
+	items := d.forgetQueue
+	d.forgetQueue = nil
+	d.forgetMu.Unlock()
+	if len(items) == 0 {
+		return
+	}
+	var v4, v6 []netip.Addr
+	for _, it := range items {
+		if it.addr.Is4() {
+			v4 = append(v4, it.addr)
+		} else {
+			v6 = append(v6, it.addr)
 		}
-	})
+	}
+	d.flushConntrack(h, v4, 0)
+	d.flushConntrack(h, v6, 0)
+	for _, it := range items {
+		d.forgetNeighbour(h, it.bridge, it.addr)
+	}
 }
 
 // announceAddresses tells the bridge's neighbours a new endpoint's MAC for
@@ -40,13 +74,17 @@ func (d *Dataplane) announceAddresses(ep Endpoint, bridgeIndex int) {
 }
 
 // flushConntrack deletes entries whose original source or reply source is
-// addr (the reply source is the container for connections DNATed to it).
-// With hostPort set it deletes only UDP entries DNATed to addr from that
-// published port.
-// Equivalent to: conntrack -D -s ADDR; conntrack -D -r ADDR [-p udp --dport PORT].
-func (d *Dataplane) flushConntrack(h *netlink.Handle, addr netip.Addr, hostPort uint16) {
+// one of addrs, all of one family (the reply source is the container for
+// connections DNATed to it). With hostPort set it deletes only UDP entries
+// DNATed to the addresses from that published port.
+// Equivalent to: conntrack -D -s ADDR; conntrack -D -r ADDR [-p udp --dport PORT],
+// for each address, in one pass over the table.
+func (d *Dataplane) flushConntrack(h *netlink.Handle, addrs []netip.Addr, hostPort uint16) {
+	if len(addrs) == 0 {
+		return
+	}
 	family := netlink.InetFamily(unix.AF_INET)
-	if addr.Is6() {
+	if addrs[0].Is6() {
 		family = unix.AF_INET6
 	}
 	kinds := []netlink.ConntrackFilterType{netlink.ConntrackOrigSrcIP, netlink.ConntrackReplySrcIP}
@@ -54,25 +92,27 @@ func (d *Dataplane) flushConntrack(h *netlink.Handle, addr netip.Addr, hostPort 
 		kinds = kinds[1:]
 	}
 	var filters []netlink.CustomConntrackFilter
-	for _, kind := range kinds {
-		f := &netlink.ConntrackFilter{}
-		err := f.AddIP(kind, addr.AsSlice())
-		if err == nil && hostPort != 0 {
-			err = errors.Join(f.AddProtocol(unix.IPPROTO_UDP), f.AddPort(netlink.ConntrackOrigDstPort, hostPort))
+	for _, addr := range addrs {
+		for _, kind := range kinds {
+			f := &netlink.ConntrackFilter{}
+			err := f.AddIP(kind, addr.AsSlice())
+			if err == nil && hostPort != 0 {
+				err = errors.Join(f.AddProtocol(unix.IPPROTO_UDP), f.AddPort(netlink.ConntrackOrigDstPort, hostPort))
+			}
+			if err != nil {
+				d.log.Debug("conntrack filter", "address", addr, "err", err)
+				continue
+			}
+			filters = append(filters, f)
 		}
-		if err != nil {
-			d.log.Debug("conntrack filter", "address", addr, "err", err)
-			continue
-		}
-		filters = append(filters, f)
 	}
 	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...)
 	if err != nil {
-		d.log.Debug("conntrack flush failed", "address", addr, "err", err)
+		d.log.Debug("conntrack flush failed", "addresses", addrs, "err", err)
 		return
 	}
 	if n > 0 {
-		d.log.Debug("conntrack entries flushed", "address", addr, "host_port", hostPort, "count", n)
+		d.log.Debug("conntrack entries flushed", "addresses", addrs, "host_port", hostPort, "count", n)
 	}
 }
 
