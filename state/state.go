@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -129,11 +130,31 @@ type Snapshot struct {
 	Pools     []Pool
 }
 
-// Store is the bbolt-backed state.
+// Store is the bbolt-backed state. Its methods are safe for concurrent use.
+//
+// Writes go through one committer goroutine that commits whatever
+// accumulated while the previous commit was syncing in a single
+// transaction: alone, a write costs the same two fsyncs as before; when
+// the engine starts 50 containers at once, their writes share them.
+// Unlike bolt.DB.Batch there is no delay to wait for company.
 type Store struct {
 	db   *bolt.DB
 	path string
+
+	mu      sync.RWMutex // closed, and sends on writes
+	closed  bool
+	writes  chan *write
+	stopped chan struct{}
 }
+
+type write struct {
+	fn   func(*bolt.Tx) error
+	done chan error
+}
+
+// maxGroup bounds one transaction, so that a burst does not make the first
+// writer wait for a very long commit.
+const maxGroup = 64
 
 // Open opens (creating if needed) the database in dir. It fails fast when
 // another process holds the file, and refuses a file of another schema
@@ -150,12 +171,63 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w; if the file is damaged, see \"Recovering the state\" in the README", path, err)
 	}
-	s := &Store{db: db, path: path}
+	s := &Store{db: db, path: path, writes: make(chan *write), stopped: make(chan struct{})}
 	if err := s.init(); err != nil {
 		db.Close()
 		return nil, err
 	}
+	go s.committer()
 	return s, nil
+}
+
+// committer runs the writes, in the order they arrived, grouping those
+// that are waiting.
+func (s *Store) committer() {
+	defer close(s.stopped)
+	for w := range s.writes {
+		group := []*write{w}
+	more:
+		for len(group) < maxGroup {
+			select {
+			case w, ok := <-s.writes:
+				if !ok {
+					break more
+				}
+				group = append(group, w)
+			default:
+				break more
+			}
+		}
+		s.commit(group)
+	}
+}
+
+// commit runs a group in one transaction. If one write fails, the
+// transaction is rolled back and each write runs again in a transaction of
+// its own, so that only the failing one fails; writes are pure functions
+// of the transaction, so running one again is safe.
+func (s *Store) commit(group []*write) {
+	if len(group) > 1 {
+		failed := false
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, w := range group {
+				if err := w.fn(tx); err != nil {
+					failed = true
+					return err
+				}
+			}
+			return nil
+		})
+		if !failed {
+			for _, w := range group {
+				w.done <- err // nil, or the commit's own failure for all
+			}
+			return
+		}
+	}
+	for _, w := range group {
+		w.done <- s.db.Update(w.fn)
+	}
 }
 
 func (s *Store) init() error {
@@ -188,8 +260,20 @@ func (s *Store) init() error {
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
 
-// Close releases the file lock.
-func (s *Store) Close() error { return s.db.Close() }
+// Close waits for the writes in flight and releases the file lock.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.writes)
+	}
+	s.mu.Unlock()
+	<-s.stopped
+	return s.db.Close()
+}
+
+// ErrClosed is returned by writes after Close.
+var ErrClosed = errors.New("state store is closed")
 
 // Load reads everything.
 func (s *Store) Load() (Snapshot, error) {
@@ -320,7 +404,15 @@ func (s *Store) RemoveAddress(poolID, addr string) error {
 }
 
 func (s *Store) update(what string, fn func(*bolt.Tx) error) error {
-	if err := s.db.Update(fn); err != nil {
+	w := &write{fn: fn, done: make(chan error, 1)}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return fmt.Errorf("%s in state %s: %w", what, s.path, ErrClosed)
+	}
+	s.writes <- w
+	s.mu.RUnlock()
+	if err := <-w.done; err != nil {
 		return fmt.Errorf("%s in state %s: %w", what, s.path, err)
 	}
 	return nil

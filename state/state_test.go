@@ -2,9 +2,11 @@ package state
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -121,5 +123,56 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestConcurrentWrites: writes from many goroutines at once are grouped
+// into shared transactions, yet each is committed, in order per caller,
+// and a write that fails fails alone.
+func TestConcurrentWrites(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, s.PutPool(Pool{ID: "10.0.0.0/16", Pool: "10.0.0.0/16"}))
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 100 {
+		wg.Go(func() {
+			addr := fmt.Sprintf("10.0.%d.%d", i/250, i%250+1)
+			errs <- s.AddAddress("10.0.0.0/16", addr, "", "")
+			if i%2 == 0 {
+				errs <- s.RemoveAddress("10.0.0.0/16", addr)
+			}
+			if i%10 == 0 { // fails: no such pool
+				if err := s.AddAddress("10.9.0.0/16", addr, "", ""); err == nil {
+					errs <- fmt.Errorf("address in a missing pool saved")
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	must(t, s.Close())
+	if err := s.PutPool(Pool{ID: "x", Pool: "10.1.0.0/16"}); !errors.Is(err, ErrClosed) {
+		t.Errorf("write after Close = %v, want ErrClosed", err)
+	}
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	snap, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Pools) != 1 || len(snap.Pools[0].Addrs) != 50 {
+		t.Fatalf("after 100 adds and 50 removes: %d pools, %d addresses", len(snap.Pools), len(snap.Pools[0].Addrs))
 	}
 }
