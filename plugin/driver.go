@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -87,7 +86,7 @@ type Config struct {
 //   - opMu: endpoint operations share it; network operations, ports,
 //     the reconcile and Restore hold it alone. Work on the kernel and the
 //     store happens under it, never under mapMu.
-//   - epLocks: one stripe per endpoint ID hash, so that a retried or
+//   - epLocks: one per endpoint ID in use, so that a retried or
 //     out-of-order request for one endpoint waits for the one in flight.
 //   - mapMu: guards the networks and endpoints maps and the records they
 //     point to, and is held only to read or change them. Join needs only
@@ -101,7 +100,7 @@ type Driver struct {
 	log *slog.Logger
 
 	opMu    sync.RWMutex
-	epLocks [64]sync.Mutex
+	epLocks keyedLocks
 	mapMu   sync.RWMutex
 	ipamMu  sync.Mutex // guards pools
 
@@ -117,11 +116,41 @@ type Driver struct {
 	pools    map[string]*poolEntry // by pool ID
 }
 
-// epLock returns the stripe of endpoint id's lock.
-func (d *Driver) epLock(id string) *sync.Mutex {
-	h := fnv.New32a()
-	h.Write([]byte(id))
-	return &d.epLocks[h.Sum32()%uint32(len(d.epLocks))]
+// keyedLocks are mutexes by key, which exist while someone holds or waits
+// for them. Striping by hash made two unrelated endpoints wait for each
+// other whenever their IDs collided, which at concurrency 64 was often.
+type keyedLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	refs int // holders and waiters; under keyedLocks.mu
+}
+
+// lock locks key's mutex and returns its unlock.
+func (k *keyedLocks) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyedLock{}
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.m[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
 }
 
 // lookup returns an endpoint and its network under mapMu.
@@ -142,10 +171,16 @@ type poolEntry struct {
 	// were allocated for, so a retried RequestAddress gets the same answer.
 	owners  map[netip.Addr]string
 	byOwner map[string]netip.Addr
+	// busy holds the addresses whose allocation or release is being
+	// written to the store, outside ipamMu; the channel closes when the
+	// write is done. Another request for the same address waits for it,
+	// so the store sees the changes of one address in the order they were
+	// made.
+	busy map[netip.Addr]chan struct{}
 }
 
 func newPoolEntry(rec state.Pool, p *ipam.Pool) *poolEntry {
-	return &poolEntry{rec: rec, pool: p, owners: map[netip.Addr]string{}, byOwner: map[string]netip.Addr{}}
+	return &poolEntry{rec: rec, pool: p, owners: map[netip.Addr]string{}, byOwner: map[string]netip.Addr{}, busy: map[netip.Addr]chan struct{}{}}
 }
 
 func (p *poolEntry) setOwner(a netip.Addr, owner string) {

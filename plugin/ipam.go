@@ -171,10 +171,17 @@ func (d *Driver) ReleasePool(_ context.Context, req *ipamapi.ReleasePoolRequest)
 
 // RequestAddress hands out the gateway (the requested one or the first
 // usable address), a specific address (--ip, --aux-address), or the next
-// free one.
+// free one. The address is taken under ipamMu and written to the store
+// after it is released, so that requests share fsyncs instead of queueing
+// for them (see state.Store).
 func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error) {
 	d.ipamMu.Lock()
-	defer d.ipamMu.Unlock()
+	locked := true
+	defer func() {
+		if locked {
+			d.ipamMu.Unlock()
+		}
+	}()
 	p, ok := d.pools[req.PoolID]
 	if !ok {
 		return nil, badRequestf("pool %q is not held by mynet's IPAM", req.PoolID)
@@ -183,8 +190,14 @@ func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRe
 	owner := macOption(req.Options)
 	var addr netip.Addr
 	var err error
-	if prev, ok := p.byOwner[owner]; ok && owner != "" && (req.Address == "" || req.Address == prev.String()) {
-		return addressResponse(p, prev), nil // a retry for the same endpoint
+	for {
+		prev, ok := p.byOwner[owner]
+		if !ok || owner == "" || (req.Address != "" && req.Address != prev.String()) {
+			break
+		}
+		if !d.waitAddress(p, prev) {
+			return addressResponse(p, prev), nil // a retry for the same endpoint
+		}
 	}
 	switch {
 	case req.Address != "":
@@ -192,6 +205,8 @@ func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRe
 			return nil, badRequestf("address %q: %v", req.Address, err)
 		}
 		addr = addr.Unmap()
+		for d.waitAddress(p, addr) {
+		}
 		if gateway && p.rec.Gateway == addr.String() {
 			return addressResponse(p, addr), nil // a retry
 		}
@@ -212,15 +227,54 @@ func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRe
 			return nil, err
 		}
 	}
-	if err := d.persistAddress(p, addr, owner, gateway, req.Address == "" && !gateway); err != nil {
-		p.pool.Release(addr)
-		return nil, err
+	if gateway {
+		// Once per network: simply under the lock.
+		if err := d.persistAddress(p, addr, owner, true, false); err != nil {
+			p.pool.Release(addr)
+			return nil, err
+		}
+		p.setOwner(addr, owner)
+	} else {
+		p.setOwner(addr, owner)
+		done := make(chan struct{})
+		p.busy[addr] = done
+		d.ipamMu.Unlock()
+		locked = false
+		err = d.cfg.Store.AddAddress(p.rec.ID, addr.String(), owner, cond(req.Address == "", addr.String(), ""))
+		d.ipamMu.Lock()
+		locked = true
+		delete(p.busy, addr)
+		close(done)
+		if err != nil {
+			p.release(addr)
+			return nil, err
+		}
 	}
-	p.setOwner(addr, owner)
 	if err := failpoint.Inject("ipam.address.committed"); err != nil {
 		return nil, err
 	}
 	return addressResponse(p, addr), nil
+}
+
+// waitAddress waits, releasing ipamMu meanwhile, until no store write of
+// addr is in flight; it reports whether it had to wait, after which the
+// caller must look again at what it checked.
+func (d *Driver) waitAddress(p *poolEntry, addr netip.Addr) bool {
+	done, ok := p.busy[addr]
+	if !ok {
+		return false
+	}
+	d.ipamMu.Unlock()
+	<-done
+	d.ipamMu.Lock()
+	return true
+}
+
+func cond[T any](c bool, a, b T) T {
+	if c {
+		return a
+	}
+	return b
 }
 
 // macOption is the endpoint MAC the engine sends with RequestAddress, in
@@ -253,7 +307,9 @@ func addressResponse(p *poolEntry, a netip.Addr) *ipamapi.RequestAddressResponse
 	return &ipamapi.RequestAddressResponse{Address: netip.PrefixFrom(a, p.pool.Prefix().Bits()).String(), Data: map[string]string{}}
 }
 
-// ReleaseAddress frees an address; unknown pools and free addresses succeed.
+// ReleaseAddress frees an address; unknown pools and free addresses
+// succeed. The address stays taken until the store has forgotten it, so it
+// cannot be handed out again before.
 func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRequest) (*empty, error) {
 	addr, err := netip.ParseAddr(req.Address)
 	if err != nil {
@@ -267,6 +323,8 @@ func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRe
 		return nil, nil
 	}
 	addr = addr.Unmap()
+	for d.waitAddress(p, addr) {
+	}
 	if p.rec.Gateway == addr.String() {
 		rec := p.rec
 		rec.Gateway = ""
@@ -275,7 +333,14 @@ func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRe
 		}
 		p.rec = rec
 	}
-	if err := d.cfg.Store.RemoveAddress(p.rec.ID, addr.String()); err != nil {
+	done := make(chan struct{})
+	p.busy[addr] = done
+	d.ipamMu.Unlock()
+	err = d.cfg.Store.RemoveAddress(p.rec.ID, addr.String())
+	d.ipamMu.Lock()
+	delete(p.busy, addr)
+	close(done)
+	if err != nil {
 		return nil, err
 	}
 	p.release(addr)

@@ -193,9 +193,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	}
 	d.opMu.RLock()
 	defer d.opMu.RUnlock()
-	lock := d.epLock(req.EndpointID)
-	lock.Lock()
-	defer lock.Unlock()
+	defer d.epLocks.lock(req.EndpointID)()
 
 	d.mapMu.Lock()
 	n, ok := d.networks[req.NetworkID]
@@ -327,9 +325,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	}
 	d.opMu.RLock()
 	defer d.opMu.RUnlock()
-	lock := d.epLock(req.EndpointID)
-	lock.Lock()
-	defer lock.Unlock()
+	defer d.epLocks.lock(req.EndpointID)()
 	ep, n := d.lookup(req.EndpointID)
 	if ep == nil {
 		d.log.Debug("delete of unknown endpoint", "endpoint_id", netutil.Short(req.EndpointID))
