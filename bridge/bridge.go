@@ -214,7 +214,7 @@ func (d *Dataplane) Close() {
 // Sync waits until the cleanups queued so far have run.
 func (d *Dataplane) Sync() {
 	done := make(chan struct{})
-	d.later(func(*netlink.Handle) { close(done) })
+	d.janitor <- func(*netlink.Handle) { close(done) } // behind them, even when the queue is full
 	<-done
 }
 

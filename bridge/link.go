@@ -112,7 +112,16 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 		// active queue either way.
 		attrs.NumTxQueues, attrs.NumRxQueues = 1, 1
 		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: ep.ContainerVeth, PeerHardwareAddr: ep.MAC, PeerNumTxQueues: 1, PeerNumRxQueues: 1}
-		if err := d.nl.LinkAdd(veth); err != nil && !errors.Is(err, unix.EEXIST) {
+		err := d.nl.LinkAdd(veth)
+		if errors.Is(err, unix.EXFULL) {
+			// The bridge has no free port number ("exchange full", the
+			// kernel's 1024 ports): veths of deleted endpoints may still
+			// hold theirs while they wait for the janitor (reap.go).
+			// Delete them now and try again.
+			d.Sync()
+			err = d.nl.LinkAdd(veth)
+		}
+		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return false, 0, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)
 		}
 		created = true

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -53,29 +54,32 @@ func (p *profiler) fetch(ctx context.Context, path, name string) error {
 	return f.Close()
 }
 
-// during profiles a phase-4 run at one concurrency: a CPU profile and a
-// goroutine dump taken while it runs (started after a second, so the run
-// is under way), then the mutex and block profiles, cumulative since the
-// daemon started, once it is over (call the returned func then).
+// during profiles a phase-4 run at one concurrency: a goroutine dump a
+// moment after it starts and a CPU profile of its first two seconds (give
+// -api-cycles enough for the run to last that long: at concurrency 64 this
+// VM completes about 400 cycles a second), then the mutex and block
+// profiles, cumulative since the daemon started, once it is over (call the
+// returned func then).
 func (p *profiler) during(ctx context.Context, label string) (done func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := p.fetch(ctx, "profile?seconds=2", label+"-cpu.pprof"); err != nil && ctx.Err() == nil {
+			logf("pprof: %v", err)
+		}
+	})
+	wg.Go(func() {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Second):
+		case <-time.After(200 * time.Millisecond):
 		}
 		if err := p.fetch(ctx, "goroutine?debug=1", label+"-goroutines.txt"); err != nil && ctx.Err() == nil {
 			logf("pprof: %v", err)
 		}
-		if err := p.fetch(ctx, "profile?seconds=3", label+"-cpu.pprof"); err != nil && ctx.Err() == nil {
-			logf("pprof: %v", err)
-		}
-	}()
+	})
 	return func() {
-		<-finished
+		wg.Wait()
 		cancel()
 		for _, prof := range []string{"mutex", "block"} {
 			if err := p.fetch(context.Background(), prof, label+"-"+prof+".pprof"); err != nil {

@@ -75,7 +75,7 @@ func (b *bench) targets() []target {
 	v5 := nan
 	m5 := ""
 	firstN, lastN := 10, maxEndpoints
-	if r.Scaling != nil && len(r.Scaling.Points) > 1 {
+	if r.Scaling != nil && len(r.Scaling.Points) > 1 && r.Scaling.LastN > 0 { // LastN: the phase finished
 		v5 = float64(r.Scaling.Ratio)
 		firstN, lastN = r.Scaling.FirstN, r.Scaling.LastN
 		m5 = fmt.Sprintf("%.3fx", v5)
@@ -221,8 +221,8 @@ func (b *bench) printTable(w io.Writer) {
 		}
 		tw.Flush()
 		for _, lp := range r.Scaling.Probes {
-			fmt.Fprintf(w, "   lock probe, %d endpoints: Join every 20 ms for %.0f s after a change: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
-				lp.N, lp.Seconds, float64(lp.Join.P50), float64(lp.Join.P99), float64(lp.Join.Max))
+			fmt.Fprintf(w, "   lock probe, %d endpoints: an endpoint call every 20 ms for %.0f s after a change: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+				lp.N, lp.Seconds, float64(lp.Call.P50), float64(lp.Call.P99), float64(lp.Call.Max))
 		}
 	}
 	if len(r.Rules) > 0 {
