@@ -73,7 +73,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.apiCycles, "api-cycles", 256, "phase 4: endpoint cycles per concurrency level")
 	conc := fs.String("api-concurrency", "1,64", "phase 4: concurrency levels")
 	points := fs.String("scale-points", "10,100,500,1000", "phase 5: endpoint counts N at which the Nth cycle is measured (at most 1000, mynet's limit per network)")
-	fs.IntVar(&c.scaleCycles, "scale-cycles", 25, "phase 5: cycles measured at each point")
+	fs.IntVar(&c.scaleCycles, "scale-cycles", 100, "phase 5: cycles measured at each point (a cycle takes about 5 ms; fewer make the median noisy)")
 	fs.DurationVar(&c.lockProbe, "lock-probe", 11*time.Second, "phase 5: after a change, make an endpoint call every 20 ms for this long at the smallest and largest N, to see background work holding endpoint calls up (two reconcile intervals by default; 0: skip)")
 	fs.IntVar(&c.ports, "ports", 20, "phase 6: published ports (one per endpoint)")
 	fs.DurationVar(&c.dpDuration, "dp-duration", 5*time.Second, "phase 7: length of each throughput and latency test")
