@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os/exec"
 	"slices"
 	"strings"
@@ -36,7 +37,11 @@ func (d *Dataplane) Fingerprint() (string, error) {
 		if _, _, ok := d.parseTag(a.Alias); !ok {
 			continue
 		}
-		fmt.Fprintf(h, "%s %s %d %d %v\n", a.Name, a.Alias, a.MTU, a.MasterIndex, a.Flags)
+		// Without the carrier (FlagRunning): it comes up when the engine
+		// plugs the other end into a container, which is not a change to
+		// repair, and a pass that saw it down would take the next one for
+		// outside damage.
+		fmt.Fprintf(h, "%s %s %d %d %v\n", a.Name, a.Alias, a.MTU, a.MasterIndex, a.Flags&^net.FlagRunning)
 		var own []string
 		for _, ad := range addrs {
 			if ad.LinkIndex == a.Index && !ad.IP.IsLinkLocalUnicast() {

@@ -39,7 +39,7 @@ package bridge
 //
 // The rules are the same for every endpoint and never change; an endpoint
 // is only set elements keyed by its veth's name. So the ruleset does not
-// grow with endpoints (20 rules for any number), a frame costs the same few
+// grow with endpoints (21 rules for any number), a frame costs the same few
 // hash lookups whatever the number of endpoints, and adding or removing an
 // endpoint adds or deletes a handful of elements in one atomic batch. An
 // earlier layout, a verdict map jumping to a chain per endpoint, made the
