@@ -269,11 +269,10 @@ func (b *bench) dataPlane(ctx context.Context, sides []side, label string) error
 	}
 	clients := 0
 	client := func(s side, mode string) (map[string]float64, error) {
-		// Removed by the harness rather than with --rm: the daemon's
-		// asynchronous autoremove, racing the next network operation, is
-		// the likeliest trigger of dockerd's leaked endpoint count ("has
-		// active endpoints" with no container attached, moby/moby#42119),
-		// which this phase met once on each driver.
+		// Removed by the harness rather than with --rm, so that the phase
+		// ends with no removal still running in the daemon. (dockerd's
+		// leaked endpoint count, "has active endpoints" with no container
+		// attached, moby/moby#42119, happened here with either way.)
 		clients++
 		name := fmt.Sprintf("mnbench-%s-cli-%d", b.runID, clients)
 		args := append(append([]string{"run", "--name", name, "--label", label, "--net", s.network}, pin...), img,
