@@ -439,6 +439,22 @@ func (d *Dataplane) EndpointExists(ep Endpoint) (bool, error) {
 	return l.Attrs().Alias == d.tag("ep", ep.ID), nil
 }
 
+// LiveEndpoints returns the IDs of the endpoints whose host veth exists
+// with this instance's tag, from one link dump.
+func (d *Dataplane) LiveEndpoints() (map[string]bool, error) {
+	links, err := d.linkList()
+	if err != nil {
+		return nil, err
+	}
+	live := map[string]bool{}
+	for _, l := range links {
+		if kind, id, ok := d.parseTag(l.Attrs().Alias); ok && kind == "ep" {
+			live[id] = true
+		}
+	}
+	return live, nil
+}
+
 // RemoveOrphans deletes links and rules tagged with this instance whose
 // network or endpoint is not in keep: leftovers of a crash, or of deletes
 // the engine never sent. Objects of other instances are not touched.

@@ -245,6 +245,9 @@ func TestEndpointLifecycle(t *testing.T) {
 		if ok, err := d.EndpointExists(ep); !ok || err != nil {
 			t.Fatalf("EndpointExists = %v, %v", ok, err)
 		}
+		if live, err := d.LiveEndpoints(); err != nil || len(live) != 1 || !live[ep.ID] {
+			t.Fatalf("LiveEndpoints = %v, %v; want only %s", live, err, ep.ID)
+		}
 		for range 2 {
 			if err := d.DeleteEndpoint(ctx, ep); err != nil {
 				t.Fatal(err)
@@ -256,6 +259,9 @@ func TestEndpointLifecycle(t *testing.T) {
 		}
 		if ok, _ := d.EndpointExists(ep); ok {
 			t.Fatal("EndpointExists after delete")
+		}
+		if live, _ := d.LiveEndpoints(); len(live) != 0 {
+			t.Fatalf("LiveEndpoints after delete = %v", live)
 		}
 		if err := d.DeleteNetwork(ctx, n); err != nil {
 			t.Fatal(err)

@@ -111,6 +111,8 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 		// on the host. The data path is the same: a veth gets one
 		// active queue either way.
 		attrs.NumTxQueues, attrs.NumRxQueues = 1, 1
+		// Up from the start: one request less under the RTNL lock.
+		attrs.Flags = net.FlagUp
 		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: ep.ContainerVeth, PeerHardwareAddr: ep.MAC, PeerNumTxQueues: 1, PeerNumRxQueues: 1}
 		err := d.nl.LinkAdd(veth)
 		if errors.Is(err, unix.EXFULL) {

@@ -33,8 +33,11 @@ type Dataplane interface {
 	DeleteNetwork(context.Context, bridge.Network) error
 	EnsureEndpoint(context.Context, bridge.Endpoint) error
 	DeleteEndpoint(context.Context, bridge.Endpoint) error
-	// EndpointExists reports whether an endpoint's host veth is present.
+	// EndpointExists reports whether an endpoint's host veth is present;
+	// LiveEndpoints returns the IDs of all endpoints whose veth is, from
+	// one listing of the links.
 	EndpointExists(bridge.Endpoint) (bool, error)
+	LiveEndpoints() (map[string]bool, error)
 	// RemoveOrphans deletes tagged objects whose IDs are not in the sets.
 	RemoveOrphans(ctx context.Context, networks, endpoints map[string]bool) error
 	// Fingerprint and SpoofFingerprint summarise mynet's links and rules,

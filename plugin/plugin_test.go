@@ -87,6 +87,16 @@ func (f *fakeDataplane) EndpointExists(e bridge.Endpoint) (bool, error) {
 	return ok, nil
 }
 
+func (f *fakeDataplane) LiveEndpoints() (map[string]bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	live := map[string]bool{}
+	for id := range f.endpoints {
+		live[id] = true
+	}
+	return live, nil
+}
+
 func (f *fakeDataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
