@@ -117,6 +117,9 @@ type Driver struct {
 	// that concurrent creates cannot overshoot MaxEndpoints; under mapMu.
 	creating map[string]int
 	pools    map[string]*poolEntry // by pool ID
+	// engineActivated tells when the engine last (re)started talking to
+	// mynet; see ProgramExternalConnectivity.
+	engineActivated func() time.Time
 }
 
 // keyedLocks are mutexes by key, which exist while someone holds or waits
@@ -212,7 +215,7 @@ func NewDriver(cfg Config) *Driver {
 		cfg.MaxEndpoints = 1000
 	}
 	return &Driver{
-		cfg: cfg, log: cfg.Log,
+		cfg: cfg, log: cfg.Log, engineActivated: func() time.Time { return time.Time{} },
 		networks:  map[string]*state.Network{},
 		endpoints: map[string]*state.Endpoint{},
 		creating:  map[string]int{},
@@ -222,6 +225,7 @@ func NewDriver(cfg Config) *Driver {
 
 // Register adds every protocol method to the router.
 func (d *Driver) Register(r *Router) {
+	d.engineActivated = r.Activated
 	d.registerNetworkDriver(r)
 	d.registerIPAM(r)
 	handle(r, "Mynet.State", func(context.Context, *empty) (*Dump, error) { return d.Dump(), nil })

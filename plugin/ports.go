@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 
@@ -44,45 +46,87 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *network.P
 	if err != nil {
 		return nil, err
 	}
+	// When dockerd comes back after a crash it kills the old containers
+	// and starts them again at once; the old endpoint's veth goes only
+	// when the kernel has dismantled the old container's namespace, which
+	// can take seconds, and the engine never deletes that endpoint. So a
+	// port held by an endpoint created before the engine's last handshake
+	// may be about to be free: look again for a while, without holding up
+	// other calls. A conflict with an endpoint of the running engine is
+	// reported at once.
+	deadline := time.Now().Add(ownerGoneWait)
+	for {
+		err := d.programPorts(ctx, req, bindings)
+		var held *portHeldError
+		if !errors.As(err, &held) || held.owner == nil || !held.owner.Created.Before(d.engineActivated().Truncate(time.Second)) || time.Now().After(deadline) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// ownerGoneWait bounds how long a port conflict with another endpoint is
+// retried; a real conflict is reported that much later.
+var ownerGoneWait = 5 * time.Second
+
+// portHeldError is a fixed host port already published: by another
+// endpoint (owner), or by another binding of the same request (nil).
+type portHeldError struct {
+	port  string
+	owner *state.Endpoint
+}
+
+func (e *portHeldError) Error() string {
+	if e.owner == nil {
+		return fmt.Sprintf("host port %s is already published by another binding of the same container", e.port)
+	}
+	return fmt.Sprintf("host port %s is already published by endpoint %s on network %s", e.port, netutil.Short(e.owner.ID), netutil.Short(e.owner.NetworkID))
+}
+
+func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalConnectivityRequest, bindings []portBinding) error {
 	// Exclusive: host ports are chosen against every other endpoint's.
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
 	ep, n, err := d.endpointOn(req.NetworkID, req.EndpointID, "program ports of")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if len(bindings) == 0 {
-		return nil, nil
+		return nil
 	}
 	if n.Internal {
-		return nil, badRequestf("network %s is internal: it cannot publish ports", netutil.Short(n.ID))
+		return badRequestf("network %s is internal: it cannot publish ports", netutil.Short(n.ID))
 	}
 	ports := ep.Ports // a repeat (retry, or the gateway moving back) keeps its ports
 	if len(ports) == 0 {
 		if ports, err = d.resolvePorts(n, ep, bindings); err != nil {
-			return nil, fmt.Errorf("publish ports of endpoint %s: %w", netutil.Short(ep.ID), err)
+			return fmt.Errorf("publish ports of endpoint %s: %w", netutil.Short(ep.ID), err)
 		}
 	}
 	rec := *ep
 	rec.Ports = ports
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
-		return nil, err
+		return err
 	}
 	d.dirty.Store(true)
 	if err := failpoint.Inject("ports.record"); err != nil {
-		return nil, err
+		return err
 	}
 	if err := d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, &rec), toBridgePorts(ports)); err != nil {
 		if serr := d.cfg.Store.PutEndpoint(*ep); serr != nil {
 			d.log.Warn("could not revert the endpoint record; the startup reconcile retries the ports", "endpoint_id", netutil.Short(ep.ID), "err", serr)
 		}
-		return nil, fmt.Errorf("publish ports of endpoint %s: %w", netutil.Short(ep.ID), err)
+		return fmt.Errorf("publish ports of endpoint %s: %w", netutil.Short(ep.ID), err)
 	}
 	d.mapMu.Lock()
 	*ep = rec
 	d.mapMu.Unlock()
 	d.log.Info("ports published", "network_id", netutil.Short(n.ID), "endpoint_id", netutil.Short(ep.ID), "ports", describePorts(ports))
-	return nil, nil
+	return nil
 }
 
 // RevokeExternalConnectivity unpublishes the ports; the record goes first,
@@ -202,8 +246,8 @@ func (d *Driver) pickHostPort(proto string, hostIP netip.Addr, b portBinding, pe
 	var lastErr error
 	for p := uint32(first); p <= uint32(last); p++ {
 		port := uint16(p)
-		if owner := d.portOwner(proto, hostIP, port, pending); owner != "" {
-			lastErr = badRequestf("host port %d/%s is already published by %s", port, proto, owner)
+		if held, owner := d.portOwner(proto, hostIP, port, pending); held {
+			lastErr = badRequest(&portHeldError{port: fmt.Sprintf("%d/%s", port, proto), owner: owner})
 			continue
 		}
 		if err := d.cfg.Dataplane.ProbePort(proto, hostIP, port); err != nil {
@@ -218,9 +262,10 @@ func (d *Driver) pickHostPort(proto string, hostIP netip.Addr, b portBinding, pe
 	return 0, badRequestf("no free host port for %d/%s in %d-%d (last problem: %v)", b.Port, proto, first, last, lastErr)
 }
 
-// portOwner names the endpoint that already publishes proto/port on an
-// overlapping host address, or returns "".
-func (d *Driver) portOwner(proto string, hostIP netip.Addr, port uint16, pending []state.Port) string {
+// portOwner reports whether proto/port is already published on an
+// overlapping host address, and by which endpoint (nil: by another binding
+// of the same request).
+func (d *Driver) portOwner(proto string, hostIP netip.Addr, port uint16, pending []state.Port) (held bool, owner *state.Endpoint) {
 	clash := func(p state.Port) bool {
 		other, _ := netip.ParseAddr(p.HostIP)
 		return p.Proto == proto && port >= p.HostPort && port <= p.HostPortEnd &&
@@ -228,17 +273,18 @@ func (d *Driver) portOwner(proto string, hostIP netip.Addr, port uint16, pending
 	}
 	for _, p := range pending {
 		if clash(p) {
-			return "another binding of the same container"
+			return true, nil
 		}
 	}
 	for _, e := range d.endpoints {
 		for _, p := range e.Ports {
 			if clash(p) && !d.dropIfStale(e) {
-				return fmt.Sprintf("endpoint %s on network %s", netutil.Short(e.ID), netutil.Short(e.NetworkID))
+				owner := *e // read after opMu is released
+				return true, &owner
 			}
 		}
 	}
-	return ""
+	return false, nil
 }
 
 // dropIfStale removes an endpoint whose veth is gone and reports whether it

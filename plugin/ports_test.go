@@ -1,8 +1,10 @@
 package plugin
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func portmap(bindings ...map[string]any) map[string]any {
@@ -159,6 +161,53 @@ func TestStaleEndpointReleasesItsPorts(t *testing.T) {
 	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)
 	if _, ok := h.drv.endpoints[id('b')]; ok {
 		t.Fatal("stale endpoint kept")
+	}
+}
+
+// TestDyingEndpointReleasesItsPorts: after an engine crash, dockerd
+// handshakes again and restarts the containers while the old container's
+// veth still exists (the kernel dismantles its namespace a little later).
+// The successor's port request waits for the old endpoint's veth to go
+// instead of failing; a conflict with an endpoint created since the
+// handshake fails at once.
+func TestDyingEndpointReleasesItsPorts(t *testing.T) {
+	defer func(old time.Duration) { ownerGoneWait = old }(ownerGoneWait)
+	ownerGoneWait = 3 * time.Second
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	create := func(c byte, last int) {
+		h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id(c),
+			"Interface": map[string]any{"Address": fmt.Sprintf("10.1.0.%d/24", last)}})
+	}
+	create('b', 2)
+	pm := map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Options": portmap(binding(6, "", 8080, 80))}
+	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)
+	// Records keep whole seconds: the engine restarts in a later one.
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second + 10*time.Millisecond)))
+	h.ok("Plugin.Activate", nil)
+	create('c', 3)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		h.dp.mu.Lock()
+		delete(h.dp.endpoints, id('b')) // the namespace is gone, and the veth with it
+		h.dp.mu.Unlock()
+	}()
+	pm["EndpointID"] = id('c')
+	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)
+	if _, ok := h.drv.endpoints[id('b')]; ok {
+		t.Fatal("dead endpoint kept")
+	}
+
+	// c belongs to the running engine: d's conflict is reported without
+	// the wait (well within it, whatever the machine's speed).
+	create('d', 4)
+	pm["EndpointID"] = id('d')
+	start := time.Now()
+	if msg := h.fails("NetworkDriver.ProgramExternalConnectivity", pm, 400); !strings.Contains(msg, "already published by endpoint "+id('c')[:12]) {
+		t.Fatalf("conflict error: %s", msg)
+	}
+	if waited := time.Since(start); waited > ownerGoneWait/2 {
+		t.Fatalf("a conflict with a live endpoint of the running engine took %v", waited)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"reflect"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/sdk"
@@ -39,12 +40,25 @@ type Router struct {
 	mux     *http.ServeMux
 	log     *slog.Logger
 	timeout time.Duration
+	// activated is when the engine last handshook (Plugin.Activate, which
+	// a starting dockerd sends before its first call), in Unix nanoseconds.
+	activated atomic.Int64
+}
+
+// Activated returns when the engine last sent Plugin.Activate (zero: not
+// since this process started).
+func (r *Router) Activated() time.Time {
+	if ns := r.activated.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // NewRouter returns a router with only Plugin.Activate registered.
 func NewRouter(log *slog.Logger, timeout time.Duration) *Router {
 	r := &Router{mux: http.NewServeMux(), log: log, timeout: timeout}
 	r.mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
+		r.activated.Store(time.Now().UnixNano())
 		w.Header().Set("Content-Type", sdk.DefaultContentTypeV1_1)
 		io.WriteString(w, manifest+"\n")
 	})
