@@ -65,3 +65,32 @@ func TestExternalDamage(t *testing.T) {
 		})
 	}
 }
+
+// TestNoFalseRepairsUnderChurn: containers coming and going while the
+// reconcile runs often must never look like damage from outside. A veth is
+// deleted a moment after DeleteEndpoint answers; a pass that took it into
+// its fingerprint in between made the next pass "repair" and warn.
+func TestNoFalseRepairsUnderChurn(t *testing.T) {
+	ns := newNS(t)
+	d := startDaemon(t, ns)
+	d.stop()
+	d.reconcileInterval = "20ms"
+	d.start("")
+	nid := randHex(32)
+	d.mustCall("NetworkDriver.CreateNetwork", map[string]any{"NetworkID": nid, "Options": map[string]any{},
+		"IPv4Data": []map[string]any{{"Pool": "10.67.0.0/24", "Gateway": "10.67.0.1/24"}}})
+	for i := range 60 {
+		eid := randHex(32)
+		d.mustCall("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid,
+			"Interface": map[string]any{"Address": fmt.Sprintf("10.67.0.%d/24", i%200+2)}})
+		time.Sleep(7 * time.Millisecond) // let passes land at every point of the cycle
+		d.mustCall("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid})
+		time.Sleep(3 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // ten more passes
+	d.mustCall("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": nid})
+	d.stop() // the log is complete, and no longer written, once it has exited
+	if strings.Contains(d.log.String(), "changed from outside") {
+		t.Fatalf("the reconcile took mynet's own changes for outside damage; log:\n%s", d.log)
+	}
+}

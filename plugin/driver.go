@@ -38,6 +38,9 @@ type Dataplane interface {
 	// one listing of the links.
 	EndpointExists(bridge.Endpoint) (bool, error)
 	LiveEndpoints() (map[string]bool, error)
+	// Sync waits for the cleanups the dataplane deferred so far (a deleted
+	// endpoint's veth goes after DeleteEndpoint has answered).
+	Sync()
 	// RemoveOrphans deletes tagged objects whose IDs are not in the sets.
 	RemoveOrphans(ctx context.Context, networks, endpoints map[string]bool) error
 	// Fingerprint and SpoofFingerprint summarise mynet's links and rules,

@@ -87,6 +87,8 @@ func (f *fakeDataplane) EndpointExists(e bridge.Endpoint) (bool, error) {
 	return ok, nil
 }
 
+func (f *fakeDataplane) Sync() {}
+
 func (f *fakeDataplane) LiveEndpoints() (map[string]bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -43,6 +43,10 @@ func (d *Driver) Recheck() {
 }
 
 func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err error) {
+	// A veth whose endpoint was just deleted may still be waiting for the
+	// janitor: a fingerprint with it, taken in as mynet's own, would make
+	// the next pass see its deletion as damage from outside.
+	d.cfg.Dataplane.Sync()
 	fp, err := d.cfg.Dataplane.Fingerprint()
 	if err != nil {
 		return false, err
