@@ -142,7 +142,17 @@ func serve(args []string) error {
 		log.Error("restore incomplete", "err", err)
 	}
 
-	go reconcileLoop(ctx, drv, f.reconcile, log)
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		reconcileLoop(ctx, drv, f.reconcile, log)
+	}()
+	// A pass under way finishes before the dataplane and the store close
+	// under it (deferred above, so run after this).
+	defer func() {
+		stop()
+		<-loopDone
+	}()
 	router := plugin.NewRouter(log, 60*time.Second)
 	drv.Register(router)
 	sock := filepath.Join(pluginDir, f.name+".sock")
