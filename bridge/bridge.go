@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -119,10 +118,9 @@ type Dataplane struct {
 	// answered, on a netlink handle of its own.
 	janitor     chan func(*netlink.Handle)
 	janitorDone chan struct{}
-	nft         *nftSockets // the anti-spoofing table's sockets (spoof.go)
-	reaper      *reaper     // veths waiting for deletion (reap.go)
-	forgetMu    sync.Mutex
-	forgetQueue []forgetItem // addresses waiting for forgetQueued
+	nft         *nftSockets       // the anti-spoofing table's sockets (spoof.go)
+	reaper      *reaper           // veths waiting for deletion (reap.go)
+	forgetQueue batch[forgetItem] // addresses waiting for forgetQueued
 	// packetFD sends gratuitous ARPs; -1 when it could not be opened
 	// (no CAP_NET_RAW), and then there are none.
 	packetFD int

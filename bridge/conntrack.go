@@ -22,11 +22,9 @@ func (d *Dataplane) forgetAddresses(ep Endpoint) {
 	if len(ep.Addresses) == 0 {
 		return
 	}
-	d.forgetMu.Lock()
 	for _, a := range ep.Addresses {
-		d.forgetQueue = append(d.forgetQueue, forgetItem{bridge: ep.Bridge, addr: a})
+		d.forgetQueue.add(forgetItem{bridge: ep.Bridge, addr: a})
 	}
-	d.forgetMu.Unlock()
 	d.later(d.forgetQueued)
 }
 
@@ -37,10 +35,7 @@ type forgetItem struct {
 
 // forgetQueued flushes what forgetAddresses queued.
 func (d *Dataplane) forgetQueued(h *netlink.Handle) {
-	d.forgetMu.Lock()
-	items := d.forgetQueue
-	d.forgetQueue = nil
-	d.forgetMu.Unlock()
+	items := d.forgetQueue.take()
 	if len(items) == 0 {
 		return
 	}

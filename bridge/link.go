@@ -3,7 +3,6 @@ package bridge
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -175,26 +174,22 @@ func (d *Dataplane) tagNew(name, tag string) (netlink.Link, error) {
 // removeOwnedLink deletes name if it carries tag. A missing link, or one
 // that is not ours (the name was reused by someone else), is left alone.
 func (d *Dataplane) removeOwnedLink(name, tag string) error {
-	return removeOwnedLinkWith(d.nl, d.log, name, tag)
-}
-
-func removeOwnedLinkWith(h *netlink.Handle, log *slog.Logger, name, tag string) error {
-	l, err := h.LinkByName(name)
+	l, err := d.nl.LinkByName(name)
 	if isNotFound(err) {
-		log.Debug("link already gone", "link", name)
+		d.log.Debug("link already gone", "link", name)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("look up %s: %w", name, err)
 	}
 	if l.Attrs().Alias != tag {
-		log.Warn("not deleting link that mynet does not own", "link", name, "alias", l.Attrs().Alias)
+		d.log.Warn("not deleting link that mynet does not own", "link", name, "alias", l.Attrs().Alias)
 		return nil
 	}
-	if err := h.LinkDel(l); err != nil && !isNotFound(err) {
+	if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
 		return fmt.Errorf("delete link %s: %w", name, err)
 	}
-	log.Debug("link removed", "link", name)
+	d.log.Debug("link removed", "link", name)
 	return nil
 }
 

@@ -33,8 +33,7 @@ import (
 type reaper struct {
 	group uint32
 	conn  *mnl.Conn // NETLINK_ROUTE in the Dataplane's namespace; nil: delete one by one
-	mu    sync.Mutex
-	queue []reapItem
+	queue batch[reapItem]
 }
 
 type reapItem struct{ name, tag string }
@@ -57,19 +56,34 @@ func (r *reaper) close() {
 }
 
 // add queues a veth for deletion if it still carries tag.
-func (r *reaper) add(name, tag string) {
-	r.mu.Lock()
-	r.queue = append(r.queue, reapItem{name, tag})
-	r.mu.Unlock()
+func (r *reaper) add(name, tag string) { r.queue.add(reapItem{name, tag}) }
+
+// batch is work queued by requests for the janitor, which takes it all at
+// once: many containers stopping together cost one kernel operation.
+type batch[T any] struct {
+	mu    sync.Mutex
+	items []T
+}
+
+func (b *batch[T]) add(items ...T) {
+	b.mu.Lock()
+	b.items = append(b.items, items...)
+	b.mu.Unlock()
+}
+
+// take empties the batch and returns what it held.
+func (b *batch[T]) take() []T {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	items := b.items
+	b.items = nil
+	return items
 }
 
 // reap deletes the queued veths with h, in one batch when it can.
 func (d *Dataplane) reap(h *netlink.Handle) {
 	r := d.reaper
-	r.mu.Lock()
-	items := r.queue
-	r.queue = nil
-	r.mu.Unlock()
+	items := r.queue.take()
 	grouped := 0
 	for _, it := range items {
 		l, err := h.LinkByName(it.name)

@@ -312,45 +312,34 @@ func (d *Dataplane) EnsureSpoofCheck(ep Endpoint) error {
 
 // spoofAddElems adds the elements of want that have lacks.
 func spoofAddElems(c *nftables.Conn, o spoofObjects, veth string, want, have spoofElems) error {
-	add := func(set string, keys [][]byte) error {
-		if len(keys) == 0 {
-			return nil
-		}
-		elems := make([]nftables.SetElement, len(keys))
-		for i, k := range keys {
-			elems[i] = nftables.SetElement{Key: k}
-		}
-		if err := c.SetAddElements(o.sets[set], elems); err != nil {
-			return fmt.Errorf("anti-spoofing set %s: %w", set, err)
-		}
-		return nil
-	}
 	missing := spoofKeys(veth, want, have)
-	return errors.Join(
-		add(setPorts, [][]byte{spoofIfnameKey(veth)}), // adding an existing element is a no-op
-		add(setMACs, missing[setMACs]), add(setIPv4, missing[setIPv4]), add(setIPv6, missing[setIPv6]))
+	missing[setPorts] = [][]byte{spoofIfnameKey(veth)} // adding an existing element is a no-op
+	return spoofSetOp(c.SetAddElements, o, missing)
 }
 
 // spoofDeleteElems deletes the veth's elements in have and strays that are
 // not in keep (the ports element is the caller's).
 func spoofDeleteElems(c *nftables.Conn, o spoofObjects, veth string, have, strays, keep spoofElems) error {
-	del := func(set string, keys [][]byte) error {
-		if len(keys) == 0 {
-			return nil
+	return errors.Join(
+		spoofSetOp(c.SetDeleteElements, o, spoofKeys(veth, have, keep)),
+		spoofSetOp(c.SetDeleteElements, o, spoofKeys(veth, strays, keep)))
+}
+
+// spoofSetOp queues op (the connection's SetAddElements or
+// SetDeleteElements) for the keys of each set.
+func spoofSetOp(op func(*nftables.Set, []nftables.SetElement) error, o spoofObjects, keys map[string][][]byte) error {
+	var errs []error
+	for set, ks := range keys {
+		if len(ks) == 0 {
+			continue
 		}
-		elems := make([]nftables.SetElement, len(keys))
-		for i, k := range keys {
+		elems := make([]nftables.SetElement, len(ks))
+		for i, k := range ks {
 			elems[i] = nftables.SetElement{Key: k}
 		}
-		if err := c.SetDeleteElements(o.sets[set], elems); err != nil {
-			return fmt.Errorf("anti-spoofing set %s: %w", set, err)
+		if err := op(o.sets[set], elems); err != nil {
+			errs = append(errs, fmt.Errorf("anti-spoofing set %s: %w", set, err))
 		}
-		return nil
-	}
-	var errs []error
-	for _, from := range []spoofElems{have, strays} {
-		stale := spoofKeys(veth, from, keep)
-		errs = append(errs, del(setMACs, stale[setMACs]), del(setIPv4, stale[setIPv4]), del(setIPv6, stale[setIPv6]))
 	}
 	return errors.Join(errs...)
 }
@@ -452,19 +441,17 @@ func (d *Dataplane) removeSpoof(selected func(veth string) bool, dropEmptyTable 
 	case len(gone) == 0:
 		return nil
 	default:
-		var ports []nftables.SetElement
+		ports := map[string][][]byte{}
 		for _, veth := range gone {
 			if _, ok := cur.veths[veth]; ok {
-				ports = append(ports, nftables.SetElement{Key: spoofIfnameKey(veth)})
+				ports[setPorts] = append(ports[setPorts], spoofIfnameKey(veth))
 			}
 			if err := spoofDeleteElems(c, o, veth, cur.veths[veth], cur.strays[veth], spoofElems{}); err != nil {
 				return err
 			}
 		}
-		if len(ports) > 0 {
-			if err := c.SetDeleteElements(o.sets[setPorts], ports); err != nil {
-				return fmt.Errorf("anti-spoofing set %s: %w", setPorts, err)
-			}
+		if err := spoofSetOp(c.SetDeleteElements, o, ports); err != nil {
+			return err
 		}
 	}
 	if err := c.Flush(); err != nil {
@@ -575,7 +562,7 @@ func (d *Dataplane) readSpoofTable(c *nftables.Conn, o spoofObjects) (spoofState
 	elems := map[string][]nftables.SetElement{}
 	for _, name := range []string{setPorts, setMACs, setIPv4, setIPv6} {
 		i := slices.IndexFunc(sets, func(s *nftables.Set) bool { return s.Name == name })
-		if i < 0 || sets[i].IsMap != false || sets[i].KeyType.Bytes != o.sets[name].KeyType.Bytes {
+		if i < 0 || sets[i].IsMap || sets[i].KeyType.Bytes != o.sets[name].KeyType.Bytes {
 			continue // missing, or another version's: the rules check forces a rewrite
 		}
 		if elems[name], err = c.GetSetElements(sets[i]); err != nil {

@@ -176,12 +176,7 @@ func (d *Driver) ReleasePool(_ context.Context, req *ipamapi.ReleasePoolRequest)
 // for them (see state.Store).
 func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error) {
 	d.ipamMu.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			d.ipamMu.Unlock()
-		}
-	}()
+	defer d.ipamMu.Unlock() // held again whenever a wait or a write lets it go
 	p, ok := d.pools[req.PoolID]
 	if !ok {
 		return nil, badRequestf("pool %q is not held by mynet's IPAM", req.PoolID)
@@ -229,23 +224,18 @@ func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRe
 	}
 	if gateway {
 		// Once per network: simply under the lock.
-		if err := d.persistAddress(p, addr, owner, true, false); err != nil {
+		if err := d.persistGateway(p, addr, owner); err != nil {
 			p.pool.Release(addr)
 			return nil, err
 		}
 		p.setOwner(addr, owner)
 	} else {
 		p.setOwner(addr, owner)
-		done := make(chan struct{})
-		p.busy[addr] = done
-		d.ipamMu.Unlock()
-		locked = false
-		err = d.cfg.Store.AddAddress(p.rec.ID, addr.String(), owner, cond(req.Address == "", addr.String(), ""))
-		d.ipamMu.Lock()
-		locked = true
-		delete(p.busy, addr)
-		close(done)
-		if err != nil {
+		cursor := "" // only a free pick moves the round-robin cursor
+		if req.Address == "" {
+			cursor = addr.String()
+		}
+		if err := d.writeUnlocked(p, addr, func() error { return d.cfg.Store.AddAddress(p.rec.ID, addr.String(), owner, cursor) }); err != nil {
 			p.release(addr)
 			return nil, err
 		}
@@ -270,11 +260,17 @@ func (d *Driver) waitAddress(p *poolEntry, addr netip.Addr) bool {
 	return true
 }
 
-func cond[T any](c bool, a, b T) T {
-	if c {
-		return a
-	}
-	return b
+// writeUnlocked runs a store write of addr without ipamMu, which the
+// caller holds, marking addr busy meanwhile (see poolEntry.busy).
+func (d *Driver) writeUnlocked(p *poolEntry, addr netip.Addr, write func() error) error {
+	done := make(chan struct{})
+	p.busy[addr] = done
+	d.ipamMu.Unlock()
+	err := write()
+	d.ipamMu.Lock()
+	delete(p.busy, addr)
+	close(done)
+	return err
 }
 
 // macOption is the endpoint MAC the engine sends with RequestAddress, in
@@ -287,20 +283,15 @@ func macOption(opts map[string]string) string {
 	return mac.String()
 }
 
-func (d *Driver) persistAddress(p *poolEntry, addr netip.Addr, owner string, gateway, moveCursor bool) error {
-	if gateway {
-		rec := p.rec
-		rec.Gateway = addr.String()
-		if err := d.cfg.Store.PutPool(rec); err != nil {
-			return err
-		}
-		p.rec = rec
+// persistGateway records addr as the pool's gateway.
+func (d *Driver) persistGateway(p *poolEntry, addr netip.Addr, owner string) error {
+	rec := p.rec
+	rec.Gateway = addr.String()
+	if err := d.cfg.Store.PutPool(rec); err != nil {
+		return err
 	}
-	cursor := ""
-	if moveCursor {
-		cursor = addr.String()
-	}
-	return d.cfg.Store.AddAddress(p.rec.ID, addr.String(), owner, cursor)
+	p.rec = rec
+	return d.cfg.Store.AddAddress(p.rec.ID, addr.String(), owner, "")
 }
 
 func addressResponse(p *poolEntry, a netip.Addr) *ipamapi.RequestAddressResponse {
@@ -333,14 +324,7 @@ func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRe
 		}
 		p.rec = rec
 	}
-	done := make(chan struct{})
-	p.busy[addr] = done
-	d.ipamMu.Unlock()
-	err = d.cfg.Store.RemoveAddress(p.rec.ID, addr.String())
-	d.ipamMu.Lock()
-	delete(p.busy, addr)
-	close(done)
-	if err != nil {
+	if err := d.writeUnlocked(p, addr, func() error { return d.cfg.Store.RemoveAddress(p.rec.ID, addr.String()) }); err != nil {
 		return nil, err
 	}
 	p.release(addr)
