@@ -54,7 +54,8 @@ func TestE2EAntiSpoofing(t *testing.T) {
 }
 
 func spoofScenario(t *testing.T, s *scenario, n string, protected bool) {
-	victim := s.start("victim", []string{"--net", n}, httpd(80)...)
+	// The victim may pin its own neighbour entries (see below).
+	victim := s.start("victim", []string{"--net", n, "--cap-add", "NET_ADMIN"}, httpd(80)...)
 	// The observer may manage its own neighbour table, to start each
 	// attack from a correct entry.
 	observer := s.start("observer", []string{"--net", n, "--cap-add", "NET_ADMIN"})
@@ -73,9 +74,20 @@ func spoofScenario(t *testing.T, s *scenario, n string, protected bool) {
 
 	netID := docker(t, "network", "inspect", "-f", "{{.Id}}", n)
 	br := "br-" + netID[:12]
-	victimPort := "" // the victim's bridge port, when its name is known
 	if env.plugin != nil {
 		br = "mn-" + netID[:12]
+	}
+	// The victim's entries for the observer and the host (the gateway)
+	// are pinned, so that it never probes them. Its first reply to each
+	// leaves a STALE entry that the kernel probes 5 s later with a unicast
+	// ARP request from the victim's own MAC; that request undoes a
+	// poisoning done in the meantime, and made the controls below fail
+	// about one run in two.
+	s.exec(victim, "arp", "-i", "eth0", "-s", oIP, macs[observer])
+	s.exec(victim, "arp", "-i", "eth0", "-s", defaultGateway(t, s.exec(victim, "ip", "route")),
+		strings.TrimSpace(mustRun(t, "cat", "/sys/class/net/"+br+"/address")))
+	victimPort := "" // the victim's bridge port, when its name is known
+	if env.plugin != nil {
 		victimPort = "mnv" + s.endpointID(victim, n)[:12]
 		if protected {
 			s.expectSpoofElements(n, victim, observer, raw, admin)
@@ -188,6 +200,20 @@ func (s *scenario) attack(container string, args ...string) {
 	s.t.Helper()
 	out, err := run("docker", append([]string{"exec", container}, args...)...)
 	s.t.Logf("%s: %s: err=%v\n%s", container, commandLine(args[0], args[1:]), err != nil, out)
+}
+
+// defaultGateway returns the next hop of the default route in the output
+// of `ip route`.
+func defaultGateway(t *testing.T, routes string) string {
+	t.Helper()
+	for line := range strings.Lines(routes) {
+		if rest, ok := strings.CutPrefix(line, "default via "); ok {
+			gw, _, _ := strings.Cut(rest, " ")
+			return gw
+		}
+	}
+	t.Fatalf("no default route in:\n%s", routes)
+	return ""
 }
 
 func mustRun(t *testing.T, name string, args ...string) string {
