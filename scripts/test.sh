@@ -50,14 +50,30 @@ containerd_up() { timeout 5 ctr --address "$CONTAINERD_SOCK" version >/dev/null 
 # Daemons are started with setsid, out of this script's process group, so
 # that a Ctrl-C during the tests does not take the engine down too. A second
 # copy started while one is still coming up exits on its pid file lock.
+# Starts a daemon that outlives this script, in its own session, with none
+# of our descriptors beyond 0-2. An inherited one would be held for the
+# daemon's life: run as `flock LOCK make test`, the engine would hold LOCK
+# and the e2e suite, which takes the same lock, would wait for it forever.
+daemon() {
+	local log=$1 fd
+	shift
+	(
+		for fd in "/proc/$BASHPID/fd/"*; do
+			fd=${fd##*/}
+			((fd > 2)) && eval "exec $fd>&-"
+		done
+		exec setsid "$@" >>"$log" 2>&1 </dev/null
+	) &
+}
+
 start_engine() {
 	engine_up && { say "using the running docker engine"; return 0; }
 	say "starting containerd and dockerd (logs in $LOGDIR)"
 	if ! containerd_up; then
-		setsid containerd >>"$LOGDIR/containerd.log" 2>&1 </dev/null &
+		daemon "$LOGDIR/containerd.log" containerd
 		for _ in $(seq 40); do containerd_up && break; sleep 0.5; done
 	fi
-	setsid dockerd --containerd="$CONTAINERD_SOCK" >>"$LOGDIR/dockerd.log" 2>&1 </dev/null &
+	daemon "$LOGDIR/dockerd.log" dockerd --containerd="$CONTAINERD_SOCK"
 	for _ in $(seq 60); do
 		engine_up && return 0
 		sleep 1
