@@ -86,12 +86,15 @@ type Config struct {
 
 // Driver implements both plugin interfaces over one in-memory view of the
 // state. The engine calls concurrently, and a container start must not
-// wait for another container's veth or fsync, so there are four locks, taken
+// wait for another container's veth or fsync, so there are five locks, taken
 // in this order:
 //
-//   - opMu: endpoint operations share it; network operations, ports,
-//     the reconcile and Restore hold it alone. Work on the kernel and the
-//     store happens under it, never under mapMu.
+//   - reconMu: one reconcile pass at a time.
+//   - opMu: endpoint operations share it; network operations, ports and
+//     Restore hold it alone, and so does a reconcile pass that repairs or
+//     drops something (its common case, a fingerprint comparison, shares
+//     it). Work on the kernel and the store happens under it, never under
+//     mapMu.
 //   - epLocks: one per endpoint ID in use, so that a retried or
 //     out-of-order request for one endpoint waits for the one in flight.
 //   - mapMu: guards the networks and endpoints maps and the records they
@@ -110,10 +113,18 @@ type Driver struct {
 	mapMu   sync.RWMutex
 	ipamMu  sync.Mutex // guards pools
 
-	// dirty: kernel objects changed since the last reconcile pass, so the
-	// next one checks everything instead of comparing fingerprints.
-	dirty                   atomic.Bool
-	fingerprint, spoofPrint string // under opMu alone
+	// changes counts mynet's own changes to its kernel objects, and
+	// inflight the endpoint operations under way, which may be making one.
+	// A reconcile pass under the shared opMu takes a fingerprint in as
+	// mynet's own only if neither moved while it was taken (quickPass).
+	changes  atomic.Uint64
+	inflight atomic.Int32
+	// reconMu serialises reconcile passes. adopted (changes as of the
+	// fingerprints) and the fingerprints are written either under opMu
+	// alone or under reconMu with opMu shared.
+	reconMu                 sync.Mutex
+	adopted                 uint64
+	fingerprint, spoofPrint string
 	networks                map[string]*state.Network
 	endpoints               map[string]*state.Endpoint // by endpoint ID
 	// creating counts endpoint creations in flight per network, so

@@ -96,7 +96,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 // after each record write.
 func (d *Driver) commitCreate(ctx context.Context, kind, id string, put func(pending bool) error, del, ensure, remove func() error) (retErr error) {
 	what := kind + " " + netutil.Short(id)
-	d.dirty.Store(true)
+	d.changes.Add(1)
 	var undo netutil.Undo
 	defer func() {
 		if cerr := undo.RunIf(retErr, d.log); cerr != nil {
@@ -168,7 +168,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 		delete(d.endpoints, e.ID)
 	}
 	d.mapMu.Unlock()
-	d.dirty.Store(true)
+	d.changes.Add(1)
 	if err := failpoint.Inject("network.delete.record"); err != nil {
 		return nil, err
 	}
@@ -193,6 +193,8 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	}
 	d.opMu.RLock()
 	defer d.opMu.RUnlock()
+	d.inflight.Add(1)
+	defer d.inflight.Add(-1)
 	defer d.epLocks.lock(req.EndpointID)()
 
 	d.mapMu.Lock()
@@ -325,6 +327,8 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	}
 	d.opMu.RLock()
 	defer d.opMu.RUnlock()
+	d.inflight.Add(1)
+	defer d.inflight.Add(-1)
 	defer d.epLocks.lock(req.EndpointID)()
 	ep, n := d.lookup(req.EndpointID)
 	if ep == nil {
@@ -337,7 +341,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	d.mapMu.Lock()
 	delete(d.endpoints, ep.ID)
 	d.mapMu.Unlock()
-	d.dirty.Store(true)
+	d.changes.Add(1)
 	if err := failpoint.Inject("endpoint.delete.record"); err != nil {
 		return nil, err
 	}

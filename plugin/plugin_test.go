@@ -34,6 +34,11 @@ type fakeDataplane struct {
 	ports     map[string][]bridge.PortMapping
 	failNext  error
 	host      []netip.Prefix
+	// Hooks run outside mu, so they may block: afterEnsure when an
+	// endpoint's objects exist (its error fails the call, which removes
+	// them again), onFingerprint before each fingerprint.
+	afterEnsure   func(bridge.Endpoint) error
+	onFingerprint func()
 }
 
 func newFake() *fakeDataplane {
@@ -65,12 +70,23 @@ func (f *fakeDataplane) DeleteNetwork(_ context.Context, n bridge.Network) error
 
 func (f *fakeDataplane) EnsureEndpoint(_ context.Context, e bridge.Endpoint) error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if err := f.fail(); err != nil {
+		f.mu.Unlock()
 		return err
 	}
 	f.endpoints[e.ID] = e
-	return nil
+	hook := f.afterEnsure
+	f.mu.Unlock()
+	if hook == nil {
+		return nil
+	}
+	err := hook(e)
+	if err != nil { // like the real one, undo what this call made
+		f.mu.Lock()
+		delete(f.endpoints, e.ID)
+		f.mu.Unlock()
+	}
+	return err
 }
 
 func (f *fakeDataplane) DeleteEndpoint(_ context.Context, e bridge.Endpoint) error {
@@ -120,6 +136,12 @@ func (f *fakeDataplane) HostPrefixes(bool) ([]netip.Prefix, error) { return f.ho
 func (f *fakeDataplane) SpoofFingerprint() (string, error) { return "", nil }
 
 func (f *fakeDataplane) Fingerprint() (string, error) {
+	f.mu.Lock()
+	hook := f.onFingerprint
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return fmt.Sprint(f.networks, f.endpoints, f.ports), nil // fmt sorts map keys
@@ -606,6 +628,120 @@ func TestReconcileRepairsOutsideDamage(t *testing.T) {
 	if len(h.dp.networks) != 0 {
 		t.Fatal("a deleted network came back")
 	}
+}
+
+// TestReconcileLetsEndpointCallsThrough: a pass that finds nothing to
+// repair takes its fingerprints (iptables-save and link dumps, 60-90 ms at
+// 1000 endpoints) while container starts and stops go on, and what they
+// change meanwhile is neither taken in half-done nor later taken for damage
+// from outside.
+func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
+	ctx := context.Background()
+	pass := func(h *harness, wantRepair bool) {
+		t.Helper()
+		if repaired, err := h.drv.Reconcile(ctx, false); err != nil || repaired != wantRepair {
+			t.Fatalf("Reconcile = %v, %v; want repaired %v", repaired, err, wantRepair)
+		}
+	}
+	endpoint := func(c byte, addr string) map[string]any {
+		return map[string]any{"NetworkID": id('a'), "EndpointID": id(c), "Interface": map[string]any{"Address": addr}}
+	}
+
+	t.Run("calls during the fingerprint", func(t *testing.T) {
+		h := newHarness(t)
+		h.createNetwork(id('a'), "10.1.0.0/24")
+		pass(h, false)
+		pass(h, false)
+		// The next pass stops inside its fingerprint until a container has
+		// started and stopped; with the pass holding endpoint calls up,
+		// they would never come.
+		calls := make(chan error, 1)
+		var once sync.Once
+		h.dp.onFingerprint = func() {
+			once.Do(func() {
+				go func() {
+					create, _ := h.call("NetworkDriver.CreateEndpoint", endpoint('b', "10.1.0.2/24"))
+					del, _ := h.call("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b')})
+					if create != 200 || del != 200 {
+						calls <- fmt.Errorf("CreateEndpoint answered %d, DeleteEndpoint %d", create, del)
+						return
+					}
+					calls <- nil
+				}()
+				select {
+				case err := <-calls:
+					if err != nil {
+						t.Error(err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Error("a container start and stop waited for a reconcile pass with nothing to repair")
+				}
+			})
+		}
+		pass(h, false)
+		h.dp.onFingerprint = nil
+		pass(h, false)
+		// Damage from outside is still found.
+		h.dp.mu.Lock()
+		delete(h.dp.networks, id('a'))
+		h.dp.mu.Unlock()
+		pass(h, true)
+	})
+
+	t.Run("change in flight", func(t *testing.T) {
+		h := newHarness(t)
+		h.createNetwork(id('a'), "10.1.0.0/24")
+		pass(h, false)
+		pass(h, false)
+		// A CreateEndpoint has made its veth and then fails and rolls it
+		// back. A pass that took the veth in as mynet's own would see the
+		// rollback as damage from outside.
+		inEnsure, fail := make(chan struct{}), make(chan struct{})
+		h.dp.afterEnsure = func(bridge.Endpoint) error {
+			close(inEnsure)
+			<-fail
+			return errors.New("injected")
+		}
+		fingerprinted := make(chan struct{}, 1)
+		h.dp.onFingerprint = func() {
+			select {
+			case fingerprinted <- struct{}{}:
+			default:
+			}
+		}
+		created := make(chan int, 1)
+		go func() {
+			code, _ := h.call("NetworkDriver.CreateEndpoint", endpoint('b', "10.1.0.2/24"))
+			created <- code
+		}()
+		<-inEnsure
+		passed := make(chan error, 1)
+		go func() {
+			repaired, err := h.drv.Reconcile(ctx, false)
+			if err == nil && repaired {
+				err = errors.New("it reported a repair")
+			}
+			passed <- err
+		}()
+		// Let the pass take its fingerprint if it is going to before the
+		// create returns; a correct one waits for the create instead.
+		select {
+		case <-fingerprinted:
+		case <-time.After(200 * time.Millisecond):
+		}
+		close(fail)
+		if code := <-created; code == 200 {
+			t.Fatal("CreateEndpoint succeeded; want the injected failure")
+		}
+		if err := <-passed; err != nil {
+			t.Fatalf("the pass during the create: %v", err)
+		}
+		h.dp.onFingerprint, h.dp.afterEnsure = nil, nil
+		pass(h, false)
+		if len(h.dp.endpoints) != 0 {
+			t.Fatalf("rolled-back endpoint left in the dataplane: %v", h.dp.endpoints)
+		}
+	})
 }
 
 // TestStateDumpShowsAllocations: operators, the CLI and the e2e leak check

@@ -112,7 +112,7 @@ func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalC
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return err
 	}
-	d.dirty.Store(true)
+	d.changes.Add(1)
 	if err := failpoint.Inject("ports.record"); err != nil {
 		return err
 	}
@@ -151,7 +151,7 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 	d.mapMu.Lock()
 	*ep = rec
 	d.mapMu.Unlock()
-	d.dirty.Store(true)
+	d.changes.Add(1)
 	return nil, d.cfg.Dataplane.RemovePorts(ctx, toBridgeEndpoint(n, ep), toBridgePorts(old))
 }
 
