@@ -66,15 +66,7 @@ func (d *Driver) quickPass() (done bool, err error) {
 	if d.inflight.Load() != 0 {
 		return false, nil
 	}
-	// A veth whose endpoint was just deleted may still be waiting for the
-	// janitor: a fingerprint with it, taken in as mynet's own, would make
-	// the next pass see its deletion as damage from outside.
-	d.cfg.Dataplane.Sync()
-	fp, err := d.cfg.Dataplane.Fingerprint()
-	if err != nil {
-		return false, err
-	}
-	sfp, err := d.cfg.Dataplane.SpoofFingerprint()
+	fp, sfp, err := d.fingerprints()
 	if err != nil {
 		return false, err
 	}
@@ -106,14 +98,25 @@ func (d *Driver) quickPass() (done bool, err error) {
 	return true, nil
 }
 
+// fingerprints returns the fingerprints of mynet's links and rules and of
+// its anti-spoofing table.
+func (d *Driver) fingerprints() (fp, sfp string, err error) {
+	// A veth whose endpoint was just deleted may still be waiting for the
+	// janitor: a fingerprint with it, taken in as mynet's own, would make
+	// the next pass see its deletion as damage from outside.
+	d.cfg.Dataplane.Sync()
+	if fp, err = d.cfg.Dataplane.Fingerprint(); err != nil {
+		return "", "", err
+	}
+	if sfp, err = d.cfg.Dataplane.SpoofFingerprint(); err != nil {
+		return "", "", err
+	}
+	return fp, sfp, nil
+}
+
 // reconcile is a pass under opMu alone.
 func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err error) {
-	d.cfg.Dataplane.Sync() // see quickPass
-	fp, err := d.cfg.Dataplane.Fingerprint()
-	if err != nil {
-		return false, err
-	}
-	sfp, err := d.cfg.Dataplane.SpoofFingerprint()
+	fp, sfp, err := d.fingerprints()
 	if err != nil {
 		return false, err
 	}
@@ -141,10 +144,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 			}
 		}
 		if dropped { // the drops changed both fingerprints: take them again
-			if fp, err = d.cfg.Dataplane.Fingerprint(); err != nil {
-				return false, err
-			}
-			if sfp, err = d.cfg.Dataplane.SpoofFingerprint(); err != nil {
+			if fp, sfp, err = d.fingerprints(); err != nil {
 				return false, err
 			}
 		}
@@ -178,10 +178,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	if err := errors.Join(errs...); err != nil {
 		return repaired, err
 	}
-	if d.fingerprint, err = d.cfg.Dataplane.Fingerprint(); err != nil {
-		return repaired, err
-	}
-	if d.spoofPrint, err = d.cfg.Dataplane.SpoofFingerprint(); err != nil {
+	if d.fingerprint, d.spoofPrint, err = d.fingerprints(); err != nil {
 		return repaired, err
 	}
 	d.adopted = d.changes.Load()
