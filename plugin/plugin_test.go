@@ -637,7 +637,7 @@ func TestReconcileRepairsOutsideDamage(t *testing.T) {
 // from outside.
 func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
 	ctx := context.Background()
-	pass := func(h *harness, wantRepair bool) {
+	pass := func(t *testing.T, h *harness, wantRepair bool) {
 		t.Helper()
 		if repaired, err := h.drv.Reconcile(ctx, false); err != nil || repaired != wantRepair {
 			t.Fatalf("Reconcile = %v, %v; want repaired %v", repaired, err, wantRepair)
@@ -650,8 +650,8 @@ func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
 	t.Run("calls during the fingerprint", func(t *testing.T) {
 		h := newHarness(t)
 		h.createNetwork(id('a'), "10.1.0.0/24")
-		pass(h, false)
-		pass(h, false)
+		pass(t, h, false)
+		pass(t, h, false)
 		// The next pass stops inside its fingerprint until a container has
 		// started and stopped; with the pass holding endpoint calls up,
 		// they would never come.
@@ -678,21 +678,21 @@ func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
 				}
 			})
 		}
-		pass(h, false)
+		pass(t, h, false)
 		h.dp.onFingerprint = nil
-		pass(h, false)
+		pass(t, h, false)
 		// Damage from outside is still found.
 		h.dp.mu.Lock()
 		delete(h.dp.networks, id('a'))
 		h.dp.mu.Unlock()
-		pass(h, true)
+		pass(t, h, true)
 	})
 
 	t.Run("change in flight", func(t *testing.T) {
 		h := newHarness(t)
 		h.createNetwork(id('a'), "10.1.0.0/24")
-		pass(h, false)
-		pass(h, false)
+		pass(t, h, false)
+		pass(t, h, false)
 		// A CreateEndpoint has made its veth and then fails and rolls it
 		// back. A pass that took the veth in as mynet's own would see the
 		// rollback as damage from outside.
@@ -737,7 +737,7 @@ func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
 			t.Fatalf("the pass during the create: %v", err)
 		}
 		h.dp.onFingerprint, h.dp.afterEnsure = nil, nil
-		pass(h, false)
+		pass(t, h, false)
 		if len(h.dp.endpoints) != 0 {
 			t.Fatalf("rolled-back endpoint left in the dataplane: %v", h.dp.endpoints)
 		}
