@@ -415,11 +415,11 @@ func (d *Dataplane) RemovePorts(ctx context.Context, ep Endpoint, ports []PortMa
 		if m.Proto != "udp" {
 			continue
 		}
-		d.later(func(h *netlink.Handle) {
-			for p := uint32(m.HostPort); p <= uint32(max(m.HostPortEnd, m.HostPort)); p++ {
-				d.flushConntrack(h, []netip.Addr{m.ContainerIP}, uint16(p))
-			}
-		})
+		var hostPorts []uint16
+		for p := uint32(m.HostPort); p <= uint32(max(m.HostPortEnd, m.HostPort)); p++ {
+			hostPorts = append(hostPorts, uint16(p))
+		}
+		d.later(func(h *netlink.Handle) { d.flushConntrack(h, []netip.Addr{m.ContainerIP}, hostPorts) })
 	}
 	return err
 }

@@ -686,3 +686,47 @@ func TestForgetAddressesBatches(t *testing.T) {
 		}
 	})
 }
+
+// TestRemovePortsFlushesUDPFlows: unpublishing a UDP port range deletes
+// the flows to the container through each of its ports, in one pass over
+// the table, and leaves the container's other flows.
+func TestRemovePortsFlushesUDPFlows(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		defer d.DeleteNetwork(ctx, n)
+		ep := testEndpoint(n, eid1)
+		c4 := netip.MustParseAddr("10.1.0.2")
+		for _, port := range []uint16{5000, 5001, 6000} {
+			src, dst := net.ParseIP("198.18.0.1").To4(), c4.AsSlice()
+			f := &netlink.ConntrackFlow{FamilyType: unix.AF_INET, TimeOut: 100}
+			f.Forward = netlink.IPTuple{SrcIP: src, DstIP: dst, Protocol: unix.IPPROTO_UDP, SrcPort: 1000, DstPort: port}
+			f.Reverse = netlink.IPTuple{SrcIP: dst, DstIP: src, Protocol: unix.IPPROTO_UDP, SrcPort: port, DstPort: 1000}
+			if err := d.nl.ConntrackCreate(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
+				t.Skipf("cannot create conntrack entries here: %v", err)
+			}
+		}
+		ports := []PortMapping{{Proto: "udp", HostPort: 5000, HostPortEnd: 5001, ContainerIP: c4, Port: 5000}}
+		if err := d.EnsurePorts(ctx, n, ep, ports); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.RemovePorts(ctx, ep, ports); err != nil {
+			t.Fatal(err)
+		}
+		d.Sync()
+		flows, err := d.nl.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var left []uint16
+		for _, f := range flows {
+			left = append(left, f.Forward.DstPort)
+		}
+		if !slices.Equal(left, []uint16{6000}) {
+			t.Fatalf("flows left to ports %v, want only the one to 6000", left)
+		}
+	})
+}

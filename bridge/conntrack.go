@@ -47,8 +47,8 @@ func (d *Dataplane) forgetQueued(h *netlink.Handle) {
 			v6 = append(v6, it.addr)
 		}
 	}
-	d.flushConntrack(h, v4, 0)
-	d.flushConntrack(h, v6, 0)
+	d.flushConntrack(h, v4, nil)
+	d.flushConntrack(h, v6, nil)
 	for _, it := range items {
 		d.forgetNeighbour(h, it.bridge, it.addr)
 	}
@@ -70,11 +70,11 @@ func (d *Dataplane) announceAddresses(ep Endpoint, bridgeIndex int) {
 
 // flushConntrack deletes entries whose original source or reply source is
 // one of addrs, all of one family (the reply source is the container for
-// connections DNATed to it). With hostPort set it deletes only UDP entries
-// DNATed to the addresses from that published port.
+// connections DNATed to it). With hostPorts it deletes only UDP entries
+// DNATed to the addresses from one of those published ports.
 // Equivalent to: conntrack -D -s ADDR; conntrack -D -r ADDR [-p udp --dport PORT],
-// for each address, in one pass over the table.
-func (d *Dataplane) flushConntrack(h *netlink.Handle, addrs []netip.Addr, hostPort uint16) {
+// for each address and port, in one pass over the table.
+func (d *Dataplane) flushConntrack(h *netlink.Handle, addrs []netip.Addr, hostPorts []uint16) {
 	if len(addrs) == 0 {
 		return
 	}
@@ -83,22 +83,27 @@ func (d *Dataplane) flushConntrack(h *netlink.Handle, addrs []netip.Addr, hostPo
 		family = unix.AF_INET6
 	}
 	kinds := []netlink.ConntrackFilterType{netlink.ConntrackOrigSrcIP, netlink.ConntrackReplySrcIP}
-	if hostPort != 0 {
+	ports := hostPorts
+	if len(ports) > 0 {
 		kinds = kinds[1:]
+	} else {
+		ports = []uint16{0} // any
 	}
 	var filters []netlink.CustomConntrackFilter
 	for _, addr := range addrs {
 		for _, kind := range kinds {
-			f := &netlink.ConntrackFilter{}
-			err := f.AddIP(kind, addr.AsSlice())
-			if err == nil && hostPort != 0 {
-				err = errors.Join(f.AddProtocol(unix.IPPROTO_UDP), f.AddPort(netlink.ConntrackOrigDstPort, hostPort))
+			for _, port := range ports {
+				f := &netlink.ConntrackFilter{}
+				err := f.AddIP(kind, addr.AsSlice())
+				if err == nil && port != 0 {
+					err = errors.Join(f.AddProtocol(unix.IPPROTO_UDP), f.AddPort(netlink.ConntrackOrigDstPort, port))
+				}
+				if err != nil {
+					d.log.Debug("conntrack filter", "address", addr, "err", err)
+					continue
+				}
+				filters = append(filters, f)
 			}
-			if err != nil {
-				d.log.Debug("conntrack filter", "address", addr, "err", err)
-				continue
-			}
-			filters = append(filters, f)
 		}
 	}
 	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...)
@@ -107,7 +112,7 @@ func (d *Dataplane) flushConntrack(h *netlink.Handle, addrs []netip.Addr, hostPo
 		return
 	}
 	if n > 0 {
-		d.log.Debug("conntrack entries flushed", "addresses", addrs, "host_port", hostPort, "count", n)
+		d.log.Debug("conntrack entries flushed", "addresses", addrs, "host_ports", hostPorts, "count", n)
 	}
 }
 
