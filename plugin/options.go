@@ -155,7 +155,14 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 			if err != nil {
 				return badRequest(fmt.Errorf("option %s: %q is not a boolean; use true or false", k, v))
 			}
-			*map[string]*bool{OptICC: &cfg.ICC, OptMasquerade: &cfg.Masquerade, OptAntiSpoofing: &cfg.AntiSpoofing}[k] = b
+			switch k {
+			case OptICC:
+				cfg.ICC = b
+			case OptMasquerade:
+				cfg.Masquerade = b
+			default:
+				cfg.AntiSpoofing = b
+			}
 		case OptHostBinding:
 			a, err := netip.ParseAddr(v)
 			if err != nil || !a.Is4() {
