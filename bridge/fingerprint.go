@@ -14,8 +14,9 @@ import (
 
 // Fingerprint summarises the links and iptables rules this instance owns:
 // its links with their state and addresses, and every iptables line that
-// mentions its chains. The anti-spoofing table has a fingerprint of its own,
-// SpoofFingerprint, because repairing it costs a pass over every endpoint. Two equal fingerprints mean nobody touched mynet's objects in
+// mentions its chains. The anti-spoofing table has a fingerprint of its
+// own, SpoofFingerprint, because repairing it costs a pass over every
+// endpoint. Two equal fingerprints mean nobody touched mynet's objects in
 // between, which lets the periodic reconcile skip its full pass.
 //
 // The rules are read with one iptables-save per family and table rather

@@ -380,14 +380,10 @@ func (d *Dataplane) RemoveSpoofCheck(ep Endpoint) error {
 	return d.removeSpoof(func(veth string) bool { return veth == ep.HostVeth }, false)
 }
 
-// RemoveSpoofOrphans deletes the elements of every veth whose endpoint is
+// removeSpoofOrphans deletes the elements of every veth whose endpoint is
 // not in endpoints (full IDs, as RemoveOrphans takes them; veths are named
-// after the 12-hex short form, which is what is compared), and the table
-// when no endpoint is left.
-func (d *Dataplane) RemoveSpoofOrphans(endpoints map[string]bool) error {
-	return d.removeSpoofOrphans(endpoints, true)
-}
-
+// after the 12-hex short form, which is what is compared), and with
+// dropEmptyTable the table when no endpoint is left.
 func (d *Dataplane) removeSpoofOrphans(endpoints map[string]bool, dropEmptyTable bool) error {
 	keep := map[string]bool{}
 	for id := range endpoints {

@@ -281,7 +281,7 @@ func TestSpoofOrphans(t *testing.T) {
 		}
 		otherBefore := nftDump(t, other.SpoofTable())
 
-		if err := d.RemoveSpoofOrphans(map[string]bool{eid1: true}); err != nil {
+		if err := d.removeSpoofOrphans(map[string]bool{eid1: true}, true); err != nil {
 			t.Fatal(err)
 		}
 		got := nftDump(t, d.SpoofTable())
@@ -291,13 +291,13 @@ func TestSpoofOrphans(t *testing.T) {
 				t.Errorf("endpoint %s: elements present = %v, want %v", id[:12], !want, want)
 			}
 		}
-		if err := d.RemoveSpoofOrphans(map[string]bool{eid1: true}); err != nil { // nothing left to do
+		if err := d.removeSpoofOrphans(map[string]bool{eid1: true}, true); err != nil { // nothing left to do
 			t.Fatal(err)
 		}
 		if again := nftDump(t, d.SpoofTable()); again != got {
 			t.Fatalf("a repeated orphan removal changed the table:\n%s", again)
 		}
-		if err := d.RemoveSpoofOrphans(nil); err != nil {
+		if err := d.removeSpoofOrphans(nil, true); err != nil {
 			t.Fatal(err)
 		}
 		if got := nftDump(t, d.SpoofTable()); got != "" {
@@ -391,7 +391,7 @@ func TestSpoofRepair(t *testing.T) {
 				t.Errorf("%s: after repair:\n%s\nwant:\n%s", name, got, good)
 			}
 		}
-		if err := d.RemoveSpoofOrphans(nil); err != nil {
+		if err := d.removeSpoofOrphans(nil, true); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -442,7 +442,7 @@ func TestSpoofScale(t *testing.T) {
 			t.Errorf("ensure slows down with the number of endpoints: %v for the last %d, %v for the first", last, batch, first)
 		}
 		start = time.Now()
-		if err := d.RemoveSpoofOrphans(nil); err != nil {
+		if err := d.removeSpoofOrphans(nil, true); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("removing all %d: %v", total, time.Since(start))
@@ -1062,7 +1062,7 @@ func TestSpoofUpgrade(t *testing.T) {
 		if strings.Contains(got, "ep_") {
 			t.Errorf("the old layout survived the upgrade:\n%s", got)
 		}
-		if err := d.RemoveSpoofOrphans(nil); err != nil {
+		if err := d.removeSpoofOrphans(nil, true); err != nil {
 			t.Fatal(err)
 		}
 	})
