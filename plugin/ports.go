@@ -57,8 +57,7 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *network.P
 	deadline := time.Now().Add(ownerGoneWait)
 	for {
 		err := d.programPorts(ctx, req, bindings)
-		var held *portHeldError
-		if !errors.As(err, &held) || held.owner == nil || !held.owner.Created.Before(d.engineActivated().Truncate(time.Second)) || time.Now().After(deadline) {
+		if !d.heldByOldEngine(err) || time.Now().After(deadline) {
 			return nil, err
 		}
 		select {
@@ -67,6 +66,14 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *network.P
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// heldByOldEngine reports whether err is a host port held by an endpoint
+// created before the engine's last handshake (Created has whole seconds).
+func (d *Driver) heldByOldEngine(err error) bool {
+	var held *portHeldError
+	return errors.As(err, &held) && held.owner != nil &&
+		held.owner.Created.Before(d.engineActivated().Truncate(time.Second))
 }
 
 // ownerGoneWait bounds how long a port conflict with another endpoint is
