@@ -49,7 +49,7 @@ func (d *Driver) registerIPAM(r *Router) {
 // RequestPool reserves a subnet: the one given with --subnet, or the next
 // free one of the default pools. The PoolID is the subnet itself, so it is
 // the same for the same pool across restarts.
-func (d *Driver) RequestPool(_ context.Context, req *ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
+func (d *Driver) RequestPool(ctx context.Context, req *ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
 	if req.AddressSpace != "" && req.AddressSpace != localAddressSpace {
 		return nil, badRequestf("address space %q is not supported; mynet pools are in %q", req.AddressSpace, localAddressSpace)
 	}
@@ -90,6 +90,9 @@ func (d *Driver) RequestPool(_ context.Context, req *ipamapi.RequestPoolRequest)
 	rec := state.Pool{ID: subnet.String(), Pool: subnet.String(), V6: req.V6, Created: now()}
 	if rng.IsValid() {
 		rec.Range = rng.String()
+	}
+	if err := commitPoint(ctx); err != nil {
+		return nil, fmt.Errorf("request pool %s: nothing reserved: %w", subnet, err)
 	}
 	if err := d.cfg.Store.PutPool(rec); err != nil {
 		return nil, err
@@ -155,12 +158,15 @@ func (d *Driver) nextDefaultPool(v6 bool) (netip.Prefix, error) {
 }
 
 // ReleasePool forgets a pool and its allocations; unknown pools succeed.
-func (d *Driver) ReleasePool(_ context.Context, req *ipamapi.ReleasePoolRequest) (*empty, error) {
+func (d *Driver) ReleasePool(ctx context.Context, req *ipamapi.ReleasePoolRequest) (*empty, error) {
 	d.ipamMu.Lock()
 	defer d.ipamMu.Unlock()
 	if _, ok := d.pools[req.PoolID]; !ok {
 		d.log.Debug("release of unknown pool", "pool_id", req.PoolID)
 		return nil, nil
+	}
+	if err := commitPoint(ctx); err != nil {
+		return nil, fmt.Errorf("release pool %s: nothing released: %w", req.PoolID, err)
 	}
 	if err := d.cfg.Store.DeletePool(req.PoolID); err != nil {
 		return nil, err
@@ -174,7 +180,7 @@ func (d *Driver) ReleasePool(_ context.Context, req *ipamapi.ReleasePoolRequest)
 // free one. The address is taken under ipamMu and written to the store
 // after it is released, so that requests share fsyncs instead of queueing
 // for them (see state.Store).
-func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error) {
+func (d *Driver) RequestAddress(ctx context.Context, req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error) {
 	d.ipamMu.Lock()
 	defer d.ipamMu.Unlock() // held again whenever a wait or a write lets it go
 	p, ok := d.pools[req.PoolID]
@@ -221,6 +227,11 @@ func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRe
 		if addr, err = p.pool.Allocate(); err != nil {
 			return nil, err
 		}
+	}
+	// The address is taken in memory only; writing it commits it.
+	if err := commitPoint(ctx); err != nil {
+		p.pool.Release(addr)
+		return nil, fmt.Errorf("request address %s in pool %s: nothing allocated: %w", addr, p.rec.ID, err)
 	}
 	if gateway {
 		// Once per network: simply under the lock.
@@ -301,7 +312,7 @@ func addressResponse(p *poolEntry, a netip.Addr) *ipamapi.RequestAddressResponse
 // ReleaseAddress frees an address; unknown pools and free addresses
 // succeed. The address stays taken until the store has forgotten it, so it
 // cannot be handed out again before.
-func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRequest) (*empty, error) {
+func (d *Driver) ReleaseAddress(ctx context.Context, req *ipamapi.ReleaseAddressRequest) (*empty, error) {
 	addr, err := netip.ParseAddr(req.Address)
 	if err != nil {
 		return nil, badRequestf("address %q: %v", req.Address, err)
@@ -315,6 +326,9 @@ func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRe
 	}
 	addr = addr.Unmap()
 	for d.waitAddress(p, addr) {
+	}
+	if err := commitPoint(ctx); err != nil {
+		return nil, fmt.Errorf("release address %s in pool %s: nothing released: %w", addr, p.rec.ID, err)
 	}
 	if p.rec.Gateway == addr.String() {
 		rec := p.rec

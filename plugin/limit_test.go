@@ -18,7 +18,7 @@ func TestLimit(t *testing.T) {
 	h := Limit(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		started.Done()
 		<-release // a request stuck in a kernel call
-	}), 1, 50*time.Millisecond)
+	}), 1, 50*time.Millisecond, nil, nil)
 	go h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/NetworkDriver.Join", nil))
 	started.Wait()
 	rec := httptest.NewRecorder()

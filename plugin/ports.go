@@ -116,6 +116,9 @@ func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalC
 	}
 	rec := *ep
 	rec.Ports = ports
+	if err := ctxErr(ctx); err != nil {
+		return fmt.Errorf("publish ports of endpoint %s: nothing published: %w", netutil.Short(ep.ID), err)
+	}
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return err
 	}
@@ -123,7 +126,18 @@ func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalC
 	if err := failpoint.Inject("ports.record"); err != nil {
 		return err
 	}
-	if err := d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, &rec), toBridgePorts(ports)); err != nil {
+	err = d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, &rec), toBridgePorts(ports))
+	if err == nil {
+		// The record already holds the ports (so that a crash is
+		// repaired); the rules existing commits them.
+		if err = commitPoint(ctx); err != nil {
+			if rerr := d.cfg.Dataplane.RemovePorts(context.WithoutCancel(ctx), toBridgeEndpoint(n, &rec), toBridgePorts(ports)); rerr != nil {
+				d.log.Warn("rollback of port rules failed; the reconcile removes them", "endpoint_id", netutil.Short(ep.ID), "err", rerr)
+			}
+			err = fmt.Errorf("rolled back: %w", err)
+		}
+	}
+	if err != nil {
 		if serr := d.cfg.Store.PutEndpoint(*ep); serr != nil {
 			d.log.Warn("could not revert the endpoint record; the startup reconcile retries the ports", "endpoint_id", netutil.Short(ep.ID), "err", serr)
 		}
@@ -151,6 +165,11 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 	n := d.networks[ep.NetworkID]
 	rec := *ep
 	rec.Ports = nil
+	// The record commits the revocation; what the deadline leaves of the
+	// rules afterwards is an orphan for the reconcile.
+	if err := commitPoint(ctx); err != nil {
+		return nil, fmt.Errorf("unpublish ports of endpoint %s: nothing changed: %w", netutil.Short(ep.ID), err)
+	}
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return nil, err
 	}

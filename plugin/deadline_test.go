@@ -1,0 +1,117 @@
+package plugin
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mynet/mynet/netutil/failpoint"
+)
+
+// withDeadline serves the harness's driver through a router with the
+// given deadline and last-resort answer bound.
+func (h *harness) withDeadline(deadline, answerBy time.Duration) {
+	h.srv.Close()
+	r := NewRouter(h.drv.log, deadline)
+	r.answerBy = answerBy
+	h.drv.Register(r)
+	h.srv = httptest.NewServer(r)
+}
+
+// settle waits until no operation of the driver is under way, including
+// work whose call was answered before it ended.
+func (h *harness) settle() {
+	h.drv.opMu.Lock()
+	h.drv.opMu.Unlock() // an empty critical section: a barrier
+}
+
+// TestDeadlineRollsBack: a create stalled past the router's deadline is
+// answered with an error naming the call, the object and the deadline, and
+// leaves nothing behind, neither when it rolls back before the answer nor
+// when the last-resort bound answers while it is still stalled; a retry
+// then succeeds.
+func TestDeadlineRollsBack(t *testing.T) {
+	const deadline = 100 * time.Millisecond
+	epReq := map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}}
+	netReq := createNetworkReq(id('c'), "10.3.0.0/24", "10.3.0.1/24", nil)
+	for _, tc := range []struct {
+		name, failpoint, method string
+		req                     map[string]any
+		answerBy                time.Duration
+		want                    []string
+	}{
+		{"endpoint, rolled back before the answer", "endpoint.create.pending=sleep(300ms)", "NetworkDriver.CreateEndpoint", epReq, 10 * time.Second,
+			[]string{"create endpoint bbbbbbbbbbbb on network aaaaaaaaaaaa", "rolled back", "deadline of 100ms"}},
+		{"endpoint, answered at the last-resort bound", "endpoint.create.pending=sleep(700ms)", "NetworkDriver.CreateEndpoint", epReq, 200 * time.Millisecond,
+			[]string{"NetworkDriver.CreateEndpoint (network aaaaaaaaaaaa endpoint bbbbbbbbbbbb)", "will be rolled back", "deadline 100ms"}},
+		{"network, rolled back before the answer", "network.create.pending=sleep(300ms)", "NetworkDriver.CreateNetwork", netReq, 10 * time.Second,
+			[]string{"create network cccccccccccc", "rolled back", "deadline of 100ms"}},
+		{"network, answered at the last-resort bound", "network.create.pending=sleep(700ms)", "NetworkDriver.CreateNetwork", netReq, 200 * time.Millisecond,
+			[]string{"NetworkDriver.CreateNetwork (network cccccccccccc)", "will be rolled back", "deadline 100ms"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.withDeadline(deadline, tc.answerBy)
+			h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil))
+			t.Cleanup(func() { failpoint.Enable("") })
+			must(t, failpoint.Enable(tc.failpoint))
+
+			msg := h.fails(tc.method, tc.req, http.StatusServiceUnavailable)
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q lacks %q", msg, w)
+				}
+			}
+			h.settle()
+			time.Sleep(50 * time.Millisecond) // nothing may come after the work ended either
+			snap, err := h.store.Load()
+			must(t, err)
+			h.dp.mu.Lock()
+			nets, eps := len(h.dp.networks), len(h.dp.endpoints)
+			h.dp.mu.Unlock()
+			if len(snap.Networks) != 1 || len(snap.Endpoints) != 0 || nets != 1 || eps != 0 {
+				t.Fatalf("after the failed call: store %+v; dataplane %d networks, %d endpoints; want only network a", snap, nets, eps)
+			}
+			if d := h.dump(); len(d.Networks) != 1 || len(d.Endpoints) != 0 {
+				t.Fatalf("after the failed call the driver holds %+v", d)
+			}
+
+			must(t, failpoint.Enable(""))
+			h.ok(tc.method, tc.req)
+		})
+	}
+}
+
+// TestAbandonedWorkHoldsItsSlot: a call answered at the last-resort bound
+// keeps its slot of Limit until its work has ended, so that stuck work
+// cannot pile up past the limit.
+func TestAbandonedWorkHoldsItsSlot(t *testing.T) {
+	h := newHarness(t)
+	h.srv.Close()
+	r := NewRouter(h.drv.log, 50*time.Millisecond)
+	r.answerBy = 100 * time.Millisecond
+	h.drv.Register(r)
+	h.srv = httptest.NewServer(Limit(r, 1, 20*time.Millisecond, nil, nil))
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil))
+	t.Cleanup(func() { failpoint.Enable("") })
+	must(t, failpoint.Enable("endpoint.create.pending=sleep(600ms)"))
+	epReq := map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}}
+	h.fails("NetworkDriver.CreateEndpoint", epReq, http.StatusServiceUnavailable)
+	if msg := h.fails("NetworkDriver.Join", map[string]any{"NetworkID": id('a'), "EndpointID": id('b')}, http.StatusServiceUnavailable); !strings.Contains(msg, "busy") {
+		t.Fatalf("a call while the abandoned work runs: %q, want the limit's refusal", msg)
+	}
+	h.settle()
+	must(t, failpoint.Enable(""))
+	// Retried until the slot is back: the rollback ends just after settle.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		code, out := h.call("NetworkDriver.CreateEndpoint", epReq)
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("CreateEndpoint after the abandoned work ended: %d %v", code, out)
+		}
+	}
+}
