@@ -175,9 +175,11 @@ func serve(args []string) error {
 		return err
 	}
 	defer stopMetrics()
-	handler := plugin.Limit(router, 64, 30*time.Second, nil, nil)
+	var handler http.Handler
 	if m != nil {
-		handler = m.Middleware(handler)
+		handler = m.Middleware(plugin.Limit(router, 64, 30*time.Second, m.Waiting(), m.InFlight()))
+	} else {
+		handler = plugin.Limit(router, 64, 30*time.Second, nil, nil)
 	}
 	srv := &http.Server{
 		Handler:           handler,
