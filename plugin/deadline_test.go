@@ -119,3 +119,78 @@ func TestAbandonedWorkHoldsItsSlot(t *testing.T) {
 		}
 	}
 }
+
+// TestRemovalsFinish: the engine treats a removal as done whatever the
+// answer, so one stalled past the deadline still completes, and so does
+// one whose answer went at the last-resort bound, which says so.
+func TestRemovalsFinish(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		answerBy time.Duration
+		code     int
+		want     string
+	}{
+		{"answered when done", 10 * time.Second, 200, ""},
+		{"answered at the last-resort bound", 200 * time.Millisecond, 503, "a removal is not cancelled"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil))
+			epReq := map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}}
+			h.ok("NetworkDriver.CreateEndpoint", epReq)
+			h.withDeadline(100*time.Millisecond, tc.answerBy)
+			t.Cleanup(func() { failpoint.Enable("") })
+			// Stalled after the record is gone, before the kernel objects go.
+			must(t, failpoint.Enable("endpoint.delete.record=sleep(500ms)"))
+			code, out := h.call("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b')})
+			if msg, _ := out["Err"].(string); code != tc.code || !strings.Contains(msg, tc.want) {
+				t.Fatalf("DeleteEndpoint: %d %v, want %d and an error with %q", code, out, tc.code, tc.want)
+			}
+			h.settle()
+			snap, err := h.store.Load()
+			must(t, err)
+			h.dp.mu.Lock()
+			eps := len(h.dp.endpoints)
+			h.dp.mu.Unlock()
+			if len(snap.Endpoints) != 0 || eps != 0 {
+				t.Fatalf("the stalled delete did not finish: %d records, %d endpoints in the dataplane", len(snap.Endpoints), eps)
+			}
+		})
+	}
+}
+
+// TestAllocationPastDeadline: an address or pool request that waited past
+// its deadline (here for the IPAM lock) is refused and allocates nothing.
+func TestAllocationPastDeadline(t *testing.T) {
+	h := newHarness(t)
+	pool := h.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": "local", "Pool": "10.1.0.0/24"})["PoolID"].(string)
+	h.withDeadline(100*time.Millisecond, 10*time.Second)
+	for _, c := range []struct {
+		method string
+		req    map[string]any
+		want   string
+	}{
+		{"IpamDriver.RequestAddress", map[string]any{"PoolID": pool, "Options": map[string]string{"com.docker.network.endpoint.macaddress": "02:42:0a:01:00:02"}}, "nothing allocated"},
+		{"IpamDriver.RequestPool", map[string]any{"AddressSpace": "local", "Pool": "10.2.0.0/24"}, "nothing reserved"},
+	} {
+		h.drv.ipamMu.Lock()
+		done := make(chan string)
+		go func() {
+			code, out := h.call(c.method, c.req)
+			done <- fmt.Sprint(code, " ", out["Err"])
+		}()
+		time.Sleep(300 * time.Millisecond)
+		h.drv.ipamMu.Unlock()
+		if got := <-done; !strings.HasPrefix(got, "503 ") || !strings.Contains(got, c.want) || !strings.Contains(got, "deadline of 100ms") {
+			t.Errorf("%s past its deadline: %s; want a 503 saying %q and naming the deadline", c.method, got, c.want)
+		}
+	}
+	snap, err := h.store.Load()
+	must(t, err)
+	if len(snap.Pools) != 1 || len(snap.Pools[0].Addrs) != 0 {
+		t.Fatalf("after the refused requests the store holds %+v; want one empty pool", snap.Pools)
+	}
+	if d := h.dump(); len(d.Pools) != 1 || len(d.Pools[0].Addrs) != 0 {
+		t.Fatalf("after the refused requests the driver holds %+v; want one empty pool", d.Pools)
+	}
+}

@@ -41,9 +41,9 @@ func (d *Driver) registerIPAM(r *Router) {
 		return &ipamapi.AddressSpacesResponse{LocalDefaultAddressSpace: localAddressSpace, GlobalDefaultAddressSpace: globalAddressSpace}, nil
 	})
 	handle(r, "IpamDriver.RequestPool", d.RequestPool)
-	handle(r, "IpamDriver.ReleasePool", d.ReleasePool)
+	handleRemoval(r, "IpamDriver.ReleasePool", d.ReleasePool)
 	handle(r, "IpamDriver.RequestAddress", d.RequestAddress)
-	handle(r, "IpamDriver.ReleaseAddress", d.ReleaseAddress)
+	handleRemoval(r, "IpamDriver.ReleaseAddress", d.ReleaseAddress)
 }
 
 // RequestPool reserves a subnet: the one given with --subnet, or the next
@@ -158,15 +158,12 @@ func (d *Driver) nextDefaultPool(v6 bool) (netip.Prefix, error) {
 }
 
 // ReleasePool forgets a pool and its allocations; unknown pools succeed.
-func (d *Driver) ReleasePool(ctx context.Context, req *ipamapi.ReleasePoolRequest) (*empty, error) {
+func (d *Driver) ReleasePool(_ context.Context, req *ipamapi.ReleasePoolRequest) (*empty, error) {
 	d.ipamMu.Lock()
 	defer d.ipamMu.Unlock()
 	if _, ok := d.pools[req.PoolID]; !ok {
 		d.log.Debug("release of unknown pool", "pool_id", req.PoolID)
 		return nil, nil
-	}
-	if err := commitPoint(ctx); err != nil {
-		return nil, fmt.Errorf("release pool %s: nothing released: %w", req.PoolID, err)
 	}
 	if err := d.cfg.Store.DeletePool(req.PoolID); err != nil {
 		return nil, err
@@ -312,7 +309,7 @@ func addressResponse(p *poolEntry, a netip.Addr) *ipamapi.RequestAddressResponse
 // ReleaseAddress frees an address; unknown pools and free addresses
 // succeed. The address stays taken until the store has forgotten it, so it
 // cannot be handed out again before.
-func (d *Driver) ReleaseAddress(ctx context.Context, req *ipamapi.ReleaseAddressRequest) (*empty, error) {
+func (d *Driver) ReleaseAddress(_ context.Context, req *ipamapi.ReleaseAddressRequest) (*empty, error) {
 	addr, err := netip.ParseAddr(req.Address)
 	if err != nil {
 		return nil, badRequestf("address %q: %v", req.Address, err)
@@ -326,9 +323,6 @@ func (d *Driver) ReleaseAddress(ctx context.Context, req *ipamapi.ReleaseAddress
 	}
 	addr = addr.Unmap()
 	for d.waitAddress(p, addr) {
-	}
-	if err := commitPoint(ctx); err != nil {
-		return nil, fmt.Errorf("release address %s in pool %s: nothing released: %w", addr, p.rec.ID, err)
 	}
 	if p.rec.Gateway == addr.String() {
 		rec := p.rec

@@ -22,14 +22,14 @@ var ErrNotFound = errors.New("not found")
 func (d *Driver) registerNetworkDriver(r *Router) {
 	handle(r, "NetworkDriver.GetCapabilities", d.networkCapabilities)
 	handle(r, "NetworkDriver.CreateNetwork", d.CreateNetwork)
-	handle(r, "NetworkDriver.DeleteNetwork", d.DeleteNetwork)
+	handleRemoval(r, "NetworkDriver.DeleteNetwork", d.DeleteNetwork)
 	handle(r, "NetworkDriver.CreateEndpoint", d.CreateEndpoint)
 	handle(r, "NetworkDriver.EndpointOperInfo", d.EndpointOperInfo)
-	handle(r, "NetworkDriver.DeleteEndpoint", d.DeleteEndpoint)
+	handleRemoval(r, "NetworkDriver.DeleteEndpoint", d.DeleteEndpoint)
 	handle(r, "NetworkDriver.Join", d.Join)
 	handle(r, "NetworkDriver.Leave", d.Leave)
 	handle(r, "NetworkDriver.ProgramExternalConnectivity", d.ProgramExternalConnectivity)
-	handle(r, "NetworkDriver.RevokeExternalConnectivity", d.RevokeExternalConnectivity)
+	handleRemoval(r, "NetworkDriver.RevokeExternalConnectivity", d.RevokeExternalConnectivity)
 	handle(r, "NetworkDriver.DiscoverNew", noop[network.DiscoveryNotification])
 	handle(r, "NetworkDriver.DiscoverDelete", noop[network.DiscoveryNotification])
 	// AllocateNetwork and FreeNetwork are only sent by a swarm manager to
@@ -173,12 +173,6 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 			stale = append(stale, e)
 		}
 	}
-	// The record's removal commits the delete; after it, the kernel
-	// objects go within the deadline, and what the deadline cuts short is
-	// a tagged orphan for the reconcile.
-	if err := commitPoint(ctx); err != nil {
-		return nil, fmt.Errorf("delete network %s: nothing deleted: %w", netutil.Short(n.ID), err)
-	}
 	if err := d.cfg.Store.DeleteNetwork(n.ID); err != nil {
 		return nil, err
 	}
@@ -192,6 +186,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 	if err := failpoint.Inject("network.delete.record"); err != nil {
 		return nil, err
 	}
+	ctx = context.WithoutCancel(ctx) // a removal finishes: see handleRemoval
 	var errs []error
 	for _, e := range stale {
 		errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e)))
@@ -356,10 +351,6 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 		d.log.Debug("delete of unknown endpoint", "endpoint_id", netutil.Short(req.EndpointID))
 		return nil, nil
 	}
-	// As in DeleteNetwork, the record's removal commits the delete.
-	if err := commitPoint(ctx); err != nil {
-		return nil, fmt.Errorf("delete endpoint %s on network %s: nothing deleted: %w", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)
-	}
 	if err := d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID); err != nil {
 		return nil, err
 	}
@@ -370,8 +361,8 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	if err := failpoint.Inject("endpoint.delete.record"); err != nil {
 		return nil, err
 	}
-	if n != nil {
-		return nil, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, ep))
+	if n != nil { // a removal finishes: see handleRemoval
+		return nil, d.cfg.Dataplane.DeleteEndpoint(context.WithoutCancel(ctx), toBridgeEndpoint(n, ep))
 	}
 	return nil, nil
 }

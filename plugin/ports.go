@@ -165,11 +165,6 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 	n := d.networks[ep.NetworkID]
 	rec := *ep
 	rec.Ports = nil
-	// The record commits the revocation; what the deadline leaves of the
-	// rules afterwards is an orphan for the reconcile.
-	if err := commitPoint(ctx); err != nil {
-		return nil, fmt.Errorf("unpublish ports of endpoint %s: nothing changed: %w", netutil.Short(ep.ID), err)
-	}
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return nil, err
 	}
@@ -178,7 +173,8 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 	*ep = rec
 	d.mapMu.Unlock()
 	d.changes.Add(1)
-	return nil, d.cfg.Dataplane.RemovePorts(ctx, toBridgeEndpoint(n, ep), toBridgePorts(old))
+	// A removal finishes: see handleRemoval.
+	return nil, d.cfg.Dataplane.RemovePorts(context.WithoutCancel(ctx), toBridgeEndpoint(n, ep), toBridgePorts(old))
 }
 
 func (d *Driver) endpointOn(networkID, endpointID, op string) (*state.Endpoint, *state.Network, error) {

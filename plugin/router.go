@@ -99,7 +99,25 @@ type empty struct{}
 // bound answers an error only if it can close the latch first; the late
 // work then finds it closed and rolls back instead of committing. If the
 // operation committed first, the answer waits for it and tells the truth.
+// Removals are different: see handleRemoval.
 func handle[Req, Resp any](r *Router, method string, fn func(context.Context, *Req) (*Resp, error)) {
+	register(r, method, fn, false)
+}
+
+// handleRemoval registers a method that removes or releases something.
+// The engine treats such a call as done whatever mynet answers: errors of
+// DeleteEndpoint, DeleteNetwork and RevokeExternalConnectivity only reach
+// its log (protocol.md, "How a plugin error becomes an engine error"), and
+// so do those of ReleaseAddress and ReleasePool. Refusing one at the
+// deadline would leave mynet holding what the engine has let go: an
+// address it hands out again, a port it publishes again. A removal therefore always completes; only its answer is bounded.
+// Should it outlast the last-resort bound, the error answered then says
+// that it goes on.
+func handleRemoval[Req, Resp any](r *Router, method string, fn func(context.Context, *Req) (*Resp, error)) {
+	register(r, method, fn, true)
+}
+
+func register[Req, Resp any](r *Router, method string, fn func(context.Context, *Req) (*Resp, error), removal bool) {
 	r.mux.HandleFunc("POST /"+method, func(w http.ResponseWriter, hr *http.Request) {
 		start := time.Now()
 		req := new(Req)
@@ -134,6 +152,14 @@ func handle[Req, Resp any](r *Router, method string, fn func(context.Context, *R
 		select {
 		case res = <-done:
 		case <-bound.C:
+			if removal {
+				r.log.Error("request still running: answered with an error, the removal completes when the stuck step returns",
+					append(ids, "op", method, "duration", time.Since(start).Round(time.Microsecond))...)
+				writeErrorStatus(w, http.StatusServiceUnavailable, fmt.Sprintf(
+					"%s%s did not finish within %v, a step is stuck in the kernel; a removal is not cancelled: it completes when the step returns; see mynet's log",
+					method, describeIDs(ids), r.answerBy))
+				return
+			}
 			if out.abandon() {
 				r.log.Error("request abandoned: answered with an error, its work rolls back when the stuck step returns",
 					append(ids, "op", method, "duration", time.Since(start).Round(time.Microsecond))...)
@@ -186,12 +212,12 @@ type outcomeKey struct{}
 // errAbandoned is the error of work whose call was already answered.
 var errAbandoned = errors.New("the request was already answered with an error")
 
-// commitPoint is called by a mutating operation just before the step that
-// makes it take effect (the committed record of a create, the removal of
-// a delete's record, an address written to the store). An error means the
-// operation must not take effect: roll back and return it. Once it has
-// returned nil, the operation is committed: its answer waits for it, and
-// the steps after it run to the end.
+// commitPoint is called by an operation that creates or allocates just
+// before the step that makes it take effect (the committed record of a
+// create, a pool or an address written to the store, published ports). An
+// error means the operation must not take effect: roll back and return it.
+// Once it has returned nil, the operation is committed: its answer waits
+// for it, and the steps after it run to the end.
 func commitPoint(ctx context.Context) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
