@@ -194,3 +194,30 @@ func TestAllocationPastDeadline(t *testing.T) {
 		t.Fatalf("after the refused requests the driver holds %+v; want one empty pool", d.Pools)
 	}
 }
+
+// TestPortsPastDeadline: ports whose rules were made after the deadline
+// are removed again, and the record forgets them.
+func TestPortsPastDeadline(t *testing.T) {
+	h := newHarness(t)
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil))
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
+	h.withDeadline(100*time.Millisecond, 10*time.Second)
+	t.Cleanup(func() { failpoint.Enable("") })
+	must(t, failpoint.Enable("ports.record=sleep(300ms)"))
+	req := map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Options": portmap(binding(6, "", 8001, 80))}
+	msg := h.fails("NetworkDriver.ProgramExternalConnectivity", req, http.StatusServiceUnavailable)
+	if !strings.Contains(msg, "publish ports of endpoint bbbbbbbbbbbb") || !strings.Contains(msg, "rolled back") || !strings.Contains(msg, "deadline of 100ms") {
+		t.Errorf("error %q should name the endpoint, the rollback and the deadline", msg)
+	}
+	snap, err := h.store.Load()
+	must(t, err)
+	h.dp.mu.Lock()
+	rules := len(h.dp.ports)
+	h.dp.mu.Unlock()
+	if len(snap.Endpoints) != 1 || len(snap.Endpoints[0].Ports) != 0 || rules != 0 {
+		t.Fatalf("after the failed call: records %+v, %d endpoints with port rules", snap.Endpoints, rules)
+	}
+	must(t, failpoint.Enable(""))
+	h.withDeadline(10*time.Second, 20*time.Second)
+	h.ok("NetworkDriver.ProgramExternalConnectivity", req)
+}
