@@ -89,7 +89,7 @@ type empty struct{}
 // routes are one line each.
 //
 // An answered call never changes mynet's state afterwards. The work runs
-// with the router's deadline in its context; every mutating operation
+// with the router's deadline in its context; every creating operation
 // checks it between its steps and, on expiry, rolls back what it did and
 // only then returns its error, naming the operation, the object and the
 // deadline. A kernel call that hangs cannot be interrupted, though, so the
@@ -110,9 +110,10 @@ func handle[Req, Resp any](r *Router, method string, fn func(context.Context, *R
 // its log (protocol.md, "How a plugin error becomes an engine error"), and
 // so do those of ReleaseAddress and ReleasePool. Refusing one at the
 // deadline would leave mynet holding what the engine has let go: an
-// address it hands out again, a port it publishes again. A removal therefore always completes; only its answer is bounded.
-// Should it outlast the last-resort bound, the error answered then says
-// that it goes on.
+// address it hands out again, a port it publishes again. A removal
+// therefore always completes, its kernel steps included; only its answer
+// is bounded. Should it outlast the last-resort bound, the error answered
+// then says that it goes on.
 func handleRemoval[Req, Resp any](r *Router, method string, fn func(context.Context, *Req) (*Resp, error)) {
 	register(r, method, fn, true)
 }
