@@ -7,6 +7,10 @@ import (
 	"time"
 )
 
+// bodyReadTimeout is how long a request that got its slot has to send its
+// body (at most 1 MiB, over a local socket).
+const bodyReadTimeout = 10 * time.Second
+
 // Gauge is what Limit reports its queue to; a prometheus.Gauge is one.
 type Gauge interface {
 	Inc()
@@ -39,6 +43,11 @@ func Limit(h http.Handler, max int, wait time.Duration, waiting, serving Gauge) 
 			if r.Context().Err() != nil {
 				return // the client went away while it waited
 			}
+			// The server's read timeout runs from the request's first byte,
+			// and the body is read only now: a request that waited for its
+			// slot gets time to send it. Not every writer supports it
+			// (tests' recorders do not); the server's timeout then stays.
+			http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTimeout))
 			h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), slotKey{}, s)))
 		case <-t.C:
 			add(waiting, -1)
