@@ -55,11 +55,13 @@ func TestDeadlineLeavesNothing(t *testing.T) {
 		time.Sleep(time.Until(start.Add(stall + time.Second)))
 	}
 
+	// Only the stalled calls get the short deadline: a slow fsync must
+	// not fail the others.
+	run(engineSteps[0]) // RequestPool
+	run(engineSteps[1]) // the gateway
 	d.stop()
 	d.env = short
 	d.start("bridge.network.bridge=sleep(" + stall.String() + ")")
-	run(engineSteps[0]) // RequestPool
-	run(engineSteps[1]) // the gateway
 	stalled(step("NetworkDriver.CreateNetwork"), s.nid[:12])
 	if after := ns.snapshot(t); after != before {
 		t.Fatalf("the failed CreateNetwork left kernel objects:\n--- before\n%s\n--- after\n%s", before, after)
@@ -72,11 +74,11 @@ func TestDeadlineLeavesNothing(t *testing.T) {
 	d.start("")
 	run(step("NetworkDriver.CreateNetwork")) // the engine's retry
 	withNetwork := ns.snapshot(t)
+	run(engineSteps[3]) // the endpoint's address
 
 	d.stop()
 	d.env = short
 	d.start("bridge.endpoint.veth=sleep(" + stall.String() + ")")
-	run(engineSteps[3]) // the endpoint's address
 	stalled(step("NetworkDriver.CreateEndpoint"), s.eid[:12], s.nid[:12])
 	if after := ns.snapshot(t); after != withNetwork {
 		t.Fatalf("the failed CreateEndpoint left kernel objects:\n--- before\n%s\n--- after\n%s", withNetwork, after)
