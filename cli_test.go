@@ -469,6 +469,8 @@ func TestCLIAgainstDaemon(t *testing.T) {
 		`mynet_endpoints 1`,
 		`mynet_pool_addresses_in_use{network_id="` + s.nid[:12] + `",pool="10.77.0.0/24"} 2`,
 		`mynet_reconcile_repairs_total 0`,
+		`mynet_requests_in_flight 0`,
+		`mynet_requests_waiting 0`,
 	} {
 		if !strings.Contains(string(body), want+"\n") {
 			t.Errorf("metrics lack %q", want)

@@ -116,6 +116,8 @@ type daemon struct {
 	failpoints string
 	// reconcileInterval is --reconcile-interval; "" means 0 (off).
 	reconcileInterval string
+	// env is added to the daemon's environment at each start.
+	env []string
 }
 
 func startDaemon(t *testing.T, ns *testNS) *daemon {
@@ -141,7 +143,7 @@ func (d *daemon) start(failpoints string) {
 	}
 	d.cmd = exec.Command("ip", "netns", "exec", d.ns.name, daemonBin, "serve", "--name", d.name,
 		"--state-dir", d.dir, "--log-level", "debug", "--reconcile-interval", interval)
-	d.cmd.Env = append(os.Environ(), "MYNET_FAILPOINTS="+failpoints)
+	d.cmd.Env = append(append(os.Environ(), d.env...), "MYNET_FAILPOINTS="+failpoints)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

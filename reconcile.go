@@ -48,7 +48,9 @@ func reconcileLoop(ctx context.Context, drv *plugin.Driver, interval time.Durati
 			full = true
 			log.Info("SIGHUP: reconciling everything")
 		}
-		repaired, err := drv.Reconcile(ctx, full)
+		// A pass under way at shutdown finishes: one cut short would roll
+		// back repairs it had made.
+		repaired, err := drv.Reconcile(context.WithoutCancel(ctx), full)
 		if err != nil {
 			metrics.ReconcileErrors.Inc()
 			log.Error("reconcile", "err", err)

@@ -136,7 +136,8 @@ func serve(args []string) error {
 	drv := plugin.NewDriver(plugin.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := drv.Restore(ctx); err != nil {
+	// A signal during the restore stops mynet after it, not halfway.
+	if err := drv.Restore(context.WithoutCancel(ctx)); err != nil {
 		// Serve anyway: refusing would strand every network; the problems
 		// are in the log and the affected calls fail with their own errors.
 		log.Error("restore incomplete", "err", err)
@@ -153,7 +154,11 @@ func serve(args []string) error {
 		stop()
 		<-loopDone
 	}()
-	router := plugin.NewRouter(log, 60*time.Second)
+	deadline, err := requestDeadline()
+	if err != nil {
+		return err
+	}
+	router := plugin.NewRouter(log, deadline)
 	drv.Register(router)
 	sock := filepath.Join(pluginDir, f.name+".sock")
 	l, err := listenUnix(sock, f.socketGroup)
@@ -161,14 +166,21 @@ func serve(args []string) error {
 		return err
 	}
 	defer os.Remove(sock)
-	// No request may hold dockerd longer than a minute, even one stuck in
-	// a kernel call: legacy plugins get no client timeout from the engine.
-	bounded := http.TimeoutHandler(router, time.Minute, `{"Err":"mynet did not finish the request within a minute; see its log"}`)
-	handler, stopMetrics, err := startMetrics(ctx, f, plugin.Limit(bounded, 64, 30*time.Second), drv, log)
+	// No request may hold dockerd longer than a minute once it has its
+	// slot, even one stuck in a kernel call: legacy plugins get no client
+	// timeout from the engine. The router bounds each call itself, so that
+	// an answered call never commits afterwards (see plugin.NewRouter).
+	m, stopMetrics, err := startMetrics(ctx, f, drv, log)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
+	var handler http.Handler
+	if m != nil {
+		handler = m.Middleware(plugin.Limit(router, 64, 30*time.Second, m.Waiting(), m.InFlight()))
+	} else {
+		handler = plugin.Limit(router, 64, 30*time.Second, nil, nil)
+	}
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -228,13 +240,28 @@ func listenUnix(path string, gid int) (net.Listener, error) {
 	return l, nil
 }
 
+// requestDeadlineEnv shortens the router's deadline (a Go duration); it
+// exists for tests, which cannot wait 45 s for a deadline to pass.
+const requestDeadlineEnv = "MYNET_TEST_REQUEST_DEADLINE"
+
+func requestDeadline() (time.Duration, error) {
+	v := os.Getenv(requestDeadlineEnv)
+	if v == "" {
+		return plugin.DefaultDeadline, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s=%q: want a positive duration such as 2s", requestDeadlineEnv, v)
+	}
+	return d, nil
+}
+
 // startMetrics serves the metrics on the opt-in listener until ctx ends and
-// returns h wrapped to measure requests, and a func that removes the
-// metrics socket. Without --metrics-socket or --metrics-addr it returns h
-// as it is.
-func startMetrics(ctx context.Context, f serveFlags, h http.Handler, drv *plugin.Driver, log *slog.Logger) (http.Handler, func(), error) {
+// returns them, to measure requests, and a func that removes the metrics
+// socket. Without --metrics-socket or --metrics-addr it returns nil.
+func startMetrics(ctx context.Context, f serveFlags, drv *plugin.Driver, log *slog.Logger) (*metrics.Metrics, func(), error) {
 	if f.metricsSocket == "" && f.metricsAddr == "" {
-		return h, func() {}, nil
+		return nil, func() {}, nil
 	}
 	m := metrics.New(func() state.Snapshot {
 		d := drv.Dump()
@@ -272,5 +299,5 @@ func startMetrics(ctx context.Context, f serveFlags, h http.Handler, drv *plugin
 		}
 	}()
 	log.Info("serving metrics", "listen", where)
-	return m.Middleware(h), cleanup, nil
+	return m, cleanup, nil
 }

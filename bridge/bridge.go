@@ -240,6 +240,10 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
 		}
 	}()
+	what := "network " + netutil.Short(n.ID)
+	if err := stopped(ctx, "creating "+what); err != nil {
+		return err
+	}
 	if err := ensureForwarding(log); err != nil {
 		return err
 	}
@@ -253,7 +257,13 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 	if err := failpoint.Inject("bridge.network.bridge"); err != nil {
 		return err
 	}
+	if err := stopped(ctx, "the addresses of bridge "+n.Bridge+" of "+what); err != nil {
+		return err
+	}
 	if err := d.ensureAddrs(n); err != nil {
+		return err
+	}
+	if err := stopped(ctx, "the settings of bridge "+n.Bridge+" of "+what); err != nil {
 		return err
 	}
 	if err := d.bridgeSysctls(n); err != nil {
@@ -263,7 +273,7 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 		return d.forAll(func(fw *firewall) error { return fw.removeNetwork(n.ID) })
 	})
 	for _, fw := range d.firewalls() {
-		if err := fw.ensureNetwork(n); err != nil {
+		if err := fw.ensureNetwork(ctx, n); err != nil {
 			return err
 		}
 	}
@@ -302,19 +312,30 @@ func (d *Dataplane) bridgeSysctls(n Network) error {
 
 // DeleteNetwork removes the network's rules and bridge. Objects that are
 // already gone are not an error.
+//
+// Each step checks ctx first; what a deadline leaves is tagged, an orphan
+// for the reconcile. A rollback passes a context without a deadline.
 func (d *Dataplane) DeleteNetwork(ctx context.Context, n Network) error {
 	var errs []error
-	if err := d.forAll(func(fw *firewall) error { return fw.removeNetwork(n.ID) }); err != nil {
-		errs = append(errs, err)
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"the rules", func() error { return d.forAll(func(fw *firewall) error { return fw.removeNetwork(n.ID) }) }},
+		{"bridge " + n.Bridge, func() error { return d.removeOwnedLink(n.Bridge, d.tag("net", n.ID)) }},
+		// The engine deletes a network only after its endpoints, so the
+		// table of anti-spoofing rules is often empty now; another
+		// network's next endpoint creates it again.
+		{"the empty anti-spoofing table", d.removeEmptySpoofTable},
 	}
-	if err := d.removeOwnedLink(n.Bridge, d.tag("net", n.ID)); err != nil {
-		errs = append(errs, err)
-	}
-	// The engine deletes a network only after its endpoints, so the table
-	// of anti-spoofing rules is often empty now; another network's next
-	// endpoint creates it again.
-	if err := d.removeEmptySpoofTable(); err != nil {
-		errs = append(errs, err)
+	for _, s := range steps {
+		if err := stopped(ctx, "removing "+s.what); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		if err := s.do(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete network %s: %w", netutil.Short(n.ID), err)
@@ -332,6 +353,10 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
 		}
 	}()
+	what := "endpoint " + netutil.Short(ep.ID) + " on network " + netutil.Short(ep.NetworkID)
+	if err := stopped(ctx, "creating veth "+ep.HostVeth+" of "+what); err != nil {
+		return err
+	}
 	created, brIndex, err := d.ensureVeth(ep)
 	if err != nil {
 		return err
@@ -340,6 +365,9 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 		undo.Push("delete veth "+ep.HostVeth, func() error { return d.removeLink(ep.HostVeth) })
 	}
 	if err := failpoint.Inject("bridge.endpoint.veth"); err != nil {
+		return err
+	}
+	if err := stopped(ctx, "the anti-spoofing rules of "+what); err != nil {
 		return err
 	}
 	if ep.AntiSpoofing {
@@ -363,10 +391,16 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 // go with the host end. The container end may be in a sandbox or already
 // gone with it. Conntrack entries of its addresses are flushed, so a reused
 // address or port is not black-holed by a stale flow.
+//
+// Like DeleteNetwork, it checks ctx before each step.
 func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 	var errs []error
 	if len(ep.Ports) > 0 {
 		errs = append(errs, d.RemovePorts(ctx, ep, ep.Ports))
+	}
+	if err := stopped(ctx, "removing veth "+ep.HostVeth); err != nil {
+		errs = append(errs, err)
+		return fmt.Errorf("delete endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), errors.Join(errs...))
 	}
 	errs = append(errs, d.RemoveSpoofCheck(ep))
 	// The veth goes after the answer: deleting a netdev waits for an RCU
@@ -392,13 +426,13 @@ func (d *Dataplane) EnsurePorts(ctx context.Context, n Network, ep Endpoint, por
 	}
 	defer func() {
 		if retErr != nil {
-			if err := d.RemovePorts(ctx, ep, ports); err != nil {
+			if err := d.RemovePorts(context.WithoutCancel(ctx), ep, ports); err != nil {
 				d.log.Warn("rollback of port rules failed", "endpoint_id", netutil.Short(ep.ID), "err", err)
 			}
 		}
 	}()
 	for _, fw := range d.firewalls() {
-		if err := fw.ensurePorts(n, ep, ports); err != nil {
+		if err := fw.ensurePorts(ctx, n, ep, ports); err != nil {
 			return err
 		}
 	}
@@ -410,6 +444,9 @@ func (d *Dataplane) EnsurePorts(ctx context.Context, n Network, ep Endpoint, por
 // port that is published again elsewhere would otherwise keep going to the
 // old container.
 func (d *Dataplane) RemovePorts(ctx context.Context, ep Endpoint, ports []PortMapping) error {
+	if err := stopped(ctx, "removing the port rules of endpoint "+netutil.Short(ep.ID)); err != nil {
+		return err
+	}
 	err := d.forAll(func(fw *firewall) error { return fw.removePorts(ep, ports) })
 	for _, m := range ports {
 		if m.Proto != "udp" {
@@ -467,10 +504,16 @@ func (d *Dataplane) RemoveOrphans(ctx context.Context, networks, endpoints map[s
 		if !ok || (kind == "net" && networks[id]) || (kind == "ep" && endpoints[id]) {
 			continue
 		}
+		if err := stopped(ctx, "removing orphaned link "+l.Attrs().Name); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
 		d.log.Info("removing orphaned link", "link", l.Attrs().Name, "kind", kind, "id", netutil.Short(id))
 		if err := d.removeLink(l.Attrs().Name); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := stopped(ctx, "removing orphaned rules"); err != nil {
+		return errors.Join(append(errs, err)...)
 	}
 	errs = append(errs, d.forAll(func(fw *firewall) error { return fw.removeOrphans(networks, endpoints) }))
 	// An empty table stays while networks do (see RemoveSpoofCheck).
@@ -512,6 +555,18 @@ func (d *Dataplane) HostPrefixes(v6 bool) ([]netip.Prefix, error) {
 		}
 	}
 	return out, nil
+}
+
+// stopped returns nil while ctx is live, else an error naming the step it
+// stops before, which wraps ctx's cause (context.DeadlineExceeded, or the
+// caller's own cause naming its request and deadline). Kernel calls cannot
+// be interrupted, so each step checks before it starts; a context without
+// a deadline never stops anything.
+func stopped(ctx context.Context, step string) error {
+	if ctx.Err() == nil {
+		return nil
+	}
+	return fmt.Errorf("stopped before %s: %w", step, context.Cause(ctx))
 }
 
 func (d *Dataplane) tag(kind, id string) string {

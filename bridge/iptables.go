@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -223,27 +224,35 @@ func portSpec(first, last uint16, sep string) string {
 }
 
 // ensureNetwork adds whichever of the network's rules are missing.
-func (f *firewall) ensureNetwork(n Network) error {
+func (f *firewall) ensureNetwork(ctx context.Context, n Network) error {
 	rules := f.networkRules(n)
 	if len(rules) == 0 {
 		return nil
 	}
+	what := "network " + netutil.Short(n.ID)
+	if err := stopped(ctx, f.family()+" chains for "+what); err != nil {
+		return err
+	}
 	if err := f.ensureChains(); err != nil {
 		return err
 	}
-	return f.ensureAll(rules, "network "+netutil.Short(n.ID))
+	return f.ensureAll(ctx, rules, what)
 }
 
 // ensurePorts adds the rules of an endpoint's published ports.
-func (f *firewall) ensurePorts(n Network, ep Endpoint, ports []PortMapping) error {
+func (f *firewall) ensurePorts(ctx context.Context, n Network, ep Endpoint, ports []PortMapping) error {
 	rules := f.allPortRules(ep, ports)
 	if len(rules) == 0 {
 		return nil
 	}
+	what := "ports of endpoint " + netutil.Short(ep.ID)
+	if err := stopped(ctx, f.family()+" chains for "+what); err != nil {
+		return err
+	}
 	if err := f.ensureChains(); err != nil {
 		return err
 	}
-	return f.ensureAll(rules, "ports of endpoint "+netutil.Short(ep.ID))
+	return f.ensureAll(ctx, rules, what)
 }
 
 func (f *firewall) allPortRules(ep Endpoint, ports []PortMapping) []rule {
@@ -254,8 +263,13 @@ func (f *firewall) allPortRules(ep Endpoint, ports []PortMapping) []rule {
 	return rules
 }
 
-func (f *firewall) ensureAll(rules []rule, what string) error {
+// ensureAll checks ctx before each rule: the iptables wrapper cannot cancel
+// a running iptables, but no new one starts once ctx is done.
+func (f *firewall) ensureAll(ctx context.Context, rules []rule, what string) error {
 	for _, r := range rules {
+		if err := stopped(ctx, f.family()+" rule "+r.String()+" of "+what); err != nil {
+			return err
+		}
 		if err := f.ensure(r); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}

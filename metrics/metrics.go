@@ -1,5 +1,7 @@
 // Package metrics exposes mynet's Prometheus metrics: plugin requests, by
-// method, measured by an http.Handler middleware around the router; the
+// method, measured by an http.Handler middleware around the router, and the
+// requests waiting for and holding a slot of the request limit, which the
+// limit reports (see InFlight and Waiting); the
 // state's networks, endpoints and pool usage, computed at scrape time from
 // a snapshot of the driver's state (nothing is counted on the request path);
 // and the reconcile's repairs, which the reconcile increments.
@@ -65,6 +67,7 @@ type Metrics struct {
 	errors   *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	inFlight prometheus.Gauge
+	waiting  prometheus.Gauge
 }
 
 // New returns metrics whose state gauges call snapshot at each scrape;
@@ -91,16 +94,30 @@ func New(snapshot func() state.Snapshot, log *slog.Logger) *Metrics {
 		}, []string{"method"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "requests_in_flight",
-			Help: "Plugin API requests being served now.",
+			Help: "Plugin API requests being served now: holding one of the request limit's slots (a request answered at the last-resort bound holds it until its rollback ends).",
+		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "requests_waiting",
+			Help: "Plugin API requests waiting for a slot of the request limit; after 30 s they are refused with a 503.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.errors, m.latency, m.inFlight, ReconcileRepairs, ReconcileErrors,
+	m.reg.MustRegister(m.requests, m.errors, m.latency, m.inFlight, m.waiting, ReconcileRepairs, ReconcileErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if snapshot != nil {
 		m.reg.MustRegister(&stateCollector{snapshot: snapshot})
 	}
 	return m
 }
+
+// InFlight is the mynet_requests_in_flight gauge and Waiting the
+// mynet_requests_waiting gauge, for the request limit (plugin.Limit) to
+// keep: only it knows whether a request is being served or still waits
+// for a slot. The middleware sits outside the limit, so that the limit's
+// refusals are counted and timed too.
+func (m *Metrics) InFlight() prometheus.Gauge { return m.inFlight }
+
+// Waiting: see InFlight.
+func (m *Metrics) Waiting() prometheus.Gauge { return m.waiting }
 
 // Registry is the registry behind Handler, for tests and extra collectors.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
@@ -130,8 +147,6 @@ var methodRE = regexp.MustCompile(`^/[A-Za-z]+\.[A-Za-z]+$`)
 func (m *Metrics) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		m.inFlight.Inc()
-		defer m.inFlight.Dec()
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
 		method := OtherMethod

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
 )
 
@@ -203,4 +204,55 @@ func value(t *testing.T, text, name string) float64 {
 	}
 	t.Fatalf("no %s in scrape", name)
 	return 0
+}
+
+// TestInFlightAndWaiting: with a limit of one request, one request being
+// served and one waiting for its slot read as one in flight and one
+// waiting, not two in flight; both go back to zero, and the waiting one is
+// counted once it is served.
+func TestInFlightAndWaiting(t *testing.T) {
+	m := New(nil, nil)
+	release := make(chan struct{})
+	served := make(chan struct{}, 2)
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		served <- struct{}{}
+		<-release // a request stuck in a kernel call
+		io.WriteString(w, "{}")
+	})
+	srv := httptest.NewServer(m.Middleware(plugin.Limit(h, 1, time.Minute, m.Waiting(), m.InFlight())))
+	defer srv.Close()
+	done := make(chan error, 2)
+	post := func() {
+		resp, err := http.Post(srv.URL+"/NetworkDriver.CreateEndpoint", "application/json", strings.NewReader("{}"))
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}
+	go post()
+	<-served
+	go post()
+	var text string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		text = scrape(t, m)
+		if value(t, text, "mynet_requests_waiting") == 1 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if in, wait := value(t, text, "mynet_requests_in_flight"), value(t, text, "mynet_requests_waiting"); in != 1 || wait != 1 {
+		t.Errorf("one request served and one waiting: in_flight %v, waiting %v; want 1 and 1", in, wait)
+	}
+	close(release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	text = scrape(t, m)
+	if in, wait := value(t, text, "mynet_requests_in_flight"), value(t, text, "mynet_requests_waiting"); in != 0 || wait != 0 {
+		t.Errorf("after both answered: in_flight %v, waiting %v; want 0 and 0", in, wait)
+	}
+	if n := value(t, text, `mynet_requests_total{method="NetworkDriver.CreateEndpoint"}`); n != 2 {
+		t.Errorf("requests_total %v, want 2", n)
+	}
 }

@@ -41,15 +41,15 @@ func (d *Driver) registerIPAM(r *Router) {
 		return &ipamapi.AddressSpacesResponse{LocalDefaultAddressSpace: localAddressSpace, GlobalDefaultAddressSpace: globalAddressSpace}, nil
 	})
 	handle(r, "IpamDriver.RequestPool", d.RequestPool)
-	handle(r, "IpamDriver.ReleasePool", d.ReleasePool)
+	handleRemoval(r, "IpamDriver.ReleasePool", d.ReleasePool)
 	handle(r, "IpamDriver.RequestAddress", d.RequestAddress)
-	handle(r, "IpamDriver.ReleaseAddress", d.ReleaseAddress)
+	handleRemoval(r, "IpamDriver.ReleaseAddress", d.ReleaseAddress)
 }
 
 // RequestPool reserves a subnet: the one given with --subnet, or the next
 // free one of the default pools. The PoolID is the subnet itself, so it is
 // the same for the same pool across restarts.
-func (d *Driver) RequestPool(_ context.Context, req *ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
+func (d *Driver) RequestPool(ctx context.Context, req *ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
 	if req.AddressSpace != "" && req.AddressSpace != localAddressSpace {
 		return nil, badRequestf("address space %q is not supported; mynet pools are in %q", req.AddressSpace, localAddressSpace)
 	}
@@ -90,6 +90,9 @@ func (d *Driver) RequestPool(_ context.Context, req *ipamapi.RequestPoolRequest)
 	rec := state.Pool{ID: subnet.String(), Pool: subnet.String(), V6: req.V6, Created: now()}
 	if rng.IsValid() {
 		rec.Range = rng.String()
+	}
+	if err := commitPoint(ctx); err != nil {
+		return nil, fmt.Errorf("request pool %s: nothing reserved: %w", subnet, err)
 	}
 	if err := d.cfg.Store.PutPool(rec); err != nil {
 		return nil, err
@@ -174,7 +177,7 @@ func (d *Driver) ReleasePool(_ context.Context, req *ipamapi.ReleasePoolRequest)
 // free one. The address is taken under ipamMu and written to the store
 // after it is released, so that requests share fsyncs instead of queueing
 // for them (see state.Store).
-func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error) {
+func (d *Driver) RequestAddress(ctx context.Context, req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error) {
 	d.ipamMu.Lock()
 	defer d.ipamMu.Unlock() // held again whenever a wait or a write lets it go
 	p, ok := d.pools[req.PoolID]
@@ -221,6 +224,11 @@ func (d *Driver) RequestAddress(_ context.Context, req *ipamapi.RequestAddressRe
 		if addr, err = p.pool.Allocate(); err != nil {
 			return nil, err
 		}
+	}
+	// The address is taken in memory only; writing it commits it.
+	if err := commitPoint(ctx); err != nil {
+		p.pool.Release(addr)
+		return nil, fmt.Errorf("request address %s in pool %s: nothing allocated: %w", addr, p.rec.ID, err)
 	}
 	if gateway {
 		// Once per network: simply under the lock.

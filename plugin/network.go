@@ -22,14 +22,14 @@ var ErrNotFound = errors.New("not found")
 func (d *Driver) registerNetworkDriver(r *Router) {
 	handle(r, "NetworkDriver.GetCapabilities", d.networkCapabilities)
 	handle(r, "NetworkDriver.CreateNetwork", d.CreateNetwork)
-	handle(r, "NetworkDriver.DeleteNetwork", d.DeleteNetwork)
+	handleRemoval(r, "NetworkDriver.DeleteNetwork", d.DeleteNetwork)
 	handle(r, "NetworkDriver.CreateEndpoint", d.CreateEndpoint)
 	handle(r, "NetworkDriver.EndpointOperInfo", d.EndpointOperInfo)
-	handle(r, "NetworkDriver.DeleteEndpoint", d.DeleteEndpoint)
+	handleRemoval(r, "NetworkDriver.DeleteEndpoint", d.DeleteEndpoint)
 	handle(r, "NetworkDriver.Join", d.Join)
 	handle(r, "NetworkDriver.Leave", d.Leave)
 	handle(r, "NetworkDriver.ProgramExternalConnectivity", d.ProgramExternalConnectivity)
-	handle(r, "NetworkDriver.RevokeExternalConnectivity", d.RevokeExternalConnectivity)
+	handleRemoval(r, "NetworkDriver.RevokeExternalConnectivity", d.RevokeExternalConnectivity)
 	handle(r, "NetworkDriver.DiscoverNew", noop[network.DiscoveryNotification])
 	handle(r, "NetworkDriver.DiscoverDelete", noop[network.DiscoveryNotification])
 	// AllocateNetwork and FreeNetwork are only sent by a swarm manager to
@@ -73,11 +73,13 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 			return nil, badRequestf("bridge name %s is already used by mynet network %s; choose another %s", cfg.BridgeName, netutil.Short(n.ID), OptBridgeName)
 		}
 	}
+	// A rollback runs to its end, also after the deadline that caused it.
+	bg := context.WithoutCancel(ctx)
 	if err := d.commitCreate(ctx, "network", rec.ID,
 		func(pending bool) error { rec.Pending = pending; return d.cfg.Store.PutNetwork(rec) },
 		func() error { return d.cfg.Store.DeleteNetwork(rec.ID) },
 		func() error { return d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(&rec)) },
-		func() error { return d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(&rec)) },
+		func() error { return d.cfg.Dataplane.DeleteNetwork(bg, toBridgeNetwork(&rec)) },
 	); err != nil {
 		return nil, fmt.Errorf("create network %s: %w", netutil.Short(rec.ID), err)
 	}
@@ -90,12 +92,18 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 
 // commitCreate runs the crash-safe create sequence: a pending record, the
 // kernel objects, the committed record; on failure it undoes whatever was
-// done, newest first.
+// done, newest first. The request's deadline is checked before each step,
+// and the committed record is written only through commitPoint: a create
+// whose deadline passed, or whose call was already answered, is rolled back
+// before it returns, never committed later.
 //
 // Failpoints "<kind>.create.pending" and "<kind>.create.committed" stop it
 // after each record write.
 func (d *Driver) commitCreate(ctx context.Context, kind, id string, put func(pending bool) error, del, ensure, remove func() error) (retErr error) {
 	what := kind + " " + netutil.Short(id)
+	if err := ctxErr(ctx); err != nil {
+		return err // it waited too long for its locks: nothing done
+	}
 	d.changes.Add(1)
 	var undo netutil.Undo
 	defer func() {
@@ -110,10 +118,16 @@ func (d *Driver) commitCreate(ctx context.Context, kind, id string, put func(pen
 	if err := failpoint.Inject(kind + ".create.pending"); err != nil {
 		return err
 	}
+	if err := ctxErr(ctx); err != nil {
+		return fmt.Errorf("rolled back: %w", err)
+	}
 	if err := ensure(); err != nil {
-		return err
+		return err // ensure undid its own steps, also when cut short
 	}
 	undo.Push("remove kernel objects of "+what, remove)
+	if err := commitPoint(ctx); err != nil {
+		return fmt.Errorf("rolled back: %w", err)
+	}
 	if err := put(false); err != nil {
 		return err
 	}
@@ -172,6 +186,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 	if err := failpoint.Inject("network.delete.record"); err != nil {
 		return nil, err
 	}
+	ctx = context.WithoutCancel(ctx) // a removal finishes: see handleRemoval
 	var errs []error
 	for _, e := range stale {
 		errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e)))
@@ -225,11 +240,12 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 		d.mapMu.Unlock()
 	}()
 
+	bg := context.WithoutCancel(ctx) // a rollback runs to its end
 	if err := d.commitCreate(ctx, "endpoint", ep.ID,
 		func(pending bool) error { ep.Pending = pending; return d.cfg.Store.PutEndpoint(ep) },
 		func() error { return d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID) },
 		func() error { return d.cfg.Dataplane.EnsureEndpoint(ctx, toBridgeEndpoint(n, &ep)) },
-		func() error { return d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, &ep)) },
+		func() error { return d.cfg.Dataplane.DeleteEndpoint(bg, toBridgeEndpoint(n, &ep)) },
 	); err != nil {
 		return nil, fmt.Errorf("create endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(n.ID), err)
 	}
@@ -345,8 +361,8 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	if err := failpoint.Inject("endpoint.delete.record"); err != nil {
 		return nil, err
 	}
-	if n != nil {
-		return nil, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, ep))
+	if n != nil { // a removal finishes: see handleRemoval
+		return nil, d.cfg.Dataplane.DeleteEndpoint(context.WithoutCancel(ctx), toBridgeEndpoint(n, ep))
 	}
 	return nil, nil
 }

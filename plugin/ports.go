@@ -116,6 +116,9 @@ func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalC
 	}
 	rec := *ep
 	rec.Ports = ports
+	if err := ctxErr(ctx); err != nil {
+		return fmt.Errorf("publish ports of endpoint %s: nothing published: %w", netutil.Short(ep.ID), err)
+	}
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return err
 	}
@@ -123,7 +126,18 @@ func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalC
 	if err := failpoint.Inject("ports.record"); err != nil {
 		return err
 	}
-	if err := d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, &rec), toBridgePorts(ports)); err != nil {
+	err = d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, &rec), toBridgePorts(ports))
+	if err == nil {
+		// The record already holds the ports (so that a crash is
+		// repaired); the rules existing commits them.
+		if err = commitPoint(ctx); err != nil {
+			if rerr := d.cfg.Dataplane.RemovePorts(context.WithoutCancel(ctx), toBridgeEndpoint(n, &rec), toBridgePorts(ports)); rerr != nil {
+				d.log.Warn("rollback of port rules failed; the reconcile removes them", "endpoint_id", netutil.Short(ep.ID), "err", rerr)
+			}
+			err = fmt.Errorf("rolled back: %w", err)
+		}
+	}
+	if err != nil {
 		if serr := d.cfg.Store.PutEndpoint(*ep); serr != nil {
 			d.log.Warn("could not revert the endpoint record; the startup reconcile retries the ports", "endpoint_id", netutil.Short(ep.ID), "err", serr)
 		}
@@ -159,7 +173,8 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 	*ep = rec
 	d.mapMu.Unlock()
 	d.changes.Add(1)
-	return nil, d.cfg.Dataplane.RemovePorts(ctx, toBridgeEndpoint(n, ep), toBridgePorts(old))
+	// A removal finishes: see handleRemoval.
+	return nil, d.cfg.Dataplane.RemovePorts(context.WithoutCancel(ctx), toBridgeEndpoint(n, ep), toBridgePorts(old))
 }
 
 func (d *Driver) endpointOn(networkID, endpointID, op string) (*state.Endpoint, *state.Network, error) {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"reflect"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -37,9 +38,11 @@ func badRequestf(f string, a ...any) error { return badRequest(fmt.Errorf(f, a..
 
 // Router serves the plugin protocol: it decodes, calls the driver, encodes.
 type Router struct {
-	mux     *http.ServeMux
-	log     *slog.Logger
-	timeout time.Duration
+	mux *http.ServeMux
+	log *slog.Logger
+	// deadline bounds each call's work; answerBy, longer, bounds the wait
+	// for its answer (see handle).
+	deadline, answerBy time.Duration
 	// activated is when the engine last handshook (Plugin.Activate, which
 	// a starting dockerd sends before its first call), in Unix nanoseconds.
 	activated atomic.Int64
@@ -54,9 +57,18 @@ func (r *Router) Activated() time.Time {
 	return time.Time{}
 }
 
-// NewRouter returns a router with only Plugin.Activate registered.
-func NewRouter(log *slog.Logger, timeout time.Duration) *Router {
-	r := &Router{mux: http.NewServeMux(), log: log, timeout: timeout}
+// DefaultDeadline is the time each call's work gets. The engine gives
+// legacy plugins no client timeout (protocol.md section 0), so mynet bounds
+// itself: DefaultDeadline for the work, then up to a third more for a
+// rollback, so that every answer comes within a minute of the call getting
+// its slot (see Limit).
+const DefaultDeadline = 45 * time.Second
+
+// NewRouter returns a router with only Plugin.Activate registered. Each
+// call's work gets deadline; its answer comes at the latest a third of the
+// deadline later (see handle).
+func NewRouter(log *slog.Logger, deadline time.Duration) *Router {
+	r := &Router{mux: http.NewServeMux(), log: log, deadline: deadline, answerBy: deadline + deadline/3}
 	r.mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
 		r.activated.Store(time.Now().UnixNano())
 		w.Header().Set("Content-Type", sdk.DefaultContentTypeV1_1)
@@ -75,7 +87,38 @@ type empty struct{}
 // handle registers one protocol method. Every method goes through the same
 // decoding, limits, deadline, logging and error encoding, so the twenty
 // routes are one line each.
+//
+// An answered call never changes mynet's state afterwards. The work runs
+// with the router's deadline in its context; every creating operation
+// checks it between its steps and, on expiry, rolls back what it did and
+// only then returns its error, naming the operation, the object and the
+// deadline. A kernel call that hangs cannot be interrupted, though, so the
+// answer has a last-resort bound, answerBy, after which the call is
+// answered with a 503 while its work still runs. The outcome is a latch
+// (see outcome): an operation commits only through commitPoint, and the
+// bound answers an error only if it can close the latch first; the late
+// work then finds it closed and rolls back instead of committing. If the
+// operation committed first, the answer waits for it and tells the truth.
+// Removals are different: see handleRemoval.
 func handle[Req, Resp any](r *Router, method string, fn func(context.Context, *Req) (*Resp, error)) {
+	register(r, method, fn, false)
+}
+
+// handleRemoval registers a method that removes or releases something.
+// The engine treats such a call as done whatever mynet answers: errors of
+// DeleteEndpoint, DeleteNetwork and RevokeExternalConnectivity only reach
+// its log (protocol.md, "How a plugin error becomes an engine error"), and
+// so do those of ReleaseAddress and ReleasePool. Refusing one at the
+// deadline would leave mynet holding what the engine has let go: an
+// address it hands out again, a port it publishes again. A removal
+// therefore always completes, its kernel steps included; only its answer
+// is bounded. Should it outlast the last-resort bound, the error answered
+// then says that it goes on.
+func handleRemoval[Req, Resp any](r *Router, method string, fn func(context.Context, *Req) (*Resp, error)) {
+	register(r, method, fn, true)
+}
+
+func register[Req, Resp any](r *Router, method string, fn func(context.Context, *Req) (*Resp, error), removal bool) {
 	r.mux.HandleFunc("POST /"+method, func(w http.ResponseWriter, hr *http.Request) {
 		start := time.Now()
 		req := new(Req)
@@ -84,22 +127,127 @@ func handle[Req, Resp any](r *Router, method string, fn func(context.Context, *R
 			writeError(w, err)
 			return
 		}
-		ctx, cancel := context.WithTimeout(hr.Context(), r.timeout)
+		ids := requestIDs(req)
+		cause := fmt.Errorf("%s%s did not finish within mynet's deadline of %v: %w", method, describeIDs(ids), r.deadline, context.DeadlineExceeded)
+		ctx, cancel := context.WithTimeoutCause(hr.Context(), r.deadline, cause)
 		defer cancel()
-		resp, err := fn(ctx, req)
-		attrs := append(requestIDs(req), "op", method, "duration", time.Since(start).Round(time.Microsecond))
-		if err != nil {
-			r.log.Error("request failed", append(attrs, "err", err)...)
-			writeError(w, err)
+		out := &outcome{}
+		ctx = context.WithValue(ctx, outcomeKey{}, out)
+		// The work keeps this call's slot of Limit until it ends, even
+		// when the answer goes first, so that work stuck in the kernel
+		// cannot pile up past the limit.
+		release := detachSlot(hr.Context())
+		type result struct {
+			resp *Resp
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			defer release()
+			resp, err := fn(ctx, req)
+			done <- result{resp, err}
+		}()
+		bound := time.NewTimer(r.answerBy)
+		defer bound.Stop()
+		var res result
+		select {
+		case res = <-done:
+		case <-bound.C:
+			if removal {
+				r.log.Error("request still running: answered with an error, the removal completes when the stuck step returns",
+					append(ids, "op", method, "duration", time.Since(start).Round(time.Microsecond))...)
+				writeErrorStatus(w, http.StatusServiceUnavailable, fmt.Sprintf(
+					"%s%s did not finish within %v, a step is stuck in the kernel; a removal is not cancelled: it completes when the step returns; see mynet's log",
+					method, describeIDs(ids), r.answerBy))
+				return
+			}
+			if out.abandon() {
+				r.log.Error("request abandoned: answered with an error, its work rolls back when the stuck step returns",
+					append(ids, "op", method, "duration", time.Since(start).Round(time.Microsecond))...)
+				writeErrorStatus(w, http.StatusServiceUnavailable, fmt.Sprintf(
+					"%s%s did not finish within %v (deadline %v), a step is stuck in the kernel; it is cancelled and will be rolled back, not committed; see mynet's log, then retry",
+					method, describeIDs(ids), r.answerBy, r.deadline))
+				return
+			}
+			res = <-done // it committed: the answer must say so
+		}
+		attrs := append(ids, "op", method, "duration", time.Since(start).Round(time.Microsecond))
+		if res.err != nil {
+			r.log.Error("request failed", append(attrs, "err", res.err)...)
+			writeError(w, res.err)
 			return
 		}
 		r.log.Info("request", attrs...)
-		var out any = resp
-		if resp == nil {
-			out = empty{}
+		var body any = res.resp
+		if res.resp == nil {
+			body = empty{}
 		}
-		sdk.EncodeResponse(w, out, false)
+		sdk.EncodeResponse(w, body, false)
 	})
+}
+
+// outcome latches the fate of one call's work: it commits, or it was
+// abandoned by an answer sent before it finished; never both.
+type outcome struct{ state atomic.Int32 }
+
+const (
+	outcomeOpen int32 = iota
+	outcomeCommitted
+	outcomeAbandoned
+)
+
+// commit reports whether the work may commit: the latch was open (and is
+// now closed as committed) or already committed.
+func (o *outcome) commit() bool {
+	return o.state.CompareAndSwap(outcomeOpen, outcomeCommitted) || o.state.Load() == outcomeCommitted
+}
+
+// abandon reports whether an error may be answered: the latch was open
+// (and is now closed as abandoned) or already abandoned.
+func (o *outcome) abandon() bool {
+	return o.state.CompareAndSwap(outcomeOpen, outcomeAbandoned) || o.state.Load() == outcomeAbandoned
+}
+
+type outcomeKey struct{}
+
+// errAbandoned is the error of work whose call was already answered.
+var errAbandoned = errors.New("the request was already answered with an error")
+
+// commitPoint is called by an operation that creates or allocates just
+// before the step that makes it take effect (the committed record of a
+// create, a pool or an address written to the store, published ports). An
+// error means the operation must not take effect: roll back and return it.
+// Once it has returned nil, the operation is committed: its answer waits
+// for it, and the steps after it run to the end.
+func commitPoint(ctx context.Context) error {
+	if err := ctxErr(ctx); err != nil {
+		return err
+	}
+	if o, ok := ctx.Value(outcomeKey{}).(*outcome); ok && !o.commit() {
+		return errAbandoned
+	}
+	return nil
+}
+
+// ctxErr is ctx's error with its cause, which names the call and the
+// deadline, or nil while ctx is live.
+func ctxErr(ctx context.Context) error {
+	if ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(ctx)
+}
+
+// describeIDs formats requestIDs' pairs for an error message.
+func describeIDs(ids []any) string {
+	var b strings.Builder
+	for i := 0; i+1 < len(ids); i += 2 {
+		fmt.Fprintf(&b, " %v %v", strings.ReplaceAll(fmt.Sprint(ids[i]), "_id", ""), ids[i+1])
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	return " (" + b.String()[1:] + ")"
 }
 
 // decode reads exactly one JSON value. Calls without arguments may have an
@@ -132,8 +280,11 @@ func decode(w http.ResponseWriter, hr *http.Request, v any) error {
 // 200-with-"Error" form is not needed.
 func writeError(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
-	if errors.Is(err, ErrBadRequest) {
+	switch {
+	case errors.Is(err, ErrBadRequest):
 		status = http.StatusBadRequest
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, errAbandoned):
+		status = http.StatusServiceUnavailable // rolled back: a retry may succeed
 	}
 	writeErrorStatus(w, status, err.Error())
 }
