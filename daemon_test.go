@@ -116,6 +116,8 @@ type daemon struct {
 	failpoints string
 	// reconcileInterval is --reconcile-interval; "" means 0 (off).
 	reconcileInterval string
+	// args are more flags for serve.
+	args []string
 }
 
 func startDaemon(t *testing.T, ns *testNS) *daemon {
@@ -139,8 +141,8 @@ func (d *daemon) start(failpoints string) {
 	if interval == "" {
 		interval = "0"
 	}
-	d.cmd = exec.Command("ip", "netns", "exec", d.ns.name, daemonBin, "serve", "--name", d.name,
-		"--state-dir", d.dir, "--log-level", "debug", "--reconcile-interval", interval)
+	d.cmd = exec.Command("ip", append([]string{"netns", "exec", d.ns.name, daemonBin, "serve", "--name", d.name,
+		"--state-dir", d.dir, "--log-level", "debug", "--reconcile-interval", interval}, d.args...)...)
 	d.cmd.Env = append(os.Environ(), "MYNET_FAILPOINTS="+failpoints)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

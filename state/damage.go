@@ -17,7 +17,7 @@ import (
 var ErrUnusable = errors.New("unusable state")
 
 // Recovery is the pointer every unusable-state error ends with.
-const Recovery = `see "Recovering the state" in the README; nothing was changed in the kernel`
+const Recovery = `see "Recovering the state" in the README`
 
 // unusable wraps an error about the file at path as ErrUnusable.
 func unusable(path, format string, args ...any) error {

@@ -140,6 +140,13 @@ func TestGeneration(t *testing.T) {
 		t.Fatalf("new file: created %v upgraded %v generation %q", s.Created(), s.Upgraded(), gen)
 	}
 	must(t, s.Close())
+	s, err = Open(dir) // a start that refused: still new
+	must(t, err)
+	if !s.Created() || s.Generation() != gen {
+		t.Fatalf("reopened before Claimed: created %v generation %q, want %q", s.Created(), s.Generation(), gen)
+	}
+	must(t, s.Claimed())
+	must(t, s.Close())
 	s, err = Open(dir)
 	must(t, err)
 	if s.Created() || s.Upgraded() || s.Generation() != gen {
@@ -159,6 +166,7 @@ func TestGeneration(t *testing.T) {
 	dir = t.TempDir()
 	path = goodState(t, dir)
 	putRaw(t, path, "meta", "generation", nil) // as the previous release wrote it
+	putRaw(t, path, "meta", "unclaimed", nil)
 	s, err = Open(dir)
 	must(t, err)
 	gen = s.Generation()
@@ -171,7 +179,7 @@ func TestGeneration(t *testing.T) {
 	if !s.Upgraded() || s.Generation() != gen {
 		t.Fatalf("legacy file reopened: upgraded %v generation %q, want %q", s.Upgraded(), s.Generation(), gen)
 	}
-	must(t, s.UpgradeDone())
+	must(t, s.Claimed())
 	must(t, s.Close())
 	s, err = Open(dir)
 	must(t, err)

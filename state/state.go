@@ -48,6 +48,10 @@ var (
 	// generation: its links carry the old tag until the caller has
 	// retagged them (see Upgraded).
 	keyLegacyTags = []byte("legacy-tags")
+	// keyUnclaimed marks a file created while tagged objects in the
+	// kernel had not yet been checked against it, so that a start that
+	// refuses still sees the file as new the next time (see Created).
+	keyUnclaimed = []byte("unclaimed")
 )
 
 // ErrLocked means another process holds the database.
@@ -280,12 +284,14 @@ func (s *Store) init() (err error) {
 			// A new file, or an empty one (a zero-length file is
 			// initialised by bbolt): the caller must not take the
 			// tagged objects in the kernel for orphans of it.
-			s.created = true
 			var err error
 			if meta, err = tx.CreateBucket(bucketMeta); err != nil {
 				return err
 			}
 			if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
+				return err
+			}
+			if err := meta.Put(keyUnclaimed, []byte("1")); err != nil {
 				return err
 			}
 		}
@@ -307,7 +313,7 @@ func (s *Store) init() (err error) {
 			if err := meta.Put(keyGeneration, []byte(s.generation)); err != nil {
 				return err
 			}
-			if !s.created {
+			if meta.Get(keyUnclaimed) == nil {
 				// A file of the previous release: it decoded, so the
 				// links tagged by this instance are its own.
 				if err := meta.Put(keyLegacyTags, []byte("1")); err != nil {
@@ -315,6 +321,7 @@ func (s *Store) init() (err error) {
 				}
 			}
 		}
+		s.created = meta.Get(keyUnclaimed) != nil
 		s.upgraded = meta.Get(keyLegacyTags) != nil
 		for _, b := range [][]byte{bucketNetworks, bucketEndpoints, bucketPools, bucketAddrs} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -369,23 +376,30 @@ func validGeneration(g string) bool {
 // carry it (see bridge.Tag).
 func (s *Store) Generation() string { return s.generation }
 
-// Created reports whether this Open found the file new or empty and
-// initialised it. Tagged objects in the kernel then belong to a state that
-// was lost, and must be neither adopted nor deleted.
+// Created reports whether the file is new or was empty (a zero-length file
+// is initialised as new) and Claimed was not called since. Tagged objects
+// in the kernel then belong to a state that was lost, and must be neither
+// adopted nor deleted.
 func (s *Store) Created() bool { return s.created }
 
 // Upgraded reports whether the file comes from a release without
-// generations and its links may still carry the old tags; call
-// UpgradeDone once they are retagged.
+// generations, so that its links may still carry the old tags, and
+// Claimed was not called since.
 func (s *Store) Upgraded() bool { return s.upgraded }
 
-// UpgradeDone records that no link carries the old tags any more.
-func (s *Store) UpgradeDone() error {
-	err := s.update("finish the tag upgrade", func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Delete(keyLegacyTags)
+// Claimed records that the caller has checked the tagged objects in the
+// kernel against this state (and retagged those of an upgraded file):
+// from now on Created and Upgraded report false.
+func (s *Store) Claimed() error {
+	if !s.created && !s.upgraded {
+		return nil
+	}
+	err := s.update("record the ownership check", func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		return errors.Join(meta.Delete(keyUnclaimed), meta.Delete(keyLegacyTags))
 	})
 	if err == nil {
-		s.upgraded = false
+		s.created, s.upgraded = false, false
 	}
 	return err
 }
@@ -593,4 +607,57 @@ func deletePrefix(b *bolt.Bucket, prefix string) error {
 		}
 	}
 	return nil
+}
+
+// Peek is what a reader without the daemon learns from the file: its
+// generation, whether it is still unclaimed (see Created), and its records.
+type Peek struct {
+	Generation string
+	Created    bool
+	Snapshot   Snapshot
+}
+
+// ReadOnly reads the state in dir without changing it, for `mynet doctor`
+// while the daemon is down (a running daemon holds the file locked: the
+// error then wraps ErrLocked). A missing file is os.ErrNotExist; a damaged
+// one wraps ErrUnusable, like Open and Load.
+func ReadOnly(dir string) (p Peek, err error) {
+	path := filepath.Join(dir, FileName)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return p, err
+	}
+	if fi.Size() == 0 {
+		p.Created = true // what Open makes of it
+		return p, nil
+	}
+	defer recoverPanic(path, &err)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return p, fmt.Errorf("%w: %s is locked", ErrLocked, path)
+	}
+	if err != nil {
+		return p, unusable(path, "bbolt cannot open it: %v", err)
+	}
+	defer db.Close()
+	s := &Store{db: db, path: path}
+	err = db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			p.Created = true
+			return nil
+		}
+		p.Generation, p.Created = string(meta.Get(keyGeneration)), meta.Get(keyUnclaimed) != nil
+		for _, b := range [][]byte{bucketNetworks, bucketEndpoints, bucketPools, bucketAddrs} {
+			if tx.Bucket(b) == nil {
+				return unusable(path, "bucket %s is missing", b)
+			}
+		}
+		return nil
+	})
+	if err != nil || p.Created && p.Generation == "" {
+		return p, err
+	}
+	p.Snapshot, err = s.Load()
+	return p, err
 }
