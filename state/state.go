@@ -157,8 +157,8 @@ type Store struct {
 	path string
 
 	generation string
-	created    bool   // the file was new or empty: Open initialised it
-	upgraded   bool   // the file had no generation: links carry the old tags
+	created    bool   // new or emptied, and not yet Claimed
+	upgraded   bool   // had no generation, and not yet Claimed
 	warning    string // a meta page rollback bbolt recovered from
 
 	mu      sync.RWMutex // closed, and sends on writes
