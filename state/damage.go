@@ -110,7 +110,14 @@ func checkMetaPages(path string) string {
 }
 
 func metaWarning(bad int, damaged, used metaPage) string {
+	if damaged.txid+1 == used.txid {
+		// Its transaction ID survived and is the older one: the newer
+		// page is intact, and bbolt would use it anyway.
+		return fmt.Sprintf("meta page %d of the state file is damaged (%v); it held the older of the two transactions (%d), so nothing is lost, "+
+			"but the disk under the state may be failing", bad, damaged.err, damaged.txid)
+	}
 	return fmt.Sprintf("meta page %d of the state file is damaged (%v); bbolt falls back to meta page %d (transaction %d), "+
-		"so the last change written before the damage may be lost; the state is consistent but may lack a network or endpoint that exists in the kernel",
+		"so the last change written before the damage may be lost: the state is consistent but may lack a network or endpoint "+
+		"that exists in the kernel, whose links the reconcile then removes as orphans",
 		bad, damaged.err, 1-bad, used.txid)
 }

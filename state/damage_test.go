@@ -247,36 +247,48 @@ func TestCorruptedPages(t *testing.T) {
 
 // TestMetaRollbackWarns: bbolt silently falls back to the older meta page
 // when the newer one is damaged, losing the last transaction; Open says so.
+// Damage to the older page loses nothing, and Open says that instead.
 func TestMetaRollbackWarns(t *testing.T) {
-	dir := t.TempDir()
-	path := goodState(t, dir)
-	b, err := os.ReadFile(path)
-	must(t, err)
-	size := pageSize(t, path)
-	m0, m1 := readMeta(b), readMeta(b[size:])
-	newer := int64(0)
-	if m1.txid > m0.txid {
-		newer = 1
-	}
-	s, err := Open(dir)
-	must(t, err)
-	if w := s.Warning(); w != "" {
-		t.Fatalf("warning on an intact file: %s", w)
-	}
-	must(t, s.Close())
+	for _, tc := range []struct {
+		name  string
+		newer bool
+		want  string
+	}{
+		{"newer page", true, "may be lost"},
+		{"older page", false, "nothing is lost"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := goodState(t, dir)
+			s, err := Open(dir)
+			must(t, err)
+			if w := s.Warning(); w != "" {
+				t.Fatalf("warning on an intact file: %s", w)
+			}
+			must(t, s.Close()) // Open commits a transaction: read the pages after it
+			b, err := os.ReadFile(path)
+			must(t, err)
+			size := pageSize(t, path)
+			m0, m1 := readMeta(b), readMeta(b[size:])
+			page := int64(0)
+			if (m1.txid > m0.txid) == tc.newer {
+				page = 1
+			}
 
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	must(t, err)
-	_, err = f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff}, newer*size+metaTxid-8) // inside the checksummed meta
-	must(t, err)
-	must(t, f.Close())
-	s, err = Open(dir)
-	must(t, err)
-	defer s.Close()
-	if w := s.Warning(); !strings.Contains(w, "meta page") {
-		t.Fatalf("warning = %q, want one about the meta page", w)
-	}
-	if _, err := s.Load(); err != nil {
-		t.Fatalf("the older meta page is consistent, yet Load failed: %v", err)
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			must(t, err)
+			_, err = f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff}, page*size+metaTxid-8) // the high-water mark: checksummed, not the txid
+			must(t, err)
+			must(t, f.Close())
+			s, err = Open(dir)
+			must(t, err)
+			defer s.Close()
+			if w := s.Warning(); !strings.Contains(w, "meta page") || !strings.Contains(w, tc.want) {
+				t.Fatalf("warning = %q, want one about the meta page saying %q", w, tc.want)
+			}
+			if _, err := s.Load(); err != nil {
+				t.Fatalf("the other meta page is consistent, yet Load failed: %v", err)
+			}
+		})
 	}
 }
