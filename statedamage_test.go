@@ -313,3 +313,29 @@ func TestDoctorListsForeignObjects(t *testing.T) {
 	}
 	t.Log(out)
 }
+
+// TestMetaPageDamageWarns: a damaged meta page that bbolt recovers from
+// by itself is logged as a warning at start; here the older one, so the
+// state is whole and the daemon serves it.
+func TestMetaPageDamageWarns(t *testing.T) {
+	ds := newDamagedState(t)
+	b := ds.original
+	size := int64(binary.LittleEndian.Uint32(b[16+8:]))
+	older := int64(0)
+	if binary.LittleEndian.Uint64(b[16+48:]) > binary.LittleEndian.Uint64(b[size+16+48:]) {
+		older = 1
+	}
+	f, err := os.OpenFile(ds.path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff}, older*size+16+40); err != nil { // its high-water mark
+		t.Fatal(err)
+	}
+	f.Close()
+	ds.d.log.Reset()
+	ds.serves(t, true)
+	if log := ds.d.log.String(); !strings.Contains(log, "level=WARN") || !strings.Contains(log, "meta page") {
+		t.Fatalf("no warning about the meta page:\n%s", log)
+	}
+}
