@@ -46,11 +46,15 @@ type target struct {
 	Restart string
 	// Plugin is the managed plugin's reference, when --plugin chose it.
 	Plugin string
+	// StateDir is the daemon's --state-dir, which doctor reads when the
+	// daemon does not answer.
+	StateDir string
 }
 
 // cliFlags are the flags every operator command takes.
 type cliFlags struct {
 	name, socket, pluginRef, instance, format string
+	stateDir                                  string
 }
 
 func (c *cliFlags) register(fs *flag.FlagSet, doctor bool) {
@@ -59,6 +63,7 @@ func (c *cliFlags) register(fs *flag.FlagSet, doctor bool) {
 	fs.StringVar(&c.pluginRef, "plugin", "", "reach the managed plugin NAME:TAG (its socket is "+pluginDir+"/<plugin ID>/"+managedSocket+")")
 	fs.StringVar(&c.format, "format", "table", "table or json")
 	if doctor {
+		fs.StringVar(&c.stateDir, "state-dir", "/var/lib/mynet", "the daemon's --state-dir: read (never changed) when the daemon does not answer, to list the tagged objects it would refuse to start with")
 		fs.StringVar(&c.instance, "instance", "", "the daemon's --name, which scopes its link tags and chain names (default: --name, else read from the bridges' tags, else mynet)")
 	}
 }
@@ -78,7 +83,7 @@ func (c *cliFlags) resolve(ctx context.Context, env *cliEnv) (target, error) {
 	if set > 1 {
 		return target{}, errors.New("give at most one of --name, --socket and --plugin")
 	}
-	t := target{Instance: "mynet", Restart: "systemctl restart mynet (or stop and start mynet serve)"}
+	t := target{Instance: "mynet", Restart: "systemctl restart mynet (or stop and start mynet serve)", StateDir: c.stateDir}
 	switch {
 	case c.socket != "":
 		t.Socket = c.socket

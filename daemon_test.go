@@ -118,6 +118,8 @@ type daemon struct {
 	reconcileInterval string
 	// env is added to the daemon's environment at each start.
 	env []string
+	// args are more flags for serve.
+	args []string
 }
 
 func startDaemon(t *testing.T, ns *testNS) *daemon {
@@ -141,8 +143,8 @@ func (d *daemon) start(failpoints string) {
 	if interval == "" {
 		interval = "0"
 	}
-	d.cmd = exec.Command("ip", "netns", "exec", d.ns.name, daemonBin, "serve", "--name", d.name,
-		"--state-dir", d.dir, "--log-level", "debug", "--reconcile-interval", interval)
+	d.cmd = exec.Command("ip", append([]string{"netns", "exec", d.ns.name, daemonBin, "serve", "--name", d.name,
+		"--state-dir", d.dir, "--log-level", "debug", "--reconcile-interval", interval}, d.args...)...)
 	d.cmd.Env = append(append(os.Environ(), d.env...), "MYNET_FAILPOINTS="+failpoints)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

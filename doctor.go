@@ -166,7 +166,10 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 	}
 
 	if st1 == nil {
-		d.add("state", statusSkipped, "no state from the daemon: objects the state does not know, and state records whose kernel objects are missing, were not checked", "")
+		d.add("state", statusSkipped, "no state from the daemon: state records whose kernel objects are missing were not checked", "")
+		if sc1.linkErr == nil {
+			d.checkTaggedOffline(sc1)
+		}
 		return d.report
 	}
 	st2, err := d.stateFetch(ctx, d.t.Socket)
@@ -495,12 +498,9 @@ func (d *doctor) detectInstance(st *plugin.Dump, sc scan) {
 		if !ok {
 			continue
 		}
-		rest, ok := strings.CutPrefix(l.alias, "mynet:")
-		if !ok {
-			continue
-		}
-		inst, ok := strings.CutSuffix(rest, ":net:"+n.ID)
-		if !ok || inst == d.t.Instance || !validName.MatchString(inst) {
+		tag, ok := bridge.ParseTag(l.alias)
+		inst := tag.Instance
+		if !ok || tag.Kind != bridge.KindNetwork || tag.ID != n.ID || inst == d.t.Instance || !validName.MatchString(inst) {
 			continue
 		}
 		if d.t.InstanceKnown {
@@ -633,8 +633,11 @@ func jumpTarget(line string) string {
 	return ""
 }
 
-// linkTag is the alias mynet gives its links: mynet:<instance>:<kind>:<id>.
-func linkTag(instance, kind, id string) string { return "mynet:" + instance + ":" + kind + ":" + id }
+// linkTag is the alias the daemon gives its links (see bridge.Tag); a
+// daemon that reports no generation writes the earlier release's tags.
+func linkTag(instance string, st *plugin.Dump, kind, id string) string {
+	return bridge.Tag{Instance: instance, Generation: st.Generation, Kind: kind, ID: id}.String()
+}
 
 // stable returns the records present, and not pending, in both reads.
 func stableNetworks(a, b *plugin.Dump) []state.Network {
@@ -687,7 +690,7 @@ func (d *doctor) checkMissingLinks(st1, st2 *plugin.Dump, sc1, sc2 scan) {
 	for _, n := range nets {
 		l1, ok1 := sc1.links[n.Bridge]
 		l2, ok2 := sc2.links[n.Bridge]
-		tag := linkTag(d.t.Instance, "net", n.ID)
+		tag := linkTag(d.t.Instance, st2, bridge.KindNetwork, n.ID)
 		switch {
 		case !ok1 && !ok2:
 			d.add("missing_bridge", statusProblem, fmt.Sprintf("bridge %s of network %s is missing: its containers are cut off", n.Bridge, d.networkName(n.ID)), d.reconcileFix(rebuilds))
@@ -708,7 +711,7 @@ func (d *doctor) checkMissingLinks(st1, st2 *plugin.Dump, sc1, sc2 scan) {
 		}
 		l1, ok1 := sc1.links[e.HostVeth]
 		l2, ok2 := sc2.links[e.HostVeth]
-		tag := linkTag(d.t.Instance, "ep", e.ID)
+		tag := linkTag(d.t.Instance, st2, bridge.KindEndpoint, e.ID)
 		what := fmt.Sprintf("endpoint %s (%s) of network %s", netutil.Short(e.ID), d.endpointName(e), d.networkName(e.NetworkID))
 		switch {
 		case !ok1 && !ok2:
@@ -765,7 +768,6 @@ func (d *doctor) checkOrphanLinks(st *plugin.Dump, sc1, sc2 scan) {
 	for _, e := range st.Endpoints {
 		eps[e.ID] = true
 	}
-	prefix := "mynet:" + d.t.Instance + ":"
 	var names []string
 	for name := range sc2.links {
 		names = append(names, name)
@@ -776,16 +778,19 @@ func (d *doctor) checkOrphanLinks(st *plugin.Dump, sc1, sc2 scan) {
 		if l1, ok := sc1.links[name]; !ok || l1.alias != l.alias {
 			continue
 		}
-		rest, ok := strings.CutPrefix(l.alias, prefix)
-		if !ok {
+		tag, ok := bridge.ParseTag(l.alias)
+		if !ok || tag.Instance != d.t.Instance {
 			continue
 		}
-		kind, id, _ := strings.Cut(rest, ":")
+		if tag.Generation != st.Generation {
+			d.addForeignLink(name, tag, st.Generation)
+			continue
+		}
 		switch {
-		case kind == "net" && !nets[id]:
-			d.add("orphan_link", statusProblem, fmt.Sprintf("bridge %s is tagged with network %s, which the state does not know", name, netutil.Short(id)), "ip link del "+name)
-		case kind == "ep" && !eps[id]:
-			d.add("orphan_link", statusProblem, fmt.Sprintf("veth %s is tagged with endpoint %s, which the state does not know", name, netutil.Short(id)), "ip link del "+name)
+		case tag.Kind == bridge.KindNetwork && !nets[tag.ID]:
+			d.add("orphan_link", statusProblem, fmt.Sprintf("bridge %s is tagged with network %s, which the state does not know", name, netutil.Short(tag.ID)), "ip link del "+name)
+		case tag.Kind == bridge.KindEndpoint && !eps[tag.ID]:
+			d.add("orphan_link", statusProblem, fmt.Sprintf("veth %s is tagged with endpoint %s, which the state does not know", name, netutil.Short(tag.ID)), "ip link del "+name)
 		}
 	}
 }

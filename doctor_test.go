@@ -243,6 +243,16 @@ func TestDoctorFindsEachProblem(t *testing.T) {
 			check:   "orphan_link", msgPart: "veth mnv-orphan is tagged with endpoint 0000deadbeef", fixPart: "ip link del mnv-orphan", runFix: true,
 		},
 		{
+			name: "link of another state generation",
+			breakIt: func(h *docHarness) {
+				addLink(h.t, "mn-foreign", bridge.Tag{Instance: docInst, Generation: "0badc0de", Kind: bridge.KindNetwork, ID: unknown}.String())
+			},
+			check: "foreign_link", msgPart: "mn-foreign is the bridge of network 0000deadbeef under another state file (generation 0badc0de",
+			fixPart: "ip link del mn-foreign   # if no running container needs it\nmynet serve --discard-orphans --name " + docInst,
+			// Not runFix: the second line starts a daemon.
+			apply: func(h *docHarness) { h.sh("ip link del mn-foreign") },
+		},
+		{
 			name: "rule naming an unknown network",
 			breakIt: func(h *docHarness) {
 				filter, _ := bridge.InstanceChains(docInst)

@@ -39,6 +39,7 @@ type serveFlags struct {
 
 	metricsSocket, metricsAddr string
 	pprof                      bool
+	discardOrphans             bool
 }
 
 func parseServeFlags(args []string) (serveFlags, error) {
@@ -59,6 +60,7 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	fs.DurationVar(&f.reconcile, "reconcile-interval", 5*time.Second, "how often to check mynet's links and rules for outside changes and repair them (0: only at startup and on SIGHUP)")
 	fs.StringVar(&f.metricsSocket, "metrics-socket", "", "serve Prometheus metrics on this unix socket (mode 0660, group --socket-group); off by default")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this loopback address, 127.0.0.1:PORT or [::1]:PORT; off by default")
+	fs.BoolVar(&f.discardOrphans, "discard-orphans", false, "at startup, delete the links and rules tagged by this instance that the state does not know, even those of another state file (a lost or replaced one), instead of refusing to start")
 	fs.BoolVar(&f.pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the metrics listener")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -118,9 +120,18 @@ func serve(args []string) error {
 	}
 	store, err := state.Open(f.stateDir)
 	if err != nil {
-		return stateError{err}
+		return unusableFile(err, filepath.Join(f.stateDir, state.FileName))
 	}
 	defer store.Close()
+	if w := store.Warning(); w != "" {
+		log.Warn(w, "state", store.Path())
+	}
+	// Read and check every record before touching the kernel: a state
+	// that is not fully readable must not drive the reconcile's deletes.
+	snap, err := store.Load()
+	if err != nil {
+		return unusableFile(err, store.Path())
+	}
 
 	if st, err := bridge.EnsureHost(log); err != nil {
 		// Not fatal: networks that need it fail with the same message.
@@ -128,18 +139,24 @@ func serve(args []string) error {
 	} else {
 		log.Info("host checked", "ip_forward", st.IPForward, "br_netfilter_loaded", st.BrNetfilterLoaded, "bridge_nf_call_iptables", st.BrNetfilter)
 	}
-	dp, err := bridge.New(bridge.Config{Instance: f.name, Log: log})
+	dp, err := bridge.New(bridge.Config{Instance: f.name, Generation: store.Generation(), Log: log})
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
-	drv := plugin.NewDriver(plugin.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools})
+	if err := claimObjects(log, store, snap, dp, f.discardOrphans); err != nil {
+		return err
+	}
+	drv := plugin.NewDriver(plugin.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation()})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// A signal during the restore stops mynet after it, not halfway.
-	if err := drv.Restore(context.WithoutCancel(ctx)); err != nil {
-		// Serve anyway: refusing would strand every network; the problems
-		// are in the log and the affected calls fail with their own errors.
+	if err := drv.RestoreSnapshot(context.WithoutCancel(ctx), snap); errors.Is(err, state.ErrUnusable) {
+		return unusableFile(err, store.Path())
+	} else if err != nil {
+		// Kernel errors: serve anyway, since refusing would strand every
+		// network; the problems are in the log and the affected calls
+		// fail with their own errors.
 		log.Error("restore incomplete", "err", err)
 	}
 

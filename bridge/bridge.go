@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -98,6 +97,11 @@ type Config struct {
 	// names so two instances on one host never touch each other's objects.
 	Instance string
 	Log      *slog.Logger
+
+	// Generation is the state file's generation ID, put in every link
+	// tag (see Tag); "" writes the previous release's tags.
+	Generation string
+
 	// Netlink is the handle to use; nil opens one in the calling thread's
 	// network namespace.
 	Netlink *netlink.Handle
@@ -113,6 +117,9 @@ type Dataplane struct {
 	log      *slog.Logger
 	nl       *netlink.Handle
 	fw4, fw6 *firewall // fw6 is nil without ip6tables
+
+	generation string // in the link tags, see Tag
+
 	// janitor runs best-effort cleanups (conntrack and neighbour flushes,
 	// which cost a full conntrack dump each) after the request has been
 	// answered, on a netlink handle of its own.
@@ -144,7 +151,7 @@ func New(cfg Config) (*Dataplane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink handle: %w", err)
 	}
-	d := &Dataplane{instance: cfg.Instance, log: cfg.Log, nl: nl,
+	d := &Dataplane{instance: cfg.Instance, generation: cfg.Generation, log: cfg.Log, nl: nl,
 		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{})}
 	d.nft = openNFT()
 	if d.packetFD, err = openAnnounceSocket(); err != nil {
@@ -567,19 +574,6 @@ func stopped(ctx context.Context, step string) error {
 		return nil
 	}
 	return fmt.Errorf("stopped before %s: %w", step, context.Cause(ctx))
-}
-
-func (d *Dataplane) tag(kind, id string) string {
-	return "mynet:" + d.instance + ":" + kind + ":" + id
-}
-
-func (d *Dataplane) parseTag(alias string) (kind, id string, ok bool) {
-	rest, ok := strings.CutPrefix(alias, "mynet:"+d.instance+":")
-	if !ok {
-		return "", "", false
-	}
-	kind, id, ok = strings.Cut(rest, ":")
-	return kind, id, ok && (kind == "net" || kind == "ep")
 }
 
 func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -194,7 +195,8 @@ func (m *managedPlugin) expectOwnsBridge(network string) {
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	if want := "alias mynet:mynet:net:" + id; !strings.Contains(out, want) {
-		m.t.Errorf("no bridge of network %s has %q:\n%s", network, want, out)
+	// mynet:<instance>:<state generation>:net:<network ID>
+	if want := regexp.MustCompile(`alias mynet:mynet:[0-9a-f]{8}:net:` + id + `\b`); !want.MatchString(out) {
+		m.t.Errorf("no bridge of network %s has an alias matching %q:\n%s", network, want, out)
 	}
 }

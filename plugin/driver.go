@@ -79,6 +79,8 @@ type Config struct {
 	Store        Store
 	Dataplane    Dataplane
 	DefaultPools []ipam.PoolSpec
+	// Generation is the state file's generation, for the state dump.
+	Generation string
 	// MaxEndpoints per network stays below the kernel's 1024 ports per
 	// bridge, so users get mynet's error instead of "exchange full".
 	MaxEndpoints int
@@ -250,6 +252,9 @@ type Dump struct {
 	Networks  []state.Network
 	Endpoints []state.Endpoint
 	Pools     []state.Pool
+
+	// Generation is in the tags of the links of this state (bridge.Tag).
+	Generation string `json:",omitempty"`
 }
 
 // Dump returns a copy of the state.
@@ -258,7 +263,7 @@ func (d *Driver) Dump() *Dump {
 	defer d.mapMu.RUnlock()
 	d.ipamMu.Lock()
 	defer d.ipamMu.Unlock()
-	out := &Dump{Networks: []state.Network{}, Endpoints: []state.Endpoint{}, Pools: []state.Pool{}}
+	out := &Dump{Generation: d.cfg.Generation, Networks: []state.Network{}, Endpoints: []state.Endpoint{}, Pools: []state.Pool{}}
 	for _, n := range d.networks {
 		out.Networks = append(out.Networks, *n)
 	}
@@ -280,17 +285,26 @@ func (d *Driver) Dump() *Dump {
 // 5), so half-done operations of a crash are undone here and a full
 // reconcile pass rebuilds whatever a reboot or a flush took.
 func (d *Driver) Restore(ctx context.Context) error {
-	d.opMu.Lock()
-	defer d.opMu.Unlock()
 	snap, err := d.cfg.Store.Load()
 	if err != nil {
 		return err
 	}
+	return d.RestoreSnapshot(ctx, snap)
+}
+
+// RestoreSnapshot is Restore from a snapshot the caller loaded. A pool it
+// cannot rebuild fails it with an error wrapping state.ErrUnusable before
+// anything is restored or changed in the kernel: a partial state would
+// make the reconcile delete the objects of the rest as orphans.
+func (d *Driver) RestoreSnapshot(ctx context.Context, snap state.Snapshot) error {
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
 	d.ipamMu.Lock()
 	for _, p := range snap.Pools {
 		if err := d.restorePool(p); err != nil {
+			clear(d.pools)
 			d.ipamMu.Unlock()
-			return err
+			return fmt.Errorf("%w: %w", state.ErrUnusable, err)
 		}
 	}
 	d.ipamMu.Unlock()
@@ -317,7 +331,7 @@ func (d *Driver) Restore(ctx context.Context) error {
 		d.endpoints[e.ID] = &e // the reconcile drops it if its network is gone
 		d.mapMu.Unlock()
 	}
-	_, err = d.reconcile(ctx, true)
+	_, err := d.reconcile(ctx, true)
 	errs = append(errs, err)
 	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(d.endpoints), "pools", len(snap.Pools))
 	return errors.Join(errs...)

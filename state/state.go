@@ -8,6 +8,8 @@
 package state
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +39,19 @@ var (
 	bucketPools     = []byte("pools")
 	bucketAddrs     = []byte("addrs") // key: poolID "|" address
 	keySchema       = []byte("schema")
+	// keyGeneration is a random ID created with the file; mynet puts it in
+	// the tags of the links it creates, so that it can tell its own
+	// leftovers from the objects of another state file (one lost, moved
+	// aside or replaced), which it must never delete as orphans.
+	keyGeneration = []byte("generation")
+	// keyLegacyTags marks a file of an earlier release, which had no
+	// generation: its links carry the old tag until the caller has
+	// retagged them (see Upgraded).
+	keyLegacyTags = []byte("legacy-tags")
+	// keyUnclaimed marks a file created while tagged objects in the
+	// kernel had not yet been checked against it, so that a start that
+	// refuses still sees the file as new the next time (see Created).
+	keyUnclaimed = []byte("unclaimed")
 )
 
 // ErrLocked means another process holds the database.
@@ -141,6 +156,11 @@ type Store struct {
 	db   *bolt.DB
 	path string
 
+	generation string
+	created    bool   // new or emptied, and not yet Claimed
+	upgraded   bool   // had no generation, and not yet Claimed
+	warning    string // a meta page rollback bbolt recovered from
+
 	mu      sync.RWMutex // closed, and sends on writes
 	closed  bool
 	writes  chan *write
@@ -158,26 +178,42 @@ const maxGroup = 64
 
 // Open opens (creating if needed) the database in dir. It fails fast when
 // another process holds the file, and refuses a file of another schema
-// version rather than guessing at its contents.
+// version rather than guessing at its contents. A damaged file (one bbolt
+// rejects or panics on, or a non-empty one without a schema version) is an
+// error wrapping ErrUnusable.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 200 * time.Millisecond, FreelistType: bolt.FreelistMapType})
+	warning := checkMetaPages(path)
+	db, err := openBolt(path)
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s is locked; stop the other instance or pass another --state-dir", ErrLocked, path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open state %s: %w; if the file is damaged, see \"Recovering the state\" in the README", path, err)
+		return nil, err
 	}
-	s := &Store{db: db, path: path, writes: make(chan *write), stopped: make(chan struct{})}
+	s := &Store{db: db, path: path, warning: warning, writes: make(chan *write), stopped: make(chan struct{})}
 	if err := s.init(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.check(); err != nil {
 		db.Close()
 		return nil, err
 	}
 	go s.committer()
 	return s, nil
+}
+
+func openBolt(path string) (db *bolt.DB, err error) {
+	defer recoverPanic(path, &err)
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 200 * time.Millisecond, FreelistType: bolt.FreelistMapType})
+	if err != nil && !errors.Is(err, bolt.ErrTimeout) {
+		return nil, unusable(path, "bbolt cannot open it: %v", err)
+	}
+	return db, err
 }
 
 // committer runs the writes, in the order they arrived, grouping those
@@ -230,13 +266,24 @@ func (s *Store) commit(group []*write) {
 	}
 }
 
-func (s *Store) init() error {
+func (s *Store) init() (err error) {
+	defer recoverPanic(s.path, &err)
 	return s.db.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil {
-			if tx.Bucket(bucketNetworks) != nil {
-				return fmt.Errorf("state %s has data but no schema version; see \"Recovering the state\" in the README", s.path)
+			var buckets []string
+			if err := tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+				buckets = append(buckets, string(name))
+				return nil
+			}); err != nil {
+				return err
 			}
+			if len(buckets) > 0 {
+				return unusable(s.path, "it has data (buckets %s) but no meta bucket with the schema version", strings.Join(buckets, ", "))
+			}
+			// A new file, or an empty one (a zero-length file is
+			// initialised by bbolt): the caller must not take the
+			// tagged objects in the kernel for orphans of it.
 			var err error
 			if meta, err = tx.CreateBucket(bucketMeta); err != nil {
 				return err
@@ -244,10 +291,38 @@ func (s *Store) init() error {
 			if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
 				return err
 			}
+			if err := meta.Put(keyUnclaimed, []byte("1")); err != nil {
+				return err
+			}
 		}
-		if v := string(meta.Get(keySchema)); v != strconv.Itoa(SchemaVersion) {
-			return fmt.Errorf("state %s has schema version %q; this mynet reads version %d; see \"Recovering the state\" in the README", s.path, v, SchemaVersion)
+		switch v := meta.Get(keySchema); {
+		case v == nil:
+			return unusable(s.path, "record meta/%s (the schema version) is missing", keySchema)
+		case string(v) != strconv.Itoa(SchemaVersion):
+			return unusable(s.path, "it has schema version %q; this mynet reads version %d", v, SchemaVersion)
 		}
+		if g := meta.Get(keyGeneration); g != nil {
+			if !validGeneration(string(g)) {
+				return unusable(s.path, "record meta/%s is %q, not %d hex digits", keyGeneration, g, 2*generationBytes)
+			}
+			s.generation = string(g)
+		} else {
+			if s.generation, err = newGeneration(); err != nil {
+				return err
+			}
+			if err := meta.Put(keyGeneration, []byte(s.generation)); err != nil {
+				return err
+			}
+			if meta.Get(keyUnclaimed) == nil {
+				// A file of the previous release: it decoded, so the
+				// links tagged by this instance are its own.
+				if err := meta.Put(keyLegacyTags, []byte("1")); err != nil {
+					return err
+				}
+			}
+		}
+		s.created = meta.Get(keyUnclaimed) != nil
+		s.upgraded = meta.Get(keyLegacyTags) != nil
 		for _, b := range [][]byte{bucketNetworks, bucketEndpoints, bucketPools, bucketAddrs} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
@@ -256,6 +331,82 @@ func (s *Store) init() error {
 		return nil
 	})
 }
+
+// check runs bbolt's consistency check over every page: a corrupted page
+// that Load would not visit (a free page, a branch of a deleted record)
+// would otherwise make a later write panic in the committer, with no way
+// to recover. It costs about 0.1 ms on a state of 58 networks and 300
+// endpoints (a 370 KB file).
+func (s *Store) check() (err error) {
+	defer recoverPanic(s.path, &err)
+	return s.db.View(func(tx *bolt.Tx) error {
+		var problems []string
+		for err := range tx.Check() {
+			if len(problems) < 3 {
+				problems = append(problems, err.Error())
+			}
+		}
+		if len(problems) > 0 {
+			return unusable(s.path, "bbolt's consistency check failed: %s", strings.Join(problems, "; "))
+		}
+		return nil
+	})
+}
+
+// generationBytes is the size of the random generation ID.
+const generationBytes = 4
+
+func newGeneration() (string, error) {
+	b := make([]byte, generationBytes)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("create the state's generation ID: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+func validGeneration(g string) bool {
+	if len(g) != 2*generationBytes {
+		return false
+	}
+	_, err := hex.DecodeString(g)
+	return err == nil && strings.ToLower(g) == g
+}
+
+// Generation is the file's random ID, created with it: mynet's link tags
+// carry it (see bridge.Tag).
+func (s *Store) Generation() string { return s.generation }
+
+// Created reports whether the file is new or was empty (a zero-length file
+// is initialised as new) and Claimed was not called since. Tagged objects
+// in the kernel then belong to a state that was lost, and must be neither
+// adopted nor deleted.
+func (s *Store) Created() bool { return s.created }
+
+// Upgraded reports whether the file comes from a release without
+// generations, so that its links may still carry the old tags, and
+// Claimed was not called since.
+func (s *Store) Upgraded() bool { return s.upgraded }
+
+// Claimed records that the caller has checked the tagged objects in the
+// kernel against this state (and retagged those of an upgraded file):
+// from now on Created and Upgraded report false.
+func (s *Store) Claimed() error {
+	if !s.created && !s.upgraded {
+		return nil
+	}
+	err := s.update("record the ownership check", func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		return errors.Join(meta.Delete(keyUnclaimed), meta.Delete(keyLegacyTags))
+	})
+	if err == nil {
+		s.created, s.upgraded = false, false
+	}
+	return err
+}
+
+// Warning is what Open noticed and recovered from (a damaged meta page,
+// which makes bbolt fall back to the previous transaction), or "".
+func (s *Store) Warning() string { return s.warning }
 
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
@@ -275,17 +426,19 @@ func (s *Store) Close() error {
 // ErrClosed is returned by writes after Close.
 var ErrClosed = errors.New("state store is closed")
 
-// Load reads everything.
-func (s *Store) Load() (Snapshot, error) {
-	var snap Snapshot
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if err := loadAll(tx, bucketNetworks, &snap.Networks); err != nil {
+// Load reads everything. A record that does not decode or validate, or a
+// corrupted page, fails the whole load with an error wrapping ErrUnusable
+// that names the record: a partial state must never be served.
+func (s *Store) Load() (snap Snapshot, err error) {
+	defer recoverPanic(s.path, &err)
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if err := loadAll(tx, bucketNetworks, &snap.Networks, (*Network).validate); err != nil {
 			return err
 		}
-		if err := loadAll(tx, bucketEndpoints, &snap.Endpoints); err != nil {
+		if err := loadAll(tx, bucketEndpoints, &snap.Endpoints, (*Endpoint).validate); err != nil {
 			return err
 		}
-		if err := loadAll(tx, bucketPools, &snap.Pools); err != nil {
+		if err := loadAll(tx, bucketPools, &snap.Pools, (*Pool).validate); err != nil {
 			return err
 		}
 		byID := map[string]*Pool{}
@@ -294,29 +447,45 @@ func (s *Store) Load() (Snapshot, error) {
 		}
 		return tx.Bucket(bucketAddrs).ForEach(func(k, v []byte) error {
 			id, addr, _ := strings.Cut(string(k), "|")
-			if p := byID[id]; p != nil {
-				p.Addrs = append(p.Addrs, addr)
-				if len(v) > 0 {
-					if p.Owners == nil {
-						p.Owners = map[string]string{}
-					}
-					p.Owners[addr] = string(v)
+			p := byID[id]
+			if p == nil {
+				return nil // its pool went in the same transaction; nothing refers to it
+			}
+			if err := validateAddr(p, addr); err != nil {
+				return recordError(bucketAddrs, k, err)
+			}
+			p.Addrs = append(p.Addrs, addr)
+			if len(v) > 0 {
+				if p.Owners == nil {
+					p.Owners = map[string]string{}
 				}
+				p.Owners[addr] = string(v)
 			}
 			return nil
 		})
 	})
+	if errors.Is(err, ErrUnusable) {
+		return Snapshot{}, err
+	}
 	if err != nil {
-		return Snapshot{}, fmt.Errorf("load state %s: %w", s.path, err)
+		return Snapshot{}, unusable(s.path, "%v", err)
 	}
 	return snap, nil
 }
 
-func loadAll[T any](tx *bolt.Tx, bucket []byte, out *[]T) error {
+// recordError is the error for one bad record; unusable adds the file.
+func recordError(bucket, key []byte, err error) error {
+	return fmt.Errorf("record %s/%s: %w", bucket, key, err)
+}
+
+func loadAll[T any](tx *bolt.Tx, bucket []byte, out *[]T, validate func(*T, string) error) error {
 	return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
 		var rec T
 		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("decode %s record %q: %w", bucket, k, err)
+			return recordError(bucket, k, fmt.Errorf("does not decode: %w", err))
+		}
+		if err := validate(&rec, string(k)); err != nil {
+			return recordError(bucket, k, fmt.Errorf("invalid: %w", err))
 		}
 		*out = append(*out, rec)
 		return nil
@@ -438,4 +607,57 @@ func deletePrefix(b *bolt.Bucket, prefix string) error {
 		}
 	}
 	return nil
+}
+
+// Peek is what a reader without the daemon learns from the file: its
+// generation, whether it is still unclaimed (see Created), and its records.
+type Peek struct {
+	Generation string
+	Created    bool
+	Snapshot   Snapshot
+}
+
+// ReadOnly reads the state in dir without changing it, for `mynet doctor`
+// while the daemon is down (a running daemon holds the file locked: the
+// error then wraps ErrLocked). A missing file is os.ErrNotExist; a damaged
+// one wraps ErrUnusable, like Open and Load.
+func ReadOnly(dir string) (p Peek, err error) {
+	path := filepath.Join(dir, FileName)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return p, err
+	}
+	if fi.Size() == 0 {
+		p.Created = true // what Open makes of it
+		return p, nil
+	}
+	defer recoverPanic(path, &err)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return p, fmt.Errorf("%w: %s is locked", ErrLocked, path)
+	}
+	if err != nil {
+		return p, unusable(path, "bbolt cannot open it: %v", err)
+	}
+	defer db.Close()
+	s := &Store{db: db, path: path}
+	err = db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			p.Created = true
+			return nil
+		}
+		p.Generation, p.Created = string(meta.Get(keyGeneration)), meta.Get(keyUnclaimed) != nil
+		for _, b := range [][]byte{bucketNetworks, bucketEndpoints, bucketPools, bucketAddrs} {
+			if tx.Bucket(b) == nil {
+				return unusable(path, "bucket %s is missing", b)
+			}
+		}
+		return nil
+	})
+	if err != nil || p.Created && p.Generation == "" {
+		return p, err
+	}
+	p.Snapshot, err = s.Load()
+	return p, err
 }
