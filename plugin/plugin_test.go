@@ -331,6 +331,7 @@ func TestBadRequests(t *testing.T) {
 		{"bad mtu", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptMTU: "9"}), "68 to 65535"},
 		{"bridge name too long", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptBridgeName: "abcdefghijklmnop"}), "at most 15"},
 		{"bridge name wildcard", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptBridgeName: "br+"}), "wildcard"},
+		{"bridge name template", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptBridgeName: "br%d"}), "option com.docker.network.bridge.name: interface name \"br%d\" contains '%'"},
 		{"gateway outside", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.2.0.1/24", nil), "outside the subnet"},
 		{"non-canonical pool", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.1/24", "", nil), "host bits"},
 		{"bad bool", "NetworkDriver.CreateNetwork", map[string]any{"NetworkID": id('a'), "Options": map[string]any{"com.docker.network.enable_ipv6": "maybe"}, "IPv4Data": valid["IPv4Data"]}, "not a boolean"},
