@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	vnl "github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/netutil"
@@ -112,6 +113,9 @@ type Dataplane struct {
 	instance string
 	log      *slog.Logger
 	nl       *netlink.Handle
+	// rtnl sends the requests the netlink package has no call for: link
+	// creation with NLM_F_ECHO (link.go).
+	rtnl     *vnl.SocketHandle
 	fw4, fw6 *firewall // fw6 is nil without ip6tables
 	// janitor runs best-effort cleanups (conntrack and neighbour flushes,
 	// which cost a full conntrack dump each) after the request has been
@@ -144,7 +148,12 @@ func New(cfg Config) (*Dataplane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink handle: %w", err)
 	}
-	d := &Dataplane{instance: cfg.Instance, log: cfg.Log, nl: nl,
+	rtnl, err := openRTNL()
+	if err != nil {
+		nlJanitor.Close()
+		return nil, err
+	}
+	d := &Dataplane{instance: cfg.Instance, log: cfg.Log, nl: nl, rtnl: rtnl,
 		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{})}
 	d.nft = openNFT()
 	if d.packetFD, err = openAnnounceSocket(); err != nil {
@@ -202,6 +211,7 @@ func (d *Dataplane) Close() {
 	close(d.janitor)
 	<-d.janitorDone
 	d.nl.Close()
+	d.rtnl.Close()
 	d.nft.close()
 	d.reaper.close()
 	if d.packetFD >= 0 {
