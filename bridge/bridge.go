@@ -381,12 +381,14 @@ func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 	errs = append(errs, d.RemoveSpoofCheck(ep))
 	// The veth goes after the answer: deleting a netdev waits for an RCU
 	// grace period (about 20 ms), which the built-in driver does not pay on
-	// this path either (its veth goes with the sandbox's namespace). The
-	// name is the endpoint's own, so nothing can claim it meanwhile, and a
-	// crash before the janitor runs leaves a tagged orphan for the reconcile.
-	// See reap.go for how deletions are batched.
-	d.reaper.add(ep.HostVeth, d.tag("ep", ep.ID))
-	d.later(d.reap)
+	// this path either (its veth goes with the sandbox's namespace). It is
+	// queued by index: the same endpoint ID may come back before the
+	// janitor runs, with a new veth of the same name. A crash before the
+	// janitor runs leaves a tagged orphan for the reconcile. See reap.go
+	// for how deletions are batched.
+	if err := d.queueVeth(ep); err != nil {
+		errs = append(errs, err)
+	}
 	d.forgetAddresses(ep)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)

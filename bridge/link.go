@@ -106,6 +106,19 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 		return false, 0, fmt.Errorf("look up bridge %s for endpoint %s: %w", ep.Bridge, netutil.Short(ep.ID), err)
 	}
 	l, err := d.nl.LinkByName(ep.HostVeth)
+	if err == nil && d.reaper.doomed(l.Attrs().Index) {
+		// The veth of a deleted endpoint with the same ID, still waiting
+		// for the janitor: adopting it would hand the engine a pair that
+		// the janitor deletes a moment later. Delete it now, by index, so
+		// neither this call nor the janitor can touch the new pair. Its
+		// container end may still be in a sandbox being torn down; the
+		// pair goes as a whole either way.
+		if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
+			return false, 0, fmt.Errorf("delete veth %s of the deleted endpoint %s before creating it again: %w", ep.HostVeth, netutil.Short(ep.ID), err)
+		}
+		d.log.Debug("veth of a deleted endpoint deleted before its reuse", "veth", ep.HostVeth)
+		l, err = nil, netlink.LinkNotFoundError{}
+	}
 	switch {
 	case isNotFound(err):
 		// One queue each way, said explicitly: without it the kernel

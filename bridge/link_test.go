@@ -94,3 +94,64 @@ func TestAddLinkByIndex(t *testing.T) {
 		run(t, "ip", "link", "del", "tst0")
 	})
 }
+
+// TestEndpointIDReuse: an endpoint deleted and created again with the same
+// ID before the janitor ran gets a veth of its own. The old one, queued for
+// deletion under the same name and tag, is never adopted, and the janitor
+// deletes only the old one.
+func TestEndpointIDReuse(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		ep := testEndpoint(n, eid1)
+		if err := d.EnsureEndpoint(ctx, ep); err != nil {
+			t.Fatal(err)
+		}
+		old, err := netlink.LinkByName(ep.HostVeth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Hold the janitor, so that the old veth is still queued when the
+		// endpoint comes back, as it is on a busy host.
+		release := make(chan struct{})
+		d.later(func(*netlink.Handle) { <-release })
+		if err := d.DeleteEndpoint(ctx, ep); err != nil {
+			close(release)
+			t.Fatal(err)
+		}
+		err = d.EnsureEndpoint(ctx, ep)
+		close(release)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Sync()
+		host, err := netlink.LinkByName(ep.HostVeth)
+		if err != nil {
+			t.Fatalf("the endpoint's veth is gone after the janitor ran: %v", err)
+		}
+		br, err := netlink.LinkByName(n.Bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := host.Attrs()
+		if a.Index == old.Attrs().Index || a.Alias != d.tag("ep", ep.ID) || a.MasterIndex != br.Attrs().Index || a.Flags&net.FlagUp == 0 {
+			t.Fatalf("veth %s: index %d (old %d), alias %q, master %d (bridge %d), flags %v", ep.HostVeth, a.Index, old.Attrs().Index, a.Alias, a.MasterIndex, br.Attrs().Index, a.Flags)
+		}
+		if _, err := netlink.LinkByName(ep.ContainerVeth); err != nil {
+			t.Fatalf("the container end Join names is gone: %v", err)
+		}
+		if err := d.DeleteEndpoint(ctx, ep); err != nil {
+			t.Fatal(err)
+		}
+		d.Sync()
+		if _, err := netlink.LinkByName(ep.HostVeth); err == nil {
+			t.Fatal("veth survived the second DeleteEndpoint")
+		}
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
