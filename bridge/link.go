@@ -25,6 +25,12 @@ func (d *Dataplane) ensureBridge(n Network) (created bool, err error) {
 		return false, fmt.Errorf("bridge of network %s: %w", netutil.Short(n.ID), err)
 	}
 	l, err := d.nl.LinkByName(n.Bridge)
+	defer func() {
+		if err != nil && created {
+			err = d.deleteNew(l, err)
+			created = false
+		}
+	}()
 	switch {
 	case isNotFound(err):
 		mac, err := netutil.RandomMAC()
@@ -105,6 +111,11 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 	if err != nil {
 		return false, 0, fmt.Errorf("look up bridge %s for endpoint %s: %w", ep.Bridge, netutil.Short(ep.ID), err)
 	}
+	// A port changes its bridge (its MAC, its forwarding): never add one
+	// to a bridge that is not this network's.
+	if br.Type() != "bridge" || br.Attrs().Alias != d.tag("net", ep.NetworkID) {
+		return false, 0, fmt.Errorf("interface %s is not mynet's bridge for network %s (type %s, alias %q); endpoint %s cannot be attached to it", ep.Bridge, netutil.Short(ep.NetworkID), br.Type(), br.Attrs().Alias, netutil.Short(ep.ID))
+	}
 	l, err := d.nl.LinkByName(ep.HostVeth)
 	if err == nil && d.reaper.doomed(l.Attrs().Index) {
 		// The veth of a deleted endpoint with the same ID, still waiting
@@ -119,6 +130,12 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 		d.log.Debug("veth of a deleted endpoint deleted before its reuse", "veth", ep.HostVeth)
 		l, err = nil, netlink.LinkNotFoundError{}
 	}
+	defer func() {
+		if err != nil && created {
+			err = d.deleteNew(l, err)
+			created = false
+		}
+	}()
 	switch {
 	case isNotFound(err):
 		// One queue each way, said explicitly: without it the kernel
@@ -164,6 +181,15 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 		}
 	}
 	return created, br.Attrs().Index, nil
+}
+
+// deleteNew deletes a link this call created and could not finish setting
+// up: the caller's undo only covers links it was told were created.
+func (d *Dataplane) deleteNew(l netlink.Link, err error) error {
+	if derr := d.nl.LinkDel(l); derr != nil && !isNotFound(derr) {
+		return fmt.Errorf("%w (deleting the new link %s failed too: %w)", err, l.Attrs().Name, derr)
+	}
+	return err
 }
 
 // newLink is a link mynet creates: a bridge, or a veth pair.
