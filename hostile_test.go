@@ -49,6 +49,7 @@ func TestHostileInput(t *testing.T) {
 		{"bridge name with slash", "NetworkDriver.CreateNetwork", create(map[string]any{"com.docker.network.bridge.name": "br/0"}), "'/'"},
 		{"bridge name with space", "NetworkDriver.CreateNetwork", create(map[string]any{"com.docker.network.bridge.name": "br 0"}), "' '"},
 		{"bridge name wildcard", "NetworkDriver.CreateNetwork", create(map[string]any{"com.docker.network.bridge.name": "mn+"}), "wildcard"},
+		{"bridge name template", "NetworkDriver.CreateNetwork", create(map[string]any{"com.docker.network.bridge.name": "br%d"}), "'%'"},
 		{"bridge name option-like", "NetworkDriver.CreateNetwork", create(map[string]any{"com.docker.network.bridge.name": "-j"}), "option"},
 		{"bridge name taken", "NetworkDriver.CreateNetwork", create(map[string]any{"com.docker.network.bridge.name": "taken0"}), "not mynet's bridge"},
 	} {

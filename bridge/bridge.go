@@ -9,6 +9,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	vnl "github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/netutil"
@@ -116,6 +117,9 @@ type Dataplane struct {
 	instance string
 	log      *slog.Logger
 	nl       *netlink.Handle
+	// rtnl sends the requests the netlink package has no call for: link
+	// creation with NLM_F_ECHO (link.go).
+	rtnl     *vnl.SocketHandle
 	fw4, fw6 *firewall // fw6 is nil without ip6tables
 
 	generation string // in the link tags, see Tag
@@ -151,7 +155,12 @@ func New(cfg Config) (*Dataplane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink handle: %w", err)
 	}
-	d := &Dataplane{instance: cfg.Instance, generation: cfg.Generation, log: cfg.Log, nl: nl,
+	rtnl, err := openRTNL()
+	if err != nil {
+		nlJanitor.Close()
+		return nil, err
+	}
+	d := &Dataplane{instance: cfg.Instance, generation: cfg.Generation, log: cfg.Log, nl: nl, rtnl: rtnl,
 		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{})}
 	d.nft = openNFT()
 	if d.packetFD, err = openAnnounceSocket(); err != nil {
@@ -209,6 +218,7 @@ func (d *Dataplane) Close() {
 	close(d.janitor)
 	<-d.janitorDone
 	d.nl.Close()
+	d.rtnl.Close()
 	d.nft.close()
 	d.reaper.close()
 	if d.packetFD >= 0 {
@@ -412,12 +422,14 @@ func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 	errs = append(errs, d.RemoveSpoofCheck(ep))
 	// The veth goes after the answer: deleting a netdev waits for an RCU
 	// grace period (about 20 ms), which the built-in driver does not pay on
-	// this path either (its veth goes with the sandbox's namespace). The
-	// name is the endpoint's own, so nothing can claim it meanwhile, and a
-	// crash before the janitor runs leaves a tagged orphan for the reconcile.
-	// See reap.go for how deletions are batched.
-	d.reaper.add(ep.HostVeth, d.tag("ep", ep.ID))
-	d.later(d.reap)
+	// this path either (its veth goes with the sandbox's namespace). It is
+	// queued by index: the same endpoint ID may come back before the
+	// janitor runs, with a new veth of the same name. A crash before the
+	// janitor runs leaves a tagged orphan for the reconcile. See reap.go
+	// for how deletions are batched.
+	if err := d.queueVeth(ep); err != nil {
+		errs = append(errs, err)
+	}
 	d.forgetAddresses(ep)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/netutil"
@@ -19,26 +21,35 @@ import (
 // this network's bridge is a conflict: mynet never adopts foreign links.
 func (d *Dataplane) ensureBridge(n Network) (created bool, err error) {
 	tag := d.tag("net", n.ID)
+	if err := netutil.ValidateIfName(n.Bridge); err != nil {
+		return false, fmt.Errorf("bridge of network %s: %w", netutil.Short(n.ID), err)
+	}
 	l, err := d.nl.LinkByName(n.Bridge)
+	defer func() {
+		if err != nil && created {
+			err = d.deleteNew(l, err)
+			created = false
+		}
+	}()
 	switch {
 	case isNotFound(err):
 		mac, err := netutil.RandomMAC()
 		if err != nil {
 			return false, err
 		}
-		attrs := netlink.NewLinkAttrs()
 		// A fixed MAC keeps the bridge's address (and its IPv6 link-local
 		// address) from following whichever port has the lowest MAC as
 		// containers come and go, as Docker's bridge driver does.
-		attrs.Name, attrs.HardwareAddr = n.Bridge, mac
-		if err := d.nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil && !errors.Is(err, unix.EEXIST) {
+		l, err = d.addLink(newLink{kind: "bridge", name: n.Bridge, mac: mac}, tag)
+		if errors.Is(err, unix.EEXIST) {
+			// Someone made the name meanwhile: not ours, whatever it is.
+			return false, fmt.Errorf("interface %s appeared while creating the bridge of network %s; choose another com.docker.network.bridge.name", n.Bridge, netutil.Short(n.ID))
+		}
+		if err != nil {
 			return false, fmt.Errorf("create bridge %s for network %s: %w", n.Bridge, netutil.Short(n.ID), err)
 		}
 		created = true
-		if l, err = d.tagNew(n.Bridge, tag); err != nil {
-			return created, err
-		}
-		d.log.Debug("bridge created", "bridge", n.Bridge)
+		d.log.Debug("bridge created", "bridge", n.Bridge, "index", l.Attrs().Index)
 	case err != nil:
 		return false, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
 	}
@@ -91,45 +102,68 @@ func (d *Dataplane) ensureAddrs(n Network) error {
 // CONTAINER address MAC; ip link set HOST up.
 func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err error) {
 	tag := d.tag("ep", ep.ID)
+	for _, name := range []string{ep.HostVeth, ep.ContainerVeth} {
+		if err := netutil.ValidateIfName(name); err != nil {
+			return false, 0, fmt.Errorf("veth of endpoint %s: %w", netutil.Short(ep.ID), err)
+		}
+	}
 	br, err := d.nl.LinkByName(ep.Bridge)
 	if err != nil {
 		return false, 0, fmt.Errorf("look up bridge %s for endpoint %s: %w", ep.Bridge, netutil.Short(ep.ID), err)
 	}
+	// A port changes its bridge (its MAC, its forwarding): never add one
+	// to a bridge that is not this network's.
+	if br.Type() != "bridge" || br.Attrs().Alias != d.tag("net", ep.NetworkID) {
+		return false, 0, fmt.Errorf("interface %s is not mynet's bridge for network %s (type %s, alias %q); endpoint %s cannot be attached to it", ep.Bridge, netutil.Short(ep.NetworkID), br.Type(), br.Attrs().Alias, netutil.Short(ep.ID))
+	}
 	l, err := d.nl.LinkByName(ep.HostVeth)
+	if err == nil && d.reaper.doomed(l.Attrs().Index) {
+		// The veth of a deleted endpoint with the same ID, still waiting
+		// for the janitor: adopting it would hand the engine a pair that
+		// the janitor deletes a moment later. Delete it now, by index, so
+		// neither this call nor the janitor can touch the new pair. Its
+		// container end may still be in a sandbox being torn down; the
+		// pair goes as a whole either way.
+		if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
+			return false, 0, fmt.Errorf("delete veth %s of the deleted endpoint %s before creating it again: %w", ep.HostVeth, netutil.Short(ep.ID), err)
+		}
+		d.log.Debug("veth of a deleted endpoint deleted before its reuse", "veth", ep.HostVeth)
+		l, err = nil, netlink.LinkNotFoundError{}
+	}
+	defer func() {
+		if err != nil && created {
+			err = d.deleteNew(l, err)
+			created = false
+		}
+	}()
 	switch {
 	case isNotFound(err):
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name, attrs.MasterIndex = ep.HostVeth, br.Attrs().Index
-		if ep.MTU > 0 {
-			attrs.MTU = ep.MTU // the peer inherits it
-		}
 		// One queue each way, said explicitly: without it the kernel
 		// allocates a queue per CPU, then cuts the device down to one
 		// (veth_init_queues), and the cut waits for an RCU grace period
 		// under the RTNL lock, twice per pair, stalling every link change
 		// on the host. The data path is the same: a veth gets one
-		// active queue either way.
-		attrs.NumTxQueues, attrs.NumRxQueues = 1, 1
-		// Up from the start: one request less under the RTNL lock.
-		attrs.Flags = net.FlagUp
-		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: ep.ContainerVeth, PeerHardwareAddr: ep.MAC, PeerNumTxQueues: 1, PeerNumRxQueues: 1}
-		err := d.nl.LinkAdd(veth)
+		// active queue either way. Up and on the bridge from the start:
+		// fewer requests under the RTNL lock.
+		veth := newLink{kind: "veth", name: ep.HostVeth, mtu: ep.MTU, master: br.Attrs().Index, up: true, oneQueue: true,
+			peer: &newLink{name: ep.ContainerVeth, mac: ep.MAC, mtu: ep.MTU, oneQueue: true}}
+		l, err = d.addLink(veth, tag)
 		if errors.Is(err, unix.EXFULL) {
 			// The bridge has no free port number ("exchange full", the
 			// kernel's 1024 ports): veths of deleted endpoints may still
 			// hold theirs while they wait for the janitor (reap.go).
 			// Delete them now and try again.
 			d.Sync()
-			err = d.nl.LinkAdd(veth)
+			l, err = d.addLink(veth, tag)
 		}
-		if err != nil && !errors.Is(err, unix.EEXIST) {
+		if errors.Is(err, unix.EEXIST) {
+			return false, 0, fmt.Errorf("interface %s or %s appeared while creating the veth of endpoint %s on network %s", ep.HostVeth, ep.ContainerVeth, netutil.Short(ep.ID), netutil.Short(ep.NetworkID))
+		}
+		if err != nil {
 			return false, 0, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)
 		}
 		created = true
-		if l, err = d.tagNew(ep.HostVeth, tag); err != nil {
-			return created, 0, err
-		}
-		d.log.Debug("veth created", "veth", ep.HostVeth, "peer", ep.ContainerVeth)
+		d.log.Debug("veth created", "veth", ep.HostVeth, "peer", ep.ContainerVeth, "index", l.Attrs().Index)
 	case err != nil:
 		return false, 0, fmt.Errorf("look up veth %s: %w", ep.HostVeth, err)
 	}
@@ -149,26 +183,135 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 	return created, br.Attrs().Index, nil
 }
 
-// tagNew sets the ownership alias on a link this call just created. The
-// kernel ignores IFLA_IFALIAS in RTM_NEWLINK, so it is a second request; a
-// crash in between leaves an untagged link, which the pending state record
-// of the operation names, so recovery still finds it. EEXIST on create means
-// someone raced us to the name: the link then already has an alias (or none)
-// and the caller's ownership check rejects it, so only alias-less links are
-// tagged here.
-func (d *Dataplane) tagNew(name, tag string) (netlink.Link, error) {
-	l, err := d.nl.LinkByName(name)
-	if err != nil {
-		return nil, fmt.Errorf("look up %s after creating it: %w", name, err)
+// deleteNew deletes a link this call created and could not finish setting
+// up: the caller's undo only covers links it was told were created.
+func (d *Dataplane) deleteNew(l netlink.Link, err error) error {
+	if derr := d.nl.LinkDel(l); derr != nil && !isNotFound(derr) {
+		return fmt.Errorf("%w (deleting the new link %s failed too: %w)", err, l.Attrs().Name, derr)
 	}
-	if l.Attrs().Alias != "" {
-		return l, nil
+	return err
+}
+
+// newLink is a link mynet creates: a bridge, or a veth pair.
+type newLink struct {
+	kind     string // "bridge" or "veth"; empty for a veth's peer
+	name     string
+	mac      net.HardwareAddr // nil: the kernel picks one
+	mtu      int              // 0: the kernel's default
+	master   int              // index of the bridge to attach to; 0: none
+	up       bool
+	oneQueue bool     // one tx and one rx queue instead of one per CPU
+	peer     *newLink // a veth's other end
+}
+
+// addLink creates spec and tags it as mynet's with tag, and returns it as
+// the kernel made it. The kernel ignores IFLA_IFALIAS in RTM_NEWLINK, so
+// the tag is a second request, made by the index the kernel reported: a
+// link renamed in between is still tagged, and a link of the requested name
+// that is not the one just created is never tagged. A created link whose
+// name is not the one asked for (a '%d' the kernel expanded, a rename) is
+// deleted again: nothing downstream would find it. A crash between the two
+// requests leaves an untagged link, which the pending state record of the
+// operation names.
+func (d *Dataplane) addLink(spec newLink, tag string) (netlink.Link, error) {
+	index, err := d.createLink(spec)
+	if err != nil {
+		return nil, err
+	}
+	l, err := d.nl.LinkByIndex(index)
+	if err != nil {
+		return nil, fmt.Errorf("look up %s (index %d) after creating it: %w", spec.name, index, err)
 	}
 	if err := d.nl.LinkSetAlias(l, tag); err != nil {
-		return l, fmt.Errorf("tag %s as mynet's: %w", name, err)
+		err = fmt.Errorf("tag %s (index %d) as mynet's: %w", spec.name, index, err)
+		if derr := d.nl.LinkDel(l); derr != nil && !isNotFound(derr) {
+			err = fmt.Errorf("%w; deleting it again failed too: %w", err, derr)
+		}
+		return nil, err
 	}
 	l.Attrs().Alias = tag
+	if got := l.Attrs().Name; got != spec.name {
+		err := fmt.Errorf("the kernel named the new link %s, not %s", got, spec.name)
+		if derr := d.nl.LinkDel(l); derr != nil && !isNotFound(derr) {
+			err = fmt.Errorf("%w; deleting it again failed too (it is tagged %s, so the reconcile removes it): %w", err, tag, derr)
+		}
+		return nil, err
+	}
 	return l, nil
+}
+
+// createLink sends one RTM_NEWLINK for spec and returns the new link's
+// index. It asks the kernel to echo the link it made (NLM_F_ECHO, honoured
+// for links since Linux 6.3), so the link is identified by what the kernel
+// did, not by the name asked for. Older kernels send no echo; the link is
+// then looked up by name, which names that passed netutil.ValidateIfName
+// (no '%') keep.
+func (d *Dataplane) createLink(spec newLink) (int, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK|unix.NLM_F_ECHO)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: d.rtnl}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	if spec.up {
+		msg.Change, msg.Flags = unix.IFF_UP, unix.IFF_UP
+	}
+	req.AddData(msg)
+	for _, a := range spec.attrs() {
+		req.AddData(a)
+	}
+	if spec.master > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(spec.master))))
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated(spec.kind))
+	if spec.peer != nil {
+		data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+		peer := data.AddRtAttr(nl.VETH_INFO_PEER, nil)
+		nl.NewIfInfomsgChild(peer, unix.AF_UNSPEC)
+		for _, a := range spec.peer.attrs() {
+			peer.AddChild(a)
+		}
+	}
+	req.AddData(info)
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range msgs {
+		if len(m) >= unix.SizeofIfInfomsg {
+			if index := int(nl.DeserializeIfInfomsg(m).Index); index > 0 {
+				return index, nil
+			}
+		}
+	}
+	l, err := d.nl.LinkByName(spec.name)
+	if err != nil {
+		return 0, fmt.Errorf("look up %s after creating it: %w", spec.name, err)
+	}
+	return l.Attrs().Index, nil
+}
+
+// openRTNL opens the socket createLink uses, in the calling thread's
+// network namespace, like the Dataplane's other handles.
+func openRTNL() (*nl.SocketHandle, error) {
+	s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink socket: %w", err)
+	}
+	return &nl.SocketHandle{Socket: s}, nil
+}
+
+// attrs are the attributes of one end, as "ip link add" sends them.
+func (spec newLink) attrs() []*nl.RtAttr {
+	a := []*nl.RtAttr{nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(spec.name))}
+	if spec.mtu > 0 {
+		a = append(a, nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(spec.mtu))))
+	}
+	if spec.mac != nil {
+		a = append(a, nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(spec.mac)))
+	}
+	if spec.oneQueue {
+		a = append(a, nl.NewRtAttr(unix.IFLA_NUM_TX_QUEUES, nl.Uint32Attr(1)), nl.NewRtAttr(unix.IFLA_NUM_RX_QUEUES, nl.Uint32Attr(1)))
+	}
+	return a
 }
 
 // removeOwnedLink deletes name if it carries tag. A missing link, or one

@@ -26,6 +26,11 @@ import (
 // queues its veth and then a reap job, and the first of those jobs to run
 // takes the whole queue.
 //
+// A queued veth is known by its index, not its name: an endpoint created
+// again with the same ID before the janitor ran gets a new pair of the same
+// name (and tag), which the janitor must not delete, and ensureVeth must not
+// adopt the old one (it deletes it at once, see doomed).
+//
 // The group number is derived from the instance name ("mn" in the top 16
 // bits), so two instances never delete each other's veths; only links
 // mynet has tagged as its own are ever put in it.
@@ -34,14 +39,20 @@ type reaper struct {
 	group uint32
 	conn  *mnl.Conn // NETLINK_ROUTE in the Dataplane's namespace; nil: delete one by one
 	queue batch[reapItem]
+	// queued holds the indexes of the veths queued or being deleted.
+	mu     sync.Mutex
+	queued map[int]bool
 }
 
-type reapItem struct{ name, tag string }
+type reapItem struct {
+	index     int
+	name, tag string // the name for messages only
+}
 
 func newReaper(instance string) *reaper {
 	h := fnv.New32a()
 	h.Write([]byte(instance))
-	r := &reaper{group: 0x6d6e0000 | h.Sum32()&0xffff}
+	r := &reaper{group: 0x6d6e0000 | h.Sum32()&0xffff, queued: map[int]bool{}}
 	// Opened in the caller's namespace, like the janitor's handle.
 	if c, err := mnl.Dial(unix.NETLINK_ROUTE, nil); err == nil {
 		r.conn = c
@@ -55,8 +66,29 @@ func (r *reaper) close() {
 	}
 }
 
-// add queues a veth for deletion if it still carries tag.
-func (r *reaper) add(name, tag string) { r.queue.add(reapItem{name, tag}) }
+// add queues the veth with this index for deletion if it still carries
+// tag.
+func (r *reaper) add(it reapItem) {
+	r.mu.Lock()
+	r.queued[it.index] = true
+	r.mu.Unlock()
+	r.queue.add(it)
+}
+
+// doomed reports whether the link with this index waits for deletion.
+func (r *reaper) doomed(index int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.queued[index]
+}
+
+func (r *reaper) done(items []reapItem) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, it := range items {
+		delete(r.queued, it.index)
+	}
+}
 
 // batch is work queued by requests for the janitor, which takes it all at
 // once: many containers stopping together cost one kernel operation.
@@ -84,9 +116,11 @@ func (b *batch[T]) take() []T {
 func (d *Dataplane) reap(h *netlink.Handle) {
 	r := d.reaper
 	items := r.queue.take()
+	// Only once they are gone: until then ensureVeth must see them.
+	defer r.done(items)
 	grouped := 0
 	for _, it := range items {
-		l, err := h.LinkByName(it.name)
+		l, err := h.LinkByIndex(it.index)
 		if isNotFound(err) {
 			continue
 		}
@@ -147,5 +181,25 @@ func (r *reaper) deleteGroup() error {
 	if err != nil {
 		return fmt.Errorf("delete link group %d: %w", r.group, err)
 	}
+	return nil
+}
+
+// queueVeth queues the endpoint's host veth for the janitor, if it exists
+// and is the endpoint's.
+func (d *Dataplane) queueVeth(ep Endpoint) error {
+	tag := d.tag("ep", ep.ID)
+	l, err := d.nl.LinkByName(ep.HostVeth)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up veth %s: %w", ep.HostVeth, err)
+	}
+	if l.Attrs().Alias != tag {
+		d.log.Warn("not deleting link that mynet does not own", "link", ep.HostVeth, "alias", l.Attrs().Alias)
+		return nil
+	}
+	d.reaper.add(reapItem{index: l.Attrs().Index, name: ep.HostVeth, tag: tag})
+	d.later(d.reap)
 	return nil
 }

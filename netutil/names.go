@@ -47,7 +47,8 @@ func Short(id string) string {
 // ValidateIfName applies the kernel's dev_valid_name rules plus the rules
 // that make a name safe as an iptables -i/-o argument: a trailing '+' is a
 // wildcard there, and a leading '-' or '!' would be read as an option or a
-// negation.
+// negation. A '%' is refused too: the kernel reads "br%d" as a template and
+// names the link br0, br1..., so the link would not have the name asked for.
 func ValidateIfName(name string) error {
 	switch {
 	case name == "":
@@ -62,6 +63,9 @@ func ValidateIfName(name string) error {
 		return fmt.Errorf("interface name %q starts with %q, which iptables reads as an option or negation", name, name[:1])
 	}
 	for _, r := range name {
+		if r == '%' {
+			return fmt.Errorf("interface name %q contains '%%', which the kernel replaces with a number; use letters, digits, '-', '_' or '.'", name)
+		}
 		if r == '/' || r == ':' || r <= ' ' || r == 0x7f || r > 0x7e {
 			return fmt.Errorf("interface name %q contains %q; use letters, digits, '-', '_' or '.'", name, r)
 		}

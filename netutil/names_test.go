@@ -52,6 +52,8 @@ func TestValidateIfName(t *testing.T) {
 		{"-br", false},
 		{"!br", false},
 		{"brü", false},
+		{"br%d", false}, // the kernel would name it br0
+		{"br%", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := ValidateIfName(tc.name); (err == nil) != tc.ok {

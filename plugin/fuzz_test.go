@@ -3,16 +3,23 @@ package plugin
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"testing"
 
 	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/netutil"
 )
 
-// FuzzRequests sends arbitrary bodies to every method: the router must
-// answer each with a status the engine understands and a JSON body, never
-// panic, and leave the state consistent enough to keep serving.
+// FuzzRequests sends arbitrary bodies to every method, one driver serving
+// them all in turn: the router must answer each with a status the engine
+// understands and a JSON body, never panic, and leave the state exactly
+// what the dataplane holds, with the links mynet did not create untouched.
 func FuzzRequests(f *testing.F) {
 	methods := []string{
 		"NetworkDriver.CreateNetwork", "NetworkDriver.DeleteNetwork", "NetworkDriver.CreateEndpoint",
@@ -20,14 +27,34 @@ func FuzzRequests(f *testing.F) {
 		"NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.RevokeExternalConnectivity",
 		"IpamDriver.RequestPool", "IpamDriver.ReleasePool", "IpamDriver.RequestAddress", "IpamDriver.ReleaseAddress",
 	}
+	ep := func(eid, iface string) []byte {
+		return []byte(`{"NetworkID":"` + id('a') + `","EndpointID":"` + eid + `","Interface":` + iface + `}`)
+	}
 	seed, _ := json.Marshal(createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptMTU: "1400"}))
 	f.Add(uint8(0), seed)
 	f.Add(uint8(8), []byte(`{"Pool":"10.2.0.0/16","SubPool":"10.2.1.0/24"}`))
 	f.Add(uint8(10), []byte(`{"PoolID":"10.2.0.0/16","Address":"10.2.1.9"}`))
 	f.Add(uint8(6), []byte(`{"NetworkID":"`+id('a')+`","EndpointID":"`+id('b')+`","Options":{"com.docker.network.portmap":[{"Proto":6,"Port":80}]}}`))
-	f.Add(uint8(2), []byte(`{"NetworkID":"`+id('a')+`","EndpointID":"`+id('b')+`","Interface":{"Address":"10.1.0.2/24","MacAddress":"zz"}}`))
-	h := newHarness(&testing.T{})
-	f.Cleanup(h.close)
+	f.Add(uint8(2), ep(id('b'), `{"Address":"10.1.0.2/24","MacAddress":"zz"}`))
+	f.Add(uint8(2), ep(id('b'), `{"Address":"10.1.0.2/24"}`))
+	f.Add(uint8(4), []byte(`{"NetworkID":"`+id('a')+`","EndpointID":"`+id('b')+`","SandboxKey":"/var/run/docker/netns/x"}`))
+	f.Add(uint8(3), []byte(`{"NetworkID":"`+id('a')+`","EndpointID":"`+id('b')+`"}`))
+	f.Add(uint8(2), ep(id('b'), `{"Address":"10.1.0.2/24"}`)) // the same ID again
+	// Links that are not mynet's: a bridge name, and the veth names of
+	// endpoint eee...
+	foreignBridge, _ := json.Marshal(createNetworkReq(id('c'), "10.3.0.0/24", "10.3.0.1/24", map[string]any{OptBridgeName: "br0"}))
+	f.Add(uint8(0), foreignBridge)
+	template, _ := json.Marshal(createNetworkReq(id('d'), "10.4.0.0/24", "10.4.0.1/24", map[string]any{OptBridgeName: "br%d"}))
+	f.Add(uint8(0), template)
+	f.Add(uint8(2), ep(id('e'), `{"Address":"10.1.0.3/24"}`))
+	f.Add(uint8(1), []byte(`{"NetworkID":"`+id('a')+`"}`))
+
+	h := newHarness(f)
+	host, ctr := bridge.VethNames(id('e'))
+	foreign := []string{"lo", "eth0", "docker0", "br0", host, ctr}
+	for _, name := range foreign {
+		h.dp.foreign[name] = true
+	}
 	f.Fuzz(func(t *testing.T, m uint8, body []byte) {
 		method := methods[int(m)%len(methods)]
 		resp, err := http.Post(h.srv.URL+"/"+method, "application/json", bytes.NewReader(body))
@@ -44,7 +71,64 @@ func FuzzRequests(f *testing.F) {
 		if !json.Valid(raw) {
 			t.Fatalf("%s answered non-JSON %q", method, raw)
 		}
+		if err := h.matchesDataplane(foreign); err != nil {
+			t.Fatalf("after %s %q (answered %d %s): %v", method, body, resp.StatusCode, raw, err)
+		}
 	})
+}
+
+// matchesDataplane reports how the state and the fake dataplane differ:
+// each network and endpoint of the one must be in the other, built as the
+// record says, and the links that are not mynet's must be exactly foreign,
+// none of them used.
+func (h *harness) matchesDataplane(foreign []string) error {
+	d := h.dump()
+	h.dp.mu.Lock()
+	defer h.dp.mu.Unlock()
+	var errs []error
+	var names []string
+	for name := range h.dp.foreign {
+		names = append(names, name)
+	}
+	if !slices.Equal(slices.Sorted(slices.Values(names)), slices.Sorted(slices.Values(foreign))) {
+		errs = append(errs, fmt.Errorf("links not created by mynet changed: %v, want %v", names, foreign))
+	}
+	for _, n := range d.Networks {
+		got, ok := h.dp.networks[n.ID]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("network %s is in the state but not in the dataplane", netutil.Short(n.ID)))
+		case got.Bridge != n.Bridge:
+			errs = append(errs, fmt.Errorf("network %s: bridge %s in the dataplane, %s in the state", netutil.Short(n.ID), got.Bridge, n.Bridge))
+		}
+	}
+	for _, e := range d.Endpoints {
+		got, ok := h.dp.endpoints[e.ID]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("endpoint %s is in the state but not in the dataplane", netutil.Short(e.ID)))
+		case got.NetworkID != e.NetworkID || got.HostVeth != e.HostVeth || got.ContainerVeth != e.ContainerVeth:
+			errs = append(errs, fmt.Errorf("endpoint %s: %s/%s/%s in the dataplane, %s/%s/%s in the state", netutil.Short(e.ID),
+				netutil.Short(got.NetworkID), got.HostVeth, got.ContainerVeth, netutil.Short(e.NetworkID), e.HostVeth, e.ContainerVeth))
+		}
+	}
+	if len(h.dp.networks) != len(d.Networks) {
+		errs = append(errs, fmt.Errorf("%d networks in the dataplane, %d in the state", len(h.dp.networks), len(d.Networks)))
+	}
+	if len(h.dp.endpoints) != len(d.Endpoints) {
+		errs = append(errs, fmt.Errorf("%d endpoints in the dataplane, %d in the state", len(h.dp.endpoints), len(d.Endpoints)))
+	}
+	for _, n := range h.dp.networks {
+		if h.dp.foreign[n.Bridge] {
+			errs = append(errs, fmt.Errorf("network %s was built on the foreign link %s", netutil.Short(n.ID), n.Bridge))
+		}
+	}
+	for _, e := range h.dp.endpoints {
+		if h.dp.foreign[e.HostVeth] || h.dp.foreign[e.ContainerVeth] {
+			errs = append(errs, fmt.Errorf("endpoint %s was built on a foreign link", netutil.Short(e.ID)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // FuzzParseCreateNetwork: option parsing either returns a config that

@@ -34,6 +34,9 @@ type fakeDataplane struct {
 	ports     map[string][]bridge.PortMapping
 	failNext  error
 	host      []netip.Prefix
+	// foreign are links mynet did not create: the dataplane refuses to
+	// build on one, as the real one does, and never changes them.
+	foreign map[string]bool
 	// Hooks run outside mu, so they may block: afterEnsure when an
 	// endpoint's objects exist (its error fails the call, which removes
 	// them again), onFingerprint before each fingerprint.
@@ -42,7 +45,7 @@ type fakeDataplane struct {
 }
 
 func newFake() *fakeDataplane {
-	return &fakeDataplane{networks: map[string]bridge.Network{}, endpoints: map[string]bridge.Endpoint{}, ports: map[string][]bridge.PortMapping{}}
+	return &fakeDataplane{networks: map[string]bridge.Network{}, endpoints: map[string]bridge.Endpoint{}, ports: map[string][]bridge.PortMapping{}, foreign: map[string]bool{}}
 }
 
 func (f *fakeDataplane) fail() error {
@@ -56,6 +59,9 @@ func (f *fakeDataplane) EnsureNetwork(_ context.Context, n bridge.Network) error
 	defer f.mu.Unlock()
 	if err := f.fail(); err != nil {
 		return err
+	}
+	if f.foreign[n.Bridge] {
+		return fmt.Errorf("interface %s already exists and is not mynet's bridge", n.Bridge)
 	}
 	f.networks[n.ID] = n
 	return nil
@@ -73,6 +79,10 @@ func (f *fakeDataplane) EnsureEndpoint(_ context.Context, e bridge.Endpoint) err
 	if err := f.fail(); err != nil {
 		f.mu.Unlock()
 		return err
+	}
+	if f.foreign[e.HostVeth] || f.foreign[e.ContainerVeth] {
+		f.mu.Unlock()
+		return fmt.Errorf("interface %s already exists and is not mynet's veth", e.HostVeth)
 	}
 	f.endpoints[e.ID] = e
 	hook := f.afterEnsure
@@ -175,7 +185,7 @@ func (f *fakeDataplane) ProbePort(_ string, _ netip.Addr, port uint16) error {
 func (f *fakeDataplane) EphemeralPorts() (uint16, uint16) { return 30000, 30002 }
 
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	dp    *fakeDataplane
 	store *state.Store
 	dir   string
@@ -183,7 +193,7 @@ type harness struct {
 	srv   *httptest.Server
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	h := &harness{t: t, dp: newFake(), dir: t.TempDir()}
 	h.open()
 	t.Cleanup(h.close)
@@ -331,6 +341,7 @@ func TestBadRequests(t *testing.T) {
 		{"bad mtu", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptMTU: "9"}), "68 to 65535"},
 		{"bridge name too long", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptBridgeName: "abcdefghijklmnop"}), "at most 15"},
 		{"bridge name wildcard", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptBridgeName: "br+"}), "wildcard"},
+		{"bridge name template", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "", map[string]any{OptBridgeName: "br%d"}), "option com.docker.network.bridge.name: interface name \"br%d\" contains '%'"},
 		{"gateway outside", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.2.0.1/24", nil), "outside the subnet"},
 		{"non-canonical pool", "NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.1/24", "", nil), "host bits"},
 		{"bad bool", "NetworkDriver.CreateNetwork", map[string]any{"NetworkID": id('a'), "Options": map[string]any{"com.docker.network.enable_ipv6": "maybe"}, "IPv4Data": valid["IPv4Data"]}, "not a boolean"},
