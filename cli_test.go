@@ -380,7 +380,7 @@ info     forward_policy  FORWARD policy is DROP
 func TestCLIAgainstDaemon(t *testing.T) {
 	ns := newNS(t)
 	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
-	d := &daemon{t: t, ns: ns, name: "mnt-" + randHex(4), dir: t.TempDir(), log: &bytes.Buffer{}}
+	d := &daemon{t: t, ns: ns, name: "mnt-" + randHex(4), dir: t.TempDir(), log: &syncBuffer{}}
 	d.sock = filepath.Join(pluginDir, d.name+".sock")
 	d.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,7 +112,7 @@ type daemon struct {
 	name, dir  string
 	sock       string
 	cmd        *exec.Cmd
-	log        *bytes.Buffer
+	log        *syncBuffer
 	client     *http.Client
 	failpoints string
 	// reconcileInterval is --reconcile-interval; "" means 0 (off).
@@ -123,7 +124,7 @@ type daemon struct {
 }
 
 func startDaemon(t *testing.T, ns *testNS) *daemon {
-	d := &daemon{t: t, ns: ns, name: "mnt-" + randHex(4), dir: t.TempDir(), log: &bytes.Buffer{}}
+	d := &daemon{t: t, ns: ns, name: "mnt-" + randHex(4), dir: t.TempDir(), log: &syncBuffer{}}
 	d.sock = filepath.Join(pluginDir, d.name+".sock")
 	d.client = &http.Client{
 		Timeout: 30 * time.Second,
@@ -224,4 +225,29 @@ func (d *daemon) state() dump {
 	raw, _ := json.Marshal(d.mustCall("Mynet.State", nil))
 	json.Unmarshal(raw, &s)
 	return s
+}
+
+// syncBuffer is a daemon's log: written by the process's output copier
+// while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
 }
