@@ -509,8 +509,9 @@ func countRules(t *testing.T) int {
 	return n
 }
 
-// TestFingerprint: stable while nothing changes, different after damage
-// from outside, and the same again once EnsureNetwork has repaired it.
+// TestFingerprint: stable while nothing changes, different after each kind
+// of damage from outside that EnsureNetwork and EnsureEndpoint repair, and
+// the same again once they have.
 func TestFingerprint(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		ctx := context.Background()
@@ -523,7 +524,11 @@ func TestFingerprint(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return s
+			return fmt.Sprint(s) // fmt sorts map keys
+		}
+		ep := testEndpoint(n, eid1)
+		if err := d.EnsureEndpoint(ctx, ep); err != nil {
+			t.Fatal(err)
 		}
 		good := fp()
 		if fp() != good {
@@ -534,6 +539,10 @@ func TestFingerprint(t *testing.T) {
 			{"iptables", "-t", "nat", "-F", d.fw4.chains.postrouting},
 			{"iptables", "-D", "FORWARD", "-m", "comment", "--comment", "mynet mynet-test", "-j", d.fw4.chains.forward},
 			{"ip", "addr", "flush", "dev", n.Bridge},
+			{"ip", "link", "set", ep.HostVeth, "nomaster"},
+			{"ip", "link", "set", ep.HostVeth, "down"},
+			{"sysctl", "-qw", "net.ipv4.conf." + n.Bridge + ".route_localnet=0"},
+			{"sysctl", "-qw", "net.ipv4.ip_forward=0"},
 			{"ip", "link", "del", n.Bridge},
 		} {
 			run(t, damage...)
@@ -543,14 +552,26 @@ func TestFingerprint(t *testing.T) {
 			if err := d.EnsureNetwork(ctx, n); err != nil {
 				t.Fatal(err)
 			}
+			if err := d.EnsureEndpoint(ctx, ep); err != nil {
+				t.Fatal(err)
+			}
 			if got := fp(); got != good && !strings.Contains(strings.Join(damage, " "), "link del") {
 				t.Fatalf("fingerprint after repairing %v differs", damage)
 			}
 			good = fp()
 		}
+		// Docker started after mynet: the hook moves into DOCKER-USER.
+		run(t, "iptables", "-N", "DOCKER-USER")
+		if fp() == good {
+			t.Fatal("fingerprint unchanged after Docker's chains appeared")
+		}
+		if err := d.DeleteEndpoint(ctx, ep); err != nil {
+			t.Fatal(err)
+		}
 		if err := d.DeleteNetwork(ctx, n); err != nil {
 			t.Fatal(err)
 		}
+		run(t, "iptables", "-X", "DOCKER-USER")
 	})
 }
 

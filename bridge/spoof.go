@@ -506,32 +506,31 @@ func (d *Dataplane) storeSpoofState(st spoofState, gen uint32) {
 
 func (d *Dataplane) forgetSpoofState() { d.nft.cache = nil }
 
-// SpoofFingerprint describes the anti-spoofing table as the kernel has it:
-// the base chain's rules by comment and every set element, without
-// handles or counters. It changes when anyone adds, removes or flushes a
-// rule or an element, so Fingerprint can include it and the periodic
-// reconcile re-run EnsureSpoofCheck for live endpoints. It is computed from
-// the cached state while the nftables generation says nothing changed
-// since this Dataplane read or wrote the table.
-func (d *Dataplane) SpoofFingerprint() (string, error) {
+// SpoofFingerprint digests the anti-spoofing table as the kernel has it:
+// the base chain's rules by comment under "spoof", and each veth's set
+// elements under "veth:NAME", without handles or counters (see Digests).
+// A digest changes when anyone adds, removes or flushes a rule or an
+// element, so the periodic reconcile re-runs EnsureSpoofCheck where it
+// did. It is computed from the cached state while the nftables generation
+// says nothing changed since this Dataplane read or wrote the table.
+func (d *Dataplane) SpoofFingerprint() (Digests, error) {
 	c, err := d.lockNFT()
 	defer d.nft.mu.Unlock()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	st, _, err := d.loadSpoofState(c, d.spoofObjects())
 	if err != nil || !st.exists {
-		return "", err
+		return Digests{}, err
 	}
-	lines := []string{"rules: " + strings.Join(st.comments, " | ")}
+	out := Digests{"spoof": "table bridge " + d.SpoofTable() + " rules: " + strings.Join(st.comments, " | ")}
 	for veth, e := range st.veths {
-		lines = append(lines, fmt.Sprintf("port %s mac=%s ipv4=%v ipv6=%v", veth, e.mac, e.ipv4, e.ipv6))
+		out["veth:"+veth] = fmt.Sprintf("port mac=%s ipv4=%v ipv6=%v", e.mac, e.ipv4, e.ipv6)
 	}
 	for veth, e := range st.strays {
-		lines = append(lines, fmt.Sprintf("stray %s mac=%s ipv4=%v ipv6=%v", veth, e.mac, e.ipv4, e.ipv6))
+		out["veth:"+veth] += fmt.Sprintf(" stray mac=%s ipv4=%v ipv6=%v", e.mac, e.ipv4, e.ipv6)
 	}
-	slices.Sort(lines)
-	return "table bridge " + d.SpoofTable() + "\n" + strings.Join(lines, "\n"), nil
+	return out, nil
 }
 
 // readSpoofTable reads the base chain's rule comments and every set

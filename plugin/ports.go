@@ -119,7 +119,7 @@ func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalC
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return err
 	}
-	d.changes.Add(1)
+	d.touch("endpoint", ep.ID)
 	if err := failpoint.Inject("ports.record"); err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 	d.mapMu.Lock()
 	*ep = rec
 	d.mapMu.Unlock()
-	d.changes.Add(1)
+	d.touch("endpoint", ep.ID)
 	return nil, d.cfg.Dataplane.RemovePorts(ctx, toBridgeEndpoint(n, ep), toBridgePorts(old))
 }
 
