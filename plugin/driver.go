@@ -124,6 +124,12 @@ type Driver struct {
 	// tell them from changes made from outside at the same time.
 	touchMu sync.Mutex
 	touched map[string]uint64
+
+	// suspects are the digest keys of objects whose change a pass took in
+	// as mynet's own; the next pass ensures them again (verify). Under
+	// reconMu.
+	suspects map[string]bool
+
 	// reconMu serialises reconcile passes. adopted (changes as of the
 	// fingerprints) and the fingerprints are written either under opMu
 	// alone or under reconMu with opMu shared. A nil fingerprint makes the

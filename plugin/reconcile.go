@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/mynet/mynet/bridge"
@@ -30,6 +31,15 @@ const stalePoolAge = 10 * time.Minute
 func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err error) {
 	d.reconMu.Lock()
 	defer d.reconMu.Unlock()
+	repaired, err = d.pass(ctx, full)
+	// What verify repairs, the next pass finds changed and reports.
+	if verr := d.verify(ctx); verr != nil {
+		err = errors.Join(err, verr)
+	}
+	return repaired, err
+}
+
+func (d *Driver) pass(ctx context.Context, full bool) (repaired bool, err error) {
 	if !full {
 		if done, err := d.quickPass(); err != nil || done {
 			return false, err
@@ -40,12 +50,93 @@ func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err e
 	return d.reconcile(ctx, full)
 }
 
+// verify ensures again the networks and endpoints whose change the pass
+// took in as mynet's own. A change from outside to the same object in the
+// same interval (a bridge deleted right after its network was created) is
+// in the digests that pass took in, so no comparison finds it. An
+// endpoint is ensured while other endpoint calls go on, as CreateEndpoint
+// does it; a network, which is rare, under opMu alone. The anti-spoofing
+// filters are left to the recheck: re-applying them costs a netlink
+// transaction per endpoint, after every container start.
+func (d *Driver) verify(ctx context.Context) error {
+	suspects := d.suspects
+	d.suspects = nil
+	var nets, eps []string
+	for k := range suspects {
+		if id, ok := strings.CutPrefix(k, "net:"); ok {
+			nets = append(nets, id)
+		} else if id, ok := strings.CutPrefix(k, "ep:"); ok {
+			eps = append(eps, id)
+		}
+	}
+	var errs []error
+	if len(nets) > 0 {
+		d.opMu.Lock()
+		for _, id := range nets {
+			if n := d.networks[id]; n != nil {
+				if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
+					errs = append(errs, fmt.Errorf("restore network %s: %w", netutil.Short(id), err))
+				}
+				for _, e := range d.endpoints {
+					if e.NetworkID == id {
+						eps = append(eps, e.ID)
+					}
+				}
+			}
+		}
+		d.opMu.Unlock()
+	}
+	if len(eps) > 0 {
+		d.opMu.RLock()
+		for _, id := range eps {
+			errs = append(errs, d.verifyEndpoint(ctx, id))
+		}
+		d.opMu.RUnlock()
+	}
+	if err := errors.Join(errs...); err != nil {
+		d.suspects = suspects // try again at the next pass
+		return err
+	}
+	return nil
+}
+
+// verifyEndpoint ensures a live endpoint's veth and ports again, under its
+// endpoint lock and opMu shared.
+func (d *Driver) verifyEndpoint(ctx context.Context, id string) error {
+	defer d.epLocks.lock(id)()
+	d.mapMu.RLock()
+	e, n := d.endpoints[id], (*state.Network)(nil)
+	var ep bridge.Endpoint
+	var bn bridge.Network
+	if e != nil {
+		if n = d.networks[e.NetworkID]; n != nil {
+			ep, bn = toBridgeEndpoint(n, e), toBridgeNetwork(n)
+		}
+	}
+	d.mapMu.RUnlock()
+	if n == nil {
+		return nil // deleted meanwhile
+	}
+	ep.AntiSpoofing = false
+	if exists, err := d.cfg.Dataplane.EndpointExists(ep); err != nil || !exists {
+		return err // a dead container's endpoint is the pass's to drop
+	}
+	if err := d.cfg.Dataplane.EnsureEndpoint(ctx, ep); err != nil {
+		return fmt.Errorf("restore endpoint %s: %w", netutil.Short(id), err)
+	}
+	if len(ep.Ports) == 0 {
+		return nil
+	}
+	return d.cfg.Dataplane.EnsurePorts(ctx, bn, ep, ep.Ports)
+}
+
 // Recheck makes the next pass compare the kernel with the state, the
 // anti-spoofing filters included, even if the fingerprints have not
-// changed. A change made from outside to an object mynet itself changed
-// while a pass was running ends up in the fingerprint that pass records;
-// the periodic loop calls this now and then so such a change is repaired
-// too.
+// changed. A change made from outside to a filter, or to the chains, in
+// the interval in which mynet itself changed them ends up in the
+// fingerprint a pass takes in (verify covers bridges, veths and rules of
+// networks and endpoints, not those); the periodic loop calls this now and
+// then so such a change is repaired too.
 func (d *Driver) Recheck() {
 	d.reconMu.Lock()
 	defer d.reconMu.Unlock()
@@ -92,18 +183,36 @@ func (d *Driver) changed(fp, sfp bridge.Digests) (all, outside []string) {
 			outside = append(outside, k)
 		}
 	}
+	// A network or endpoint mynet touched may have changed back (a bridge
+	// created, then deleted from outside): it counts as changed too. Not so
+	// the shared keys every such change touches, which would make a repair
+	// ensure every network and anti-spoofing filter.
+	for k := range d.touched {
+		if strings.HasPrefix(k, "net:") || strings.HasPrefix(k, "ep:") {
+			all = append(all, k)
+		}
+	}
 	return all, outside
 }
 
 // adopt takes the digests in as the state of mynet's objects as of the
-// changes count n.
-func (d *Driver) adopt(fp, sfp bridge.Digests, n uint64) {
+// changes count n. With verify, the objects mynet changed until then are
+// ensured again by the next pass (see verify); a repair pass has just
+// ensured them.
+func (d *Driver) adopt(fp, sfp bridge.Digests, n uint64, verify bool) {
 	d.fingerprint, d.spoofPrint, d.adopted = fp, sfp, n
 	d.touchMu.Lock()
 	defer d.touchMu.Unlock()
 	for k, v := range d.touched {
-		if v <= n {
-			delete(d.touched, k)
+		if v > n {
+			continue
+		}
+		delete(d.touched, k)
+		if verify {
+			if d.suspects == nil {
+				d.suspects = map[string]bool{}
+			}
+			d.suspects[k] = true
 		}
 	}
 }
@@ -155,7 +264,7 @@ func (d *Driver) quickPass() (done bool, err error) {
 		}
 	}
 	d.mapMu.RUnlock()
-	d.adopt(fp, sfp, start)
+	d.adopt(fp, sfp, start, true)
 	return true, nil
 }
 
@@ -235,7 +344,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 				return false, err
 			}
 		}
-		d.adopt(fp, sfp, d.changes.Load())
+		d.adopt(fp, sfp, d.changes.Load(), true)
 		return false, nil
 	}
 	// Only a change nobody in this process made counts as a repair.
@@ -276,7 +385,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	if fp, sfp, err = d.fingerprints(); err != nil {
 		return repaired, err
 	}
-	d.adopt(fp, sfp, d.changes.Load())
+	d.adopt(fp, sfp, d.changes.Load(), false)
 	if repaired {
 		d.log.Warn("mynet's links or rules were changed from outside; restored them", "objects", damaged)
 	}
