@@ -16,8 +16,8 @@ import (
 	"github.com/mynet/mynet/netutil"
 )
 
-// IPTables is the part of *iptables.IPTables mynet uses; tests substitute
-// nothing here, they run the real binary in a throwaway namespace.
+// IPTables is the part of *iptables.IPTables mynet uses; tests run the real
+// binary in a throwaway namespace, wrapped only to inject failures.
 type IPTables interface {
 	Exists(table, chain string, rulespec ...string) (bool, error)
 	Insert(table, chain string, pos int, rulespec ...string) error
@@ -222,28 +222,31 @@ func portSpec(first, last uint16, sep string) string {
 	return strconv.Itoa(int(first)) + sep + strconv.Itoa(int(last))
 }
 
-// ensureNetwork adds whichever of the network's rules are missing.
-func (f *firewall) ensureNetwork(n Network) error {
+// ensureNetwork adds whichever of the network's rules are missing. Each
+// chain, hook and rule it adds goes onto undo, and only those: the caller
+// may be repairing a network whose other rules are live.
+func (f *firewall) ensureNetwork(n Network, undo *netutil.Undo) error {
 	rules := f.networkRules(n)
 	if len(rules) == 0 {
 		return nil
 	}
-	if err := f.ensureChains(); err != nil {
+	if err := f.ensureChains(undo); err != nil {
 		return err
 	}
-	return f.ensureAll(rules, "network "+netutil.Short(n.ID))
+	return f.ensureAll(rules, "network "+netutil.Short(n.ID), undo)
 }
 
-// ensurePorts adds the rules of an endpoint's published ports.
-func (f *firewall) ensurePorts(n Network, ep Endpoint, ports []PortMapping) error {
+// ensurePorts adds the rules of an endpoint's published ports that are
+// missing, and pushes what it adds onto undo.
+func (f *firewall) ensurePorts(n Network, ep Endpoint, ports []PortMapping, undo *netutil.Undo) error {
 	rules := f.allPortRules(ep, ports)
 	if len(rules) == 0 {
 		return nil
 	}
-	if err := f.ensureChains(); err != nil {
+	if err := f.ensureChains(undo); err != nil {
 		return err
 	}
-	return f.ensureAll(rules, "ports of endpoint "+netutil.Short(ep.ID))
+	return f.ensureAll(rules, "ports of endpoint "+netutil.Short(ep.ID), undo)
 }
 
 func (f *firewall) allPortRules(ep Endpoint, ports []PortMapping) []rule {
@@ -254,9 +257,9 @@ func (f *firewall) allPortRules(ep Endpoint, ports []PortMapping) []rule {
 	return rules
 }
 
-func (f *firewall) ensureAll(rules []rule, what string) error {
+func (f *firewall) ensureAll(rules []rule, what string, undo *netutil.Undo) error {
 	for _, r := range rules {
-		if err := f.ensure(r); err != nil {
+		if err := f.ensure(r, undo); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
@@ -336,20 +339,21 @@ func (f *firewall) removeWhere(drop func(networkID, endpointID string) bool) err
 	return nil
 }
 
-// ensureChains creates mynet's chains and hooks them into the built-in ones.
-func (f *firewall) ensureChains() error {
+// ensureChains creates mynet's chains and hooks them into the built-in
+// ones, pushing what it creates onto undo.
+func (f *firewall) ensureChains(undo *netutil.Undo) error {
 	for _, tc := range f.chains.tables() {
-		if err := f.ensureChain(tc.table, tc.chain); err != nil {
+		if err := f.ensureChain(tc.table, tc.chain, undo); err != nil {
 			return err
 		}
 	}
-	if err := f.ensure(rule{table: tableFilter, chain: f.chains.forward, args: []string{"-j", f.chains.isolation}, top: true}); err != nil {
+	if err := f.ensure(rule{table: tableFilter, chain: f.chains.forward, args: []string{"-j", f.chains.isolation}, top: true}, undo); err != nil {
 		return err
 	}
 	if err := f.ensureEgress(); err != nil {
 		return err
 	}
-	return f.ensureHooks()
+	return f.ensureHooks(undo)
 }
 
 // hooks are the jumps from built-in chains (and Docker's DOCKER-USER) into
@@ -373,8 +377,10 @@ func (f *firewall) hooks(forwardFrom string) []rule {
 
 // ensureHooks puts the filter hook at the end of DOCKER-USER when Docker
 // runs, else first in FORWARD, and removes it from the other place, so a
-// Docker started after mynet gets the hook moved at the next ensure.
-func (f *firewall) ensureHooks() error {
+// Docker started after mynet gets the hook moved at the next ensure. The
+// hooks it adds go onto undo; a move is not undone, since the old place is
+// wrong.
+func (f *firewall) ensureHooks(undo *netutil.Undo) error {
 	hasUser, err := f.ipt.ChainExists(tableFilter, dockerUserChain)
 	if err != nil {
 		return fmt.Errorf("check chain %s: %w", dockerUserChain, err)
@@ -385,7 +391,7 @@ func (f *firewall) ensureHooks() error {
 	}
 	hooks := f.hooks(from)
 	for _, h := range hooks[1:] {
-		if err := f.ensure(h); err != nil {
+		if err := f.ensure(h, undo); err != nil {
 			return err
 		}
 	}
@@ -398,6 +404,7 @@ func (f *firewall) ensureHooks() error {
 		if err := f.insertForwardHook(fwd, hasUser); err != nil {
 			return err
 		}
+		f.pushDelete(undo, fwd)
 	}
 	if !hasUser {
 		return nil
@@ -432,7 +439,9 @@ func (f *firewall) insertForwardHook(fwd rule, hasUser bool) error {
 // ensureEgress makes the egress chain pass new connections through Docker's
 // isolation chain, when Docker has one, and then accept. Replies skip the
 // check: they belong to connections that were let in, such as a container
-// of a Docker network reaching a port mynet publishes.
+// of a Docker network reaching a port mynet publishes. A rewrite is not
+// undone: the chain goes with its creation's undo, and an existing one
+// held the wrong rules.
 func (f *firewall) ensureEgress() error {
 	want := []string{"-N " + f.chains.egress, "-A " + f.chains.egress + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}
 	for _, c := range dockerIsolationChains {
@@ -499,7 +508,9 @@ func (f *firewall) removeChains() error {
 	return errors.Join(errs...)
 }
 
-func (f *firewall) ensureChain(table, chain string) error {
+// ensureChain creates the chain if it is missing and then pushes its
+// deletion, with whatever rules this call fills it with, onto undo.
+func (f *firewall) ensureChain(table, chain string, undo *netutil.Undo) error {
 	ok, err := f.ipt.ChainExists(table, chain)
 	if err != nil {
 		return fmt.Errorf("check chain %s: %w", chain, err)
@@ -511,11 +522,17 @@ func (f *firewall) ensureChain(table, chain string) error {
 		return fmt.Errorf("create chain %s: %w", chain, err)
 	}
 	f.log.Debug("chain created", "family", f.family(), "table", table, "chain", chain)
+	undo.Push("delete "+f.family()+" chain "+chain, func() error {
+		if err := f.ipt.ClearAndDeleteChain(table, chain); err != nil {
+			return fmt.Errorf("delete %s chain %s: %w", f.family(), chain, err)
+		}
+		return nil
+	})
 	return nil
 }
 
-// ensure adds r if it is missing.
-func (f *firewall) ensure(r rule) error {
+// ensure adds r if it is missing, and then pushes its deletion onto undo.
+func (f *firewall) ensure(r rule, undo *netutil.Undo) error {
 	ok, err := f.ipt.Exists(r.table, r.chain, r.args...)
 	if err != nil {
 		return fmt.Errorf("check rule %s: %w", r, err)
@@ -532,7 +549,18 @@ func (f *firewall) ensure(r rule) error {
 		return fmt.Errorf("add %s rule %s: %w", f.family(), r, err)
 	}
 	f.log.Debug("rule added", "family", f.family(), "rule", r.String())
+	f.pushDelete(undo, r)
 	return nil
+}
+
+// pushDelete pushes the deletion of a rule this call added onto undo.
+func (f *firewall) pushDelete(undo *netutil.Undo, r rule) {
+	undo.Push("delete "+f.family()+" rule "+r.String(), func() error {
+		if err := f.ipt.DeleteIfExists(r.table, r.chain, r.args...); err != nil {
+			return fmt.Errorf("delete %s rule %s: %w", f.family(), r, err)
+		}
+		return nil
+	})
 }
 
 func concat(parts ...[]string) []string {

@@ -20,6 +20,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/mynet/mynet/netutil/failpoint"
 )
 
 const (
@@ -315,6 +317,44 @@ func TestSpoofOrphans(t *testing.T) {
 		}
 		if got := nftDump(t, other.SpoofTable()); got != "" {
 			t.Fatalf("other table left:\n%s", got)
+		}
+	})
+}
+
+// TestFailedEnsureEndpointKeepsFilter: an EnsureEndpoint that fails after
+// the anti-spoofing step removes the veth's elements only if it added
+// them: an endpoint that was filtered before (a repair) stays filtered.
+func TestFailedEnsureEndpointKeepsFilter(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		live := spoofEndpoint(n, eid1, "02:00:00:00:00:01", "10.1.0.2")
+		fresh := spoofEndpoint(n, eid2, "02:00:00:00:00:02", "10.1.0.3")
+		live.AntiSpoofing, fresh.AntiSpoofing = true, true
+		if err := d.EnsureEndpoint(ctx, live); err != nil {
+			t.Fatal(err)
+		}
+		before := snapshot(t) + nftDump(t, d.SpoofTable())
+		if err := failpoint.Enable("bridge.endpoint.filter=error"); err != nil {
+			t.Fatal(err)
+		}
+		for _, ep := range []Endpoint{live, fresh} {
+			if err := d.EnsureEndpoint(ctx, ep); err == nil || !strings.Contains(err.Error(), "injected failure") {
+				t.Fatalf("EnsureEndpoint(%s) = %v, want the injected failure", ep.HostVeth, err)
+			}
+		}
+		failpoint.Enable("")
+		if after := snapshot(t) + nftDump(t, d.SpoofTable()); after != before {
+			t.Fatalf("failed ensures changed what they found:\n--- found\n%s--- left\n%s", before, after)
+		}
+		if err := d.DeleteEndpoint(ctx, live); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatal(err)
 		}
 	})
 }
