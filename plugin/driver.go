@@ -43,9 +43,9 @@ type Dataplane interface {
 	Sync()
 	// RemoveOrphans deletes tagged objects whose IDs are not in the sets.
 	RemoveOrphans(ctx context.Context, networks, endpoints map[string]bool) error
-	// Fingerprint and SpoofFingerprint summarise mynet's links and rules,
-	// and its anti-spoofing filters, so that a change made from outside can
-	// be noticed cheaply.
+	// Fingerprint and SpoofFingerprint digest mynet's links and rules,
+	// and its anti-spoofing filters, object by object, so that a change
+	// made from outside can be noticed cheaply and repaired where it is.
 	Fingerprint() (bridge.Digests, error)
 	SpoofFingerprint() (bridge.Digests, error)
 	// HostPrefixes are subnets in use on the host, for choosing pools.
