@@ -247,8 +247,9 @@ func (d *Dataplane) later(job func(*netlink.Handle)) {
 func (d *Dataplane) Chains() []string { return d.fw4.chains.all() }
 
 // EnsureNetwork makes the network's bridge, addresses and rules exist.
-// On error, everything it created in this call is removed again.
-// DeleteNetwork undoes it.
+// On error, everything it created in this call is removed again, and only
+// that: the reconcile calls it to repair a network whose other rules are
+// live. DeleteNetwork undoes it.
 func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error) {
 	log := d.log.With("network_id", netutil.Short(n.ID), "bridge", n.Bridge)
 	var undo netutil.Undo
@@ -277,7 +278,7 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 	if err := stopped(ctx, "the addresses of bridge "+n.Bridge+" of "+what); err != nil {
 		return err
 	}
-	if err := d.ensureAddrs(n); err != nil {
+	if err := d.ensureAddrs(n, &undo); err != nil {
 		return err
 	}
 	if err := stopped(ctx, "the settings of bridge "+n.Bridge+" of "+what); err != nil {
@@ -286,11 +287,8 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 	if err := d.bridgeSysctls(n); err != nil {
 		return err
 	}
-	undo.Push("delete rules of network "+netutil.Short(n.ID), func() error {
-		return d.forAll(func(fw *firewall) error { return fw.removeNetwork(n.ID) })
-	})
 	for _, fw := range d.firewalls() {
-		if err := fw.ensureNetwork(ctx, n); err != nil {
+		if err := fw.ensureNetwork(ctx, n, &undo); err != nil {
 			return err
 		}
 	}
@@ -388,10 +386,16 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 		return err
 	}
 	if ep.AntiSpoofing {
-		if err := d.EnsureSpoofCheck(ep); err != nil {
+		added, err := d.ensureSpoofCheck(ep)
+		if err != nil {
 			return err
 		}
-		undo.Push("delete anti-spoofing rules of "+ep.HostVeth, func() error { return d.RemoveSpoofCheck(ep) })
+		if added { // else the veth was filtered before: keep it so
+			undo.Push("delete anti-spoofing rules of "+ep.HostVeth, func() error { return d.RemoveSpoofCheck(ep) })
+		}
+	}
+	if err := failpoint.Inject("bridge.endpoint.filter"); err != nil {
+		return err
 	}
 	if created {
 		// The address may have belonged to another container a moment
@@ -437,21 +441,22 @@ func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 	return nil
 }
 
-// EnsurePorts publishes the endpoint's ports. On error, every port rule of
-// the endpoint is removed again. RemovePorts undoes it.
+// EnsurePorts publishes the endpoint's ports. On error, the rules (and
+// chains) this call added are removed again, and only those: the reconcile
+// calls it to repair ports that are live. RemovePorts undoes it.
 func (d *Dataplane) EnsurePorts(ctx context.Context, n Network, ep Endpoint, ports []PortMapping) (retErr error) {
 	if n.Internal && len(ports) > 0 {
 		return fmt.Errorf("network %s is internal: it cannot publish ports", netutil.Short(n.ID))
 	}
+	log := d.log.With("network_id", netutil.Short(n.ID), "endpoint_id", netutil.Short(ep.ID))
+	var undo netutil.Undo
 	defer func() {
-		if retErr != nil {
-			if err := d.RemovePorts(context.WithoutCancel(ctx), ep, ports); err != nil {
-				d.log.Warn("rollback of port rules failed", "endpoint_id", netutil.Short(ep.ID), "err", err)
-			}
+		if cerr := undo.RunIf(retErr, log); cerr != nil {
+			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
 		}
 	}()
 	for _, fw := range d.firewalls() {
-		if err := fw.ensurePorts(ctx, n, ep, ports); err != nil {
+		if err := fw.ensurePorts(ctx, n, ep, ports, &undo); err != nil {
 			return err
 		}
 	}

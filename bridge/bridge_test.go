@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -509,8 +510,9 @@ func countRules(t *testing.T) int {
 	return n
 }
 
-// TestFingerprint: stable while nothing changes, different after damage
-// from outside, and the same again once EnsureNetwork has repaired it.
+// TestFingerprint: stable while nothing changes, different after each kind
+// of damage from outside that EnsureNetwork and EnsureEndpoint repair, and
+// the same again once they have.
 func TestFingerprint(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		ctx := context.Background()
@@ -523,7 +525,11 @@ func TestFingerprint(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return s
+			return fmt.Sprint(s) // fmt sorts map keys
+		}
+		ep := testEndpoint(n, eid1)
+		if err := d.EnsureEndpoint(ctx, ep); err != nil {
+			t.Fatal(err)
 		}
 		good := fp()
 		if fp() != good {
@@ -534,6 +540,10 @@ func TestFingerprint(t *testing.T) {
 			{"iptables", "-t", "nat", "-F", d.fw4.chains.postrouting},
 			{"iptables", "-D", "FORWARD", "-m", "comment", "--comment", "mynet mynet-test", "-j", d.fw4.chains.forward},
 			{"ip", "addr", "flush", "dev", n.Bridge},
+			{"ip", "link", "set", ep.HostVeth, "nomaster"},
+			{"ip", "link", "set", ep.HostVeth, "down"},
+			{"sysctl", "-qw", "net.ipv4.conf." + n.Bridge + ".route_localnet=0"},
+			{"sysctl", "-qw", "net.ipv4.ip_forward=0"},
 			{"ip", "link", "del", n.Bridge},
 		} {
 			run(t, damage...)
@@ -543,14 +553,26 @@ func TestFingerprint(t *testing.T) {
 			if err := d.EnsureNetwork(ctx, n); err != nil {
 				t.Fatal(err)
 			}
+			if err := d.EnsureEndpoint(ctx, ep); err != nil {
+				t.Fatal(err)
+			}
 			if got := fp(); got != good && !strings.Contains(strings.Join(damage, " "), "link del") {
 				t.Fatalf("fingerprint after repairing %v differs", damage)
 			}
 			good = fp()
 		}
+		// Docker started after mynet: the hook moves into DOCKER-USER.
+		run(t, "iptables", "-N", "DOCKER-USER")
+		if fp() == good {
+			t.Fatal("fingerprint unchanged after Docker's chains appeared")
+		}
+		if err := d.DeleteEndpoint(ctx, ep); err != nil {
+			t.Fatal(err)
+		}
 		if err := d.DeleteNetwork(ctx, n); err != nil {
 			t.Fatal(err)
 		}
+		run(t, "iptables", "-X", "DOCKER-USER")
 	})
 }
 
@@ -729,4 +751,119 @@ func TestRemovePortsFlushesUDPFlows(t *testing.T) {
 			t.Fatalf("flows left to ports %v, want only the one to 6000", left)
 		}
 	})
+}
+
+// failingIPT fails the calls that fail selects, as iptables does now and
+// then (say, right after a firewall reload, or with the xtables lock held
+// past its timeout).
+type failingIPT struct {
+	IPTables
+	fail func(op string, args []string) bool
+}
+
+var errInjectedIPT = errors.New("injected iptables failure")
+
+func (f *failingIPT) Exists(table, chain string, args ...string) (bool, error) {
+	if f.fail("exists", args) {
+		return false, errInjectedIPT
+	}
+	return f.IPTables.Exists(table, chain, args...)
+}
+
+// TestFailedRepairKeepsWhatWorked: a repair (an ensure of a network or of
+// ports that exist, with one rule and the gateway deleted from outside)
+// that fails at a later step returns the error and leaves the kernel as it
+// found it: it removes only what it added, never the rules and chains that
+// were there before the call.
+func TestFailedRepairKeepsWhatWorked(t *testing.T) {
+	n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+	ep := testEndpoint(n, eid1)
+	c4 := netip.MustParseAddr("10.1.0.2")
+	ports := []PortMapping{
+		{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: c4, Port: 80},
+		{Proto: "udp", HostPort: 5353, HostPortEnd: 5353, ContainerIP: c4, Port: 53},
+	}
+	for _, tc := range []struct {
+		name   string
+		damage [][]string
+		fail   func(op string, args []string) bool
+		repair func(ctx context.Context, d *Dataplane) error
+	}{
+		{
+			name: "network",
+			damage: [][]string{
+				{"iptables", "-D", chainsFor("mynet-test").isolation, "!", "-i", n.Bridge, "-o", n.Bridge, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "mynet net=" + nid1, "-j", "DROP"},
+				{"ip", "addr", "del", "10.1.0.1/24", "dev", n.Bridge},
+			},
+			// The masquerade rule comes after the deleted drop.
+			fail: func(op string, args []string) bool { return slices.Contains(args, "10.1.0.0/24") },
+			repair: func(ctx context.Context, d *Dataplane) error {
+				return d.EnsureNetwork(ctx, n)
+			},
+		},
+		{
+			name: "ports",
+			damage: [][]string{
+				{"iptables", "-t", "nat", "-D", chainsFor("mynet-test").dnat, "-p", "tcp", "-m", "tcp", "--dport", "8080", "-m", "comment", "--comment", "mynet net=" + nid1 + " ep=" + eid1, "-j", "DNAT", "--to-destination", "10.1.0.2:80"},
+			},
+			// The UDP mapping comes after the deleted TCP one.
+			fail: func(op string, args []string) bool { return slices.Contains(args, "udp") },
+			repair: func(ctx context.Context, d *Dataplane) error {
+				return d.EnsurePorts(ctx, n, ep, ports)
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			withDataplane(t, "", func(d *Dataplane) {
+				ctx := context.Background()
+				if err := d.EnsureNetwork(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+				if err := d.EnsureEndpoint(ctx, ep); err != nil {
+					t.Fatal(err)
+				}
+				if err := d.EnsurePorts(ctx, n, ep, ports); err != nil {
+					t.Fatal(err)
+				}
+				good := snapshot(t)
+				for _, cmd := range tc.damage {
+					run(t, cmd...)
+				}
+				damaged := snapshot(t)
+				if damaged == good {
+					t.Fatal("the damage changed nothing: the test would prove nothing")
+				}
+				real := d.fw4.ipt
+				d.fw4.ipt = &failingIPT{IPTables: real, fail: tc.fail}
+				err := tc.repair(ctx, d)
+				d.fw4.ipt = real
+				if !errors.Is(err, errInjectedIPT) {
+					t.Fatalf("repair returned %v, want the injected failure", err)
+				}
+				if after := snapshot(t); after != damaged {
+					t.Fatalf("the failed repair changed what it found:\n--- found\n%s--- left\n%s", damaged, after)
+				}
+				// Once iptables works again, the repair completes (a rule
+				// added again is appended, so only the order may differ).
+				if err := tc.repair(ctx, d); err != nil {
+					t.Fatal(err)
+				}
+				if after := snapshot(t); sortedLines(after) != sortedLines(good) {
+					t.Fatalf("repair incomplete:\n--- want\n%s--- got\n%s", good, after)
+				}
+				if err := d.DeleteEndpoint(ctx, ep); err != nil {
+					t.Fatal(err)
+				}
+				if err := d.DeleteNetwork(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+func sortedLines(s string) string {
+	lines := strings.Split(s, "\n")
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }

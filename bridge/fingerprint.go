@@ -12,37 +12,96 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// Fingerprint summarises the links and iptables rules this instance owns:
-// its links with their state and addresses, and every iptables line that
-// mentions its chains. The anti-spoofing table has a fingerprint of its
-// own, SpoofFingerprint, because repairing it costs a pass over every
-// endpoint. Two equal fingerprints mean nobody touched mynet's objects in
-// between, which lets the periodic reconcile skip its full pass.
+// Digests summarise mynet's kernel objects one by one, so that a change
+// from outside can be told apart from mynet's own changes made at the same
+// time, and repaired where it happened. Keys:
+//
+//	"net:ID"    a network's bridge (state, addresses, switches) and rules
+//	"ep:ID"     an endpoint's host veth (state, master) and port rules
+//	"veth:NAME" the anti-spoofing elements of a veth (SpoofFingerprint)
+//	"spoof"     the anti-spoofing table's rules (SpoofFingerprint)
+//	""          everything else: chains, hooks, the Docker chains they
+//	            depend on, IPv4 forwarding
+//
+// Values are opaque; an object that is gone has no key.
+type Digests map[string]string
+
+// Changed returns the keys whose values differ between d and o, including
+// keys only one of them has.
+func (d Digests) Changed(o Digests) []string {
+	var out []string
+	for k, v := range d {
+		if w, ok := o[k]; !ok || w != v {
+			out = append(out, k)
+		}
+	}
+	for k := range o {
+		if _, ok := d[k]; !ok {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// digester hashes lines per key.
+type digester map[string][]string
+
+func (g digester) add(key string, line string) { g[key] = append(g[key], line) }
+
+func (g digester) digests() Digests {
+	out := make(Digests, len(g))
+	for k, lines := range g {
+		sum := sha256.Sum256([]byte(strings.Join(lines, "\n")))
+		out[k] = hex.EncodeToString(sum[:])
+	}
+	return out
+}
+
+// Fingerprint digests the links and iptables rules this instance owns:
+// its links with their state, master and addresses, its bridges' switches
+// that EnsureNetwork sets, every iptables line that mentions its chains,
+// the presence of the Docker chains its hooks depend on and IPv4
+// forwarding. The anti-spoofing table has digests of its own,
+// SpoofFingerprint, because repairing it costs a netlink transaction per
+// endpoint. Equal digests mean nobody touched the object in between, which
+// lets the periodic reconcile skip its repair; so whatever the repair
+// restores must be in here.
 //
 // The rules are read with one iptables-save per family and table rather
 // than one `iptables -S` per chain: a fingerprint runs every few seconds,
 // and with the nft backend each call loads the whole ruleset anyway. The
 // output is only hashed, never parsed into decisions.
-func (d *Dataplane) Fingerprint() (string, error) {
-	h := sha256.New()
+func (d *Dataplane) Fingerprint() (Digests, error) {
+	g := digester{}
 	links, err := d.linkList()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return d.nl.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
-		return "", fmt.Errorf("list addresses: %w", err)
+		return nil, fmt.Errorf("list addresses: %w", err)
 	}
+	g.add("", "ip_forward "+sysctlValue("net/ipv4/ip_forward"))
 	for _, l := range links {
 		a := l.Attrs()
-		if _, _, ok := d.parseTag(a.Alias); !ok {
+		kind, id, ok := d.parseTag(a.Alias)
+		if !ok {
 			continue
 		}
+		key := kind + ":" + id
 		// Without the carrier (FlagRunning): it comes up when the engine
 		// plugs the other end into a container, which is not a change to
 		// repair, and a pass that saw it down would take the next one for
-		// outside damage.
-		fmt.Fprintf(h, "%s %s %d %d %v\n", a.Name, a.Alias, a.MTU, a.MasterIndex, a.Flags&^net.FlagRunning)
+		// outside damage. With the index: a bridge deleted and created
+		// again under its name from outside lacks what mynet set on it.
+		g.add(key, fmt.Sprintf("%d %s %s %d %d %v", a.Index, a.Name, a.Alias, a.MTU, a.MasterIndex, a.Flags&^net.FlagRunning))
+		if kind == "net" {
+			// bridgeSysctls' switches: no link dump carries them.
+			for _, s := range []string{"net/ipv4/conf/%s/route_localnet", "net/ipv6/conf/%s/accept_ra"} {
+				g.add(key, sysctlValue(fmt.Sprintf(s, a.Name)))
+			}
+		}
 		var own []string
 		for _, ad := range addrs {
 			if ad.LinkIndex == a.Index && !ad.IP.IsLinkLocalUnicast() {
@@ -50,21 +109,43 @@ func (d *Dataplane) Fingerprint() (string, error) {
 			}
 		}
 		slices.Sort(own)
-		fmt.Fprintln(h, own)
+		g.add(key, strings.Join(own, " "))
 	}
 	for _, fw := range d.firewalls() {
 		lines, err := fw.ownLines()
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-		fmt.Fprintln(h, lines)
+		for _, l := range lines {
+			key := ""
+			if m := commentRE.FindStringSubmatch(l); m != nil {
+				key = "net:" + m[1]
+				if m[2] != "" {
+					key = "ep:" + m[2]
+				}
+			}
+			g.add(key, fw.family()+" "+l)
+		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return g.digests(), nil
+}
+
+// sysctlValue is a sysctl's value for a fingerprint, or "-" when it cannot
+// be read (IPv6 disabled, for one).
+func sysctlValue(key string) string {
+	v, err := readSysctl(key)
+	if err != nil {
+		return "-"
+	}
+	return v
 }
 
 // ownLines returns the lines of iptables-save that mention this instance's
-// chains, in order.
+// chains, in order, and the declarations of the Docker chains that decide
+// where its hooks and egress checks go (ensureHooks, ensureEgress): Docker
+// started or restarted after mynet creates them.
 func (f *firewall) ownLines() ([]string, error) {
+	dockerChains := append([]string{dockerUserChain}, dockerIsolationChains...)
 	bin := "iptables-save"
 	if f.v6 {
 		bin = "ip6tables-save"
@@ -77,11 +158,18 @@ func (f *firewall) ownLines() ([]string, error) {
 			return nil, fmt.Errorf("%s -t %s: %w", bin, table, err)
 		}
 		for _, l := range strings.Split(string(raw), "\n") {
-			if strings.Contains(l, prefix) && !strings.HasPrefix(l, "#") {
+			if strings.HasPrefix(l, "#") {
+				continue
+			}
+			if strings.HasPrefix(l, ":") {
 				// Chain lines carry packet counters: drop them.
-				if strings.HasPrefix(l, ":") {
-					l, _, _ = strings.Cut(l, " ")
+				l, _, _ = strings.Cut(l, " ")
+				if table == tableFilter && slices.Contains(dockerChains, l[1:]) {
+					out = append(out, l)
+					continue
 				}
+			}
+			if strings.Contains(l, prefix) {
 				out = append(out, l)
 			}
 		}

@@ -17,8 +17,8 @@ import (
 	"github.com/mynet/mynet/netutil"
 )
 
-// IPTables is the part of *iptables.IPTables mynet uses; tests substitute
-// nothing here, they run the real binary in a throwaway namespace.
+// IPTables is the part of *iptables.IPTables mynet uses; tests run the real
+// binary in a throwaway namespace, wrapped only to inject failures.
 type IPTables interface {
 	Exists(table, chain string, rulespec ...string) (bool, error)
 	Insert(table, chain string, pos int, rulespec ...string) error
@@ -223,8 +223,10 @@ func portSpec(first, last uint16, sep string) string {
 	return strconv.Itoa(int(first)) + sep + strconv.Itoa(int(last))
 }
 
-// ensureNetwork adds whichever of the network's rules are missing.
-func (f *firewall) ensureNetwork(ctx context.Context, n Network) error {
+// ensureNetwork adds whichever of the network's rules are missing. Each
+// chain, hook and rule it adds goes onto undo, and only those: the caller
+// may be repairing a network whose other rules are live.
+func (f *firewall) ensureNetwork(ctx context.Context, n Network, undo *netutil.Undo) error {
 	rules := f.networkRules(n)
 	if len(rules) == 0 {
 		return nil
@@ -233,14 +235,15 @@ func (f *firewall) ensureNetwork(ctx context.Context, n Network) error {
 	if err := stopped(ctx, f.family()+" chains for "+what); err != nil {
 		return err
 	}
-	if err := f.ensureChains(); err != nil {
+	if err := f.ensureChains(undo); err != nil {
 		return err
 	}
-	return f.ensureAll(ctx, rules, what)
+	return f.ensureAll(ctx, rules, what, undo)
 }
 
-// ensurePorts adds the rules of an endpoint's published ports.
-func (f *firewall) ensurePorts(ctx context.Context, n Network, ep Endpoint, ports []PortMapping) error {
+// ensurePorts adds the rules of an endpoint's published ports that are
+// missing, and pushes what it adds onto undo.
+func (f *firewall) ensurePorts(ctx context.Context, n Network, ep Endpoint, ports []PortMapping, undo *netutil.Undo) error {
 	rules := f.allPortRules(ep, ports)
 	if len(rules) == 0 {
 		return nil
@@ -249,10 +252,10 @@ func (f *firewall) ensurePorts(ctx context.Context, n Network, ep Endpoint, port
 	if err := stopped(ctx, f.family()+" chains for "+what); err != nil {
 		return err
 	}
-	if err := f.ensureChains(); err != nil {
+	if err := f.ensureChains(undo); err != nil {
 		return err
 	}
-	return f.ensureAll(ctx, rules, what)
+	return f.ensureAll(ctx, rules, what, undo)
 }
 
 func (f *firewall) allPortRules(ep Endpoint, ports []PortMapping) []rule {
@@ -264,13 +267,14 @@ func (f *firewall) allPortRules(ep Endpoint, ports []PortMapping) []rule {
 }
 
 // ensureAll checks ctx before each rule: the iptables wrapper cannot cancel
-// a running iptables, but no new one starts once ctx is done.
-func (f *firewall) ensureAll(ctx context.Context, rules []rule, what string) error {
+// a running iptables, but no new one starts once ctx is done. What it adds
+// goes onto undo.
+func (f *firewall) ensureAll(ctx context.Context, rules []rule, what string, undo *netutil.Undo) error {
 	for _, r := range rules {
 		if err := stopped(ctx, f.family()+" rule "+r.String()+" of "+what); err != nil {
 			return err
 		}
-		if err := f.ensure(r); err != nil {
+		if err := f.ensure(r, undo); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
@@ -350,20 +354,21 @@ func (f *firewall) removeWhere(drop func(networkID, endpointID string) bool) err
 	return nil
 }
 
-// ensureChains creates mynet's chains and hooks them into the built-in ones.
-func (f *firewall) ensureChains() error {
+// ensureChains creates mynet's chains and hooks them into the built-in
+// ones, pushing what it creates onto undo.
+func (f *firewall) ensureChains(undo *netutil.Undo) error {
 	for _, tc := range f.chains.tables() {
-		if err := f.ensureChain(tc.table, tc.chain); err != nil {
+		if err := f.ensureChain(tc.table, tc.chain, undo); err != nil {
 			return err
 		}
 	}
-	if err := f.ensure(rule{table: tableFilter, chain: f.chains.forward, args: []string{"-j", f.chains.isolation}, top: true}); err != nil {
+	if err := f.ensure(rule{table: tableFilter, chain: f.chains.forward, args: []string{"-j", f.chains.isolation}, top: true}, undo); err != nil {
 		return err
 	}
 	if err := f.ensureEgress(); err != nil {
 		return err
 	}
-	return f.ensureHooks()
+	return f.ensureHooks(undo)
 }
 
 // hooks are the jumps from built-in chains (and Docker's DOCKER-USER) into
@@ -387,8 +392,10 @@ func (f *firewall) hooks(forwardFrom string) []rule {
 
 // ensureHooks puts the filter hook at the end of DOCKER-USER when Docker
 // runs, else first in FORWARD, and removes it from the other place, so a
-// Docker started after mynet gets the hook moved at the next ensure.
-func (f *firewall) ensureHooks() error {
+// Docker started after mynet gets the hook moved at the next ensure. The
+// hooks it adds go onto undo; a move is not undone, since the old place is
+// wrong.
+func (f *firewall) ensureHooks(undo *netutil.Undo) error {
 	hasUser, err := f.ipt.ChainExists(tableFilter, dockerUserChain)
 	if err != nil {
 		return fmt.Errorf("check chain %s: %w", dockerUserChain, err)
@@ -399,7 +406,7 @@ func (f *firewall) ensureHooks() error {
 	}
 	hooks := f.hooks(from)
 	for _, h := range hooks[1:] {
-		if err := f.ensure(h); err != nil {
+		if err := f.ensure(h, undo); err != nil {
 			return err
 		}
 	}
@@ -412,6 +419,7 @@ func (f *firewall) ensureHooks() error {
 		if err := f.insertForwardHook(fwd, hasUser); err != nil {
 			return err
 		}
+		f.pushDelete(undo, fwd)
 	}
 	if !hasUser {
 		return nil
@@ -446,7 +454,9 @@ func (f *firewall) insertForwardHook(fwd rule, hasUser bool) error {
 // ensureEgress makes the egress chain pass new connections through Docker's
 // isolation chain, when Docker has one, and then accept. Replies skip the
 // check: they belong to connections that were let in, such as a container
-// of a Docker network reaching a port mynet publishes.
+// of a Docker network reaching a port mynet publishes. A rewrite is not
+// undone: the chain goes with its creation's undo, and an existing one
+// held the wrong rules.
 func (f *firewall) ensureEgress() error {
 	want := []string{"-N " + f.chains.egress, "-A " + f.chains.egress + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}
 	for _, c := range dockerIsolationChains {
@@ -513,7 +523,9 @@ func (f *firewall) removeChains() error {
 	return errors.Join(errs...)
 }
 
-func (f *firewall) ensureChain(table, chain string) error {
+// ensureChain creates the chain if it is missing and then pushes its
+// deletion, with whatever rules this call fills it with, onto undo.
+func (f *firewall) ensureChain(table, chain string, undo *netutil.Undo) error {
 	ok, err := f.ipt.ChainExists(table, chain)
 	if err != nil {
 		return fmt.Errorf("check chain %s: %w", chain, err)
@@ -525,11 +537,17 @@ func (f *firewall) ensureChain(table, chain string) error {
 		return fmt.Errorf("create chain %s: %w", chain, err)
 	}
 	f.log.Debug("chain created", "family", f.family(), "table", table, "chain", chain)
+	undo.Push("delete "+f.family()+" chain "+chain, func() error {
+		if err := f.ipt.ClearAndDeleteChain(table, chain); err != nil {
+			return fmt.Errorf("delete %s chain %s: %w", f.family(), chain, err)
+		}
+		return nil
+	})
 	return nil
 }
 
-// ensure adds r if it is missing.
-func (f *firewall) ensure(r rule) error {
+// ensure adds r if it is missing, and then pushes its deletion onto undo.
+func (f *firewall) ensure(r rule, undo *netutil.Undo) error {
 	ok, err := f.ipt.Exists(r.table, r.chain, r.args...)
 	if err != nil {
 		return fmt.Errorf("check rule %s: %w", r, err)
@@ -546,7 +564,18 @@ func (f *firewall) ensure(r rule) error {
 		return fmt.Errorf("add %s rule %s: %w", f.family(), r, err)
 	}
 	f.log.Debug("rule added", "family", f.family(), "rule", r.String())
+	f.pushDelete(undo, r)
 	return nil
+}
+
+// pushDelete pushes the deletion of a rule this call added onto undo.
+func (f *firewall) pushDelete(undo *netutil.Undo, r rule) {
+	undo.Push("delete "+f.family()+" rule "+r.String(), func() error {
+		if err := f.ipt.DeleteIfExists(r.table, r.chain, r.args...); err != nil {
+			return fmt.Errorf("delete %s rule %s: %w", f.family(), r, err)
+		}
+		return nil
+	})
 }
 
 func concat(parts ...[]string) []string {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -72,12 +73,17 @@ func (d *Dataplane) ensureBridge(n Network) (created bool, err error) {
 	return created, nil
 }
 
-// ensureAddrs puts each gateway address on the bridge.
+// ensureAddrs puts each gateway address on the bridge, and pushes the
+// removal of those that were missing onto undo.
 // Equivalent to: ip addr add GATEWAY/LEN dev BRIDGE.
-func (d *Dataplane) ensureAddrs(n Network) error {
+func (d *Dataplane) ensureAddrs(n Network, undo *netutil.Undo) error {
 	l, err := d.nl.LinkByName(n.Bridge)
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
+	}
+	have, err := retryDump(func() ([]netlink.Addr, error) { return d.nl.AddrList(l, netlink.FAMILY_ALL) })
+	if err != nil {
+		return fmt.Errorf("list addresses of bridge %s: %w", n.Bridge, err)
 	}
 	for _, s := range append(append([]Subnet(nil), n.IPv4...), n.IPv6...) {
 		if !s.Gateway.IsValid() {
@@ -89,8 +95,17 @@ func (d *Dataplane) ensureAddrs(n Network) error {
 			// would leave it tentative for a second or more.
 			addr.Flags = unix.IFA_F_NODAD
 		}
+		existed := slices.ContainsFunc(have, func(a netlink.Addr) bool { return a.IPNet.String() == addr.IPNet.String() })
 		if err := d.nl.AddrReplace(l, addr); err != nil {
 			return fmt.Errorf("add gateway %s to bridge %s: %w", s.Gateway, n.Bridge, err)
+		}
+		if !existed {
+			undo.Push("delete gateway "+s.Gateway.String()+" from bridge "+n.Bridge, func() error {
+				if err := d.nl.AddrDel(l, addr); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !isNotFound(err) {
+					return fmt.Errorf("delete gateway %s from bridge %s: %w", s.Gateway, n.Bridge, err)
+				}
+				return nil
+			})
 		}
 	}
 	return nil

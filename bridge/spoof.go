@@ -244,20 +244,27 @@ func spoofWant(ep Endpoint) spoofElems {
 // when the endpoint's elements are already those it would write. One
 // atomic batch: on error nothing changed. RemoveSpoofCheck undoes it.
 func (d *Dataplane) EnsureSpoofCheck(ep Endpoint) error {
+	_, err := d.ensureSpoofCheck(ep)
+	return err
+}
+
+// ensureSpoofCheck is EnsureSpoofCheck; it reports whether it put the veth
+// under the filter, which it was not before (its undo is RemoveSpoofCheck).
+func (d *Dataplane) ensureSpoofCheck(ep Endpoint) (added bool, err error) {
 	if err := spoofCheckInputs(ep); err != nil {
-		return err
+		return false, err
 	}
 	want := spoofWant(ep)
 	c, err := d.lockNFT()
 	defer d.nft.mu.Unlock()
 	if err != nil {
-		return err
+		return false, err
 	}
 	o := d.spoofObjects()
 	_, comments := spoofRules(o)
 	cur, gen, err := d.loadSpoofState(c, o)
 	if err != nil {
-		return err
+		return false, err
 	}
 	rulesOK := cur.exists && slices.Equal(cur.comments, comments)
 	if cur.exists && !rulesOK {
@@ -270,14 +277,14 @@ func (d *Dataplane) EnsureSpoofCheck(ep Endpoint) error {
 	have, filtered := cur.veths[ep.HostVeth]
 	_, stray := cur.strays[ep.HostVeth]
 	if rulesOK && filtered && !stray && have.equal(want) {
-		return nil
+		return false, nil
 	}
 	if !rulesOK {
 		c.AddTable(o.table)
 		c.AddChain(o.base)
 		for _, name := range []string{setPorts, setMACs, setIPv4, setIPv6} {
 			if err := c.AddSet(o.sets[name], nil); err != nil {
-				return fmt.Errorf("anti-spoofing set %s: %w", name, err)
+				return false, fmt.Errorf("anti-spoofing set %s: %w", name, err)
 			}
 		}
 		rules, _ := spoofRules(o) // now with the new sets' IDs
@@ -288,10 +295,10 @@ func (d *Dataplane) EnsureSpoofCheck(ep Endpoint) error {
 	// Stale elements of the veth (another address, a reused name) go in
 	// the same batch as the new ones, so the veth is never unfiltered.
 	if err := spoofDeleteElems(c, o, ep.HostVeth, have, cur.strays[ep.HostVeth], want); err != nil {
-		return err
+		return false, err
 	}
 	if err := spoofAddElems(c, o, ep.HostVeth, want, have); err != nil {
-		return err
+		return false, err
 	}
 	if err := c.Flush(); err != nil {
 		d.forgetSpoofState()
@@ -299,7 +306,7 @@ func (d *Dataplane) EnsureSpoofCheck(ep Endpoint) error {
 		if !cur.exists && (errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPROTONOSUPPORT)) {
 			hint = " (anti-spoofing needs nf_tables with the bridge family, CONFIG_NF_TABLES_BRIDGE; it can be turned off per network)"
 		}
-		return fmt.Errorf("anti-spoofing rules for endpoint %s (veth %s) in nftables table bridge %s: %w%s", netutil.Short(ep.ID), ep.HostVeth, o.table.Name, err, hint)
+		return false, fmt.Errorf("anti-spoofing rules for endpoint %s (veth %s) in nftables table bridge %s: %w%s", netutil.Short(ep.ID), ep.HostVeth, o.table.Name, err, hint)
 	}
 	// cur may be the cached state itself: update it in place.
 	cur.exists, cur.comments = true, comments
@@ -307,7 +314,7 @@ func (d *Dataplane) EnsureSpoofCheck(ep Endpoint) error {
 	delete(cur.strays, ep.HostVeth)
 	d.storeSpoofState(cur, gen)
 	d.log.Debug("anti-spoofing elements written", "endpoint_id", netutil.Short(ep.ID), "veth", ep.HostVeth, "table", o.table.Name)
-	return nil
+	return !filtered, nil
 }
 
 // spoofAddElems adds the elements of want that have lacks.
@@ -506,32 +513,31 @@ func (d *Dataplane) storeSpoofState(st spoofState, gen uint32) {
 
 func (d *Dataplane) forgetSpoofState() { d.nft.cache = nil }
 
-// SpoofFingerprint describes the anti-spoofing table as the kernel has it:
-// the base chain's rules by comment and every set element, without
-// handles or counters. It changes when anyone adds, removes or flushes a
-// rule or an element, so Fingerprint can include it and the periodic
-// reconcile re-run EnsureSpoofCheck for live endpoints. It is computed from
-// the cached state while the nftables generation says nothing changed
-// since this Dataplane read or wrote the table.
-func (d *Dataplane) SpoofFingerprint() (string, error) {
+// SpoofFingerprint digests the anti-spoofing table as the kernel has it:
+// the base chain's rules by comment under "spoof", and each veth's set
+// elements under "veth:NAME", without handles or counters (see Digests).
+// A digest changes when anyone adds, removes or flushes a rule or an
+// element, so the periodic reconcile re-runs EnsureSpoofCheck where it
+// did. It is computed from the cached state while the nftables generation
+// says nothing changed since this Dataplane read or wrote the table.
+func (d *Dataplane) SpoofFingerprint() (Digests, error) {
 	c, err := d.lockNFT()
 	defer d.nft.mu.Unlock()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	st, _, err := d.loadSpoofState(c, d.spoofObjects())
 	if err != nil || !st.exists {
-		return "", err
+		return Digests{}, err
 	}
-	lines := []string{"rules: " + strings.Join(st.comments, " | ")}
+	out := Digests{"spoof": "table bridge " + d.SpoofTable() + " rules: " + strings.Join(st.comments, " | ")}
 	for veth, e := range st.veths {
-		lines = append(lines, fmt.Sprintf("port %s mac=%s ipv4=%v ipv6=%v", veth, e.mac, e.ipv4, e.ipv6))
+		out["veth:"+veth] = fmt.Sprintf("port mac=%s ipv4=%v ipv6=%v", e.mac, e.ipv4, e.ipv6)
 	}
 	for veth, e := range st.strays {
-		lines = append(lines, fmt.Sprintf("stray %s mac=%s ipv4=%v ipv6=%v", veth, e.mac, e.ipv4, e.ipv6))
+		out["veth:"+veth] += fmt.Sprintf(" stray mac=%s ipv4=%v ipv6=%v", e.mac, e.ipv4, e.ipv6)
 	}
-	slices.Sort(lines)
-	return "table bridge " + d.SpoofTable() + "\n" + strings.Join(lines, "\n"), nil
+	return out, nil
 }
 
 // readSpoofTable reads the base chain's rule comments and every set

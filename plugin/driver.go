@@ -43,11 +43,11 @@ type Dataplane interface {
 	Sync()
 	// RemoveOrphans deletes tagged objects whose IDs are not in the sets.
 	RemoveOrphans(ctx context.Context, networks, endpoints map[string]bool) error
-	// Fingerprint and SpoofFingerprint summarise mynet's links and rules,
-	// and its anti-spoofing filters, so that a change made from outside can
-	// be noticed cheaply.
-	Fingerprint() (string, error)
-	SpoofFingerprint() (string, error)
+	// Fingerprint and SpoofFingerprint digest mynet's links and rules,
+	// and its anti-spoofing filters, object by object, so that a change
+	// made from outside can be noticed cheaply and repaired where it is.
+	Fingerprint() (bridge.Digests, error)
+	SpoofFingerprint() (bridge.Digests, error)
 	// HostPrefixes are subnets in use on the host, for choosing pools.
 	HostPrefixes(v6 bool) ([]netip.Prefix, error)
 	// EnsurePorts publishes ports of an endpoint; RemovePorts undoes it.
@@ -121,12 +121,24 @@ type Driver struct {
 	// mynet's own only if neither moved while it was taken (quickPass).
 	changes  atomic.Uint64
 	inflight atomic.Int32
+	// touched maps the digest keys (bridge.Digests) of the objects those
+	// changes touched to the changes count of the latest, so a pass can
+	// tell them from changes made from outside at the same time.
+	touchMu sync.Mutex
+	touched map[string]uint64
+
+	// suspects are the digest keys of objects whose change a pass took in
+	// as mynet's own; the next pass ensures them again (verify). Under
+	// reconMu.
+	suspects map[string]bool
+
 	// reconMu serialises reconcile passes. adopted (changes as of the
 	// fingerprints) and the fingerprints are written either under opMu
-	// alone or under reconMu with opMu shared.
+	// alone or under reconMu with opMu shared. A nil fingerprint makes the
+	// next pass compare everything (Recheck).
 	reconMu                 sync.Mutex
 	adopted                 uint64
-	fingerprint, spoofPrint string
+	fingerprint, spoofPrint bridge.Digests
 	networks                map[string]*state.Network
 	endpoints               map[string]*state.Endpoint // by endpoint ID
 	// creating counts endpoint creations in flight per network, so

@@ -104,7 +104,7 @@ func (d *Driver) commitCreate(ctx context.Context, kind, id string, put func(pen
 	if err := ctxErr(ctx); err != nil {
 		return err // it waited too long for its locks: nothing done
 	}
-	d.changes.Add(1)
+	d.touch(kind, id)
 	var undo netutil.Undo
 	defer func() {
 		if cerr := undo.RunIf(retErr, d.log); cerr != nil {
@@ -182,7 +182,10 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 		delete(d.endpoints, e.ID)
 	}
 	d.mapMu.Unlock()
-	d.changes.Add(1)
+	d.touch("network", n.ID)
+	for _, e := range stale {
+		d.touch("endpoint", e.ID)
+	}
 	if err := failpoint.Inject("network.delete.record"); err != nil {
 		return nil, err
 	}
@@ -357,7 +360,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	d.mapMu.Lock()
 	delete(d.endpoints, ep.ID)
 	d.mapMu.Unlock()
-	d.changes.Add(1)
+	d.touch("endpoint", ep.ID)
 	if err := failpoint.Inject("endpoint.delete.record"); err != nil {
 		return nil, err
 	}

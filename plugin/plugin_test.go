@@ -143,9 +143,9 @@ func (f *fakeDataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bo
 
 func (f *fakeDataplane) HostPrefixes(bool) ([]netip.Prefix, error) { return f.host, nil }
 
-func (f *fakeDataplane) SpoofFingerprint() (string, error) { return "", nil }
+func (f *fakeDataplane) SpoofFingerprint() (bridge.Digests, error) { return bridge.Digests{}, nil }
 
-func (f *fakeDataplane) Fingerprint() (string, error) {
+func (f *fakeDataplane) Fingerprint() (bridge.Digests, error) {
 	f.mu.Lock()
 	hook := f.onFingerprint
 	f.mu.Unlock()
@@ -154,7 +154,15 @@ func (f *fakeDataplane) Fingerprint() (string, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return fmt.Sprint(f.networks, f.endpoints, f.ports), nil // fmt sorts map keys
+	out := bridge.Digests{}
+	for id, n := range f.networks {
+		out["net:"+id] = fmt.Sprint(n)
+	}
+	for id, e := range f.endpoints {
+		e.AntiSpoofing = false // the fake has no filters: a repair omits it
+		out["ep:"+id] = fmt.Sprint(e, f.ports[id])
+	}
+	return out, nil
 }
 
 func (f *fakeDataplane) EnsurePorts(_ context.Context, _ bridge.Network, ep bridge.Endpoint, ports []bridge.PortMapping) error {
@@ -638,6 +646,67 @@ func TestReconcileRepairsOutsideDamage(t *testing.T) {
 	h.drv.Reconcile(ctx, true)
 	if len(h.dp.networks) != 0 {
 		t.Fatal("a deleted network came back")
+	}
+}
+
+// TestReconcileRepairsDamageBesideOwnChanges: damage from outside that
+// lands in the same interval as mynet's own changes to other objects is
+// repaired by the next pass, not taken in with them.
+func TestReconcileRepairsDamageBesideOwnChanges(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
+	for range 2 {
+		if repaired, err := h.drv.Reconcile(ctx, false); err != nil || repaired {
+			t.Fatalf("Reconcile = %v, %v; want no repair", repaired, err)
+		}
+	}
+	// A container starts while someone deletes the bridge (which releases
+	// the first endpoint's veth) and its rules.
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('c'), "Interface": map[string]any{"Address": "10.1.0.3/24"}})
+	h.dp.mu.Lock()
+	delete(h.dp.networks, id('a'))
+	h.dp.endpoints[id('b')] = bridge.Endpoint{ID: id('b')} // detached
+	h.dp.mu.Unlock()
+	repaired, err := h.drv.Reconcile(ctx, false)
+	if err != nil || !repaired {
+		t.Fatalf("Reconcile = %v, %v; want a repair", repaired, err)
+	}
+	h.dp.mu.Lock()
+	defer h.dp.mu.Unlock()
+	if _, ok := h.dp.networks[id('a')]; !ok {
+		t.Fatal("network not re-created")
+	}
+	if ep := h.dp.endpoints[id('b')]; ep.NetworkID != id('a') || ep.Bridge == "" {
+		t.Fatalf("endpoint not ensured again: %+v", ep)
+	}
+}
+
+// TestReconcileVerifiesOwnChanges: damage from outside to an object mynet
+// changed in the same interval (a bridge deleted right after its network
+// was created) is taken in with mynet's change by the first pass, and
+// repaired by the second.
+func TestReconcileVerifiesOwnChanges(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
+	h.dp.mu.Lock()
+	delete(h.dp.networks, id('a'))
+	h.dp.endpoints[id('b')] = bridge.Endpoint{ID: id('b')} // detached
+	h.dp.mu.Unlock()
+	h.drv.Reconcile(ctx, false)
+	if repaired, err := h.drv.Reconcile(ctx, false); err != nil || !repaired {
+		t.Fatalf("second Reconcile = %v, %v; want a repair", repaired, err)
+	}
+	h.dp.mu.Lock()
+	defer h.dp.mu.Unlock()
+	if _, ok := h.dp.networks[id('a')]; !ok {
+		t.Fatal("network not re-created")
+	}
+	if ep := h.dp.endpoints[id('b')]; ep.NetworkID != id('a') || ep.Bridge == "" {
+		t.Fatalf("endpoint not ensured again: %+v", ep)
 	}
 }
 

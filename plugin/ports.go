@@ -122,7 +122,7 @@ func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalC
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return err
 	}
-	d.changes.Add(1)
+	d.touch("endpoint", ep.ID)
 	if err := failpoint.Inject("ports.record"); err != nil {
 		return err
 	}
@@ -172,7 +172,7 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 	d.mapMu.Lock()
 	*ep = rec
 	d.mapMu.Unlock()
-	d.changes.Add(1)
+	d.touch("endpoint", ep.ID)
 	// A removal finishes: see handleRemoval.
 	return nil, d.cfg.Dataplane.RemovePorts(context.WithoutCancel(ctx), toBridgeEndpoint(n, ep), toBridgePorts(old))
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/netutil"
 	"github.com/mynet/mynet/state"
 )
@@ -29,6 +31,15 @@ const stalePoolAge = 10 * time.Minute
 func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err error) {
 	d.reconMu.Lock()
 	defer d.reconMu.Unlock()
+	repaired, err = d.pass(ctx, full)
+	// What verify repairs, the next pass finds changed and reports.
+	if verr := d.verify(ctx); verr != nil {
+		err = errors.Join(err, verr)
+	}
+	return repaired, err
+}
+
+func (d *Driver) pass(ctx context.Context, full bool) (repaired bool, err error) {
 	if !full {
 		if done, err := d.quickPass(); err != nil || done {
 			return false, err
@@ -39,14 +50,171 @@ func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err e
 	return d.reconcile(ctx, full)
 }
 
-// Recheck makes the next pass compare the kernel with the state even if
-// the fingerprint has not changed. A change made from outside while a pass
-// was running can end up in the fingerprint that pass records; the
-// periodic loop calls this now and then so such a change is repaired too.
+// verify ensures again the networks and endpoints whose change the pass
+// took in as mynet's own. A change from outside to the same object in the
+// same interval (a bridge deleted right after its network was created) is
+// in the digests that pass took in, so no comparison finds it. An
+// endpoint is ensured while other endpoint calls go on, as CreateEndpoint
+// does it; a network, which is rare, under opMu alone. The anti-spoofing
+// filters are left to the recheck: re-applying them costs a netlink
+// transaction per endpoint, after every container start.
+func (d *Driver) verify(ctx context.Context) error {
+	suspects := d.suspects
+	d.suspects = nil
+	var nets, eps []string
+	for k := range suspects {
+		if id, ok := strings.CutPrefix(k, "net:"); ok {
+			nets = append(nets, id)
+		} else if id, ok := strings.CutPrefix(k, "ep:"); ok {
+			eps = append(eps, id)
+		}
+	}
+	var errs []error
+	if len(nets) > 0 {
+		d.opMu.Lock()
+		for _, id := range nets {
+			if n := d.networks[id]; n != nil {
+				if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
+					errs = append(errs, fmt.Errorf("restore network %s: %w", netutil.Short(id), err))
+				}
+				for _, e := range d.endpoints {
+					if e.NetworkID == id {
+						eps = append(eps, e.ID)
+					}
+				}
+			}
+		}
+		d.opMu.Unlock()
+	}
+	if len(eps) > 0 {
+		d.opMu.RLock()
+		for _, id := range eps {
+			errs = append(errs, d.verifyEndpoint(ctx, id))
+		}
+		d.opMu.RUnlock()
+	}
+	if err := errors.Join(errs...); err != nil {
+		d.suspects = suspects // try again at the next pass
+		return err
+	}
+	return nil
+}
+
+// verifyEndpoint ensures a live endpoint's veth and ports again, under its
+// endpoint lock and opMu shared.
+func (d *Driver) verifyEndpoint(ctx context.Context, id string) error {
+	defer d.epLocks.lock(id)()
+	d.mapMu.RLock()
+	e, n := d.endpoints[id], (*state.Network)(nil)
+	var ep bridge.Endpoint
+	var bn bridge.Network
+	if e != nil {
+		if n = d.networks[e.NetworkID]; n != nil {
+			ep, bn = toBridgeEndpoint(n, e), toBridgeNetwork(n)
+		}
+	}
+	d.mapMu.RUnlock()
+	if n == nil {
+		return nil // deleted meanwhile
+	}
+	ep.AntiSpoofing = false
+	if exists, err := d.cfg.Dataplane.EndpointExists(ep); err != nil || !exists {
+		return err // a dead container's endpoint is the pass's to drop
+	}
+	if err := d.cfg.Dataplane.EnsureEndpoint(ctx, ep); err != nil {
+		return fmt.Errorf("restore endpoint %s: %w", netutil.Short(id), err)
+	}
+	if len(ep.Ports) == 0 {
+		return nil
+	}
+	return d.cfg.Dataplane.EnsurePorts(ctx, bn, ep, ep.Ports)
+}
+
+// Recheck makes the next pass compare the kernel with the state, the
+// anti-spoofing filters included, even if the fingerprints have not
+// changed. A change made from outside to a filter, or to the chains, in
+// the interval in which mynet itself changed them ends up in the
+// fingerprint a pass takes in (verify covers bridges, veths and rules of
+// networks and endpoints, not those); the periodic loop calls this now and
+// then so such a change is repaired too.
 func (d *Driver) Recheck() {
 	d.reconMu.Lock()
 	defer d.reconMu.Unlock()
-	d.fingerprint = ""
+	d.fingerprint = nil
+}
+
+// touch records that mynet is about to change the kernel objects of a
+// network or an endpoint (kind as in commitCreate), under the keys of
+// their digests (bridge.Digests), so that a pass takes the change for its
+// own and not for damage from outside.
+func (d *Driver) touch(kind, id string) {
+	var keys []string
+	if kind == "network" {
+		// mynet's chains come and go with the first and last network, and
+		// the anti-spoofing table with the last one.
+		keys = []string{"net:" + id, "", "spoof"}
+	} else {
+		// The first endpoint under anti-spoofing creates the table.
+		host, _ := bridge.VethNames(id)
+		keys = []string{"ep:" + id, "veth:" + host, "spoof"}
+	}
+	d.touchMu.Lock()
+	defer d.touchMu.Unlock()
+	n := d.changes.Add(1)
+	if d.touched == nil {
+		d.touched = map[string]uint64{}
+	}
+	for _, k := range keys {
+		d.touched[k] = n
+	}
+}
+
+// changed returns the digest keys of the objects that changed since the
+// last pass, and of those the ones mynet did not touch since: changes made
+// from outside, even while mynet changed other objects. A change from
+// outside to an object mynet changed in the same interval is not told
+// apart; the recheck catches it.
+func (d *Driver) changed(fp, sfp bridge.Digests) (all, outside []string) {
+	d.touchMu.Lock()
+	defer d.touchMu.Unlock()
+	all = append(d.fingerprint.Changed(fp), d.spoofPrint.Changed(sfp)...)
+	for _, k := range all {
+		if _, own := d.touched[k]; !own {
+			outside = append(outside, k)
+		}
+	}
+	// A network or endpoint mynet touched may have changed back (a bridge
+	// created, then deleted from outside): it counts as changed too. Not so
+	// the shared keys every such change touches, which would make a repair
+	// ensure every network and anti-spoofing filter.
+	for k := range d.touched {
+		if strings.HasPrefix(k, "net:") || strings.HasPrefix(k, "ep:") {
+			all = append(all, k)
+		}
+	}
+	return all, outside
+}
+
+// adopt takes the digests in as the state of mynet's objects as of the
+// changes count n. With verify, the objects mynet changed until then are
+// ensured again by the next pass (see verify); a repair pass has just
+// ensured them.
+func (d *Driver) adopt(fp, sfp bridge.Digests, n uint64, verify bool) {
+	d.fingerprint, d.spoofPrint, d.adopted = fp, sfp, n
+	d.touchMu.Lock()
+	defer d.touchMu.Unlock()
+	for k, v := range d.touched {
+		if v > n {
+			continue
+		}
+		delete(d.touched, k)
+		if verify {
+			if d.suspects == nil {
+				d.suspects = map[string]bool{}
+			}
+			d.suspects[k] = true
+		}
+	}
 }
 
 // quickPass does a pass's common cases while container starts and stops go
@@ -59,7 +227,7 @@ func (d *Driver) Recheck() {
 func (d *Driver) quickPass() (done bool, err error) {
 	d.opMu.RLock() // network operations and ports hold it alone: they wait
 	defer d.opMu.RUnlock()
-	if d.fingerprint == "" {
+	if d.fingerprint == nil {
 		return false, nil
 	}
 	start := d.changes.Load()
@@ -80,12 +248,14 @@ func (d *Driver) quickPass() (done bool, err error) {
 	if d.inflight.Load() != 0 || d.changes.Load() != start {
 		return false, nil
 	}
+	if _, outside := d.changed(fp, sfp); len(outside) > 0 {
+		return false, nil // a repair needs opMu alone
+	}
 	if !dirty {
-		return fp == d.fingerprint && sfp == d.spoofPrint, nil
+		return true, nil
 	}
 	// Only mynet itself changed things since the last pass: take in the
-	// new fingerprints. Outside damage that coincided with them is caught
-	// by the next Recheck.
+	// new fingerprints.
 	d.mapMu.RLock()
 	for id := range d.endpoints {
 		if !live[id] {
@@ -94,24 +264,49 @@ func (d *Driver) quickPass() (done bool, err error) {
 		}
 	}
 	d.mapMu.RUnlock()
-	d.fingerprint, d.spoofPrint, d.adopted = fp, sfp, start
+	d.adopt(fp, sfp, start, true)
 	return true, nil
 }
 
-// fingerprints returns the fingerprints of mynet's links and rules and of
-// its anti-spoofing table.
-func (d *Driver) fingerprints() (fp, sfp string, err error) {
+// fingerprints returns the digests of mynet's links and rules and of its
+// anti-spoofing table.
+func (d *Driver) fingerprints() (fp, sfp bridge.Digests, err error) {
 	// A veth whose endpoint was just deleted may still be waiting for the
 	// janitor: a fingerprint with it, taken in as mynet's own, would make
 	// the next pass see its deletion as damage from outside.
 	d.cfg.Dataplane.Sync()
 	if fp, err = d.cfg.Dataplane.Fingerprint(); err != nil {
-		return "", "", err
+		return nil, nil, err
 	}
 	if sfp, err = d.cfg.Dataplane.SpoofFingerprint(); err != nil {
-		return "", "", err
+		return nil, nil, err
 	}
 	return fp, sfp, nil
+}
+
+// repairScope is what a pass ensures again: everything on a full pass or a
+// recheck, else the objects whose digests changed since the last pass.
+type repairScope struct {
+	all     bool
+	damaged map[string]bool // digest keys
+}
+
+// network reports whether the network is to be ensured again. Damage to
+// what all networks share (mynet's chains and hooks, IPv4 forwarding) is
+// repaired by ensuring every network.
+func (s repairScope) network(id string) bool {
+	return s.all || s.damaged[""] || s.damaged["net:"+id]
+}
+
+// endpoint reports whether the endpoint is to be ensured again, and with
+// its anti-spoofing filter. A bridge deleted and re-created has released
+// its ports, so the endpoints of a damaged network are ensured too.
+// Re-applying the anti-spoofing filters costs a netlink transaction per
+// endpoint, so it is done only where they changed from outside (or on a
+// full pass or a recheck), not after every container mynet itself started.
+func (s repairScope) endpoint(e *state.Endpoint) (ensure, respoof bool) {
+	respoof = s.all || s.damaged["spoof"] || s.damaged["veth:"+e.HostVeth]
+	return respoof || s.damaged["ep:"+e.ID] || s.damaged["net:"+e.NetworkID], respoof
 }
 
 // reconcile is a pass under opMu alone.
@@ -120,12 +315,13 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	if err != nil {
 		return false, err
 	}
-	changed, spoofChanged := fp != d.fingerprint, sfp != d.spoofPrint
 	dirty := d.changes.Load() != d.adopted
-	if !full && !dirty && !changed && !spoofChanged {
-		return false, nil
-	}
-	if !full && dirty && d.fingerprint != "" {
+	rechecking := d.fingerprint == nil
+	changed, damaged := d.changed(fp, sfp)
+	if !full && !rechecking && len(damaged) == 0 {
+		if !dirty {
+			return false, nil
+		}
 		// Only mynet itself changed things since the last pass (quickPass
 		// left it here because an endpoint call was under way or an
 		// endpoint's container died): take in the new fingerprints without
@@ -148,23 +344,31 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 				return false, err
 			}
 		}
-		d.fingerprint, d.spoofPrint, d.adopted = fp, sfp, d.changes.Load()
+		d.adopt(fp, sfp, d.changes.Load(), true)
 		return false, nil
 	}
 	// Only a change nobody in this process made counts as a repair.
-	repaired = !dirty && d.fingerprint != "" && (changed || spoofChanged)
-	// Re-applying the anti-spoofing filters costs a netlink transaction per
-	// endpoint, so it is done only when they were damaged from outside (or
-	// on a full pass), not after every container mynet itself started.
-	respoof := full || (spoofChanged && !dirty)
+	repaired = !rechecking && len(damaged) > 0
+	// What mynet changed since the last pass is ensured too: a firewall
+	// reload right after a container started flushed its port rules with
+	// the others.
+	scope := repairScope{all: full || rechecking, damaged: map[string]bool{}}
+	for _, k := range changed {
+		scope.damaged[k] = true
+	}
 	var errs []error
 	for _, n := range d.networks {
+		if !scope.network(n.ID) {
+			continue
+		}
 		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
 			errs = append(errs, fmt.Errorf("restore network %s: %w", netutil.Short(n.ID), err))
 		}
 	}
 	for _, e := range d.endpoints {
-		errs = append(errs, d.reconcileEndpoint(ctx, e, respoof))
+		if ensure, respoof := scope.endpoint(e); ensure {
+			errs = append(errs, d.reconcileEndpoint(ctx, e, respoof))
+		}
 	}
 	keepNets, keepEps := map[string]bool{}, map[string]bool{}
 	for id := range d.networks {
@@ -178,40 +382,44 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	if err := errors.Join(errs...); err != nil {
 		return repaired, err
 	}
-	if d.fingerprint, d.spoofPrint, err = d.fingerprints(); err != nil {
+	if fp, sfp, err = d.fingerprints(); err != nil {
 		return repaired, err
 	}
-	d.adopted = d.changes.Load()
+	d.adopt(fp, sfp, d.changes.Load(), false)
 	if repaired {
-		d.log.Warn("mynet's links or rules were changed from outside; restored them")
+		d.log.Warn("mynet's links or rules were changed from outside; restored them", "objects", damaged)
 	}
 	return repaired, nil
 }
 
-// reconcileEndpoint keeps a live endpoint's ports (and, with respoof, its
-// anti-spoofing filter) and drops a stale one: its host veth is gone, so
-// its container died without the engine telling mynet (a legacy plugin
-// gets no DeleteEndpoint for containers that died with the engine,
-// protocol.md section 5). Its address is the engine's to release.
+// reconcileEndpoint keeps a live endpoint's veth on its bridge and up, its
+// ports and (with respoof) its anti-spoofing filter, and drops a stale one:
+// its host veth is gone, so its container died without the engine telling
+// mynet (a legacy plugin gets no DeleteEndpoint for containers that died
+// with the engine, protocol.md section 5). Its address is the engine's to
+// release.
 func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respoof bool) error {
 	n := d.networks[e.NetworkID]
 	if n != nil {
-		exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e))
+		ep := toBridgeEndpoint(n, e)
+		exists, err := d.cfg.Dataplane.EndpointExists(ep)
 		if err != nil {
 			return err
 		}
 		if exists {
-			if respoof {
-				// EnsureEndpoint finds the veth in place and restores the
-				// rest: its anti-spoofing filter.
-				if err := d.cfg.Dataplane.EnsureEndpoint(ctx, toBridgeEndpoint(n, e)); err != nil {
-					return err
-				}
+			// EnsureEndpoint finds the veth in place and restores the rest:
+			// a bridge that was deleted and re-created has released its
+			// ports, so the veth must be attached again (and set up), or the
+			// container stays cut off. Without respoof it leaves the
+			// anti-spoofing filter alone (see reconcile).
+			ep.AntiSpoofing = ep.AntiSpoofing && respoof
+			if err := d.cfg.Dataplane.EnsureEndpoint(ctx, ep); err != nil {
+				return fmt.Errorf("restore endpoint %s: %w", netutil.Short(e.ID), err)
 			}
 			if len(e.Ports) == 0 {
 				return nil
 			}
-			return d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), toBridgeEndpoint(n, e), toBridgePorts(e.Ports))
+			return d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), ep, toBridgePorts(e.Ports))
 		}
 	}
 	d.log.Info("dropping stale endpoint", "network_id", netutil.Short(e.NetworkID), "endpoint_id", netutil.Short(e.ID), "network_known", n != nil)
