@@ -1,0 +1,211 @@
+package plugin
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/state"
+)
+
+// refusal is one request mynet must answer with a 400 whose message names
+// the field at fault, changing nothing.
+type refusal struct {
+	name, method string
+	body         any    // a request, or a func() any evaluated after the setup
+	want         string // a substring naming the field and the problem
+}
+
+// snapshot renders the state as the driver holds it, as the store holds
+// it, and the fake dataplane's objects, for comparing before and after.
+func (h *harness) snapshot() string {
+	h.t.Helper()
+	d := h.dump()
+	slices.SortFunc(d.Networks, func(a, b state.Network) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(d.Endpoints, func(a, b state.Endpoint) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(d.Pools, func(a, b state.Pool) int { return cmp.Compare(a.ID, b.ID) })
+	snap, err := h.store.Load()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	fp, _ := h.dp.Fingerprint()
+	raw, _ := json.Marshal(struct {
+		Dump  *Dump
+		Store any
+		Fake  string
+	}{d, snap, fp})
+	return string(raw)
+}
+
+// runRefusals runs each row on a new harness prepared by setup, so that a
+// row accepted by mistake cannot hide what the next one does.
+func runRefusals(t *testing.T, setup func(*harness), rows []refusal) {
+	t.Helper()
+	for _, tc := range rows {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			setup(h)
+			body := tc.body
+			if f, ok := body.(func() any); ok {
+				body = f()
+			}
+			before := h.snapshot()
+			msg := h.fails(tc.method, body, 400)
+			if !strings.Contains(msg, tc.want) {
+				t.Errorf("error %q does not contain %q", msg, tc.want)
+			}
+			if after := h.snapshot(); after != before {
+				t.Errorf("the refused request changed the state or the dataplane:\nbefore %s\nafter  %s", before, after)
+			}
+		})
+	}
+}
+
+// refusalNetworks creates network a (10.1.0.0/24, gateway 10.1.0.1,
+// through mynet's IPAM) with endpoint b (10.1.0.2, MAC given), and a
+// dual-stack network d (10.2.0.0/24 and fd00:1::/64) with endpoint c
+// (10.2.0.2 and fd00:1::2, MAC chosen by mynet); it returns c's MAC.
+func refusalNetworks(h *harness) string {
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(id('a'), id('b'), "10.1.0.2/24", "", "02:42:0a:01:00:02"))
+	h.ok("NetworkDriver.CreateNetwork", map[string]any{
+		"NetworkID": id('d'),
+		"Options":   map[string]any{optEnableIPv6: true, optGeneric: map[string]any{}},
+		"IPv4Data":  []map[string]any{{"Pool": "10.2.0.0/24", "Gateway": "10.2.0.1/24"}},
+		"IPv6Data":  []map[string]any{{"Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}},
+	})
+	out := h.ok("NetworkDriver.CreateEndpoint", endpointReq(id('d'), id('c'), "10.2.0.2/24", "fd00:1::2/64", ""))
+	return out["Interface"].(map[string]any)["MacAddress"].(string)
+}
+
+func endpointReq(nid, eid, addr, addr6, mac string) map[string]any {
+	return map[string]any{"NetworkID": nid, "EndpointID": eid,
+		"Interface": map[string]any{"Address": addr, "AddressIPv6": addr6, "MacAddress": mac}}
+}
+
+func TestCreateEndpointRefusals(t *testing.T) {
+	var macC string
+	setup := func(h *harness) { macC = refusalNetworks(h) }
+	a, d, e := id('a'), id('d'), id('e')
+	ce := "NetworkDriver.CreateEndpoint"
+	runRefusals(t, setup, []refusal{
+		{"gateway", ce, endpointReq(a, e, "10.1.0.1/24", "", ""), "Interface.Address 10.1.0.1/24 is the network's gateway"},
+		{"network address", ce, endpointReq(a, e, "10.1.0.0/24", "", ""), "Interface.Address 10.1.0.0/24 is the network address"},
+		{"broadcast address", ce, endpointReq(a, e, "10.1.0.255/24", "", ""), "Interface.Address 10.1.0.255/24 is the broadcast address"},
+		{"another prefix length", ce, endpointReq(a, e, "10.1.0.5/16", "", ""), "Interface.Address 10.1.0.5/16 has another prefix length"},
+		{"longer prefix length", ce, endpointReq(a, e, "10.1.0.5/32", "", ""), "Interface.Address 10.1.0.5/32 has another prefix length"},
+		{"IPv6 gateway", ce, endpointReq(d, e, "10.2.0.3/24", "fd00:1::1/64", ""), "Interface.AddressIPv6 fd00:1::1/64 is the network's gateway"},
+		// Refused already before these rules; kept as regression rows.
+		{"outside the subnet", ce, endpointReq(a, e, "10.9.0.5/24", "", ""), "Interface.Address 10.9.0.5/24 is not in any subnet"},
+		{"IPv6 outside the subnet", ce, endpointReq(d, e, "10.2.0.3/24", "fd00:2::3/64", ""), "Interface.AddressIPv6 fd00:2::3/64 is not in any subnet"},
+		// And this one refused, but without naming the field.
+		{"multicast MAC", ce, endpointReq(a, e, "10.1.0.3/24", "", "01:00:5e:00:00:01"), "Interface.MacAddress 01:00:5e:00:00:01 is a multicast address"},
+		{"duplicate IPv4", ce, endpointReq(a, e, "10.1.0.2/24", "", ""), "Interface.Address 10.1.0.2/24 is already the address of endpoint bbbbbbbbbbbb"},
+		{"duplicate IPv6", ce, endpointReq(d, e, "10.2.0.3/24", "fd00:1::2/64", ""), "Interface.AddressIPv6 fd00:1::2/64 is already the address of endpoint cccccccccccc"},
+		{"duplicate MAC", ce, endpointReq(a, e, "10.1.0.3/24", "", "02:42:0a:01:00:02"), "Interface.MacAddress 02:42:0a:01:00:02 is already the MAC of endpoint bbbbbbbbbbbb"},
+		{"duplicate MAC in capitals", ce, endpointReq(a, e, "10.1.0.3/24", "", "02:42:0A:01:00:02"), "Interface.MacAddress 02:42:0a:01:00:02 is already"},
+		{"duplicate of a MAC mynet chose", ce, func() any { return endpointReq(d, e, "10.2.0.3/24", "", macC) }, "is already the MAC of endpoint cccccccccccc"},
+		{"all-zero MAC", ce, endpointReq(a, e, "10.1.0.3/24", "", "00:00:00:00:00:00"), "Interface.MacAddress 00:00:00:00:00:00 is the all-zero address"},
+		{"retry with another address", ce, endpointReq(a, id('b'), "10.1.0.3/24", "", "02:42:0a:01:00:02"), "Interface.Address"},
+		{"retry with another MAC", ce, endpointReq(a, id('b'), "10.1.0.2/24", "", "02:42:0a:01:00:99"), "Interface.MacAddress"},
+		{"retry choosing a MAC when one was given", ce, endpointReq(a, id('b'), "10.1.0.2/24", "", ""), "Interface.MacAddress"},
+		{"retry with another IPv6 address", ce, endpointReq(d, id('c'), "10.2.0.2/24", "fd00:1::3/64", ""), "Interface.AddressIPv6"},
+		{"retry without the IPv6 address", ce, endpointReq(d, id('c'), "10.2.0.2/24", "", ""), "Interface.AddressIPv6"},
+		{"delete naming another network", "NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": d, "EndpointID": id('b')}, "not on the NetworkID dddddddddddd"},
+		{"delete naming an unknown network", "NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": id('f'), "EndpointID": id('b')}, "not on the NetworkID ffffffffffff"},
+	})
+
+	// Identical retries still succeed, with the answer of the first call.
+	h := newHarness(t)
+	setup(h)
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(a, id('b'), "10.1.0.2/24", "", "02:42:0a:01:00:02"))
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(a, id('b'), "10.1.0.2/24", "", "02:42:0A:01:00:02"))
+	if out := h.ok("NetworkDriver.CreateEndpoint", endpointReq(d, id('c'), "10.2.0.2/24", "fd00:1::2/64", "")); out["Interface"].(map[string]any)["MacAddress"] != macC {
+		t.Fatalf("retry answered %v, want MAC %s", out, macC)
+	}
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(d, id('c'), "10.2.0.2/24", "fd00:1::2/64", macC))
+	// Uniqueness is per network: b's address and MAC are free on d.
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(d, e, "10.2.0.9/24", "", "02:42:0a:01:00:02"))
+	// A /31 has no network or broadcast address (RFC 3021).
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('f'), "10.3.0.0/31", "10.3.0.0/31", map[string]any{}))
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(id('f'), id('9'), "10.3.0.1/31", "", ""))
+}
+
+// The uniqueness index follows endpoints through deletes, restarts, the
+// reconcile's drops and network deletes.
+func TestEndpointUniquenessIndex(t *testing.T) {
+	h := newHarness(t)
+	refusalNetworks(h)
+	a, d := id('a'), id('d')
+	dupB := endpointReq(a, id('e'), "10.1.0.2/24", "", "02:42:0a:01:00:02")
+
+	h.restart()
+	if msg := h.fails("NetworkDriver.CreateEndpoint", dupB, 400); !strings.Contains(msg, "already the address") {
+		t.Fatalf("after a restart: %s", msg)
+	}
+	h.ok("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": a, "EndpointID": id('b')})
+	h.ok("NetworkDriver.CreateEndpoint", dupB) // b's address and MAC are free again
+
+	// c's container dies without the engine telling mynet: the reconcile
+	// drops it, and its addresses are free.
+	h.dp.mu.Lock()
+	delete(h.dp.endpoints, id('c'))
+	h.dp.mu.Unlock()
+	if _, err := h.drv.Reconcile(t.Context(), true); err != nil {
+		t.Fatal(err)
+	}
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(d, id('f'), "10.2.0.2/24", "fd00:1::2/64", ""))
+
+	// A network deleted with endpoints left frees them with it.
+	h.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": d})
+	h.drv.mapMu.RLock()
+	n := h.drv.index.count(d)
+	h.drv.mapMu.RUnlock()
+	if n != 0 {
+		t.Fatalf("deleted network still counts %d endpoints", n)
+	}
+	h.drv.mapMu.RLock()
+	defer h.drv.mapMu.RUnlock()
+	if got := h.drv.index.count(a); got != 1 {
+		t.Fatalf("network a counts %d endpoints, want 1", got)
+	}
+}
+
+// Two concurrent creates of one address: the second is refused while the
+// first is still building its veth, and the address is free again if the
+// first fails.
+func TestDuplicateAddressWhileCreating(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	entered, release := make(chan struct{}), make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	defer unblock() // even when the test fails, before the server closes
+	h.dp.afterEnsure = func(e bridge.Endpoint) error {
+		if e.ID != id('b') {
+			return nil
+		}
+		close(entered)
+		<-release
+		return fmt.Errorf("veth failed")
+	}
+	done := make(chan int)
+	go func() {
+		code, _ := h.call("NetworkDriver.CreateEndpoint", endpointReq(id('a'), id('b'), "10.1.0.2/24", "", ""))
+		done <- code
+	}()
+	<-entered
+	if msg := h.fails("NetworkDriver.CreateEndpoint", endpointReq(id('a'), id('c'), "10.1.0.2/24", "", ""), 400); !strings.Contains(msg, "already the address of endpoint bbbbbbbbbbbb") {
+		t.Errorf("concurrent duplicate: %s", msg)
+	}
+	unblock()
+	if code := <-done; code != 500 {
+		t.Fatalf("first create answered %d, want its failure", code)
+	}
+	h.dp.afterEnsure = nil
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(id('a'), id('c'), "10.1.0.2/24", "", ""))
+}
