@@ -209,3 +209,34 @@ func TestDuplicateAddressWhileCreating(t *testing.T) {
 	h.dp.afterEnsure = nil
 	h.ok("NetworkDriver.CreateEndpoint", endpointReq(id('a'), id('c'), "10.1.0.2/24", "", ""))
 }
+
+func TestPublishRefusals(t *testing.T) {
+	publish := func(nid, eid string, bindings ...map[string]any) map[string]any {
+		return map[string]any{"NetworkID": nid, "EndpointID": eid, "Options": map[string]any{optPortMap: bindings}}
+	}
+	tcp := func(port, hostPort, hostPortEnd int, hostIP string) map[string]any {
+		return map[string]any{"Proto": 6, "Port": port, "HostIP": hostIP, "HostPort": hostPort, "HostPortEnd": hostPortEnd}
+	}
+	a, b, d, c := id('a'), id('b'), id('d'), id('c')
+	pec := "NetworkDriver.ProgramExternalConnectivity"
+	runRefusals(t, func(h *harness) { refusalNetworks(h) }, []refusal{
+		{"container port 0", pec, publish(a, b, tcp(0, 8080, 8080, "")), "portmap[0]: Port is 0"},
+		{"container port 0 after a good one", pec, publish(a, b, tcp(80, 8080, 8080, ""), tcp(0, 8081, 8081, "")), "portmap[1]: Port is 0"},
+		{"reversed host port range", pec, publish(a, b, tcp(80, 8090, 8080, "")), "portmap[0]: HostPortEnd 8080 is below HostPort 8090"},
+		{"broadcast host IP", pec, publish(a, b, tcp(80, 8080, 8080, "255.255.255.255")), "portmap[0]: HostIP 255.255.255.255 is the broadcast address"},
+		{"multicast host IP", pec, publish(a, b, tcp(80, 8080, 8080, "224.0.0.1")), "portmap[0]: HostIP 224.0.0.1 is a multicast address"},
+		{"IPv4-mapped multicast host IP", pec, publish(a, b, tcp(80, 8080, 8080, "::ffff:239.1.2.3")), "portmap[0]: HostIP ::ffff:239.1.2.3 is a multicast address"},
+		{"IPv6 multicast host IP", pec, publish(d, c, tcp(80, 8080, 8080, "ff02::1")), "portmap[0]: HostIP ff02::1 is a multicast address"},
+		// Refused before too, but without naming the field.
+		{"unparsable host IP", pec, publish(a, b, tcp(80, 8080, 8080, "nope")), `portmap[0]: HostIP "nope"`},
+	})
+	// The unspecified addresses mean all addresses, and a range may be
+	// given low to high or as one port.
+	h := newHarness(t)
+	refusalNetworks(h)
+	h.ok(pec, publish(a, b, tcp(80, 8080, 8080, "0.0.0.0"), tcp(81, 8081, 0, "")))
+	h.ok(pec, publish(d, c, tcp(80, 9000, 9010, "::")))
+	if got := describePorts(h.drv.endpoints[c].Ports); got != "*:9000->10.2.0.2:80/tcp, *:9000->fd00:1::2:80/tcp" {
+		t.Fatalf("ports of c: %s", got)
+	}
+}
