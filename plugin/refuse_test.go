@@ -240,3 +240,38 @@ func TestPublishRefusals(t *testing.T) {
 		t.Fatalf("ports of c: %s", got)
 	}
 }
+
+func TestCreateNetworkRefusals(t *testing.T) {
+	f := id('f')
+	v4 := []map[string]any{{"Pool": "10.5.0.0/24", "Gateway": "10.5.0.1/24"}}
+	create := func(v6 bool, generic map[string]any, ipv4, ipv6 []map[string]any) map[string]any {
+		return map[string]any{"NetworkID": f, "Options": map[string]any{optEnableIPv6: v6, optGeneric: generic},
+			"IPv4Data": ipv4, "IPv6Data": ipv6}
+	}
+	ipam := func(pool, gw string) []map[string]any { return []map[string]any{{"Pool": pool, "Gateway": gw}} }
+	cn := "NetworkDriver.CreateNetwork"
+	none := map[string]any{}
+	runRefusals(t, func(h *harness) { refusalNetworks(h) }, []refusal{
+		{"IPv4-mapped IPv6 pool", cn, create(true, none, v4, ipam("::ffff:10.6.0.0/120", "")), "IPv6Data[0].Pool ::ffff:10.6.0.0/120 overlaps the IPv4-mapped range"},
+		{"IPv6 pool around the IPv4-mapped range", cn, create(true, none, v4, ipam("::/64", "::1/64")), "IPv6Data[0].Pool ::/64 overlaps the IPv4-mapped range"},
+		{"IPv6 without IPv6Data", cn, create(true, none, v4, nil), "com.docker.network.enable_ipv6 is true but IPv6Data is empty"},
+		{"IPv6 with an MTU under 1280", cn, create(true, map[string]any{OptMTU: "1279"}, v4, ipam("fd00:5::/64", "fd00:5::1/64")), "com.docker.network.driver.mtu: 1279 is below 1280"},
+		{"IPv6 gateway ::1", cn, create(true, none, v4, ipam("::/120", "::1/120")), "IPv6Data[0].Gateway ::1 is a loopback address"},
+		{"IPv6 multicast gateway", cn, create(true, none, v4, ipam("ff05::/64", "ff05::1/64")), "IPv6Data[0].Gateway ff05::1 is a multicast address"},
+		{"IPv6 multicast pool", cn, create(true, none, v4, ipam("ff05::/64", "")), "IPv6Data[0].Pool ff05::/64 overlaps multicast"},
+		{"IPv4 loopback gateway", cn, create(false, none, ipam("127.5.0.0/24", "127.5.0.1/24"), nil), "IPv4Data[0].Gateway 127.5.0.1 is a loopback address"},
+		{"IPv4 multicast gateway", cn, create(false, none, ipam("239.5.0.0/24", "239.5.0.1/24"), nil), "IPv4Data[0].Gateway 239.5.0.1 is a multicast address"},
+		{"IPv4 unspecified gateway", cn, create(false, none, ipam("0.0.0.0/24", "0.0.0.0/24"), nil), "IPv4Data[0].Gateway 0.0.0.0 is the unspecified address"},
+		{"IPv4 broadcast gateway", cn, create(false, none, ipam("10.5.0.0/24", "10.5.0.255/24"), nil), "IPv4Data[0].Gateway 10.5.0.255 is the broadcast address of 10.5.0.0/24"},
+		{"IPv4 network address as gateway", cn, create(false, none, ipam("10.5.0.0/24", "10.5.0.0/24"), nil), "IPv4Data[0].Gateway 10.5.0.0 is the network address of 10.5.0.0/24"},
+		{"IPv4 multicast pool", cn, create(false, none, ipam("239.5.0.0/24", ""), nil), "IPv4Data[0].Pool 239.5.0.0/24 overlaps multicast"},
+		{"IPv4 loopback pool", cn, create(false, none, ipam("127.5.0.0/24", ""), nil), "IPv4Data[0].Pool 127.5.0.0/24 overlaps loopback"},
+		{"multicast host binding", cn, create(false, map[string]any{OptHostBinding: "224.0.0.1"}, v4, nil), "option com.docker.network.bridge.host_binding_ipv4: 224.0.0.1 is a multicast address"},
+		{"broadcast host binding", cn, create(false, map[string]any{OptHostBinding: "255.255.255.255"}, v4, nil), "option com.docker.network.bridge.host_binding_ipv4: 255.255.255.255 is the broadcast address"},
+	})
+	// An MTU under 1280 is fine without IPv6, and 1280 with it.
+	h := newHarness(t)
+	h.ok(cn, create(false, map[string]any{OptMTU: "1279"}, v4, nil))
+	h.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": f})
+	h.ok(cn, create(true, map[string]any{OptMTU: "1280"}, v4, ipam("fd00:5::/64", "fd00:5::1/64")))
+}
