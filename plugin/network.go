@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 
@@ -186,7 +187,92 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 // CreateEndpoint makes the veth pair. The engine has already allocated the
 // address; mynet returns only the MAC, and only when the engine sent none:
 // echoing a field the engine filled makes it roll the endpoint back.
+//
+// An address or MAC held by an endpoint whose container died is taken
+// over. After dockerd crashes it starts --restart containers again with
+// their --ip and --mac-address, and never deletes the old endpoints; their
+// veths go only when the kernel has dismantled the old namespaces, so one
+// created before the engine's last handshake is waited for, as ports are.
 func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	deadline := time.Now().Add(ownerGoneWait)
+	for {
+		resp, err := d.createEndpoint(ctx, req)
+		var held *heldError
+		if !errors.As(err, &held) {
+			return resp, err
+		}
+		dropped, derr := d.dropDead(ctx, held.networkID, held.owner)
+		if derr != nil {
+			d.log.Warn("could not drop an endpoint whose container died", "endpoint_id", netutil.Short(held.owner), "err", derr)
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		if dropped {
+			continue
+		}
+		if held.created.IsZero() || !held.created.Before(d.engineActivated().Truncate(time.Second)) {
+			return nil, err // being created, or by the running engine
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// heldError is an address or MAC that another endpoint of the network
+// holds (created is zero while that endpoint is being created).
+type heldError struct {
+	msg              string
+	networkID, owner string
+	created          time.Time
+}
+
+func (e *heldError) Error() string { return e.msg }
+
+// dropDead removes an endpoint whose host veth is gone, and reports
+// whether the endpoint is gone; under the shared opMu, like the other
+// endpoint calls. An endpoint still being created is a live one.
+func (d *Driver) dropDead(ctx context.Context, networkID, id string) (bool, error) {
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
+	d.inflight.Add(1)
+	defer d.inflight.Add(-1)
+	if !d.committed(id) {
+		return false, nil
+	}
+	defer d.epLocks.lock(id)()
+	d.mapMu.RLock()
+	e, n := d.endpoints[id], d.networks[networkID]
+	d.mapMu.RUnlock()
+	if e == nil || n == nil {
+		return true, nil // deleted meanwhile
+	}
+	if exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e)); err != nil || exists {
+		return false, err
+	}
+	d.log.Info("dropping an endpoint whose container died, for a new one with its address or MAC", "network_id", netutil.Short(n.ID), "endpoint_id", netutil.Short(id))
+	if err := d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID); err != nil {
+		return false, err
+	}
+	d.mapMu.Lock()
+	delete(d.endpoints, e.ID)
+	d.index.remove(e)
+	d.mapMu.Unlock()
+	d.changes.Add(1)
+	return true, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e))
+}
+
+// committed reports whether an endpoint exists and is not being created.
+func (d *Driver) committed(id string) bool {
+	d.mapMu.RLock()
+	defer d.mapMu.RUnlock()
+	return d.endpoints[id] != nil
+}
+
+func (d *Driver) createEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
 	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, err
 	}
@@ -270,7 +356,7 @@ func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.Endpoin
 			continue // none given
 		}
 		if owner := d.index.addrOwner(n.ID, p.Addr()); owner != "" {
-			return ep, badRequestf("Interface.%s %s is already the address of endpoint %s on network %s; give each container its own address (--ip/--ip6), or let the IPAM driver choose", f.field, p, netutil.Short(owner), netutil.Short(n.ID))
+			return ep, d.held(n, owner, fmt.Sprintf("Interface.%s %s is already the address of endpoint %s on network %s; give each container its own address (--ip/--ip6), or let the IPAM driver choose", f.field, p, netutil.Short(owner), netutil.Short(n.ID)))
 		}
 	}
 	if iface.MacAddress != "" {
@@ -280,7 +366,7 @@ func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.Endpoin
 		}
 		ep.MAC = mac.String()
 		if owner := d.index.macOwner(n.ID, ep.MAC); owner != "" {
-			return ep, badRequestf("Interface.MacAddress %s is already the MAC of endpoint %s on network %s; give each container its own (--mac-address), or none to let mynet choose", ep.MAC, netutil.Short(owner), netutil.Short(n.ID))
+			return ep, d.held(n, owner, fmt.Sprintf("Interface.MacAddress %s is already the MAC of endpoint %s on network %s; give each container its own (--mac-address), or none to let mynet choose", ep.MAC, netutil.Short(owner), netutil.Short(n.ID)))
 		}
 		return ep, nil
 	}
@@ -296,6 +382,15 @@ func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.Endpoin
 			return ep, nil
 		}
 	}
+}
+
+// held returns the 400 for an address or MAC that owner holds; under mapMu.
+func (d *Driver) held(n *state.Network, owner, msg string) error {
+	e := &heldError{msg: msg, networkID: n.ID, owner: owner}
+	if o := d.endpoints[owner]; o != nil {
+		e.created = o.Created
+	}
+	return badRequest(e)
 }
 
 // endpointAddress checks an address the engine assigned: it must be a

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/state"
@@ -274,4 +275,59 @@ func TestCreateNetworkRefusals(t *testing.T) {
 	h.ok(cn, create(false, map[string]any{OptMTU: "1279"}, v4, nil))
 	h.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": f})
 	h.ok(cn, create(true, map[string]any{OptMTU: "1280"}, v4, ipam("fd00:5::/64", "fd00:5::1/64")))
+}
+
+// An address or MAC held by an endpoint whose container died goes to the
+// new endpoint: after dockerd crashes, a --restart container comes back
+// with its --ip and --mac-address while its old endpoint, never deleted
+// by the engine, is still in the state, and its veth may take a moment
+// to go.
+func TestEndpointTakesOverDeadOwner(t *testing.T) {
+	h := newHarness(t)
+	refusalNetworks(h)
+	a, b := id('a'), id('b')
+	again := endpointReq(a, id('e'), "10.1.0.2/24", "", "02:42:0a:01:00:02")
+	hasEndpoint := func(eid string) bool {
+		h.dp.mu.Lock()
+		defer h.dp.mu.Unlock()
+		_, ok := h.dp.endpoints[eid]
+		return ok
+	}
+
+	// b's veth is already gone.
+	h.dp.mu.Lock()
+	delete(h.dp.endpoints, b)
+	h.dp.mu.Unlock()
+	h.ok("NetworkDriver.CreateEndpoint", again)
+	if _, ok := h.drv.endpoints[b]; ok || !hasEndpoint(id('e')) {
+		t.Fatalf("endpoint b kept, or e not made: state %v", h.dump().Endpoints)
+	}
+
+	// e's container died with the engine, which has restarted since; its
+	// veth goes a moment after the new endpoint is asked for.
+	defer func(w time.Duration) { ownerGoneWait = w }(ownerGoneWait)
+	ownerGoneWait = 5 * time.Second
+	h.drv.engineActivated = func() time.Time { return time.Now().Add(time.Hour) }
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		h.dp.mu.Lock()
+		delete(h.dp.endpoints, id('e'))
+		h.dp.mu.Unlock()
+	}()
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(a, id('f'), "10.1.0.2/24", "", "02:42:0a:01:00:02"))
+	if _, ok := h.drv.endpoints[id('e')]; ok || !hasEndpoint(id('f')) {
+		t.Fatalf("endpoint e kept, or f not made: state %v", h.dump().Endpoints)
+	}
+
+	// A live owner from before the engine's restart is refused once the
+	// wait is over; one from after it at once.
+	ownerGoneWait = 200 * time.Millisecond
+	if msg := h.fails("NetworkDriver.CreateEndpoint", endpointReq(a, id('9'), "10.1.0.2/24", "", ""), 400); !strings.Contains(msg, "already the address of endpoint ffffffffffff") {
+		t.Fatalf("live owner: %s", msg)
+	}
+	h.drv.engineActivated = func() time.Time { return time.Time{} }
+	ownerGoneWait = time.Hour
+	if msg := h.fails("NetworkDriver.CreateEndpoint", endpointReq(a, id('9'), "10.1.0.3/24", "", "02:42:0a:01:00:02"), 400); !strings.Contains(msg, "already the MAC of endpoint ffffffffffff") {
+		t.Fatalf("live owner: %s", msg)
+	}
 }
