@@ -115,3 +115,51 @@ func BenchmarkDriverEndpointCycle(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkNewEndpoint is CreateEndpoint's checks under mapMu (capacity,
+// addresses, uniqueness of address and MAC), with no other endpoint and
+// with 999 others on the network and 1000 on another: the part of an
+// endpoint call that holds up every other.
+func BenchmarkNewEndpoint(b *testing.B) {
+	for _, existing := range []int{0, 999} {
+		b.Run(fmt.Sprintf("%d-others", existing), func(b *testing.B) {
+			ctx := context.Background()
+			st, err := state.Open(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { st.Close() })
+			d := NewDriver(Config{Store: st, Dataplane: newFake()})
+			nid, other := strings.Repeat("1", 64), strings.Repeat("2", 64)
+			for i, n := range []string{nid, other} {
+				if _, err := d.CreateNetwork(ctx, &network.CreateNetworkRequest{
+					NetworkID: n, Options: map[string]any{optGeneric: map[string]any{}},
+					IPv4Data: []*network.IPAMData{{Pool: fmt.Sprintf("10.%d.0.0/16", 200+i), Gateway: fmt.Sprintf("10.%d.0.1/16", 200+i)}},
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for i := range existing {
+				for j, n := range []string{nid, other} {
+					addr := fmt.Sprintf("10.%d.%d.%d/16", 200+j, (i+2)/256, (i+2)%256)
+					if _, err := d.CreateEndpoint(ctx, &network.CreateEndpointRequest{NetworkID: n, EndpointID: fmt.Sprintf("%063x%d", i+1, j), Interface: &network.EndpointInterface{Address: addr}}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			n := d.networks[nid]
+			iface := &network.EndpointInterface{Address: "10.200.100.1/16", MacAddress: "02:42:0a:c8:64:01"}
+			eid := strings.Repeat("e", 64)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				d.mapMu.Lock()
+				_, err := d.newEndpoint(n, eid, iface)
+				d.mapMu.Unlock()
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -141,10 +141,10 @@ type Driver struct {
 	fingerprint, spoofPrint bridge.Digests
 	networks                map[string]*state.Network
 	endpoints               map[string]*state.Endpoint // by endpoint ID
-	// creating counts endpoint creations in flight per network, so
-	// that concurrent creates cannot overshoot MaxEndpoints; under mapMu.
-	creating map[string]int
-	pools    map[string]*poolEntry // by pool ID
+	// index holds each network's endpoints, those being created
+	// included, by address and MAC; under mapMu.
+	index endpointIndex
+	pools map[string]*poolEntry // by pool ID
 	// engineActivated tells when the engine last (re)started talking to
 	// mynet; see ProgramExternalConnectivity.
 	engineActivated func() time.Time
@@ -246,7 +246,7 @@ func NewDriver(cfg Config) *Driver {
 		cfg: cfg, log: cfg.Log, engineActivated: func() time.Time { return time.Time{} },
 		networks:  map[string]*state.Network{},
 		endpoints: map[string]*state.Endpoint{},
-		creating:  map[string]int{},
+		index:     endpointIndex{},
 		pools:     map[string]*poolEntry{},
 	}
 }
@@ -341,6 +341,7 @@ func (d *Driver) RestoreSnapshot(ctx context.Context, snap state.Snapshot) error
 		}
 		d.mapMu.Lock()
 		d.endpoints[e.ID] = &e // the reconcile drops it if its network is gone
+		d.index.add(&e)
 		d.mapMu.Unlock()
 	}
 	_, err := d.reconcile(ctx, true)

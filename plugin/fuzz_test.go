@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -137,6 +138,8 @@ func FuzzParseCreateNetwork(f *testing.F) {
 	seed, _ := json.Marshal(createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptBridgeName: "br0"}))
 	f.Add(seed)
 	f.Add([]byte(`{"NetworkID":"` + id('a') + `","Options":{"com.docker.network.enable_ipv6":true},"IPv4Data":[{"Pool":"10.0.0.0/8"}],"IPv6Data":[{"Pool":"fd00::/64","Gateway":"fd00::1/64"}]}`))
+	f.Add([]byte(`{"NetworkID":"` + id('a') + `","Options":{"com.docker.network.enable_ipv6":true,"com.docker.network.generic":{"com.docker.network.driver.mtu":"1279"}},"IPv4Data":[{"Pool":"127.0.0.0/8","Gateway":"127.0.0.1/8"}],"IPv6Data":[{"Pool":"::ffff:10.0.0.0/120","Gateway":"::ffff:10.0.0.1/120"}]}`))
+	f.Add([]byte(`{"NetworkID":"` + id('a') + `","Options":{"com.docker.network.enable_ipv6":true},"IPv4Data":[{"Pool":"224.0.0.0/24","Gateway":"224.0.0.1/24"}],"IPv6Data":[{"Pool":"::/120","Gateway":"::1/120"}]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var req network.CreateNetworkRequest
 		if json.Unmarshal(body, &req) != nil {
@@ -149,9 +152,18 @@ func FuzzParseCreateNetwork(f *testing.F) {
 		if len(cfg.IPv4) == 0 || cfg.BridgeName == "" || (cfg.MTU != 0 && (cfg.MTU < 68 || cfg.MTU > 65535)) {
 			t.Fatalf("accepted an invalid config: %+v", cfg)
 		}
+		if cfg.EnableIPv6 && (len(cfg.IPv6) == 0 || (cfg.MTU != 0 && cfg.MTU < 1280)) {
+			t.Fatalf("accepted an IPv6 network without a subnet or with an MTU under 1280: %+v", cfg)
+		}
 		for _, s := range append(cfg.IPv4, cfg.IPv6...) {
 			if s.Pool != s.Pool.Masked() || (s.Gateway.IsValid() && !s.Pool.Contains(s.Gateway.Addr())) {
 				t.Fatalf("accepted subnet %+v", s)
+			}
+			if s.Pool.Overlaps(netip.MustParsePrefix("::ffff:0:0/96")) {
+				t.Fatalf("accepted an IPv4-mapped subnet %+v", s)
+			}
+			if gw := s.Gateway.Addr(); s.Gateway.IsValid() && (gw.IsLoopback() || gw.IsMulticast() || gw.IsUnspecified()) {
+				t.Fatalf("accepted gateway %s", gw)
 			}
 		}
 	})

@@ -1,12 +1,15 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"reflect"
+	"strings"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 
@@ -180,6 +183,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 	delete(d.networks, n.ID)
 	for _, e := range stale {
 		delete(d.endpoints, e.ID)
+		d.index.remove(e)
 	}
 	d.mapMu.Unlock()
 	d.touch("network", n.ID)
@@ -201,7 +205,92 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 // CreateEndpoint makes the veth pair. The engine has already allocated the
 // address; mynet returns only the MAC, and only when the engine sent none:
 // echoing a field the engine filled makes it roll the endpoint back.
+//
+// An address or MAC held by an endpoint whose container died is taken
+// over. After dockerd crashes it starts --restart containers again with
+// their --ip and --mac-address, and never deletes the old endpoints; their
+// veths go only when the kernel has dismantled the old namespaces, so one
+// created before the engine's last handshake is waited for, as ports are.
 func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	deadline := time.Now().Add(ownerGoneWait)
+	for {
+		resp, err := d.createEndpoint(ctx, req)
+		var held *heldError
+		if !errors.As(err, &held) {
+			return resp, err
+		}
+		dropped, derr := d.dropDead(ctx, held.networkID, held.owner)
+		if derr != nil {
+			d.log.Warn("could not drop an endpoint whose container died", "endpoint_id", netutil.Short(held.owner), "err", derr)
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		if dropped {
+			continue
+		}
+		if held.created.IsZero() || !held.created.Before(d.engineActivated().Truncate(time.Second)) {
+			return nil, err // being created, or by the running engine
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// heldError is an address or MAC that another endpoint of the network
+// holds (created is zero while that endpoint is being created).
+type heldError struct {
+	msg              string
+	networkID, owner string
+	created          time.Time
+}
+
+func (e *heldError) Error() string { return e.msg }
+
+// dropDead removes an endpoint whose host veth is gone, and reports
+// whether the endpoint is gone; under the shared opMu, like the other
+// endpoint calls. An endpoint still being created is a live one.
+func (d *Driver) dropDead(ctx context.Context, networkID, id string) (bool, error) {
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
+	d.inflight.Add(1)
+	defer d.inflight.Add(-1)
+	if !d.committed(id) {
+		return false, nil
+	}
+	defer d.epLocks.lock(id)()
+	d.mapMu.RLock()
+	e, n := d.endpoints[id], d.networks[networkID]
+	d.mapMu.RUnlock()
+	if e == nil || n == nil {
+		return true, nil // deleted meanwhile
+	}
+	if exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e)); err != nil || exists {
+		return false, err
+	}
+	d.log.Info("dropping an endpoint whose container died, for a new one with its address or MAC", "network_id", netutil.Short(n.ID), "endpoint_id", netutil.Short(id))
+	if err := d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID); err != nil {
+		return false, err
+	}
+	d.mapMu.Lock()
+	delete(d.endpoints, e.ID)
+	d.index.remove(e)
+	d.mapMu.Unlock()
+	d.changes.Add(1)
+	return true, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e))
+}
+
+// committed reports whether an endpoint exists and is not being created.
+func (d *Driver) committed(id string) bool {
+	d.mapMu.RLock()
+	defer d.mapMu.RUnlock()
+	return d.endpoints[id] != nil
+}
+
+func (d *Driver) createEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
 	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, err
 	}
@@ -226,6 +315,9 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 		if old.NetworkID != n.ID {
 			return nil, badRequestf("endpoint %s already exists on network %s", netutil.Short(old.ID), netutil.Short(old.NetworkID))
 		}
+		if err := sameInterface(old, iface); err != nil {
+			return nil, err
+		}
 		return endpointResponse(old), nil
 	}
 	ep, err := d.newEndpoint(n, req.EndpointID, iface)
@@ -233,14 +325,17 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 		d.mapMu.Unlock()
 		return nil, err
 	}
-	d.creating[n.ID]++
+	// From here the endpoint holds its address and MAC, until it is
+	// committed or has failed.
+	d.index.add(&ep)
 	d.mapMu.Unlock()
+	committed := false
 	defer func() {
-		d.mapMu.Lock()
-		if d.creating[n.ID]--; d.creating[n.ID] == 0 {
-			delete(d.creating, n.ID)
+		if !committed {
+			d.mapMu.Lock()
+			d.index.remove(&ep)
+			d.mapMu.Unlock()
 		}
-		d.mapMu.Unlock()
 	}()
 
 	bg := context.WithoutCancel(ctx) // a rollback runs to its end
@@ -254,20 +349,15 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	}
 	d.mapMu.Lock()
 	d.endpoints[ep.ID] = &ep
+	committed = true
 	d.mapMu.Unlock()
 	return endpointResponse(&ep), nil
 }
 
-// newEndpoint checks the network's capacity and builds the record; under
-// mapMu.
+// newEndpoint checks the network's capacity and the request's addresses
+// and MAC, and builds the record; under mapMu.
 func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.EndpointInterface) (state.Endpoint, error) {
-	count := d.creating[n.ID]
-	for _, e := range d.endpoints {
-		if e.NetworkID == n.ID {
-			count++
-		}
-	}
-	if count >= d.cfg.MaxEndpoints {
+	if count := d.index.count(n.ID); count >= d.cfg.MaxEndpoints {
 		return state.Endpoint{}, fmt.Errorf("network %s has %d endpoints, the most mynet puts on one bridge (the kernel allows 1024 ports); use another network", netutil.Short(n.ID), count)
 	}
 	host, ctr := bridge.VethNames(id)
@@ -279,25 +369,54 @@ func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.Endpoin
 	if ep.IPv6, err = endpointAddress("AddressIPv6", iface.AddressIPv6, n.IPv6); err != nil {
 		return ep, err
 	}
+	for _, f := range []struct{ field, addr string }{{"Address", ep.IPv4}, {"AddressIPv6", ep.IPv6}} {
+		p, err := netip.ParsePrefix(f.addr)
+		if err != nil {
+			continue // none given
+		}
+		if owner := d.index.addrOwner(n.ID, p.Addr()); owner != "" {
+			return ep, d.held(n, owner, fmt.Sprintf("Interface.%s %s is already the address of endpoint %s on network %s; give each container its own address (--ip/--ip6), or let the IPAM driver choose", f.field, p, netutil.Short(owner), netutil.Short(n.ID)))
+		}
+	}
 	if iface.MacAddress != "" {
 		mac, err := parseMAC(iface.MacAddress)
 		if err != nil {
-			return ep, err
+			return ep, badRequestf("Interface.MacAddress %w; give a unicast MAC (--mac-address), or none to let mynet choose", err)
 		}
 		ep.MAC = mac.String()
-	} else {
+		if owner := d.index.macOwner(n.ID, ep.MAC); owner != "" {
+			return ep, d.held(n, owner, fmt.Sprintf("Interface.MacAddress %s is already the MAC of endpoint %s on network %s; give each container its own (--mac-address), or none to let mynet choose", ep.MAC, netutil.Short(owner), netutil.Short(n.ID)))
+		}
+		return ep, nil
+	}
+	// A random MAC collides with one of 1000 others once in 10^11 tries;
+	// drawing again is cheaper than explaining it.
+	for {
 		mac, err := netutil.RandomMAC()
 		if err != nil {
 			return ep, err
 		}
-		ep.MAC, ep.MACGenerated = mac.String(), true
+		if ep.MAC = mac.String(); d.index.macOwner(n.ID, ep.MAC) == "" {
+			ep.MACGenerated = true
+			return ep, nil
+		}
 	}
-	return ep, nil
 }
 
-// endpointAddress checks that an address the engine assigned lies in one
-// of the network's subnets. An empty address is fine: the engine assigns
-// IPv6 only with --ipv6.
+// held returns the 400 for an address or MAC that owner holds; under mapMu.
+func (d *Driver) held(n *state.Network, owner, msg string) error {
+	e := &heldError{msg: msg, networkID: n.ID, owner: owner}
+	if o := d.endpoints[owner]; o != nil {
+		e.created = o.Created
+	}
+	return badRequest(e)
+}
+
+// endpointAddress checks an address the engine assigned: it must be a
+// host address of one of the network's subnets, with the subnet's prefix
+// length (the container's route to the subnet is derived from it), and not
+// the gateway. An empty address is fine: the engine assigns IPv6 only with
+// --ipv6.
 func endpointAddress(field, addr string, subnets []state.Subnet) (string, error) {
 	if addr == "" {
 		return "", nil
@@ -306,21 +425,100 @@ func endpointAddress(field, addr string, subnets []state.Subnet) (string, error)
 	if err != nil {
 		return "", badRequestf("Interface.%s %q: %v", field, addr, err)
 	}
+	a := p.Addr()
 	for _, s := range subnets {
-		if pool, err := netip.ParsePrefix(s.Pool); err == nil && pool.Contains(p.Addr()) {
-			return p.String(), nil
+		pool, err := netip.ParsePrefix(s.Pool)
+		if err != nil || !pool.Contains(a) {
+			continue
 		}
+		if p.Bits() != pool.Bits() {
+			return "", badRequestf("Interface.%s %s has another prefix length than the network's subnet %s; use %s", field, p, pool, netip.PrefixFrom(a, pool.Bits()))
+		}
+		if gw, err := netip.ParsePrefix(s.Gateway); err == nil && gw.Addr() == a {
+			return "", badRequestf("Interface.%s %s is the network's gateway; give the container another address of %s", field, p, pool)
+		}
+		if what := reservedHost(pool, a); what != "" {
+			return "", badRequestf("Interface.%s %s is the %s address of %s; give the container another address of it", field, p, what, pool)
+		}
+		return p.String(), nil
 	}
-	return "", badRequestf("Interface.%s %s is not in any subnet of the network", field, p)
+	return "", badRequestf("Interface.%s %s is not in any subnet of the network (%s); give an address of one", field, p, describeSubnets(subnets))
 }
 
+// reservedHost names the IPv4 network or broadcast address of a subnet,
+// which no host may have; a /31 or /32 has neither (RFC 3021).
+func reservedHost(pool netip.Prefix, a netip.Addr) string {
+	if !a.Is4() || pool.Bits() > 30 {
+		return ""
+	}
+	if a == pool.Masked().Addr() {
+		return "network"
+	}
+	if a == lastAddr(pool) {
+		return "broadcast"
+	}
+	return ""
+}
+
+// lastAddr is the highest address of a prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+func describeSubnets(subnets []state.Subnet) string {
+	if len(subnets) == 0 {
+		return "none of this family"
+	}
+	out := make([]string, len(subnets))
+	for i, s := range subnets {
+		out[i] = s.Pool
+	}
+	return strings.Join(out, ", ")
+}
+
+// sameInterface checks that a retried CreateEndpoint asks for what the
+// existing endpoint has: the engine retries with the same request, so
+// another address or MAC is another endpoint under a reused ID.
+func sameInterface(old *state.Endpoint, iface *network.EndpointInterface) error {
+	for _, f := range []struct{ field, want, have string }{
+		{"Address", iface.Address, old.IPv4}, {"AddressIPv6", iface.AddressIPv6, old.IPv6},
+	} {
+		want := f.want
+		if p, err := netip.ParsePrefix(want); err == nil {
+			want = p.String()
+		}
+		if want != f.have {
+			return badRequestf("endpoint %s already exists with Interface.%s %q, not %q; delete it before creating it again with another address", netutil.Short(old.ID), f.field, f.have, f.want)
+		}
+	}
+	want := ""
+	if mac, err := net.ParseMAC(iface.MacAddress); err == nil {
+		want = mac.String()
+	}
+	// A retry may ask for the MAC mynet chose, or again for none.
+	if (iface.MacAddress == "" && !old.MACGenerated) || (iface.MacAddress != "" && want != old.MAC) {
+		return badRequestf("endpoint %s already exists with Interface.MacAddress %q, not %q; delete it before creating it again with another MAC", netutil.Short(old.ID), old.MAC, iface.MacAddress)
+	}
+	return nil
+}
+
+// parseMAC accepts a 6-byte unicast Ethernet address; its errors start
+// with the address, for the caller to name the field.
 func parseMAC(s string) (net.HardwareAddr, error) {
 	mac, err := net.ParseMAC(s)
 	if err != nil || len(mac) != 6 {
-		return nil, badRequestf("MAC address %q is not a 6-byte Ethernet address", s)
+		return nil, fmt.Errorf("%q is not a 6-byte Ethernet address", s)
 	}
 	if mac[0]&1 != 0 {
-		return nil, badRequestf("MAC address %s is a multicast address; use a unicast one", s)
+		return nil, fmt.Errorf("%s is a multicast address", s)
+	}
+	if bytes.Equal(mac, make(net.HardwareAddr, 6)) {
+		return nil, fmt.Errorf("%s is the all-zero address, which no interface may have", s)
 	}
 	return mac, nil
 }
@@ -354,11 +552,18 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 		d.log.Debug("delete of unknown endpoint", "endpoint_id", netutil.Short(req.EndpointID))
 		return nil, nil
 	}
+	if ep.NetworkID != req.NetworkID {
+		// Endpoint IDs are random: a request that pairs one with another
+		// network is confused, and deleting on its word could cut off a
+		// running container.
+		return nil, badRequestf("endpoint %s is on network %s, not on the NetworkID %s of the request; nothing was deleted", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), netutil.Short(req.NetworkID))
+	}
 	if err := d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID); err != nil {
 		return nil, err
 	}
 	d.mapMu.Lock()
 	delete(d.endpoints, ep.ID)
+	d.index.remove(ep)
 	d.mapMu.Unlock()
 	d.touch("endpoint", ep.ID)
 	if err := failpoint.Inject("endpoint.delete.record"); err != nil {

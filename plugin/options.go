@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -92,8 +93,70 @@ func ParseCreateNetwork(req *network.CreateNetworkRequest) (NetworkConfig, error
 		if cfg.IPv6, err = parseIPAMData("IPv6Data", req.IPv6Data, true); err != nil {
 			return cfg, err
 		}
+		if err := checkIPv6(cfg); err != nil {
+			return cfg, err
+		}
 	}
 	return cfg, nil
+}
+
+// checkIPv6 refuses an IPv6 network mynet could only half build. IPv6
+// subnets come from the IPAM driver, which the engine asks for one with
+// --ipv6 (mynet's own picks a /64 of ipam.DefaultIPv6): none means the
+// IPAM driver gave none, and one made up here would put a gateway on the
+// bridge from which the engine never hands containers an address.
+func checkIPv6(cfg NetworkConfig) error {
+	if len(cfg.IPv6) == 0 {
+		return badRequestf("option %s is true but IPv6Data is empty: the IPAM driver gave no IPv6 subnet; give one (--ipv6 --subnet fd00:1::/64), or use mynet's IPAM (--ipam-driver mynet), which picks a /64, or leave --ipv6 off", optEnableIPv6)
+	}
+	if cfg.MTU != 0 && cfg.MTU < minIPv6MTU {
+		return badRequestf("option %s: %d is below %d, the least MTU IPv6 allows (RFC 8200); use %d or more, or leave --ipv6 off", OptMTU, cfg.MTU, minIPv6MTU, minIPv6MTU)
+	}
+	return nil
+}
+
+// minIPv6MTU is the least link MTU IPv6 allows: the kernel removes IPv6
+// from an interface whose MTU drops below it.
+const minIPv6MTU = 1280
+
+// ipv4Mapped is ::ffff:0:0/96, IPv4 addresses written as IPv6 ones: a
+// subnet there would mean IPv4 to the kernel.
+var ipv4Mapped = netip.MustParsePrefix("::ffff:0:0/96")
+
+// specialSpace names the kind of address space no network subnet may
+// overlap, or "".
+func specialSpace(p netip.Prefix) string {
+	for _, s := range []struct {
+		prefix netip.Prefix
+		what   string
+	}{
+		{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+		{netip.MustParsePrefix("::1/128"), "loopback"},
+		{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+		{netip.MustParsePrefix("ff00::/8"), "multicast"},
+	} {
+		if p.Overlaps(s.prefix) {
+			return s.what
+		}
+	}
+	return ""
+}
+
+// checkGateway refuses gateways the bridge cannot hold as its address,
+// or that no container could route through.
+func checkGateway(pool netip.Prefix, gw netip.Addr) error {
+	switch {
+	case gw.IsLoopback():
+		return errors.New("is a loopback address")
+	case gw.IsMulticast():
+		return errors.New("is a multicast address")
+	case gw.IsUnspecified():
+		return errors.New("is the unspecified address")
+	}
+	if what := reservedHost(pool, gw); what != "" {
+		return fmt.Errorf("is the %s address of %s", what, pool)
+	}
+	return nil
 }
 
 // parseTopLevel reads the engine's own keys. Keys the engine may add in
@@ -168,6 +231,9 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 			if err != nil || !a.Is4() {
 				return badRequest(fmt.Errorf("option %s: %q is not an IPv4 address", k, v))
 			}
+			if err := hostAddress(a); err != nil {
+				return badRequestf("option %s: %s %w", k, a, err)
+			}
 			cfg.HostBinding = a
 		default:
 			return badRequest(fmt.Errorf("unknown option %q; mynet supports: %s", k, supportedList()))
@@ -219,6 +285,9 @@ func parseIPAMData(field string, data []*network.IPAMData, v6 bool) ([]SubnetCon
 		if pool != pool.Masked() {
 			return nil, badRequest(fmt.Errorf("%s[%d].Pool %s has host bits set; use %s", field, i, pool, pool.Masked()))
 		}
+		if v6 && pool.Overlaps(ipv4Mapped) {
+			return nil, badRequestf("%s[%d].Pool %s overlaps the IPv4-mapped range %s; give IPv4 subnets as IPv4 (--subnet 10.1.0.0/24) and a real IPv6 subnet here", field, i, pool, ipv4Mapped)
+		}
 		s := SubnetConfig{Pool: pool}
 		if d.Gateway != "" {
 			gw, err := netip.ParsePrefix(d.Gateway)
@@ -228,7 +297,13 @@ func parseIPAMData(field string, data []*network.IPAMData, v6 bool) ([]SubnetCon
 			if !pool.Contains(gw.Addr()) {
 				return nil, badRequest(fmt.Errorf("%s[%d].Gateway %s is outside the subnet %s", field, i, gw.Addr(), pool))
 			}
+			if err := checkGateway(pool, gw.Addr()); err != nil {
+				return nil, badRequestf("%s[%d].Gateway %s %w; give a unicast host address of %s (--gateway)", field, i, gw.Addr(), err, pool)
+			}
 			s.Gateway = netip.PrefixFrom(gw.Addr(), pool.Bits())
+		}
+		if what := specialSpace(pool); what != "" {
+			return nil, badRequestf("%s[%d].Pool %s overlaps %s address space; give a unicast subnet (--subnet)", field, i, pool, what)
 		}
 		for _, prev := range out {
 			if prev.Pool.Overlaps(pool) {

@@ -199,7 +199,48 @@ func parsePortMap(raw any) ([]portBinding, error) {
 	if err := json.Unmarshal(b, &out); err != nil {
 		return nil, badRequestf("option %s is not a list of port bindings: %v", optPortMap, err)
 	}
+	for i, pb := range out {
+		if err := checkBinding(pb); err != nil {
+			return nil, badRequestf("option %s[%d]: %w", optPortMap, i, err)
+		}
+	}
 	return out, nil
+}
+
+// checkBinding refuses what no rule can publish, before anything is
+// written: the engine's CLI refuses these too, but the socket is open to
+// any client of the API.
+func checkBinding(b portBinding) error {
+	if b.Port == 0 {
+		return errors.New("Port is 0; publish a container port from 1 to 65535")
+	}
+	if b.HostPortEnd != 0 && b.HostPortEnd < b.HostPort {
+		return fmt.Errorf("HostPortEnd %d is below HostPort %d; give a host port range low to high", b.HostPortEnd, b.HostPort)
+	}
+	if b.HostIP == "" {
+		return nil
+	}
+	a, err := netip.ParseAddr(b.HostIP)
+	if err != nil {
+		return fmt.Errorf("HostIP %q: %v", b.HostIP, err)
+	}
+	if err := hostAddress(a.Unmap()); err != nil {
+		return fmt.Errorf("HostIP %s %w", b.HostIP, err)
+	}
+	return nil
+}
+
+// hostAddress refuses the addresses a port cannot be published on: a
+// packet to them is not addressed to one host. The unspecified address is
+// fine: it means all of the host's addresses.
+func hostAddress(a netip.Addr) error {
+	switch {
+	case a.IsMulticast():
+		return errors.New("is a multicast address; publish on one of the host's unicast addresses, or on none for all")
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return errors.New("is the broadcast address; publish on one of the host's unicast addresses, or on none for all")
+	}
+	return nil
 }
 
 // resolvePorts turns bindings into mappings: a protocol name, container

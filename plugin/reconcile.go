@@ -428,6 +428,7 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respo
 	}
 	d.mapMu.Lock()
 	delete(d.endpoints, e.ID)
+	d.index.remove(e)
 	d.mapMu.Unlock()
 	if n == nil {
 		return nil
