@@ -24,7 +24,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
 )
@@ -225,7 +225,7 @@ func pluginIDCLI(ctx context.Context, ref string) (string, error) {
 		return "", fmt.Errorf("--plugin %s: docker plugin inspect: %v: %s", ref, err, strings.TrimSpace(errOut.String()))
 	}
 	id := strings.TrimSpace(out.String())
-	if netutil.ValidateID("plugin", id) != nil {
+	if model.ValidateID("plugin", id) != nil {
 		return "", fmt.Errorf("--plugin %s: docker plugin inspect gave %q, not a plugin ID", ref, id)
 	}
 	return id, nil
@@ -456,7 +456,7 @@ func findNetwork(views []networkView, ref string) (networkView, error) {
 	case len(byPrefix) > 1:
 		var ids []string
 		for _, v := range byPrefix {
-			ids = append(ids, netutil.Short(v.ID))
+			ids = append(ids, model.Short(v.ID))
 		}
 		return networkView{}, fmt.Errorf("%q matches %d networks (%s): give more of the ID", ref, len(byPrefix), strings.Join(ids, ", "))
 	case len(byName) > 1:
@@ -475,7 +475,7 @@ func writeLs(w io.Writer, views []networkView) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NETWORK ID\tNAME\tBRIDGE\tSUBNETS\tICC\tMASQUERADE\tINTERNAL\tMTU\tHOST IP\tENDPOINTS")
 	for _, v := range views {
-		id := netutil.Short(v.ID)
+		id := model.Short(v.ID)
 		if v.Pending {
 			id += " (pending)"
 		}
@@ -512,7 +512,7 @@ func writeInspect(w io.Writer, v networkView) error {
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ENDPOINT\tCONTAINER\tIPV4\tIPV6\tMAC\tHOST VETH\tPORTS")
 	for _, e := range v.Endpoints {
-		id := netutil.Short(e.ID)
+		id := model.Short(e.ID)
 		if e.Pending {
 			id += " (pending)"
 		}

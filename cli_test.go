@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
 )
@@ -428,7 +428,7 @@ func TestCLIAgainstDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("mynet inspect:\n%s", out.String())
-	hostVeth, _ := bridge.VethNames(s.eid)
+	hostVeth, _ := model.VethNames(s.eid)
 	for _, want := range []string{s.eid[:12], strings.Split(s.addr, "/")[0], crashMAC, hostVeth, "0.0.0.0:18080->80/tcp"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("mynet inspect lacks %q:\n%s", want, out.String())

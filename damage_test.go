@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 )
 
 // TestExternalDamage flushes mynet's chains, deletes its hook and its
@@ -43,7 +43,7 @@ func TestExternalDamage(t *testing.T) {
 				eid := randHex(32)
 				d.mustCall("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": keep, "EndpointID": eid,
 					"Interface": map[string]any{"Address": fmt.Sprintf("10.66.0.%d/24", len(veths)+2)}})
-				host, _ := bridge.VethNames(eid)
+				host, _ := model.VethNames(eid)
 				veths = append(veths, host)
 			}
 			// The damage lands in the interval in which the daemon made
@@ -57,13 +57,13 @@ func TestExternalDamage(t *testing.T) {
 			if strings.Contains(good, gone) || !strings.Contains(good, keep) {
 				t.Fatalf("unexpected starting point:\n%s", good)
 			}
-			filter, nat := bridge.InstanceChains(d.name)
+			filter, nat := model.ChainsFor(d.name).ByTable()
 			ns.run(t, "iptables", "-F", filter[1]) // the isolation drops
 			ns.run(t, "iptables", "-t", "nat", "-F", nat[0])
 			ns.run(t, "iptables", "-D", "FORWARD", "-m", "comment", "--comment", "mynet "+d.name, "-j", filter[0])
 			// Deleting the bridge releases its ports: every veth is left
 			// with no master, and the containers are cut off.
-			ns.run(t, "ip", "link", "del", bridge.BridgeName(keep))
+			ns.run(t, "ip", "link", "del", model.BridgeName(keep))
 			if snapshot() == good {
 				t.Fatal("the damage changed nothing: the test would prove nothing")
 			}
@@ -74,7 +74,7 @@ func TestExternalDamage(t *testing.T) {
 				// Two intervals and a margin, well before the recheck at
 				// the tenth: the periodic pass itself must repair.
 				for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-					if got, detached = snapshot(), ns.detachedPorts(t, bridge.BridgeName(keep), veths); got == good && detached == "" {
+					if got, detached = snapshot(), ns.detachedPorts(t, model.BridgeName(keep), veths); got == good && detached == "" {
 						break
 					}
 				}

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 )
 
 // TestDeadlineLeavesNothing drives the real daemon with a short request
@@ -94,6 +94,6 @@ func TestDeadlineLeavesNothing(t *testing.T) {
 	}
 	run(step("NetworkDriver.CreateEndpoint")) // the engine's retry
 	d.checkConsistent(s)
-	hostVeth, _ := bridge.VethNames(s.eid)
+	hostVeth, _ := model.VethNames(s.eid)
 	ns.run(t, "ip", "link", "show", hostVeth)
 }

@@ -18,7 +18,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,8 +28,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/mynet/mynet/bridge"
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
 )
@@ -479,7 +477,7 @@ func isDockerChain(name string) bool { return name == "DOCKER" || strings.HasPre
 
 // instanceChains is the set of chain names of the instance.
 func instanceChains(instance string) map[string]bool {
-	filter, nat := bridge.InstanceChains(instance)
+	filter, nat := model.ChainsFor(instance).ByTable()
 	m := map[string]bool{}
 	for _, c := range append(filter, nat...) {
 		m[c] = true
@@ -498,9 +496,9 @@ func (d *doctor) detectInstance(st *plugin.Dump, sc scan) {
 		if !ok {
 			continue
 		}
-		tag, ok := bridge.ParseTag(l.alias)
+		tag, ok := model.ParseTag(l.alias)
 		inst := tag.Instance
-		if !ok || tag.Kind != bridge.KindNetwork || tag.ID != n.ID || inst == d.t.Instance || !validName.MatchString(inst) {
+		if !ok || tag.Kind != model.KindNetwork || tag.ID != n.ID || inst == d.t.Instance || !validName.MatchString(inst) {
 			continue
 		}
 		if d.t.InstanceKnown {
@@ -633,10 +631,10 @@ func jumpTarget(line string) string {
 	return ""
 }
 
-// linkTag is the alias the daemon gives its links (see bridge.Tag); a
+// linkTag is the alias the daemon gives its links (see model.Tag); a
 // daemon that reports no generation writes the earlier release's tags.
 func linkTag(instance string, st *plugin.Dump, kind, id string) string {
-	return bridge.Tag{Instance: instance, Generation: st.Generation, Kind: kind, ID: id}.String()
+	return model.Tag{Instance: instance, Generation: st.Generation, Kind: kind, ID: id}.String()
 }
 
 // stable returns the records present, and not pending, in both reads.
@@ -675,7 +673,7 @@ func stableEndpoints(a, b *plugin.Dump) []state.Endpoint {
 }
 
 func (d *doctor) networkName(id string) string {
-	s := netutil.Short(id)
+	s := model.Short(id)
 	if n, ok := d.docker[id]; ok && n.Name != "" {
 		s += " (" + n.Name + ")"
 	}
@@ -690,7 +688,7 @@ func (d *doctor) checkMissingLinks(st1, st2 *plugin.Dump, sc1, sc2 scan) {
 	for _, n := range nets {
 		l1, ok1 := sc1.links[n.Bridge]
 		l2, ok2 := sc2.links[n.Bridge]
-		tag := linkTag(d.t.Instance, st2, bridge.KindNetwork, n.ID)
+		tag := linkTag(d.t.Instance, st2, model.KindNetwork, n.ID)
 		switch {
 		case !ok1 && !ok2:
 			d.add("missing_bridge", statusProblem, fmt.Sprintf("bridge %s of network %s is missing: its containers are cut off", n.Bridge, d.networkName(n.ID)), d.reconcileFix(rebuilds))
@@ -711,8 +709,8 @@ func (d *doctor) checkMissingLinks(st1, st2 *plugin.Dump, sc1, sc2 scan) {
 		}
 		l1, ok1 := sc1.links[e.HostVeth]
 		l2, ok2 := sc2.links[e.HostVeth]
-		tag := linkTag(d.t.Instance, st2, bridge.KindEndpoint, e.ID)
-		what := fmt.Sprintf("endpoint %s (%s) of network %s", netutil.Short(e.ID), d.endpointName(e), d.networkName(e.NetworkID))
+		tag := linkTag(d.t.Instance, st2, model.KindEndpoint, e.ID)
+		what := fmt.Sprintf("endpoint %s (%s) of network %s", model.Short(e.ID), d.endpointName(e), d.networkName(e.NetworkID))
 		switch {
 		case !ok1 && !ok2:
 			d.add("missing_veth", statusProblem, fmt.Sprintf("host veth %s of %s is missing: its container has no network", e.HostVeth, what),
@@ -746,7 +744,7 @@ func (d *doctor) endpointName(e state.Endpoint) string {
 }
 
 func (d *doctor) reconnectFix(e state.Endpoint) string {
-	nw, ctr := netutil.Short(e.NetworkID), "CONTAINER"
+	nw, ctr := model.Short(e.NetworkID), "CONTAINER"
 	if n, ok := d.docker[e.NetworkID]; ok {
 		if n.Name != "" {
 			nw = n.Name
@@ -778,7 +776,7 @@ func (d *doctor) checkOrphanLinks(st *plugin.Dump, sc1, sc2 scan) {
 		if l1, ok := sc1.links[name]; !ok || l1.alias != l.alias {
 			continue
 		}
-		tag, ok := bridge.ParseTag(l.alias)
+		tag, ok := model.ParseTag(l.alias)
 		if !ok || tag.Instance != d.t.Instance {
 			continue
 		}
@@ -787,15 +785,13 @@ func (d *doctor) checkOrphanLinks(st *plugin.Dump, sc1, sc2 scan) {
 			continue
 		}
 		switch {
-		case tag.Kind == bridge.KindNetwork && !nets[tag.ID]:
-			d.add("orphan_link", statusProblem, fmt.Sprintf("bridge %s is tagged with network %s, which the state does not know", name, netutil.Short(tag.ID)), "ip link del "+name)
-		case tag.Kind == bridge.KindEndpoint && !eps[tag.ID]:
-			d.add("orphan_link", statusProblem, fmt.Sprintf("veth %s is tagged with endpoint %s, which the state does not know", name, netutil.Short(tag.ID)), "ip link del "+name)
+		case tag.Kind == model.KindNetwork && !nets[tag.ID]:
+			d.add("orphan_link", statusProblem, fmt.Sprintf("bridge %s is tagged with network %s, which the state does not know", name, model.Short(tag.ID)), "ip link del "+name)
+		case tag.Kind == model.KindEndpoint && !eps[tag.ID]:
+			d.add("orphan_link", statusProblem, fmt.Sprintf("veth %s is tagged with endpoint %s, which the state does not know", name, model.Short(tag.ID)), "ip link del "+name)
 		}
 	}
 }
-
-var ruleCommentRE = regexp.MustCompile(`--comment "?mynet net=([0-9a-f]+)(?: ep=([0-9a-f]+))?`)
 
 // ownedRule is a rule in one of the instance's chains that names a network.
 type ownedRule struct {
@@ -818,11 +814,11 @@ func (d *doctor) ownedRules(sc scan, backend string) []ownedRule {
 				continue
 			}
 			chain, _, _ := strings.Cut(rest, " ")
-			m := ruleCommentRE.FindStringSubmatch(l)
-			if !own[chain] || m == nil {
+			nid, eid, ok := model.ParseRuleComment(l)
+			if !own[chain] || !ok {
 				continue
 			}
-			out = append(out, ownedRule{dump: td, chain: chain, rest: rest, network: m[1], endpnt: m[2]})
+			out = append(out, ownedRule{dump: td, chain: chain, rest: rest, network: nid, endpnt: eid})
 		}
 	}
 	return out
@@ -869,9 +865,9 @@ func (d *doctor) checkRules(st1, st2 *plugin.Dump, sc1, sc2 scan, backend string
 		g.fixes = append(g.fixes, r.dump.bin+" -t "+r.dump.table+" -D "+r.rest)
 	}
 	for _, g := range groups {
-		what := "network " + netutil.Short(g.network) + ", which the state does not know"
+		what := "network " + model.Short(g.network) + ", which the state does not know"
 		if nets[g.network] {
-			what = "endpoints of network " + netutil.Short(g.network) + " that the state does not know"
+			what = "endpoints of network " + model.Short(g.network) + " that the state does not know"
 		}
 		d.add("orphan_rule", statusProblem, fmt.Sprintf("%d %s rule%s in %s name %s", len(g.fixes), g.family, plural(len(g.fixes)), strings.Join(g.chains, ", "), what), strings.Join(g.fixes, "\n"))
 	}
@@ -883,7 +879,7 @@ func (d *doctor) checkRules(st1, st2 *plugin.Dump, sc1, sc2 scan, backend string
 			families[td.family] = true
 		}
 	}
-	filterChains, _ := bridge.InstanceChains(d.t.Instance)
+	filterChains, _ := model.ChainsFor(d.t.Instance).ByTable()
 	for _, n := range stableNetworks(st1, st2) {
 		for _, fam := range []string{"iptables", "ip6tables"} {
 			subnets := n.IPv4

@@ -14,13 +14,12 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mynet/mynet/bridge"
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
 
 func kindName(kind string) string {
-	if kind == bridge.KindEndpoint {
+	if kind == model.KindEndpoint {
 		return "veth of endpoint"
 	}
 	return "bridge of network"
@@ -48,7 +47,7 @@ func (d *doctor) discardCmd() string {
 
 // addForeignLink reports a link tagged by the instance under another
 // state file than the one of generation gen.
-func (d *doctor) addForeignLink(name string, tag bridge.Tag, gen string) {
+func (d *doctor) addForeignLink(name string, tag model.Tag, gen string) {
 	other := "generation " + tag.Generation
 	if tag.Generation == "" {
 		other = "the tag of an earlier release"
@@ -59,7 +58,7 @@ func (d *doctor) addForeignLink(name string, tag bridge.Tag, gen string) {
 	}
 	d.add("foreign_link", statusProblem,
 		fmt.Sprintf("%s is the %s %s under another state file (%s; %s): mynet neither adopts nor deletes it, and refuses to start while it exists; it may carry a running container",
-			name, kindName(tag.Kind), netutil.Short(tag.ID), other, this),
+			name, kindName(tag.Kind), model.Short(tag.ID), other, this),
 		"ip link del "+name+"   # if no running container needs it\n"+d.discardFix()+"\nor put back the state file of "+other)
 }
 
@@ -67,9 +66,9 @@ func (d *doctor) addForeignLink(name string, tag bridge.Tag, gen string) {
 // file when the daemon does not answer.
 func (d *doctor) checkTaggedOffline(sc scan) {
 	var names []string
-	tags := map[string]bridge.Tag{}
+	tags := map[string]model.Tag{}
 	for name, l := range sc.links {
-		if tag, ok := bridge.ParseTag(l.alias); ok && tag.Instance == d.t.Instance {
+		if tag, ok := model.ParseTag(l.alias); ok && tag.Instance == d.t.Instance {
 			names = append(names, name)
 			tags[name] = tag
 		}
@@ -92,7 +91,7 @@ func (d *doctor) checkTaggedOffline(sc scan) {
 				"mv "+path+" "+path+".bad && "+d.discardCmd()+"   # otherwise: deletes the links listed below (their containers lose their network)")
 		for _, name := range names {
 			t := tags[name]
-			d.add("tagged_link", statusInfo, fmt.Sprintf("%s is the %s %s of this instance (generation %q); the damaged state cannot tell whether it is its own", name, kindName(t.Kind), netutil.Short(t.ID), t.Generation), "")
+			d.add("tagged_link", statusInfo, fmt.Sprintf("%s is the %s %s of this instance (generation %q); the damaged state cannot tell whether it is its own", name, kindName(t.Kind), model.Short(t.ID), t.Generation), "")
 		}
 		return
 	case err != nil:
@@ -101,10 +100,10 @@ func (d *doctor) checkTaggedOffline(sc scan) {
 	}
 	known := map[string]bool{}
 	for _, n := range peek.Snapshot.Networks {
-		known[bridge.KindNetwork+":"+n.ID] = true
+		known[model.KindNetwork+":"+n.ID] = true
 	}
 	for _, e := range peek.Snapshot.Endpoints {
-		known[bridge.KindEndpoint+":"+e.ID] = true
+		known[model.KindEndpoint+":"+e.ID] = true
 	}
 	problems := d.report.Problems
 	for _, name := range names {
@@ -113,7 +112,7 @@ func (d *doctor) checkTaggedOffline(sc scan) {
 		case peek.Created || t.Generation != peek.Generation:
 			d.addForeignLink(name, t, peek.Generation)
 		case !known[t.Kind+":"+t.ID]:
-			d.add("orphan_link", statusProblem, fmt.Sprintf("%s is the %s %s, which the state does not know: the daemon deletes it when it starts", name, kindName(t.Kind), netutil.Short(t.ID)), "ip link del "+name)
+			d.add("orphan_link", statusProblem, fmt.Sprintf("%s is the %s %s, which the state does not know: the daemon deletes it when it starts", name, kindName(t.Kind), model.Short(t.ID)), "ip link del "+name)
 		}
 	}
 	if peek.Created {
@@ -122,7 +121,7 @@ func (d *doctor) checkTaggedOffline(sc scan) {
 		own, rules := instanceChains(d.t.Instance), 0
 		for _, td := range sc.dumps {
 			for _, l := range td.lines {
-				if m := ruleCommentRE.FindStringSubmatch(l); m != nil && own[strings.Fields(l)[1]] {
+				if _, _, ok := model.ParseRuleComment(l); ok && own[strings.Fields(l)[1]] {
 					rules++
 				}
 			}

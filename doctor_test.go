@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil/nstest"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
@@ -44,16 +45,16 @@ type docHarness struct {
 	t       *testing.T
 	dp      *bridge.Dataplane
 	srv     *stateServer
-	net1    bridge.Network
-	ep1     bridge.Endpoint
+	net1    model.Network
+	ep1     model.Endpoint
 	procSys string
 	target  target
 }
 
 func healthyDump() *plugin.Dump {
-	host, ctr := bridge.VethNames(docEp1)
+	host, ctr := model.VethNames(docEp1)
 	return &plugin.Dump{
-		Networks: []state.Network{{ID: docNet1, Bridge: bridge.BridgeName(docNet1), ICC: true, Masquerade: true,
+		Networks: []state.Network{{ID: docNet1, Bridge: model.BridgeName(docNet1), ICC: true, Masquerade: true,
 			IPv4: []state.Subnet{{Pool: "10.231.0.0/24", Gateway: "10.231.0.1/24"}}}},
 		Endpoints: []state.Endpoint{{NetworkID: docNet1, ID: docEp1, HostVeth: host, ContainerVeth: ctr,
 			MAC: "02:00:00:00:00:01", IPv4: "10.231.0.2/24"}},
@@ -83,10 +84,10 @@ func withDoctor(t *testing.T, fn func(h *docHarness)) {
 		}
 		defer dp.Close()
 		h.dp = dp
-		h.net1 = bridge.Network{ID: docNet1, Bridge: bridge.BridgeName(docNet1), ICC: true, Masquerade: true,
-			IPv4: []bridge.Subnet{{Pool: netip.MustParsePrefix("10.231.0.0/24"), Gateway: netip.MustParsePrefix("10.231.0.1/24")}}}
-		host, ctr := bridge.VethNames(docEp1)
-		h.ep1 = bridge.Endpoint{NetworkID: docNet1, ID: docEp1, Bridge: h.net1.Bridge, HostVeth: host, ContainerVeth: ctr,
+		h.net1 = model.Network{ID: docNet1, Bridge: model.BridgeName(docNet1), ICC: true, Masquerade: true,
+			IPv4: []model.Subnet{{Pool: netip.MustParsePrefix("10.231.0.0/24"), Gateway: netip.MustParsePrefix("10.231.0.1/24")}}}
+		host, ctr := model.VethNames(docEp1)
+		h.ep1 = model.Endpoint{NetworkID: docNet1, ID: docEp1, Bridge: h.net1.Bridge, HostVeth: host, ContainerVeth: ctr,
 			MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}
 		ctx := context.Background()
 		if err := dp.EnsureNetwork(ctx, h.net1); err != nil {
@@ -245,7 +246,7 @@ func TestDoctorFindsEachProblem(t *testing.T) {
 		{
 			name: "link of another state generation",
 			breakIt: func(h *docHarness) {
-				addLink(h.t, "mn-foreign", bridge.Tag{Instance: docInst, Generation: "0badc0de", Kind: bridge.KindNetwork, ID: unknown}.String())
+				addLink(h.t, "mn-foreign", model.Tag{Instance: docInst, Generation: "0badc0de", Kind: model.KindNetwork, ID: unknown}.String())
 			},
 			check: "foreign_link", msgPart: "mn-foreign is the bridge of network 0000deadbeef under another state file (generation 0badc0de",
 			fixPart: "ip link del mn-foreign   # if no running container needs it\nmynet serve --discard-orphans --name " + docInst,
@@ -255,7 +256,7 @@ func TestDoctorFindsEachProblem(t *testing.T) {
 		{
 			name: "rule naming an unknown network",
 			breakIt: func(h *docHarness) {
-				filter, _ := bridge.InstanceChains(docInst)
+				filter, _ := model.ChainsFor(docInst).ByTable()
 				h.sh("iptables -w -t filter -A " + filter[0] + ` -o mn-gone -m comment --comment "mynet net=` + unknown + `" -j ACCEPT`)
 			},
 			check: "orphan_rule", msgPart: "1 iptables rule in ", fixPart: ` -t filter -D ` + instanceChain(0) + ` -o mn-gone -m comment --comment "mynet net=` + unknown + `" -j ACCEPT`, runFix: true,
@@ -263,8 +264,8 @@ func TestDoctorFindsEachProblem(t *testing.T) {
 		{
 			name: "network built but not in the state",
 			breakIt: func(h *docHarness) {
-				n2 := bridge.Network{ID: docNet2, Bridge: bridge.BridgeName(docNet2), ICC: true, Masquerade: true,
-					IPv4: []bridge.Subnet{{Pool: netip.MustParsePrefix("10.232.0.0/24"), Gateway: netip.MustParsePrefix("10.232.0.1/24")}}}
+				n2 := model.Network{ID: docNet2, Bridge: model.BridgeName(docNet2), ICC: true, Masquerade: true,
+					IPv4: []model.Subnet{{Pool: netip.MustParsePrefix("10.232.0.0/24"), Gateway: netip.MustParsePrefix("10.232.0.1/24")}}}
 				if err := h.dp.EnsureNetwork(context.Background(), n2); err != nil {
 					h.t.Fatal(err)
 				}
@@ -283,8 +284,8 @@ func TestDoctorFindsEachProblem(t *testing.T) {
 			check: "missing_bridge", msgPart: "bridge br-lost of network d0c000000002 is missing", fixPart: "kill -HUP " + strconv.Itoa(os.Getpid()),
 			others: []string{"missing_rules"},
 			apply: func(h *docHarness) {
-				n2 := bridge.Network{ID: docNet2, Bridge: "br-lost", ICC: true,
-					IPv4: []bridge.Subnet{{Pool: netip.MustParsePrefix("10.232.0.0/24"), Gateway: netip.MustParsePrefix("10.232.0.1/24")}}}
+				n2 := model.Network{ID: docNet2, Bridge: "br-lost", ICC: true,
+					IPv4: []model.Subnet{{Pool: netip.MustParsePrefix("10.232.0.0/24"), Gateway: netip.MustParsePrefix("10.232.0.1/24")}}}
 				if err := h.dp.EnsureNetwork(context.Background(), n2); err != nil {
 					h.t.Fatal(err)
 				}
@@ -303,20 +304,20 @@ func TestDoctorFindsEachProblem(t *testing.T) {
 		{
 			name:    "endpoint veth off its bridge",
 			breakIt: func(h *docHarness) { h.sh("ip link set " + h.ep1.HostVeth + " nomaster") },
-			check:   "missing_veth", msgPart: "is not on bridge " + bridge.BridgeName(docNet1), fixPart: "ip link set " + vethOf(docEp1) + " master " + bridge.BridgeName(docNet1), runFix: true,
+			check:   "missing_veth", msgPart: "is not on bridge " + model.BridgeName(docNet1), fixPart: "ip link set " + vethOf(docEp1) + " master " + model.BridgeName(docNet1), runFix: true,
 		},
 		{
 			name: "interface squatting a bridge name",
 			breakIt: func(h *docHarness) {
 				h.sh("ip link del " + h.net1.Bridge + " && ip link add " + h.net1.Bridge + " type bridge")
 			},
-			check: "missing_bridge", msgPart: "is not mynet's (type bridge", fixPart: "ip link del " + bridge.BridgeName(docNet1),
+			check: "missing_bridge", msgPart: "is not mynet's (type bridge", fixPart: "ip link del " + model.BridgeName(docNet1),
 			others: []string{"missing_veth"},
 		},
 		{
 			name: "network rules flushed",
 			breakIt: func(h *docHarness) {
-				filter, nat := bridge.InstanceChains(docInst)
+				filter, nat := model.ChainsFor(docInst).ByTable()
 				for _, c := range filter[:2] {
 					h.sh("iptables -w -t filter -F " + c)
 				}
@@ -506,12 +507,12 @@ func (h *docHarness) reconcile() {
 }
 
 func instanceChain(i int) string {
-	filter, _ := bridge.InstanceChains(docInst)
+	filter, _ := model.ChainsFor(docInst).ByTable()
 	return filter[i]
 }
 
 func vethOf(ep string) string {
-	host, _ := bridge.VethNames(ep)
+	host, _ := model.VethNames(ep)
 	return host
 }
 

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/mynet/mynet/bridge"
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
 
@@ -15,8 +15,8 @@ import (
 type ownedKernel interface {
 	TaggedLinks() ([]bridge.TaggedLink, error)
 	HasRules() (bool, error)
-	Retag(name string, old bridge.Tag) error
-	RemoveTagged(name string, t bridge.Tag) error
+	Retag(name string, old model.Tag) error
+	RemoveTagged(name string, t model.Tag) error
 }
 
 // claimObjects runs before the startup reconcile, which deletes the tagged
@@ -49,10 +49,10 @@ func claimObjects(log *slog.Logger, store *state.Store, snap state.Snapshot, k o
 	}
 	known := map[string]bool{}
 	for _, n := range snap.Networks {
-		known[bridge.KindNetwork+":"+n.ID] = true
+		known[model.KindNetwork+":"+n.ID] = true
 	}
 	for _, e := range snap.Endpoints {
-		known[bridge.KindEndpoint+":"+e.ID] = true
+		known[model.KindEndpoint+":"+e.ID] = true
 	}
 	var foreign []bridge.TaggedLink
 	for _, l := range links {
@@ -114,10 +114,10 @@ func foreignObjectsError(store *state.Store, foreign []bridge.TaggedLink, rules 
 			gen = "an earlier release's tag"
 		}
 		kind := "network"
-		if l.Tag.Kind == bridge.KindEndpoint {
+		if l.Tag.Kind == model.KindEndpoint {
 			kind = "endpoint"
 		}
-		what = append(what, fmt.Sprintf("%s (%s %s, %s)", l.Name, kind, netutil.Short(l.Tag.ID), gen))
+		what = append(what, fmt.Sprintf("%s (%s %s, %s)", l.Name, kind, model.Short(l.Tag.ID), gen))
 	}
 	if rules {
 		what = append(what, "iptables or nftables rules in this instance's chains")

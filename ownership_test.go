@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
 
@@ -27,7 +28,7 @@ type fakeKernel struct {
 func (k *fakeKernel) TaggedLinks() ([]bridge.TaggedLink, error) { return slices.Clone(k.links), nil }
 func (k *fakeKernel) HasRules() (bool, error)                   { return k.rules, nil }
 
-func (k *fakeKernel) Retag(name string, old bridge.Tag) error {
+func (k *fakeKernel) Retag(name string, old model.Tag) error {
 	for i, l := range k.links {
 		if l.Name == name && l.Tag == old {
 			k.links[i].Tag.Generation = k.gen
@@ -36,7 +37,7 @@ func (k *fakeKernel) Retag(name string, old bridge.Tag) error {
 	return nil
 }
 
-func (k *fakeKernel) RemoveTagged(name string, t bridge.Tag) error {
+func (k *fakeKernel) RemoveTagged(name string, t model.Tag) error {
 	k.links = slices.DeleteFunc(k.links, func(l bridge.TaggedLink) bool { return l.Name == name && l.Tag == t })
 	k.removed = append(k.removed, name)
 	return nil
@@ -52,7 +53,7 @@ func TestClaimObjects(t *testing.T) {
 		other = "bbbb000000000000000000000000000000000000000000000000000000000000"
 	)
 	link := func(name, gen, kind, id string) bridge.TaggedLink {
-		return bridge.TaggedLink{Name: name, Tag: bridge.Tag{Instance: inst, Generation: gen, Kind: kind, ID: id}}
+		return bridge.TaggedLink{Name: name, Tag: model.Tag{Instance: inst, Generation: gen, Kind: kind, ID: id}}
 	}
 	for _, tc := range []struct {
 		name string

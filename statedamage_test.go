@@ -13,7 +13,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
 
@@ -40,8 +40,8 @@ func newDamagedState(t *testing.T) *damagedState {
 		}
 	}
 	d.stop()
-	ds := &damagedState{d: d, s: s, path: filepath.Join(d.dir, state.FileName), bridge: bridge.BridgeName(s.nid)}
-	ds.veth, _ = bridge.VethNames(s.eid)
+	ds := &damagedState{d: d, s: s, path: filepath.Join(d.dir, state.FileName), bridge: model.BridgeName(s.nid)}
+	ds.veth, _ = model.VethNames(s.eid)
 	ds.links, ds.addrs = ds.kernel(t)
 	if !strings.Contains(ds.links, ds.bridge) || !strings.Contains(ds.links, ds.veth) || !strings.Contains(ds.addrs, "10.77.0.1/24") {
 		t.Fatalf("unexpected starting point:\n%s\n%s", ds.links, ds.addrs)
@@ -233,7 +233,7 @@ func TestForeignGeneration(t *testing.T) {
 	ns := ds.d.ns
 	other := "mnx-other"
 	ns.run(t, "ip", "link", "add", other, "type", "bridge")
-	ns.run(t, "ip", "link", "set", other, "alias", bridge.Tag{Instance: ds.d.name, Generation: "0badc0de", Kind: "net", ID: randHex(32)}.String())
+	ns.run(t, "ip", "link", "set", other, "alias", model.Tag{Instance: ds.d.name, Generation: "0badc0de", Kind: "net", ID: randHex(32)}.String())
 	ds.links, ds.addrs = ds.kernel(t)
 	ds.refused(t, other, "generation 0badc0de", "--discard-orphans")
 	ds.d.args = []string{"--discard-orphans"}
@@ -259,7 +259,7 @@ func TestUpgradeRetagsLegacyLinks(t *testing.T) {
 		if kind == "ep" {
 			id = ds.s.eid
 		}
-		ns.run(t, "ip", "link", "set", name, "alias", bridge.Tag{Instance: ds.d.name, Kind: kind, ID: id}.String())
+		ns.run(t, "ip", "link", "set", name, "alias", model.Tag{Instance: ds.d.name, Kind: kind, ID: id}.String())
 	}
 	ds.d.start("")
 	st := ds.d.state()
@@ -269,7 +269,7 @@ func TestUpgradeRetagsLegacyLinks(t *testing.T) {
 	raw := ds.d.mustCall("Mynet.State", nil)
 	gen, _ := raw["Generation"].(string)
 	links := ns.run(t, "ip", "-o", "-d", "link", "show")
-	for _, want := range []string{bridge.Tag{Instance: ds.d.name, Generation: gen, Kind: "net", ID: ds.s.nid}.String(), bridge.Tag{Instance: ds.d.name, Generation: gen, Kind: "ep", ID: ds.s.eid}.String()} {
+	for _, want := range []string{model.Tag{Instance: ds.d.name, Generation: gen, Kind: "net", ID: ds.s.nid}.String(), model.Tag{Instance: ds.d.name, Generation: gen, Kind: "ep", ID: ds.s.eid}.String()} {
 		if gen == "" || !strings.Contains(links, want) {
 			t.Fatalf("want alias %q (generation %q):\n%s", want, gen, links)
 		}

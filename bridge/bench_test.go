@@ -6,6 +6,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/mynet/mynet/internal/model"
 )
 
 // BenchmarkEndpointCycle is the dataplane's part of a container start and
@@ -25,7 +27,7 @@ func BenchmarkEndpointCycle(b *testing.B) {
 				if err := d.EnsureNetwork(ctx, n); err != nil {
 					b.Fatal(err)
 				}
-				endpoint := func(i int) Endpoint {
+				endpoint := func(i int) model.Endpoint {
 					ep := testEndpoint(n, fmt.Sprintf("%012x%052d", i, 0))
 					ep.MAC = net.HardwareAddr{0x02, 0, 0, 0, byte(i >> 8), byte(i)}
 					ep.Addresses = append(ep.Addresses, n.IPv4[0].Pool.Addr().Next().Next())

@@ -12,85 +12,10 @@ import (
 	vnl "github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil"
 	"github.com/mynet/mynet/netutil/failpoint"
 )
-
-// Network is what the dataplane needs to build one network.
-type Network struct {
-	ID     string
-	Bridge string
-	MTU    int // 0: kernel default
-	IPv4   []Subnet
-	IPv6   []Subnet
-	// ICC lets containers of the network reach each other.
-	ICC bool
-	// Masquerade rewrites egress to the host's address.
-	Masquerade bool
-	// Internal networks have no egress and no published ports.
-	Internal bool
-}
-
-func (n Network) subnets(v6 bool) []Subnet {
-	if v6 {
-		return n.IPv6
-	}
-	return n.IPv4
-}
-
-// Subnet is a pool with the gateway address the bridge carries; Gateway is
-// invalid when the IPAM driver gave none.
-type Subnet struct {
-	Pool    netip.Prefix
-	Gateway netip.Prefix // gateway address with the pool's length, e.g. 10.0.0.1/24
-}
-
-// Endpoint is one veth pair: HostVeth is enslaved to the network's bridge,
-// ContainerVeth is what Join hands to the engine to move into the sandbox.
-type Endpoint struct {
-	NetworkID     string
-	ID            string
-	Bridge        string
-	HostVeth      string
-	ContainerVeth string
-	MAC           net.HardwareAddr
-	MTU           int
-	// Addresses are the container's; used to clear stale conntrack and
-	// neighbour entries when the address is reused.
-	Addresses []netip.Addr
-	// Ports are the endpoint's published ports, removed with it.
-	Ports []PortMapping
-	// AntiSpoofing filters what the container may send: only its own MAC
-	// and addresses, no router advertisements, no other ethertypes.
-	AntiSpoofing bool
-}
-
-// PortMapping publishes container ports on the host: HostPort..HostPortEnd
-// to Port..Port+(HostPortEnd-HostPort) of ContainerIP.
-type PortMapping struct {
-	Proto       string     // tcp, udp or sctp
-	HostIP      netip.Addr // invalid: every address of the host
-	HostPort    uint16
-	HostPortEnd uint16 // equal to HostPort for a single port
-	ContainerIP netip.Addr
-	Port        uint16
-}
-
-// Names derived from IDs, each within IFNAMSIZ: 3-character prefix plus the
-// 12-character short ID Docker shows.
-const (
-	bridgePrefix        = "mn-"
-	hostVethPrefix      = "mnv"
-	containerVethPrefix = "mnc"
-)
-
-// BridgeName is the default bridge name of a network.
-func BridgeName(networkID string) string { return bridgePrefix + netutil.Short(networkID) }
-
-// VethNames are the host and container ends of an endpoint's veth pair.
-func VethNames(endpointID string) (host, container string) {
-	return hostVethPrefix + netutil.Short(endpointID), containerVethPrefix + netutil.Short(endpointID)
-}
 
 // Config configures a Dataplane.
 type Config struct {
@@ -244,21 +169,21 @@ func (d *Dataplane) later(job func(*netlink.Handle)) {
 
 // Chains names the iptables chains this instance owns, for operators and
 // tests.
-func (d *Dataplane) Chains() []string { return d.fw4.chains.all() }
+func (d *Dataplane) Chains() []string { return d.fw4.chains.All() }
 
 // EnsureNetwork makes the network's bridge, addresses and rules exist.
 // On error, everything it created in this call is removed again, and only
 // that: the reconcile calls it to repair a network whose other rules are
 // live. DeleteNetwork undoes it.
-func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error) {
-	log := d.log.With("network_id", netutil.Short(n.ID), "bridge", n.Bridge)
+func (d *Dataplane) EnsureNetwork(ctx context.Context, n model.Network) (retErr error) {
+	log := d.log.With("network_id", model.Short(n.ID), "bridge", n.Bridge)
 	var undo netutil.Undo
 	defer func() {
 		if cerr := undo.RunIf(retErr, log); cerr != nil {
 			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
 		}
 	}()
-	what := "network " + netutil.Short(n.ID)
+	what := "network " + model.Short(n.ID)
 	if err := stopped(ctx, "creating "+what); err != nil {
 		return err
 	}
@@ -296,10 +221,10 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n Network) (retErr error)
 }
 
 // bridgeSysctls sets the bridge's per-interface switches.
-func (d *Dataplane) bridgeSysctls(n Network) error {
+func (d *Dataplane) bridgeSysctls(n model.Network) error {
 	if len(n.IPv6) > 0 {
 		if d.fw6 == nil {
-			return fmt.Errorf("network %s has IPv6 but ip6tables is not available to isolate it; install ip6tables", netutil.Short(n.ID))
+			return fmt.Errorf("network %s has IPv6 but ip6tables is not available to isolate it; install ip6tables", model.Short(n.ID))
 		}
 		// A container must not be able to become the host's IPv6 router
 		// (CVE-2020-10749).
@@ -311,7 +236,7 @@ func (d *Dataplane) bridgeSysctls(n Network) error {
 		// Without br_netfilter, frames between two ports of the bridge
 		// never reach iptables and the ICC drop would silently do nothing.
 		if v, err := readSysctl("net/bridge/bridge-nf-call-iptables"); err != nil || v != "1" {
-			return fmt.Errorf("network %s disables inter-container communication, which needs br_netfilter with net.bridge.bridge-nf-call-iptables=1 (run: modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1)", netutil.Short(n.ID))
+			return fmt.Errorf("network %s disables inter-container communication, which needs br_netfilter with net.bridge.bridge-nf-call-iptables=1 (run: modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1)", model.Short(n.ID))
 		}
 	}
 	if !n.Internal {
@@ -330,7 +255,7 @@ func (d *Dataplane) bridgeSysctls(n Network) error {
 //
 // Each step checks ctx first; what a deadline leaves is tagged, an orphan
 // for the reconcile. A rollback passes a context without a deadline.
-func (d *Dataplane) DeleteNetwork(ctx context.Context, n Network) error {
+func (d *Dataplane) DeleteNetwork(ctx context.Context, n model.Network) error {
 	var errs []error
 	steps := []struct {
 		what string
@@ -353,22 +278,22 @@ func (d *Dataplane) DeleteNetwork(ctx context.Context, n Network) error {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("delete network %s: %w", netutil.Short(n.ID), err)
+		return fmt.Errorf("delete network %s: %w", model.Short(n.ID), err)
 	}
 	return nil
 }
 
 // EnsureEndpoint makes the endpoint's veth pair exist with its host end on
 // the bridge and up. DeleteEndpoint undoes it.
-func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr error) {
-	log := d.log.With("network_id", netutil.Short(ep.NetworkID), "endpoint_id", netutil.Short(ep.ID))
+func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep model.Endpoint) (retErr error) {
+	log := d.log.With("network_id", model.Short(ep.NetworkID), "endpoint_id", model.Short(ep.ID))
 	var undo netutil.Undo
 	defer func() {
 		if cerr := undo.RunIf(retErr, log); cerr != nil {
 			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
 		}
 	}()
-	what := "endpoint " + netutil.Short(ep.ID) + " on network " + netutil.Short(ep.NetworkID)
+	what := "endpoint " + model.Short(ep.ID) + " on network " + model.Short(ep.NetworkID)
 	if err := stopped(ctx, "creating veth "+ep.HostVeth+" of "+what); err != nil {
 		return err
 	}
@@ -414,14 +339,14 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep Endpoint) (retErr err
 // address or port is not black-holed by a stale flow.
 //
 // Like DeleteNetwork, it checks ctx before each step.
-func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
+func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep model.Endpoint) error {
 	var errs []error
 	if len(ep.Ports) > 0 {
 		errs = append(errs, d.RemovePorts(ctx, ep, ep.Ports))
 	}
 	if err := stopped(ctx, "removing veth "+ep.HostVeth); err != nil {
 		errs = append(errs, err)
-		return fmt.Errorf("delete endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), errors.Join(errs...))
+		return fmt.Errorf("delete endpoint %s on network %s: %w", model.Short(ep.ID), model.Short(ep.NetworkID), errors.Join(errs...))
 	}
 	errs = append(errs, d.RemoveSpoofCheck(ep))
 	// The veth goes after the answer: deleting a netdev waits for an RCU
@@ -436,7 +361,7 @@ func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 	}
 	d.forgetAddresses(ep)
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("delete endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)
+		return fmt.Errorf("delete endpoint %s on network %s: %w", model.Short(ep.ID), model.Short(ep.NetworkID), err)
 	}
 	return nil
 }
@@ -444,11 +369,11 @@ func (d *Dataplane) DeleteEndpoint(ctx context.Context, ep Endpoint) error {
 // EnsurePorts publishes the endpoint's ports. On error, the rules (and
 // chains) this call added are removed again, and only those: the reconcile
 // calls it to repair ports that are live. RemovePorts undoes it.
-func (d *Dataplane) EnsurePorts(ctx context.Context, n Network, ep Endpoint, ports []PortMapping) (retErr error) {
+func (d *Dataplane) EnsurePorts(ctx context.Context, n model.Network, ep model.Endpoint, ports []model.PortMapping) (retErr error) {
 	if n.Internal && len(ports) > 0 {
-		return fmt.Errorf("network %s is internal: it cannot publish ports", netutil.Short(n.ID))
+		return fmt.Errorf("network %s is internal: it cannot publish ports", model.Short(n.ID))
 	}
-	log := d.log.With("network_id", netutil.Short(n.ID), "endpoint_id", netutil.Short(ep.ID))
+	log := d.log.With("network_id", model.Short(n.ID), "endpoint_id", model.Short(ep.ID))
 	var undo netutil.Undo
 	defer func() {
 		if cerr := undo.RunIf(retErr, log); cerr != nil {
@@ -467,8 +392,8 @@ func (d *Dataplane) EnsurePorts(ctx context.Context, n Network, ep Endpoint, por
 // and flushes conntrack entries of its UDP ports: a UDP "connection" to a
 // port that is published again elsewhere would otherwise keep going to the
 // old container.
-func (d *Dataplane) RemovePorts(ctx context.Context, ep Endpoint, ports []PortMapping) error {
-	if err := stopped(ctx, "removing the port rules of endpoint "+netutil.Short(ep.ID)); err != nil {
+func (d *Dataplane) RemovePorts(ctx context.Context, ep model.Endpoint, ports []model.PortMapping) error {
+	if err := stopped(ctx, "removing the port rules of endpoint "+model.Short(ep.ID)); err != nil {
 		return err
 	}
 	err := d.forAll(func(fw *firewall) error { return fw.removePorts(ep, ports) })
@@ -487,7 +412,7 @@ func (d *Dataplane) RemovePorts(ctx context.Context, ep Endpoint, ports []PortMa
 
 // EndpointExists reports whether the endpoint's host veth is present; after
 // a reboot or a container's death it is not, and the endpoint is stale.
-func (d *Dataplane) EndpointExists(ep Endpoint) (bool, error) {
+func (d *Dataplane) EndpointExists(ep model.Endpoint) (bool, error) {
 	l, err := d.nl.LinkByName(ep.HostVeth)
 	if isNotFound(err) {
 		return false, nil
@@ -531,7 +456,7 @@ func (d *Dataplane) RemoveOrphans(ctx context.Context, networks, endpoints map[s
 		if err := stopped(ctx, "removing orphaned link "+l.Attrs().Name); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
-		d.log.Info("removing orphaned link", "link", l.Attrs().Name, "kind", kind, "id", netutil.Short(id))
+		d.log.Info("removing orphaned link", "link", l.Attrs().Name, "kind", kind, "id", model.Short(id))
 		if err := d.removeLink(l.Attrs().Name); err != nil {
 			errs = append(errs, err)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/netutil/nstest"
 )
@@ -31,16 +32,16 @@ const (
 	eid1 = "cccccccccccc3333333333333333333333333333333333333333333333333333"
 )
 
-func testNetwork(id, subnet, gw string) Network {
-	return Network{
-		ID: id, Bridge: BridgeName(id), MTU: 1450, ICC: true, Masquerade: true,
-		IPv4: []Subnet{{Pool: netip.MustParsePrefix(subnet), Gateway: netip.MustParsePrefix(gw)}},
+func testNetwork(id, subnet, gw string) model.Network {
+	return model.Network{
+		ID: id, Bridge: model.BridgeName(id), MTU: 1450, ICC: true, Masquerade: true,
+		IPv4: []model.Subnet{{Pool: netip.MustParsePrefix(subnet), Gateway: netip.MustParsePrefix(gw)}},
 	}
 }
 
-func testEndpoint(n Network, id string) Endpoint {
-	host, ctr := VethNames(id)
-	return Endpoint{NetworkID: n.ID, ID: id, Bridge: n.Bridge, HostVeth: host, ContainerVeth: ctr,
+func testEndpoint(n model.Network, id string) model.Endpoint {
+	host, ctr := model.VethNames(id)
+	return model.Endpoint{NetworkID: n.ID, ID: id, Bridge: n.Bridge, HostVeth: host, ContainerVeth: ctr,
 		MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 1}, MTU: n.MTU}
 }
 
@@ -169,7 +170,7 @@ func TestNetworkLifecycle(t *testing.T) {
 				before := snapshot(t)
 				n1 := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 				n2 := testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24")
-				for _, n := range []Network{n1, n2, n1} { // the repeat must change nothing
+				for _, n := range []model.Network{n1, n2, n1} { // the repeat must change nothing
 					if err := d.EnsureNetwork(ctx, n); err != nil {
 						t.Fatal(err)
 					}
@@ -198,7 +199,7 @@ func TestNetworkLifecycle(t *testing.T) {
 				if strings.Contains(iptablesSave(t), nid2) {
 					t.Fatal("rules of the deleted network remain")
 				}
-				for _, n := range []Network{n1, n1, n2} { // deletes are idempotent
+				for _, n := range []model.Network{n1, n1, n2} { // deletes are idempotent
 					if err := d.DeleteNetwork(ctx, n); err != nil {
 						t.Fatal(err)
 					}
@@ -325,7 +326,7 @@ func TestRemoveOrphans(t *testing.T) {
 		keep := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 		orphan := testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24")
 		ep := testEndpoint(keep, eid1)
-		for _, n := range []Network{keep, orphan} {
+		for _, n := range []model.Network{keep, orphan} {
 			if err := d.EnsureNetwork(ctx, n); err != nil {
 				t.Fatal(err)
 			}
@@ -393,15 +394,15 @@ func TestHostPrefixes(t *testing.T) {
 // TestRuleOptions keeps a golden ruleset for each option combination and
 // checks that deleting the network restores the baseline.
 func TestRuleOptions(t *testing.T) {
-	v6 := []Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
+	v6 := []model.Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
 	for _, tc := range []struct {
 		name   string
-		modify func(*Network)
+		modify func(*model.Network)
 	}{
-		{"icc-off", func(n *Network) { n.ICC = false }},
-		{"masquerade-off", func(n *Network) { n.Masquerade = false }},
-		{"internal", func(n *Network) { n.Internal = true }},
-		{"ipv6", func(n *Network) { n.IPv6 = v6 }},
+		{"icc-off", func(n *model.Network) { n.ICC = false }},
+		{"masquerade-off", func(n *model.Network) { n.Masquerade = false }},
+		{"internal", func(n *model.Network) { n.Internal = true }},
+		{"ipv6", func(n *model.Network) { n.IPv6 = v6 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			withDataplane(t, "", func(d *Dataplane) {
@@ -428,14 +429,14 @@ func TestPorts(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		ctx := context.Background()
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
-		n.IPv6 = []Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
+		n.IPv6 = []model.Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
 		if err := d.EnsureNetwork(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 		withNetwork := iptablesSave(t)
 		ep := testEndpoint(n, eid1)
 		c4, c6 := netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("fd00:1::2")
-		ports := []PortMapping{
+		ports := []model.PortMapping{
 			{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: c4, Port: 80},
 			{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: c6, Port: 80},
 			{Proto: "udp", HostIP: netip.MustParseAddr("10.9.9.9"), HostPort: 5353, HostPortEnd: 5353, ContainerIP: c4, Port: 53},
@@ -480,8 +481,8 @@ func TestRuleCount(t *testing.T) {
 				t.Fatal(err)
 			}
 			if i < 20 {
-				m := PortMapping{Proto: "tcp", HostPort: uint16(10000 + i), HostPortEnd: uint16(10000 + i), ContainerIP: netip.AddrFrom4([4]byte{10, 1, 0, byte(2 + i)}), Port: 80}
-				if err := d.EnsurePorts(ctx, n, ep, []PortMapping{m}); err != nil {
+				m := model.PortMapping{Proto: "tcp", HostPort: uint16(10000 + i), HostPortEnd: uint16(10000 + i), ContainerIP: netip.AddrFrom4([4]byte{10, 1, 0, byte(2 + i)}), Port: 80}
+				if err := d.EnsurePorts(ctx, n, ep, []model.PortMapping{m}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -536,9 +537,9 @@ func TestFingerprint(t *testing.T) {
 			t.Fatal("fingerprint changes with nothing changing")
 		}
 		for _, damage := range [][]string{
-			{"iptables", "-F", d.fw4.chains.isolation},
-			{"iptables", "-t", "nat", "-F", d.fw4.chains.postrouting},
-			{"iptables", "-D", "FORWARD", "-m", "comment", "--comment", "mynet mynet-test", "-j", d.fw4.chains.forward},
+			{"iptables", "-F", d.fw4.chains.Isolation},
+			{"iptables", "-t", "nat", "-F", d.fw4.chains.Postrouting},
+			{"iptables", "-D", "FORWARD", "-m", "comment", "--comment", "mynet mynet-test", "-j", d.fw4.chains.Forward},
 			{"ip", "addr", "flush", "dev", n.Bridge},
 			{"ip", "link", "set", ep.HostVeth, "nomaster"},
 			{"ip", "link", "set", ep.HostVeth, "down"},
@@ -627,7 +628,7 @@ func TestVethDeletionBatches(t *testing.T) {
 		if err := d.EnsureNetwork(ctx, n); err != nil {
 			t.Fatal(err)
 		}
-		var eps []Endpoint
+		var eps []model.Endpoint
 		for i := range 20 {
 			ep := testEndpoint(n, fmt.Sprintf("%012x%052d", i+1, 0))
 			if err := d.EnsureEndpoint(ctx, ep); err != nil {
@@ -731,7 +732,7 @@ func TestRemovePortsFlushesUDPFlows(t *testing.T) {
 				t.Skipf("cannot create conntrack entries here: %v", err)
 			}
 		}
-		ports := []PortMapping{{Proto: "udp", HostPort: 5000, HostPortEnd: 5001, ContainerIP: c4, Port: 5000}}
+		ports := []model.PortMapping{{Proto: "udp", HostPort: 5000, HostPortEnd: 5001, ContainerIP: c4, Port: 5000}}
 		if err := d.EnsurePorts(ctx, n, ep, ports); err != nil {
 			t.Fatal(err)
 		}
@@ -779,7 +780,7 @@ func TestFailedRepairKeepsWhatWorked(t *testing.T) {
 	n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 	ep := testEndpoint(n, eid1)
 	c4 := netip.MustParseAddr("10.1.0.2")
-	ports := []PortMapping{
+	ports := []model.PortMapping{
 		{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: c4, Port: 80},
 		{Proto: "udp", HostPort: 5353, HostPortEnd: 5353, ContainerIP: c4, Port: 53},
 	}
@@ -792,7 +793,7 @@ func TestFailedRepairKeepsWhatWorked(t *testing.T) {
 		{
 			name: "network",
 			damage: [][]string{
-				{"iptables", "-D", chainsFor("mynet-test").isolation, "!", "-i", n.Bridge, "-o", n.Bridge, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "mynet net=" + nid1, "-j", "DROP"},
+				{"iptables", "-D", model.ChainsFor("mynet-test").Isolation, "!", "-i", n.Bridge, "-o", n.Bridge, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "mynet net=" + nid1, "-j", "DROP"},
 				{"ip", "addr", "del", "10.1.0.1/24", "dev", n.Bridge},
 			},
 			// The masquerade rule comes after the deleted drop.
@@ -804,7 +805,7 @@ func TestFailedRepairKeepsWhatWorked(t *testing.T) {
 		{
 			name: "ports",
 			damage: [][]string{
-				{"iptables", "-t", "nat", "-D", chainsFor("mynet-test").dnat, "-p", "tcp", "-m", "tcp", "--dport", "8080", "-m", "comment", "--comment", "mynet net=" + nid1 + " ep=" + eid1, "-j", "DNAT", "--to-destination", "10.1.0.2:80"},
+				{"iptables", "-t", "nat", "-D", model.ChainsFor("mynet-test").DNAT, "-p", "tcp", "-m", "tcp", "--dport", "8080", "-m", "comment", "--comment", "mynet net=" + nid1 + " ep=" + eid1, "-j", "DNAT", "--to-destination", "10.1.0.2:80"},
 			},
 			// The UDP mapping comes after the deleted TCP one.
 			fail: func(op string, args []string) bool { return slices.Contains(args, "udp") },

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -18,7 +19,7 @@ import (
 // address queued meanwhile at once: one dump per family with a filter per
 // address, instead of one dump per container when containers come and go
 // in bulk.
-func (d *Dataplane) forgetAddresses(ep Endpoint) {
+func (d *Dataplane) forgetAddresses(ep model.Endpoint) {
 	if len(ep.Addresses) == 0 {
 		return
 	}
@@ -57,7 +58,7 @@ func (d *Dataplane) forgetQueued(h *netlink.Handle) {
 // announceAddresses tells the bridge's neighbours a new endpoint's MAC for
 // its IPv4 addresses (see announce), from the packet socket opened with the
 // Dataplane. Best effort, like a real NIC's announcement.
-func (d *Dataplane) announceAddresses(ep Endpoint, bridgeIndex int) {
+func (d *Dataplane) announceAddresses(ep model.Endpoint, bridgeIndex int) {
 	if d.packetFD < 0 {
 		return
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/netutil/nstest"
 )
@@ -81,7 +82,7 @@ func TestDeadlineStopsEnsure(t *testing.T) {
 			n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 			c := testEndpoint(n, eid1)
 			ipt.arm(1, cancel)
-			return d.EnsurePorts(ctx, n, c, []PortMapping{
+			return d.EnsurePorts(ctx, n, c, []model.PortMapping{
 				{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: c4(), Port: 80},
 				{Proto: "udp", HostPort: 5353, HostPortEnd: 5353, ContainerIP: c4(), Port: 53},
 			})

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/vishvananda/netlink"
 )
 
@@ -118,10 +119,10 @@ func (d *Dataplane) Fingerprint() (Digests, error) {
 		}
 		for _, l := range lines {
 			key := ""
-			if m := commentRE.FindStringSubmatch(l); m != nil {
-				key = "net:" + m[1]
-				if m[2] != "" {
-					key = "ep:" + m[2]
+			if nid, eid, ok := model.ParseRuleComment(l); ok {
+				key = "net:" + nid
+				if eid != "" {
+					key = "ep:" + eid
 				}
 			}
 			g.add(key, fw.family()+" "+l)
@@ -150,9 +151,9 @@ func (f *firewall) ownLines() ([]string, error) {
 	if f.v6 {
 		bin = "ip6tables-save"
 	}
-	prefix := strings.TrimSuffix(f.chains.forward, "FORWARD")
+	prefix := strings.TrimSuffix(f.chains.Forward, "FORWARD")
 	var out []string
-	for _, table := range []string{tableFilter, tableNAT} {
+	for _, table := range []string{model.TableFilter, model.TableNAT} {
 		raw, err := exec.Command(bin, "-t", table).Output()
 		if err != nil {
 			return nil, fmt.Errorf("%s -t %s: %w", bin, table, err)
@@ -164,7 +165,7 @@ func (f *firewall) ownLines() ([]string, error) {
 			if strings.HasPrefix(l, ":") {
 				// Chain lines carry packet counters: drop them.
 				l, _, _ = strings.Cut(l, " ")
-				if table == tableFilter && slices.Contains(dockerChains, l[1:]) {
+				if table == model.TableFilter && slices.Contains(dockerChains, l[1:]) {
 					out = append(out, l)
 					continue
 				}

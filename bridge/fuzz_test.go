@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil/nstest"
 )
 
@@ -53,20 +54,20 @@ func FuzzDataplane(f *testing.F) {
 	})
 }
 
-// model is what the dataplane must hold: the networks and endpoints whose
+// expected is what the dataplane must hold: the networks and endpoints whose
 // last create succeeded and that were not deleted since.
-type model struct {
+type expected struct {
 	t        *testing.T
 	d        *Dataplane
-	networks [2]Network
-	eps      [2]Endpoint
-	nets     map[string]Network
-	live     map[string]Endpoint
+	networks [2]model.Network
+	eps      [2]model.Endpoint
+	nets     map[string]model.Network
+	live     map[string]model.Endpoint
 	foreign  string // links and rules that are not mynet's
 }
 
-func newModel(t *testing.T, d *Dataplane, bridgeName string, mtu int, flags uint8, peerName string) *model {
-	m := &model{t: t, d: d, nets: map[string]Network{}, live: map[string]Endpoint{}}
+func newModel(t *testing.T, d *Dataplane, bridgeName string, mtu int, flags uint8, peerName string) *expected {
+	m := &expected{t: t, d: d, nets: map[string]model.Network{}, live: map[string]model.Endpoint{}}
 	n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 	if bridgeName != "" {
 		n.Bridge = bridgeName
@@ -105,7 +106,7 @@ func newModel(t *testing.T, d *Dataplane, bridgeName string, mtu int, flags uint
 // step runs one operation on network or endpoint op/13%2 and records it in
 // the model if it succeeded. Errors are expected (the inputs are fuzzed);
 // what a failed step left behind is check's business.
-func (m *model) step(op byte) string {
+func (m *expected) step(op byte) string {
 	ctx := context.Background()
 	i := int(op/13) % 2
 	n, ep := m.networks[i], m.eps[i]
@@ -157,7 +158,7 @@ func (m *model) step(op byte) string {
 		}
 	case 6:
 		what = "EnsurePorts"
-		ports := []PortMapping{{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: netip.MustParseAddr("10.1.0.2"), Port: 80}}
+		ports := []model.PortMapping{{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: netip.MustParseAddr("10.1.0.2"), Port: 80}}
 		if _, ok := m.live[ep.ID]; ok {
 			if err = m.d.EnsurePorts(ctx, n, ep, ports); err == nil {
 				ep.Ports = ports
@@ -169,13 +170,13 @@ func (m *model) step(op byte) string {
 	return what
 }
 
-func (m *model) ensureEndpoint(ep Endpoint) {
+func (m *expected) ensureEndpoint(ep model.Endpoint) {
 	if err := m.d.EnsureEndpoint(context.Background(), ep); err == nil {
 		m.live[ep.ID] = ep
 	}
 }
 
-func (m *model) deleteEndpoint(ep Endpoint) {
+func (m *expected) deleteEndpoint(ep model.Endpoint) {
 	if err := m.d.DeleteEndpoint(context.Background(), ep); err != nil {
 		m.t.Fatalf("DeleteEndpoint %s: %v", ep.HostVeth, err)
 	}
@@ -184,7 +185,7 @@ func (m *model) deleteEndpoint(ep Endpoint) {
 }
 
 // clear deletes everything the model holds, as the engine would.
-func (m *model) clear() {
+func (m *expected) clear() {
 	for _, ep := range m.live {
 		m.deleteEndpoint(ep)
 	}
@@ -197,7 +198,7 @@ func (m *model) clear() {
 }
 
 // check compares the namespace with the model.
-func (m *model) check() error {
+func (m *expected) check() error {
 	var errs []error
 	if got := m.notMine(); got != m.foreign {
 		errs = append(errs, fmt.Errorf("links or rules that are not mynet's changed:\n--- before\n%s--- after\n%s", m.foreign, got))
@@ -251,16 +252,16 @@ func (m *model) check() error {
 	}
 	rulesOf := map[string]bool{}
 	for _, l := range strings.Split(save(m.t, "iptables-save")+save(m.t, "ip6tables-save"), "\n") {
-		c := commentRE.FindStringSubmatch(l)
-		if c == nil {
+		nid, eid, ok := model.ParseRuleComment(l)
+		if !ok {
 			continue
 		}
-		rulesOf[c[1]] = true
-		if _, ok := m.nets[c[1]]; !ok {
-			errs = append(errs, fmt.Errorf("a rule of network %s, which does not exist: %s", c[1], l))
+		rulesOf[nid] = true
+		if _, ok := m.nets[nid]; !ok {
+			errs = append(errs, fmt.Errorf("a rule of network %s, which does not exist: %s", nid, l))
 		}
-		if ep, ok := m.live[c[2]]; c[2] != "" && (!ok || len(ep.Ports) == 0) {
-			errs = append(errs, fmt.Errorf("a port rule of endpoint %s, which has none: %s", c[2], l))
+		if ep, ok := m.live[eid]; eid != "" && (!ok || len(ep.Ports) == 0) {
+			errs = append(errs, fmt.Errorf("a port rule of endpoint %s, which has none: %s", eid, l))
 		}
 	}
 	for id := range m.nets {
@@ -275,7 +276,7 @@ func (m *model) check() error {
 // other than the container ends of the model's endpoints, with their
 // configuration and addresses, and the rules that neither jump to nor sit
 // in mynet's chains nor carry its comment.
-func (m *model) notMine() string {
+func (m *expected) notMine() string {
 	links, err := netlink.LinkList()
 	if err != nil {
 		m.t.Fatal(err)
@@ -301,7 +302,7 @@ func (m *model) notMine() string {
 			}
 		}
 	}
-	prefix := strings.TrimSuffix(m.d.fw4.chains.forward, "FORWARD")
+	prefix := strings.TrimSuffix(m.d.fw4.chains.Forward, "FORWARD")
 	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
 		for _, l := range strings.Split(save(m.t, cmd), "\n") {
 			if !strings.Contains(l, prefix) && !strings.Contains(l, `--comment "mynet `) && !strings.Contains(l, "--comment mynet") {

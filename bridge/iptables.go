@@ -2,18 +2,16 @@ package bridge
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil"
 )
 
@@ -48,11 +46,6 @@ func newIPTables(v6 bool) (IPTables, error) {
 	return ipt, nil
 }
 
-const (
-	tableFilter = "filter"
-	tableNAT    = "nat"
-)
-
 // Docker's chains that decide what may enter its own bridges. Egress from a
 // mynet bridge passes through one of them so that a mynet container cannot
 // open connections into a Docker bridge network. 20.10-27.x keep the drops in
@@ -65,42 +58,6 @@ var dockerIsolationChains = []string{"DOCKER-ISOLATION-STAGE-2", "DOCKER-BRIDGE"
 // at the end of DOCKER-USER mynet's verdicts come after the operator's own
 // DOCKER-USER rules and before all of Docker's.
 const dockerUserChain = "DOCKER-USER"
-
-// chainSet names one instance's chains. The default instance gets plain
-// MYNET-* names; another instance (a test, a second plugin) gets a short hash
-// of its name, within iptables' 28-character limit, so neither ever touches
-// the other's rules.
-type chainSet struct {
-	forward, isolation, egress, postrouting, dnat string
-}
-
-func chainsFor(instance string) chainSet {
-	p := "MYNET"
-	if instance != "mynet" {
-		sum := sha256.Sum256([]byte(instance))
-		p = "MYNET-" + hex.EncodeToString(sum[:3])
-	}
-	return chainSet{
-		forward:     p + "-FORWARD",
-		isolation:   p + "-ISOLATION",
-		egress:      p + "-EGRESS",
-		postrouting: p + "-POSTROUTING",
-		dnat:        p + "-DNAT",
-	}
-}
-
-func (c chainSet) all() []string {
-	return []string{c.forward, c.isolation, c.egress, c.postrouting, c.dnat}
-}
-
-// tables lists each chain with its table, in creation order: a chain that
-// jumps to another comes first, so deletion can go in the same order.
-func (c chainSet) tables() []struct{ table, chain string } {
-	return []struct{ table, chain string }{
-		{tableFilter, c.forward}, {tableFilter, c.isolation}, {tableFilter, c.egress},
-		{tableNAT, c.postrouting}, {tableNAT, c.dnat},
-	}
-}
 
 // rule is one iptables rule, defined once and used for both adding and
 // deleting. top rules are inserted at the head of their chain, the rest
@@ -116,14 +73,14 @@ func (r rule) String() string { return r.table + " " + r.chain + " " + strings.J
 // firewall manages one address family's rules.
 type firewall struct {
 	instance string
-	chains   chainSet
+	chains   model.Chains
 	ipt      IPTables
 	v6       bool
 	log      *slog.Logger
 }
 
 func newFirewall(instance string, ipt IPTables, v6 bool, log *slog.Logger) *firewall {
-	return &firewall{instance: instance, chains: chainsFor(instance), ipt: ipt, v6: v6, log: log}
+	return &firewall{instance: instance, chains: model.ChainsFor(instance), ipt: ipt, v6: v6, log: log}
 }
 
 func (f *firewall) family() string {
@@ -132,18 +89,6 @@ func (f *firewall) family() string {
 	}
 	return "iptables"
 }
-
-// comment tags a rule with its network and, for port rules, its endpoint;
-// deletion and orphan removal find rules by it.
-func comment(networkID, endpointID string) []string {
-	c := "mynet net=" + networkID
-	if endpointID != "" {
-		c += " ep=" + endpointID
-	}
-	return []string{"-m", "comment", "--comment", c}
-}
-
-var commentRE = regexp.MustCompile(`--comment "?mynet net=([0-9a-f]+)(?: ep=([0-9a-f]+))?`)
 
 // networkRules is the whole per-network policy of one family; it is empty
 // when the network has no subnet of the family. Drops live in the
@@ -159,33 +104,33 @@ var commentRE = regexp.MustCompile(`--comment "?mynet net=([0-9a-f]+)(?: ep=([0-
 //	nat:       egress is masqueraded to the host's address, and connections
 //	           from the host's loopback to a published port get the
 //	           bridge's address, so replies find their way back.
-func (f *firewall) networkRules(n Network) []rule {
-	subnets := n.subnets(f.v6)
+func (f *firewall) networkRules(n model.Network) []rule {
+	subnets := n.Subnets(f.v6)
 	if len(subnets) == 0 {
 		return nil
 	}
-	c, br := comment(n.ID, ""), n.Bridge
+	c, br := comment(model.RuleComment(n.ID, "")), n.Bridge
 	notReply := []string{"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED"}
 	rules := []rule{
-		{table: tableFilter, chain: f.chains.isolation, args: concat([]string{"!", "-i", br, "-o", br}, notReply, c, []string{"-j", "DROP"})},
-		{table: tableFilter, chain: f.chains.forward, args: concat([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, c, []string{"-j", "ACCEPT"})},
+		{table: model.TableFilter, chain: f.chains.Isolation, args: concat([]string{"!", "-i", br, "-o", br}, notReply, c, []string{"-j", "DROP"})},
+		{table: model.TableFilter, chain: f.chains.Forward, args: concat([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, c, []string{"-j", "ACCEPT"})},
 	}
 	if n.ICC {
-		rules = append(rules, rule{table: tableFilter, chain: f.chains.forward, args: concat([]string{"-i", br, "-o", br}, c, []string{"-j", "ACCEPT"})})
+		rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Forward, args: concat([]string{"-i", br, "-o", br}, c, []string{"-j", "ACCEPT"})})
 	} else {
-		rules = append(rules, rule{table: tableFilter, chain: f.chains.isolation, args: concat([]string{"-i", br, "-o", br}, notReply, c, []string{"-j", "DROP"})})
+		rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Isolation, args: concat([]string{"-i", br, "-o", br}, notReply, c, []string{"-j", "DROP"})})
 	}
 	if n.Internal {
-		return append(rules, rule{table: tableFilter, chain: f.chains.isolation, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", "DROP"})})
+		return append(rules, rule{table: model.TableFilter, chain: f.chains.Isolation, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", "DROP"})})
 	}
-	rules = append(rules, rule{table: tableFilter, chain: f.chains.forward, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", f.chains.egress})})
+	rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Forward, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", f.chains.Egress})})
 	if n.Masquerade {
 		for _, s := range subnets {
-			rules = append(rules, rule{table: tableNAT, chain: f.chains.postrouting, args: concat([]string{"-s", s.Pool.String(), "!", "-o", br}, c, []string{"-j", "MASQUERADE"})})
+			rules = append(rules, rule{table: model.TableNAT, chain: f.chains.Postrouting, args: concat([]string{"-s", s.Pool.String(), "!", "-o", br}, c, []string{"-j", "MASQUERADE"})})
 		}
 	}
 	if !f.v6 {
-		rules = append(rules, rule{table: tableNAT, chain: f.chains.postrouting, args: concat([]string{"-s", "127.0.0.0/8", "-o", br}, c, []string{"-j", "MASQUERADE"})})
+		rules = append(rules, rule{table: model.TableNAT, chain: f.chains.Postrouting, args: concat([]string{"-s", "127.0.0.0/8", "-o", br}, c, []string{"-j", "MASQUERADE"})})
 	}
 	return rules
 }
@@ -194,11 +139,11 @@ func (f *firewall) networkRules(n Network) []rule {
 // jump into the DNAT chain matches local destinations only) and an accept
 // for the translated connections only, ahead of the isolation drops, so a
 // published port does not open the container to direct connections.
-func (f *firewall) portRules(ep Endpoint, m PortMapping) []rule {
+func (f *firewall) portRules(ep model.Endpoint, m model.PortMapping) []rule {
 	if m.ContainerIP.Is6() != f.v6 || (m.HostIP.IsValid() && m.HostIP.Is6() != f.v6) {
 		return nil
 	}
-	c := comment(ep.NetworkID, ep.ID)
+	c := comment(model.RuleComment(ep.NetworkID, ep.ID))
 	proto := []string{"-p", m.Proto, "-m", m.Proto}
 	hostPorts, ctrPorts := portSpec(m.HostPort, m.HostPortEnd, ":"), portSpec(m.Port, m.Port+(m.HostPortEnd-m.HostPort), "-")
 	var dst []string
@@ -211,8 +156,8 @@ func (f *firewall) portRules(ep Endpoint, m PortMapping) []rule {
 	}
 	ctr := netip.PrefixFrom(m.ContainerIP, m.ContainerIP.BitLen()).String()
 	return []rule{
-		{table: tableNAT, chain: f.chains.dnat, args: concat(dst, proto, []string{"--dport", hostPorts}, c, []string{"-j", "DNAT", "--to-destination", to})},
-		{table: tableFilter, chain: f.chains.isolation, top: true, args: concat([]string{"-d", ctr, "-o", ep.Bridge}, proto, []string{"--dport", strings.ReplaceAll(ctrPorts, "-", ":"), "-m", "conntrack", "--ctstate", "DNAT"}, c, []string{"-j", "ACCEPT"})},
+		{table: model.TableNAT, chain: f.chains.DNAT, args: concat(dst, proto, []string{"--dport", hostPorts}, c, []string{"-j", "DNAT", "--to-destination", to})},
+		{table: model.TableFilter, chain: f.chains.Isolation, top: true, args: concat([]string{"-d", ctr, "-o", ep.Bridge}, proto, []string{"--dport", strings.ReplaceAll(ctrPorts, "-", ":"), "-m", "conntrack", "--ctstate", "DNAT"}, c, []string{"-j", "ACCEPT"})},
 	}
 }
 
@@ -226,12 +171,12 @@ func portSpec(first, last uint16, sep string) string {
 // ensureNetwork adds whichever of the network's rules are missing. Each
 // chain, hook and rule it adds goes onto undo, and only those: the caller
 // may be repairing a network whose other rules are live.
-func (f *firewall) ensureNetwork(ctx context.Context, n Network, undo *netutil.Undo) error {
+func (f *firewall) ensureNetwork(ctx context.Context, n model.Network, undo *netutil.Undo) error {
 	rules := f.networkRules(n)
 	if len(rules) == 0 {
 		return nil
 	}
-	what := "network " + netutil.Short(n.ID)
+	what := "network " + model.Short(n.ID)
 	if err := stopped(ctx, f.family()+" chains for "+what); err != nil {
 		return err
 	}
@@ -243,12 +188,12 @@ func (f *firewall) ensureNetwork(ctx context.Context, n Network, undo *netutil.U
 
 // ensurePorts adds the rules of an endpoint's published ports that are
 // missing, and pushes what it adds onto undo.
-func (f *firewall) ensurePorts(ctx context.Context, n Network, ep Endpoint, ports []PortMapping, undo *netutil.Undo) error {
+func (f *firewall) ensurePorts(ctx context.Context, n model.Network, ep model.Endpoint, ports []model.PortMapping, undo *netutil.Undo) error {
 	rules := f.allPortRules(ep, ports)
 	if len(rules) == 0 {
 		return nil
 	}
-	what := "ports of endpoint " + netutil.Short(ep.ID)
+	what := "ports of endpoint " + model.Short(ep.ID)
 	if err := stopped(ctx, f.family()+" chains for "+what); err != nil {
 		return err
 	}
@@ -258,7 +203,7 @@ func (f *firewall) ensurePorts(ctx context.Context, n Network, ep Endpoint, port
 	return f.ensureAll(ctx, rules, what, undo)
 }
 
-func (f *firewall) allPortRules(ep Endpoint, ports []PortMapping) []rule {
+func (f *firewall) allPortRules(ep model.Endpoint, ports []model.PortMapping) []rule {
 	var rules []rule
 	for _, m := range ports {
 		rules = append(rules, f.portRules(ep, m)...)
@@ -292,7 +237,7 @@ func (f *firewall) removeNetwork(id string) error {
 // removePorts deletes the rules of the given ports of one endpoint, one
 // iptables call per rule; leftovers of ports the state lost are orphans
 // that removeOrphans finds by comment.
-func (f *firewall) removePorts(ep Endpoint, ports []PortMapping) error {
+func (f *firewall) removePorts(ep model.Endpoint, ports []model.PortMapping) error {
 	var errs []error
 	for _, r := range f.allPortRules(ep, ports) {
 		err := f.ipt.Delete(r.table, r.chain, r.args...)
@@ -316,34 +261,34 @@ func (f *firewall) removeOrphans(networks, endpoints map[string]bool) error {
 
 func (f *firewall) removeWhere(drop func(networkID, endpointID string) bool) error {
 	networksLeft, chainsFound := 0, false
-	for _, tc := range f.chains.tables() {
-		exists, err := f.ipt.ChainExists(tc.table, tc.chain)
+	for _, tc := range f.chains.Tables() {
+		exists, err := f.ipt.ChainExists(tc.Table, tc.Chain)
 		if err != nil {
-			return fmt.Errorf("check chain %s: %w", tc.chain, err)
+			return fmt.Errorf("check chain %s: %w", tc.Chain, err)
 		}
 		if !exists {
 			continue
 		}
 		chainsFound = true
-		lines, err := f.ipt.List(tc.table, tc.chain)
+		lines, err := f.ipt.List(tc.Table, tc.Chain)
 		if err != nil {
-			return fmt.Errorf("list chain %s: %w", tc.chain, err)
+			return fmt.Errorf("list chain %s: %w", tc.Chain, err)
 		}
 		// lines[0] is the chain's "-N" line, so lines[i] is rule number i.
 		// Delete from the bottom so the numbers above stay valid.
 		for i := len(lines) - 1; i >= 1; i-- {
-			m := commentRE.FindStringSubmatch(lines[i])
-			if m == nil {
+			nid, eid, ok := model.ParseRuleComment(lines[i])
+			if !ok {
 				continue
 			}
-			if !drop(m[1], m[2]) {
-				if m[2] == "" {
+			if !drop(nid, eid) {
+				if eid == "" {
 					networksLeft++
 				}
 				continue
 			}
-			if err := f.ipt.DeleteById(tc.table, tc.chain, i); err != nil {
-				return fmt.Errorf("delete rule %d of %s (%s): %w", i, tc.chain, lines[i], err)
+			if err := f.ipt.DeleteById(tc.Table, tc.Chain, i); err != nil {
+				return fmt.Errorf("delete rule %d of %s (%s): %w", i, tc.Chain, lines[i], err)
 			}
 			f.log.Debug("rule removed", "family", f.family(), "rule", lines[i])
 		}
@@ -357,12 +302,12 @@ func (f *firewall) removeWhere(drop func(networkID, endpointID string) bool) err
 // ensureChains creates mynet's chains and hooks them into the built-in
 // ones, pushing what it creates onto undo.
 func (f *firewall) ensureChains(undo *netutil.Undo) error {
-	for _, tc := range f.chains.tables() {
-		if err := f.ensureChain(tc.table, tc.chain, undo); err != nil {
+	for _, tc := range f.chains.Tables() {
+		if err := f.ensureChain(tc.Table, tc.Chain, undo); err != nil {
 			return err
 		}
 	}
-	if err := f.ensure(rule{table: tableFilter, chain: f.chains.forward, args: []string{"-j", f.chains.isolation}, top: true}, undo); err != nil {
+	if err := f.ensure(rule{table: model.TableFilter, chain: f.chains.Forward, args: []string{"-j", f.chains.Isolation}, top: true}, undo); err != nil {
 		return err
 	}
 	if err := f.ensureEgress(); err != nil {
@@ -376,17 +321,17 @@ func (f *firewall) ensureChains(undo *netutil.Undo) error {
 // for IPv6, ::1 is left out: unlike 127.0.0.1 with route_localnet, it
 // cannot be routed to a bridge.
 func (f *firewall) hooks(forwardFrom string) []rule {
-	c := []string{"-m", "comment", "--comment", "mynet " + f.instance}
+	c := []string{"-m", "comment", "--comment", model.HookComment(f.instance)}
 	local := []string{"-m", "addrtype", "--dst-type", "LOCAL"}
 	output := local
 	if f.v6 {
 		output = concat([]string{"!", "-d", "::1/128"}, local)
 	}
 	return []rule{
-		{table: tableFilter, chain: forwardFrom, args: concat(c, []string{"-j", f.chains.forward})},
-		{table: tableNAT, chain: "POSTROUTING", args: concat(c, []string{"-j", f.chains.postrouting}), top: true},
-		{table: tableNAT, chain: "PREROUTING", args: concat(local, c, []string{"-j", f.chains.dnat}), top: true},
-		{table: tableNAT, chain: "OUTPUT", args: concat(output, c, []string{"-j", f.chains.dnat}), top: true},
+		{table: model.TableFilter, chain: forwardFrom, args: concat(c, []string{"-j", f.chains.Forward})},
+		{table: model.TableNAT, chain: "POSTROUTING", args: concat(c, []string{"-j", f.chains.Postrouting}), top: true},
+		{table: model.TableNAT, chain: "PREROUTING", args: concat(local, c, []string{"-j", f.chains.DNAT}), top: true},
+		{table: model.TableNAT, chain: "OUTPUT", args: concat(output, c, []string{"-j", f.chains.DNAT}), top: true},
 	}
 }
 
@@ -396,7 +341,7 @@ func (f *firewall) hooks(forwardFrom string) []rule {
 // hooks it adds go onto undo; a move is not undone, since the old place is
 // wrong.
 func (f *firewall) ensureHooks(undo *netutil.Undo) error {
-	hasUser, err := f.ipt.ChainExists(tableFilter, dockerUserChain)
+	hasUser, err := f.ipt.ChainExists(model.TableFilter, dockerUserChain)
 	if err != nil {
 		return fmt.Errorf("check chain %s: %w", dockerUserChain, err)
 	}
@@ -435,7 +380,7 @@ func (f *firewall) insertForwardHook(fwd rule, hasUser bool) error {
 	pos := 1
 	if hasUser {
 		// Before DOCKER-USER's closing RETURN, after the operator's rules.
-		lines, err := f.ipt.List(tableFilter, dockerUserChain)
+		lines, err := f.ipt.List(model.TableFilter, dockerUserChain)
 		if err != nil {
 			return fmt.Errorf("list %s: %w", dockerUserChain, err)
 		}
@@ -458,21 +403,21 @@ func (f *firewall) insertForwardHook(fwd rule, hasUser bool) error {
 // undone: the chain goes with its creation's undo, and an existing one
 // held the wrong rules.
 func (f *firewall) ensureEgress() error {
-	want := []string{"-N " + f.chains.egress, "-A " + f.chains.egress + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}
+	want := []string{"-N " + f.chains.Egress, "-A " + f.chains.Egress + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}
 	for _, c := range dockerIsolationChains {
-		ok, err := f.ipt.ChainExists(tableFilter, c)
+		ok, err := f.ipt.ChainExists(model.TableFilter, c)
 		if err != nil {
 			return fmt.Errorf("check chain %s: %w", c, err)
 		}
 		if ok {
-			want = append(want, "-A "+f.chains.egress+" -j "+c)
+			want = append(want, "-A "+f.chains.Egress+" -j "+c)
 			break
 		}
 	}
-	want = append(want, "-A "+f.chains.egress+" -j ACCEPT")
-	have, err := f.ipt.List(tableFilter, f.chains.egress)
+	want = append(want, "-A "+f.chains.Egress+" -j ACCEPT")
+	have, err := f.ipt.List(model.TableFilter, f.chains.Egress)
 	if err != nil {
-		return fmt.Errorf("list chain %s: %w", f.chains.egress, err)
+		return fmt.Errorf("list chain %s: %w", f.chains.Egress, err)
 	}
 	if strings.Join(have, "\n") == strings.Join(want, "\n") {
 		return nil
@@ -480,14 +425,14 @@ func (f *firewall) ensureEgress() error {
 	// Rewrite the chain: it holds two static rules, so rebuilding is
 	// simpler and safer than patching it.
 	for i := len(have) - 1; i >= 1; i-- {
-		if err := f.ipt.DeleteById(tableFilter, f.chains.egress, i); err != nil {
-			return fmt.Errorf("reset chain %s: %w", f.chains.egress, err)
+		if err := f.ipt.DeleteById(model.TableFilter, f.chains.Egress, i); err != nil {
+			return fmt.Errorf("reset chain %s: %w", f.chains.Egress, err)
 		}
 	}
 	for _, l := range want[1:] {
-		args := strings.Fields(strings.TrimPrefix(l, "-A "+f.chains.egress+" "))
-		if err := f.ipt.Append(tableFilter, f.chains.egress, args...); err != nil {
-			return fmt.Errorf("fill chain %s: %w", f.chains.egress, err)
+		args := strings.Fields(strings.TrimPrefix(l, "-A "+f.chains.Egress+" "))
+		if err := f.ipt.Append(model.TableFilter, f.chains.Egress, args...); err != nil {
+			return fmt.Errorf("fill chain %s: %w", f.chains.Egress, err)
 		}
 	}
 	return nil
@@ -512,9 +457,9 @@ func (f *firewall) removeChains() error {
 		}
 	}
 	// In tables() order: a chain that jumps to another is cleared first.
-	for _, tc := range f.chains.tables() {
-		if err := f.ipt.ClearAndDeleteChain(tc.table, tc.chain); err != nil {
-			errs = append(errs, fmt.Errorf("delete chain %s: %w", tc.chain, err))
+	for _, tc := range f.chains.Tables() {
+		if err := f.ipt.ClearAndDeleteChain(tc.Table, tc.Chain); err != nil {
+			errs = append(errs, fmt.Errorf("delete chain %s: %w", tc.Chain, err))
 		}
 	}
 	if len(errs) == 0 {
@@ -585,3 +530,6 @@ func concat(parts ...[]string) []string {
 	}
 	return out
 }
+
+// comment is the match that carries a rule's comment.
+func comment(text string) []string { return []string{"-m", "comment", "--comment", text} }

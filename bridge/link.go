@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil"
 )
 
@@ -20,10 +21,10 @@ import (
 // Equivalent to: ip link add NAME type bridge; ip link set NAME alias TAG mtu MTU up.
 // It reports whether it created the bridge. A link of that name that is not
 // this network's bridge is a conflict: mynet never adopts foreign links.
-func (d *Dataplane) ensureBridge(n Network) (created bool, err error) {
+func (d *Dataplane) ensureBridge(n model.Network) (created bool, err error) {
 	tag := d.tag("net", n.ID)
-	if err := netutil.ValidateIfName(n.Bridge); err != nil {
-		return false, fmt.Errorf("bridge of network %s: %w", netutil.Short(n.ID), err)
+	if err := model.ValidateIfName(n.Bridge); err != nil {
+		return false, fmt.Errorf("bridge of network %s: %w", model.Short(n.ID), err)
 	}
 	l, err := d.nl.LinkByName(n.Bridge)
 	defer func() {
@@ -44,10 +45,10 @@ func (d *Dataplane) ensureBridge(n Network) (created bool, err error) {
 		l, err = d.addLink(newLink{kind: "bridge", name: n.Bridge, mac: mac}, tag)
 		if errors.Is(err, unix.EEXIST) {
 			// Someone made the name meanwhile: not ours, whatever it is.
-			return false, fmt.Errorf("interface %s appeared while creating the bridge of network %s; choose another com.docker.network.bridge.name", n.Bridge, netutil.Short(n.ID))
+			return false, fmt.Errorf("interface %s appeared while creating the bridge of network %s; choose another com.docker.network.bridge.name", n.Bridge, model.Short(n.ID))
 		}
 		if err != nil {
-			return false, fmt.Errorf("create bridge %s for network %s: %w", n.Bridge, netutil.Short(n.ID), err)
+			return false, fmt.Errorf("create bridge %s for network %s: %w", n.Bridge, model.Short(n.ID), err)
 		}
 		created = true
 		d.log.Debug("bridge created", "bridge", n.Bridge, "index", l.Attrs().Index)
@@ -55,7 +56,7 @@ func (d *Dataplane) ensureBridge(n Network) (created bool, err error) {
 		return false, fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
 	}
 	if l.Type() != "bridge" || l.Attrs().Alias != tag {
-		return false, fmt.Errorf("interface %s already exists and is not mynet's bridge for network %s (type %s, alias %q); choose another com.docker.network.bridge.name", n.Bridge, netutil.Short(n.ID), l.Type(), l.Attrs().Alias)
+		return false, fmt.Errorf("interface %s already exists and is not mynet's bridge for network %s (type %s, alias %q); choose another com.docker.network.bridge.name", n.Bridge, model.Short(n.ID), l.Type(), l.Attrs().Alias)
 	}
 	// Set the MTU as a separate request even on a new bridge: only then does
 	// the kernel pin it (BROPT_MTU_SET_BY_USER) instead of following its
@@ -76,7 +77,7 @@ func (d *Dataplane) ensureBridge(n Network) (created bool, err error) {
 // ensureAddrs puts each gateway address on the bridge, and pushes the
 // removal of those that were missing onto undo.
 // Equivalent to: ip addr add GATEWAY/LEN dev BRIDGE.
-func (d *Dataplane) ensureAddrs(n Network, undo *netutil.Undo) error {
+func (d *Dataplane) ensureAddrs(n model.Network, undo *netutil.Undo) error {
 	l, err := d.nl.LinkByName(n.Bridge)
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", n.Bridge, err)
@@ -85,7 +86,7 @@ func (d *Dataplane) ensureAddrs(n Network, undo *netutil.Undo) error {
 	if err != nil {
 		return fmt.Errorf("list addresses of bridge %s: %w", n.Bridge, err)
 	}
-	for _, s := range append(append([]Subnet(nil), n.IPv4...), n.IPv6...) {
+	for _, s := range append(append([]model.Subnet(nil), n.IPv4...), n.IPv6...) {
 		if !s.Gateway.IsValid() {
 			continue
 		}
@@ -115,21 +116,21 @@ func (d *Dataplane) ensureAddrs(n Network, undo *netutil.Undo) error {
 // and up, container end down with the endpoint's MAC.
 // Equivalent to: ip link add HOST mtu MTU master BRIDGE type veth peer name
 // CONTAINER address MAC; ip link set HOST up.
-func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err error) {
+func (d *Dataplane) ensureVeth(ep model.Endpoint) (created bool, bridgeIndex int, err error) {
 	tag := d.tag("ep", ep.ID)
 	for _, name := range []string{ep.HostVeth, ep.ContainerVeth} {
-		if err := netutil.ValidateIfName(name); err != nil {
-			return false, 0, fmt.Errorf("veth of endpoint %s: %w", netutil.Short(ep.ID), err)
+		if err := model.ValidateIfName(name); err != nil {
+			return false, 0, fmt.Errorf("veth of endpoint %s: %w", model.Short(ep.ID), err)
 		}
 	}
 	br, err := d.nl.LinkByName(ep.Bridge)
 	if err != nil {
-		return false, 0, fmt.Errorf("look up bridge %s for endpoint %s: %w", ep.Bridge, netutil.Short(ep.ID), err)
+		return false, 0, fmt.Errorf("look up bridge %s for endpoint %s: %w", ep.Bridge, model.Short(ep.ID), err)
 	}
 	// A port changes its bridge (its MAC, its forwarding): never add one
 	// to a bridge that is not this network's.
 	if br.Type() != "bridge" || br.Attrs().Alias != d.tag("net", ep.NetworkID) {
-		return false, 0, fmt.Errorf("interface %s is not mynet's bridge for network %s (type %s, alias %q); endpoint %s cannot be attached to it", ep.Bridge, netutil.Short(ep.NetworkID), br.Type(), br.Attrs().Alias, netutil.Short(ep.ID))
+		return false, 0, fmt.Errorf("interface %s is not mynet's bridge for network %s (type %s, alias %q); endpoint %s cannot be attached to it", ep.Bridge, model.Short(ep.NetworkID), br.Type(), br.Attrs().Alias, model.Short(ep.ID))
 	}
 	l, err := d.nl.LinkByName(ep.HostVeth)
 	if err == nil && d.reaper.doomed(l.Attrs().Index) {
@@ -140,7 +141,7 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 		// container end may still be in a sandbox being torn down; the
 		// pair goes as a whole either way.
 		if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
-			return false, 0, fmt.Errorf("delete veth %s of the deleted endpoint %s before creating it again: %w", ep.HostVeth, netutil.Short(ep.ID), err)
+			return false, 0, fmt.Errorf("delete veth %s of the deleted endpoint %s before creating it again: %w", ep.HostVeth, model.Short(ep.ID), err)
 		}
 		d.log.Debug("veth of a deleted endpoint deleted before its reuse", "veth", ep.HostVeth)
 		l, err = nil, netlink.LinkNotFoundError{}
@@ -172,10 +173,10 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 			l, err = d.addLink(veth, tag)
 		}
 		if errors.Is(err, unix.EEXIST) {
-			return false, 0, fmt.Errorf("interface %s or %s appeared while creating the veth of endpoint %s on network %s", ep.HostVeth, ep.ContainerVeth, netutil.Short(ep.ID), netutil.Short(ep.NetworkID))
+			return false, 0, fmt.Errorf("interface %s or %s appeared while creating the veth of endpoint %s on network %s", ep.HostVeth, ep.ContainerVeth, model.Short(ep.ID), model.Short(ep.NetworkID))
 		}
 		if err != nil {
-			return false, 0, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, netutil.Short(ep.ID), netutil.Short(ep.NetworkID), err)
+			return false, 0, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, model.Short(ep.ID), model.Short(ep.NetworkID), err)
 		}
 		created = true
 		d.log.Debug("veth created", "veth", ep.HostVeth, "peer", ep.ContainerVeth, "index", l.Attrs().Index)
@@ -183,7 +184,7 @@ func (d *Dataplane) ensureVeth(ep Endpoint) (created bool, bridgeIndex int, err 
 		return false, 0, fmt.Errorf("look up veth %s: %w", ep.HostVeth, err)
 	}
 	if l.Type() != "veth" || l.Attrs().Alias != tag {
-		return false, 0, fmt.Errorf("interface %s already exists and is not mynet's veth for endpoint %s (type %s, alias %q)", ep.HostVeth, netutil.Short(ep.ID), l.Type(), l.Attrs().Alias)
+		return false, 0, fmt.Errorf("interface %s already exists and is not mynet's veth for endpoint %s (type %s, alias %q)", ep.HostVeth, model.Short(ep.ID), l.Type(), l.Attrs().Alias)
 	}
 	if l.Attrs().MasterIndex != br.Attrs().Index {
 		if err := d.nl.LinkSetMasterByIndex(l, br.Attrs().Index); err != nil {
@@ -259,7 +260,7 @@ func (d *Dataplane) addLink(spec newLink, tag string) (netlink.Link, error) {
 // index. It asks the kernel to echo the link it made (NLM_F_ECHO, honoured
 // for links since Linux 6.3), so the link is identified by what the kernel
 // did, not by the name asked for. Older kernels send no echo; the link is
-// then looked up by name, which names that passed netutil.ValidateIfName
+// then looked up by name, which names that passed model.ValidateIfName
 // (no '%') keep.
 func (d *Dataplane) createLink(spec newLink) (int, error) {
 	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK|unix.NLM_F_ECHO)

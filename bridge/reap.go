@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	mnl "github.com/mdlayher/netlink"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -186,7 +187,7 @@ func (r *reaper) deleteGroup() error {
 
 // queueVeth queues the endpoint's host veth for the janitor, if it exists
 // and is the endpoint's.
-func (d *Dataplane) queueVeth(ep Endpoint) error {
+func (d *Dataplane) queueVeth(ep model.Endpoint) error {
 	tag := d.tag("ep", ep.ID)
 	l, err := d.nl.LinkByName(ep.HostVeth)
 	if isNotFound(err) {

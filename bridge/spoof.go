@@ -56,9 +56,7 @@ package bridge
 // start and stop on the benchmark VM.
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -72,9 +70,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
+	"github.com/mynet/mynet/internal/model"
 	"golang.org/x/sys/unix"
-
-	"github.com/mynet/mynet/netutil"
 )
 
 const (
@@ -147,20 +144,9 @@ func (d *Dataplane) lockNFT() (*nftables.Conn, error) {
 	return d.nft.conn, d.nft.err
 }
 
-// SpoofTableName is the nftables bridge table of an instance: "mynet" for
-// the default one, "mynet_<6 hex of sha256(instance)>" for any other,
-// mirroring the iptables chain names.
-func SpoofTableName(instance string) string {
-	if instance == "mynet" {
-		return "mynet"
-	}
-	sum := sha256.Sum256([]byte(instance))
-	return "mynet_" + hex.EncodeToString(sum[:3])
-}
-
 // SpoofTable names this instance's anti-spoofing table (family bridge),
 // for operators and tests: nft list table bridge NAME.
-func (d *Dataplane) SpoofTable() string { return SpoofTableName(d.instance) }
+func (d *Dataplane) SpoofTable() string { return model.SpoofTableName(d.instance) }
 
 // spoofObjects are the table's objects as Go values; names are all that
 // identify them in the kernel.
@@ -223,7 +209,7 @@ func newSpoofState() spoofState {
 }
 
 // spoofWant is what the sets must hold for ep.
-func spoofWant(ep Endpoint) spoofElems {
+func spoofWant(ep model.Endpoint) spoofElems {
 	w := spoofElems{mac: net.HardwareAddr(ep.MAC).String()}
 	for _, a := range ep.Addresses {
 		if a = a.Unmap(); a.Is4() {
@@ -243,14 +229,14 @@ func spoofWant(ep Endpoint) spoofElems {
 // its sets and its rules when missing or outdated, and changes nothing
 // when the endpoint's elements are already those it would write. One
 // atomic batch: on error nothing changed. RemoveSpoofCheck undoes it.
-func (d *Dataplane) EnsureSpoofCheck(ep Endpoint) error {
+func (d *Dataplane) EnsureSpoofCheck(ep model.Endpoint) error {
 	_, err := d.ensureSpoofCheck(ep)
 	return err
 }
 
 // ensureSpoofCheck is EnsureSpoofCheck; it reports whether it put the veth
 // under the filter, which it was not before (its undo is RemoveSpoofCheck).
-func (d *Dataplane) ensureSpoofCheck(ep Endpoint) (added bool, err error) {
+func (d *Dataplane) ensureSpoofCheck(ep model.Endpoint) (added bool, err error) {
 	if err := spoofCheckInputs(ep); err != nil {
 		return false, err
 	}
@@ -306,14 +292,14 @@ func (d *Dataplane) ensureSpoofCheck(ep Endpoint) (added bool, err error) {
 		if !cur.exists && (errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPROTONOSUPPORT)) {
 			hint = " (anti-spoofing needs nf_tables with the bridge family, CONFIG_NF_TABLES_BRIDGE; it can be turned off per network)"
 		}
-		return false, fmt.Errorf("anti-spoofing rules for endpoint %s (veth %s) in nftables table bridge %s: %w%s", netutil.Short(ep.ID), ep.HostVeth, o.table.Name, err, hint)
+		return false, fmt.Errorf("anti-spoofing rules for endpoint %s (veth %s) in nftables table bridge %s: %w%s", model.Short(ep.ID), ep.HostVeth, o.table.Name, err, hint)
 	}
 	// cur may be the cached state itself: update it in place.
 	cur.exists, cur.comments = true, comments
 	cur.veths[ep.HostVeth] = want
 	delete(cur.strays, ep.HostVeth)
 	d.storeSpoofState(cur, gen)
-	d.log.Debug("anti-spoofing elements written", "endpoint_id", netutil.Short(ep.ID), "veth", ep.HostVeth, "table", o.table.Name)
+	d.log.Debug("anti-spoofing elements written", "endpoint_id", model.Short(ep.ID), "veth", ep.HostVeth, "table", o.table.Name)
 	return !filtered, nil
 }
 
@@ -383,7 +369,7 @@ func spoofKeys(veth string, e, minus spoofElems) map[string][][]byte {
 // period (13 ms on the benchmark VM), which every container start and stop
 // paid while the network had one container. DeleteNetwork and the orphan
 // sweep remove an empty table.
-func (d *Dataplane) RemoveSpoofCheck(ep Endpoint) error {
+func (d *Dataplane) RemoveSpoofCheck(ep model.Endpoint) error {
 	return d.removeSpoof(func(veth string) bool { return veth == ep.HostVeth }, false)
 }
 
@@ -394,7 +380,7 @@ func (d *Dataplane) RemoveSpoofCheck(ep Endpoint) error {
 func (d *Dataplane) removeSpoofOrphans(endpoints map[string]bool, dropEmptyTable bool) error {
 	keep := map[string]bool{}
 	for id := range endpoints {
-		host, _ := VethNames(id)
+		host, _ := model.VethNames(id)
 		keep[host] = true
 	}
 	return d.removeSpoof(func(veth string) bool { return !keep[veth] }, dropEmptyTable)
@@ -581,11 +567,11 @@ func (d *Dataplane) readSpoofTable(c *nftables.Conn, o spoofObjects) (spoofState
 		return st.strays[veth], func(e spoofElems) { st.strays[veth] = e }
 	}
 	for _, e := range elems[setMACs] {
-		if len(e.Key) < netutil.IFNAMSIZ+6 {
+		if len(e.Key) < model.IFNAMSIZ+6 {
 			continue
 		}
 		cur, put := entry(ifname(e.Key))
-		cur.mac = net.HardwareAddr(e.Key[netutil.IFNAMSIZ : netutil.IFNAMSIZ+6]).String()
+		cur.mac = net.HardwareAddr(e.Key[model.IFNAMSIZ : model.IFNAMSIZ+6]).String()
 		put(cur)
 	}
 	for _, fam := range []struct {
@@ -593,10 +579,10 @@ func (d *Dataplane) readSpoofTable(c *nftables.Conn, o spoofObjects) (spoofState
 		n   int
 	}{{setIPv4, 4}, {setIPv6, 16}} {
 		for _, e := range elems[fam.set] {
-			if len(e.Key) < netutil.IFNAMSIZ+fam.n {
+			if len(e.Key) < model.IFNAMSIZ+fam.n {
 				continue
 			}
-			a, _ := netip.AddrFromSlice(e.Key[netutil.IFNAMSIZ : netutil.IFNAMSIZ+fam.n])
+			a, _ := netip.AddrFromSlice(e.Key[model.IFNAMSIZ : model.IFNAMSIZ+fam.n])
 			cur, put := entry(ifname(e.Key))
 			if fam.n == 4 {
 				cur.ipv4 = append(cur.ipv4, a.String())
@@ -613,7 +599,7 @@ func (d *Dataplane) readSpoofTable(c *nftables.Conn, o spoofObjects) (spoofState
 
 // ifname is the interface name at the start of a set key.
 func ifname(key []byte) string {
-	n := min(len(key), netutil.IFNAMSIZ)
+	n := min(len(key), model.IFNAMSIZ)
 	if i := slices.Index(key[:n], 0); i >= 0 {
 		n = i
 	}
@@ -696,7 +682,7 @@ func spoofComment(s string) []byte { return userdata.AppendString(nil, userdata.
 // spoofIfnameKey is an interface name as nftables compares it: IFNAMSIZ bytes,
 // NUL-padded, what "meta iifname" loads.
 func spoofIfnameKey(name string) []byte {
-	k := make([]byte, netutil.IFNAMSIZ)
+	k := make([]byte, model.IFNAMSIZ)
 	copy(k, name)
 	return k
 }
@@ -793,19 +779,19 @@ func spAccept(matches ...[]expr.Any) []expr.Any {
 }
 
 // spoofCheckInputs refuses an endpoint the filter cannot describe.
-func spoofCheckInputs(ep Endpoint) error {
-	if err := netutil.ValidateIfName(ep.HostVeth); err != nil {
-		return fmt.Errorf("anti-spoofing for endpoint %s: %w", netutil.Short(ep.ID), err)
+func spoofCheckInputs(ep model.Endpoint) error {
+	if err := model.ValidateIfName(ep.HostVeth); err != nil {
+		return fmt.Errorf("anti-spoofing for endpoint %s: %w", model.Short(ep.ID), err)
 	}
 	if len(ep.ID) < 12 {
 		return fmt.Errorf("anti-spoofing: endpoint ID %q is too short", ep.ID)
 	}
 	if len(ep.MAC) != 6 || ep.MAC[0]&1 != 0 {
-		return fmt.Errorf("anti-spoofing for endpoint %s: MAC %q is not a unicast Ethernet address", netutil.Short(ep.ID), ep.MAC)
+		return fmt.Errorf("anti-spoofing for endpoint %s: MAC %q is not a unicast Ethernet address", model.Short(ep.ID), ep.MAC)
 	}
 	for _, a := range ep.Addresses {
 		if a = a.Unmap(); !a.IsValid() || a.IsUnspecified() {
-			return fmt.Errorf("anti-spoofing for endpoint %s: address %v is not a usable container address", netutil.Short(ep.ID), a)
+			return fmt.Errorf("anti-spoofing for endpoint %s: address %v is not a usable container address", model.Short(ep.ID), a)
 		}
 	}
 	return nil

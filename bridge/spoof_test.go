@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil/failpoint"
 )
 
@@ -30,7 +31,7 @@ const (
 )
 
 // spoofEndpoint is testEndpoint with its own MAC and addresses.
-func spoofEndpoint(n Network, id string, mac string, addrs ...string) Endpoint {
+func spoofEndpoint(n model.Network, id string, mac string, addrs ...string) model.Endpoint {
 	ep := testEndpoint(n, id)
 	ep.MAC, _ = net.ParseMAC(mac)
 	for _, a := range addrs {
@@ -153,8 +154,8 @@ func TestSpoofCheckLifecycle(t *testing.T) {
 		ep1 := spoofEndpoint(n, eid1, "02:00:00:00:00:01", "10.1.0.2", "fd00:1::2")
 		ep2 := spoofEndpoint(n, eid2, "02:00:00:00:00:02", "10.1.0.3")
 		table := d.SpoofTable()
-		if table != "mynet_"+table[len("mynet_"):] || len(table) != len("mynet_")+6 || SpoofTableName("mynet") != "mynet" {
-			t.Fatalf("table name %q (instance mynet-test), %q (instance mynet)", table, SpoofTableName("mynet"))
+		if table != "mynet_"+table[len("mynet_"):] || len(table) != len("mynet_")+6 || model.SpoofTableName("mynet") != "mynet" {
+			t.Fatalf("table name %q (instance mynet-test), %q (instance mynet)", table, model.SpoofTableName("mynet"))
 		}
 		if got := nftDump(t, table); got != "" {
 			t.Fatalf("table exists before any endpoint:\n%s", got)
@@ -241,13 +242,13 @@ func TestSpoofCheckLifecycle(t *testing.T) {
 func TestSpoofCheckInvalid(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
-		for name, modify := range map[string]func(*Endpoint){
-			"no MAC":        func(e *Endpoint) { e.MAC = nil },
-			"multicast MAC": func(e *Endpoint) { e.MAC = net.HardwareAddr{1, 0, 0x5e, 0, 0, 1} },
-			"veth name":     func(e *Endpoint) { e.HostVeth = "bad+" },
-			"no address":    func(e *Endpoint) { e.Addresses = []netip.Addr{{}} },
-			"0.0.0.0":       func(e *Endpoint) { e.Addresses = []netip.Addr{netip.IPv4Unspecified()} },
-			"short ID":      func(e *Endpoint) { e.ID = "abc" },
+		for name, modify := range map[string]func(*model.Endpoint){
+			"no MAC":        func(e *model.Endpoint) { e.MAC = nil },
+			"multicast MAC": func(e *model.Endpoint) { e.MAC = net.HardwareAddr{1, 0, 0x5e, 0, 0, 1} },
+			"veth name":     func(e *model.Endpoint) { e.HostVeth = "bad+" },
+			"no address":    func(e *model.Endpoint) { e.Addresses = []netip.Addr{{}} },
+			"0.0.0.0":       func(e *model.Endpoint) { e.Addresses = []netip.Addr{netip.IPv4Unspecified()} },
+			"short ID":      func(e *model.Endpoint) { e.ID = "abc" },
 		} {
 			ep := spoofEndpoint(n, eid1, "02:00:00:00:00:01", "10.1.0.2")
 			modify(&ep)
@@ -264,7 +265,7 @@ func TestSpoofCheckInvalid(t *testing.T) {
 func TestSpoofOrphans(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
-		eps := []Endpoint{
+		eps := []model.Endpoint{
 			spoofEndpoint(n, eid1, "02:00:00:00:00:01", "10.1.0.2"),
 			spoofEndpoint(n, eid2, "02:00:00:00:00:02", "10.1.0.3"),
 			spoofEndpoint(n, eid3, "02:00:00:00:00:03", "10.1.0.4"),
@@ -289,7 +290,7 @@ func TestSpoofOrphans(t *testing.T) {
 		}
 		got := nftDump(t, d.SpoofTable())
 		for id, want := range map[string]bool{eid1: true, eid2: false, eid3: false} {
-			veth, _ := VethNames(id)
+			veth, _ := model.VethNames(id)
 			if strings.Contains(got, veth) != want {
 				t.Errorf("endpoint %s: elements present = %v, want %v", id[:12], !want, want)
 			}
@@ -341,7 +342,7 @@ func TestFailedEnsureEndpointKeepsFilter(t *testing.T) {
 		if err := failpoint.Enable("bridge.endpoint.filter=error"); err != nil {
 			t.Fatal(err)
 		}
-		for _, ep := range []Endpoint{live, fresh} {
+		for _, ep := range []model.Endpoint{live, fresh} {
 			if err := d.EnsureEndpoint(ctx, ep); err == nil || !strings.Contains(err.Error(), "injected failure") {
 				t.Fatalf("EnsureEndpoint(%s) = %v, want the injected failure", ep.HostVeth, err)
 			}
@@ -365,7 +366,7 @@ func TestFailedEnsureEndpointKeepsFilter(t *testing.T) {
 func TestSpoofRepair(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
-		eps := []Endpoint{
+		eps := []model.Endpoint{
 			spoofEndpoint(n, eid1, "02:00:00:00:00:01", "10.1.0.2"),
 			spoofEndpoint(n, eid2, "02:00:00:00:00:02", "10.1.0.3"),
 		}
@@ -502,7 +503,7 @@ func TestSpoofTraffic(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		ctx := context.Background()
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
-		n.IPv6 = []Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
+		n.IPv6 = []model.Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
 		if err := d.EnsureNetwork(ctx, n); err != nil {
 			t.Fatal(err)
 		}
@@ -510,7 +511,7 @@ func TestSpoofTraffic(t *testing.T) {
 		attacker := spoofEndpoint(n, eid2, "02:00:00:00:00:0b", "10.1.0.11", "fd00:1::11")
 		vNS := plugContainer(t, d, victim)
 		aNS := plugContainer(t, d, attacker)
-		for _, ep := range []Endpoint{victim, attacker} {
+		for _, ep := range []model.Endpoint{victim, attacker} {
 			if err := d.EnsureSpoofCheck(ep); err != nil {
 				t.Fatal(err)
 			}
@@ -726,7 +727,7 @@ func TestSpoofTraffic(t *testing.T) {
 		}
 		round(false)
 
-		for _, ep := range []Endpoint{victim, attacker} {
+		for _, ep := range []model.Endpoint{victim, attacker} {
 			if err := d.RemoveSpoofCheck(ep); err != nil {
 				t.Fatal(err)
 			}
@@ -746,7 +747,7 @@ func TestSpoofTraffic(t *testing.T) {
 // plugContainer creates the endpoint's veth pair and moves its container
 // end into a new network namespace as eth0 with the endpoint's addresses,
 // the way the engine does. The namespace dies with the test.
-func plugContainer(t *testing.T, d *Dataplane, ep Endpoint) netns.NsHandle {
+func plugContainer(t *testing.T, d *Dataplane, ep model.Endpoint) netns.NsHandle {
 	t.Helper()
 	if err := d.EnsureEndpoint(context.Background(), ep); err != nil {
 		t.Fatal(err)

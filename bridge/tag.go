@@ -2,63 +2,18 @@ package bridge
 
 import (
 	"fmt"
-	"strings"
+
+	"github.com/mynet/mynet/internal/model"
 )
-
-// Tag is the ownership mark in the alias of every link mynet creates:
-//
-//	mynet:<instance>:<generation>:net:<network ID>   (a bridge)
-//	mynet:<instance>:<generation>:ep:<endpoint ID>   (a host veth)
-//
-// The instance is the plugin's --name; the generation is the random ID of
-// the state file the link was created under (state.Store.Generation). A
-// link of this instance with another generation belongs to a state file
-// that was lost, moved aside or replaced: it may carry a running
-// container's traffic, so it is never deleted as an orphan nor adopted
-// without the operator's word (serve --discard-orphans).
-//
-// The previous release wrote mynet:<instance>:<kind>:<ID>, which parses
-// with an empty Generation. Instance names cannot contain ':', so the
-// number of fields tells the two formats apart.
-type Tag struct {
-	Instance, Generation, Kind, ID string
-}
-
-// Tag kinds.
-const (
-	KindNetwork  = "net"
-	KindEndpoint = "ep"
-)
-
-func (t Tag) String() string {
-	if t.Generation == "" {
-		return "mynet:" + t.Instance + ":" + t.Kind + ":" + t.ID
-	}
-	return "mynet:" + t.Instance + ":" + t.Generation + ":" + t.Kind + ":" + t.ID
-}
-
-// ParseTag parses a link alias; ok is false for anything but a mynet tag.
-func ParseTag(alias string) (t Tag, ok bool) {
-	f := strings.Split(alias, ":")
-	switch {
-	case len(f) == 4 && f[0] == "mynet":
-		t = Tag{Instance: f[1], Kind: f[2], ID: f[3]}
-	case len(f) == 5 && f[0] == "mynet" && f[2] != "":
-		t = Tag{Instance: f[1], Generation: f[2], Kind: f[3], ID: f[4]}
-	default:
-		return Tag{}, false
-	}
-	return t, t.Instance != "" && t.ID != "" && (t.Kind == KindNetwork || t.Kind == KindEndpoint)
-}
 
 func (d *Dataplane) tag(kind, id string) string {
-	return Tag{Instance: d.instance, Generation: d.generation, Kind: kind, ID: id}.String()
+	return model.Tag{Instance: d.instance, Generation: d.generation, Kind: kind, ID: id}.String()
 }
 
 // parseTag accepts only the tags of this instance and generation: the
 // objects this state created, the only ones it may delete as orphans.
 func (d *Dataplane) parseTag(alias string) (kind, id string, ok bool) {
-	t, ok := ParseTag(alias)
+	t, ok := model.ParseTag(alias)
 	if !ok || t.Instance != d.instance || t.Generation != d.generation {
 		return "", "", false
 	}
@@ -68,7 +23,7 @@ func (d *Dataplane) parseTag(alias string) (kind, id string, ok bool) {
 // TaggedLink is a link tagged by this instance, of any generation.
 type TaggedLink struct {
 	Name string
-	Tag  Tag
+	Tag  model.Tag
 }
 
 // TaggedLinks lists the links tagged by this instance, whatever their
@@ -80,7 +35,7 @@ func (d *Dataplane) TaggedLinks() ([]TaggedLink, error) {
 	}
 	var out []TaggedLink
 	for _, l := range links {
-		if t, ok := ParseTag(l.Attrs().Alias); ok && t.Instance == d.instance {
+		if t, ok := model.ParseTag(l.Attrs().Alias); ok && t.Instance == d.instance {
 			out = append(out, TaggedLink{Name: l.Attrs().Name, Tag: t})
 		}
 	}
@@ -92,7 +47,7 @@ func (d *Dataplane) Generation() string { return d.generation }
 
 // Retag gives a link of this instance the current generation, if it still
 // carries the tag old. Equivalent to: ip link set NAME alias TAG.
-func (d *Dataplane) Retag(name string, old Tag) error {
+func (d *Dataplane) Retag(name string, old model.Tag) error {
 	l, err := d.nl.LinkByName(name)
 	if isNotFound(err) {
 		return nil
@@ -112,7 +67,7 @@ func (d *Dataplane) Retag(name string, old Tag) error {
 
 // RemoveTagged deletes a link if it still carries tag t, whatever its
 // generation: the operator's discard of another state's objects.
-func (d *Dataplane) RemoveTagged(name string, t Tag) error {
+func (d *Dataplane) RemoveTagged(name string, t model.Tag) error {
 	return d.removeOwnedLink(name, t.String())
 }
 
@@ -122,20 +77,20 @@ func (d *Dataplane) RemoveTagged(name string, t Tag) error {
 // another state's.
 func (d *Dataplane) HasRules() (bool, error) {
 	for _, f := range d.firewalls() {
-		for _, tc := range f.chains.tables() {
-			exists, err := f.ipt.ChainExists(tc.table, tc.chain)
+		for _, tc := range f.chains.Tables() {
+			exists, err := f.ipt.ChainExists(tc.Table, tc.Chain)
 			if err != nil {
-				return false, fmt.Errorf("check chain %s: %w", tc.chain, err)
+				return false, fmt.Errorf("check chain %s: %w", tc.Chain, err)
 			}
 			if !exists {
 				continue
 			}
-			lines, err := f.ipt.List(tc.table, tc.chain)
+			lines, err := f.ipt.List(tc.Table, tc.Chain)
 			if err != nil {
-				return false, fmt.Errorf("list chain %s: %w", tc.chain, err)
+				return false, fmt.Errorf("list chain %s: %w", tc.Chain, err)
 			}
 			for _, l := range lines {
-				if commentRE.MatchString(l) {
+				if _, _, ok := model.ParseRuleComment(l); ok {
 					return true, nil
 				}
 			}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 )
 
 // leakGrace is how long cleanup may take to settle: the kernel destroys a
@@ -84,7 +84,7 @@ var chainCounters = regexp.MustCompile(` \[\d+:\d+\]$`)
 // another --name. Its links and rules are not the suite plugin's, and their
 // coming and going during a scenario is no leak. The suite's plugin tags its
 // links with the alias mynet:<name>:..., and each of its rules is in one of
-// its own chains (bridge.InstanceChains) or jumps to one.
+// its own chains (model.ChainsFor) or jumps to one.
 
 // foreignLink reports whether an `ip -o link` line is a link of another
 // mynet instance. Links without a mynet alias count as the suite's.
@@ -119,7 +119,7 @@ func mynetRules(tool, out string) ([]string, error) {
 	var rules, own []string
 	comment := ""
 	if env.plugin != nil {
-		filter, nat := bridge.InstanceChains(env.plugin.name)
+		filter, nat := model.ChainsFor(env.plugin.name).ByTable()
 		own, comment = append(filter, nat...), `"mynet `+env.plugin.name+`"`
 	}
 	table := ""

@@ -288,7 +288,7 @@ func fdbPort(t *testing.T, br, mac string) string {
 }
 
 // spoofTable is the plugin's nftables table (family bridge), named as
-// bridge.SpoofTableName names it.
+// model.SpoofTableName names it.
 func spoofTable() string {
 	if env.plugin.name == "mynet" {
 		return "mynet"

@@ -28,7 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
 
@@ -221,10 +221,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		perNet[e.NetworkID]++
 	}
 	for _, n := range snap.Networks {
-		ch <- prometheus.MustNewConstMetric(descNetworkEndpoints, prometheus.GaugeValue, float64(perNet[n.ID]), netutil.Short(n.ID), n.Bridge)
+		ch <- prometheus.MustNewConstMetric(descNetworkEndpoints, prometheus.GaugeValue, float64(perNet[n.ID]), model.Short(n.ID), n.Bridge)
 	}
 	for _, p := range snap.Pools {
-		nid := netutil.Short(p.NetworkID)
+		nid := model.Short(p.NetworkID)
 		ch <- prometheus.MustNewConstMetric(descPoolInUse, prometheus.GaugeValue, float64(len(p.Addrs)), p.ID, nid)
 		if size, ok := poolSize(p); ok {
 			ch <- prometheus.MustNewConstMetric(descPoolSize, prometheus.GaugeValue, size, p.ID, nid)

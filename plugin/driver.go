@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/ipam"
-	"github.com/mynet/mynet/netutil"
 	"github.com/mynet/mynet/state"
 )
 
@@ -29,14 +29,14 @@ import (
 // Every Delete undoes the matching Ensure and succeeds when the objects are
 // already gone.
 type Dataplane interface {
-	EnsureNetwork(context.Context, bridge.Network) error
-	DeleteNetwork(context.Context, bridge.Network) error
-	EnsureEndpoint(context.Context, bridge.Endpoint) error
-	DeleteEndpoint(context.Context, bridge.Endpoint) error
+	EnsureNetwork(context.Context, model.Network) error
+	DeleteNetwork(context.Context, model.Network) error
+	EnsureEndpoint(context.Context, model.Endpoint) error
+	DeleteEndpoint(context.Context, model.Endpoint) error
 	// EndpointExists reports whether an endpoint's host veth is present;
 	// LiveEndpoints returns the IDs of all endpoints whose veth is, from
 	// one listing of the links.
-	EndpointExists(bridge.Endpoint) (bool, error)
+	EndpointExists(model.Endpoint) (bool, error)
 	LiveEndpoints() (map[string]bool, error)
 	// Sync waits for the cleanups the dataplane deferred so far (a deleted
 	// endpoint's veth goes after DeleteEndpoint has answered).
@@ -51,8 +51,8 @@ type Dataplane interface {
 	// HostPrefixes are subnets in use on the host, for choosing pools.
 	HostPrefixes(v6 bool) ([]netip.Prefix, error)
 	// EnsurePorts publishes ports of an endpoint; RemovePorts undoes it.
-	EnsurePorts(context.Context, bridge.Network, bridge.Endpoint, []bridge.PortMapping) error
-	RemovePorts(context.Context, bridge.Endpoint, []bridge.PortMapping) error
+	EnsurePorts(context.Context, model.Network, model.Endpoint, []model.PortMapping) error
+	RemovePorts(context.Context, model.Endpoint, []model.PortMapping) error
 	// ProbePort fails when a host process holds the port; EphemeralPorts
 	// is the host's range for ports chosen automatically.
 	ProbePort(proto string, ip netip.Addr, port uint16) error
@@ -265,7 +265,7 @@ type Dump struct {
 	Endpoints []state.Endpoint
 	Pools     []state.Pool
 
-	// Generation is in the tags of the links of this state (bridge.Tag).
+	// Generation is in the tags of the links of this state (model.Tag).
 	Generation string `json:",omitempty"`
 }
 
@@ -324,7 +324,7 @@ func (d *Driver) RestoreSnapshot(ctx context.Context, snap state.Snapshot) error
 	for i := range snap.Networks {
 		n := snap.Networks[i]
 		if n.Pending {
-			d.log.Info("undoing network creation interrupted by a crash", "network_id", netutil.Short(n.ID))
+			d.log.Info("undoing network creation interrupted by a crash", "network_id", model.Short(n.ID))
 			errs = append(errs, d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(&n)), d.cfg.Store.DeleteNetwork(n.ID))
 			continue
 		}
@@ -335,7 +335,7 @@ func (d *Driver) RestoreSnapshot(ctx context.Context, snap state.Snapshot) error
 	for i := range snap.Endpoints {
 		e := snap.Endpoints[i]
 		if n := d.networks[e.NetworkID]; e.Pending && n != nil {
-			d.log.Info("undoing endpoint creation interrupted by a crash", "endpoint_id", netutil.Short(e.ID))
+			d.log.Info("undoing endpoint creation interrupted by a crash", "endpoint_id", model.Short(e.ID))
 			errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, &e)), d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID))
 			continue
 		}
@@ -388,17 +388,17 @@ func (d *Driver) restorePool(rec state.Pool) error {
 	return nil
 }
 
-func toBridgeNetwork(n *state.Network) bridge.Network {
-	return bridge.Network{
+func toBridgeNetwork(n *state.Network) model.Network {
+	return model.Network{
 		ID: n.ID, Bridge: n.Bridge, MTU: n.MTU, IPv4: toBridgeSubnets(n.IPv4), IPv6: toBridgeSubnets(n.IPv6),
 		ICC: n.ICC, Masquerade: n.Masquerade, Internal: n.Internal,
 	}
 }
 
-func toBridgeSubnets(in []state.Subnet) []bridge.Subnet {
-	out := make([]bridge.Subnet, 0, len(in))
+func toBridgeSubnets(in []state.Subnet) []model.Subnet {
+	out := make([]model.Subnet, 0, len(in))
 	for _, s := range in {
-		var bs bridge.Subnet
+		var bs model.Subnet
 		bs.Pool, _ = netip.ParsePrefix(s.Pool)
 		bs.Gateway, _ = netip.ParsePrefix(s.Gateway)
 		out = append(out, bs)
@@ -406,9 +406,9 @@ func toBridgeSubnets(in []state.Subnet) []bridge.Subnet {
 	return out
 }
 
-func toBridgeEndpoint(n *state.Network, e *state.Endpoint) bridge.Endpoint {
+func toBridgeEndpoint(n *state.Network, e *state.Endpoint) model.Endpoint {
 	mac, _ := parseMAC(e.MAC)
-	ep := bridge.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU, Ports: toBridgePorts(e.Ports), AntiSpoofing: !n.SpoofingAllowed}
+	ep := model.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU, Ports: toBridgePorts(e.Ports), AntiSpoofing: !n.SpoofingAllowed}
 	for _, a := range []string{e.IPv4, e.IPv6} {
 		if p, err := netip.ParsePrefix(a); err == nil {
 			ep.Addresses = append(ep.Addresses, p.Addr())
@@ -417,10 +417,10 @@ func toBridgeEndpoint(n *state.Network, e *state.Endpoint) bridge.Endpoint {
 	return ep
 }
 
-func toBridgePorts(in []state.Port) []bridge.PortMapping {
-	out := make([]bridge.PortMapping, 0, len(in))
+func toBridgePorts(in []state.Port) []model.PortMapping {
+	out := make([]model.PortMapping, 0, len(in))
 	for _, p := range in {
-		m := bridge.PortMapping{Proto: p.Proto, HostPort: p.HostPort, HostPortEnd: p.HostPortEnd, Port: p.Port}
+		m := model.PortMapping{Proto: p.Proto, HostPort: p.HostPort, HostPortEnd: p.HostPortEnd, Port: p.Port}
 		m.HostIP, _ = netip.ParseAddr(p.HostIP)
 		m.ContainerIP, _ = netip.ParseAddr(p.ContainerIP)
 		out = append(out, m)

@@ -12,9 +12,7 @@ import (
 	"testing"
 
 	"github.com/docker/go-plugins-helpers/network"
-
-	"github.com/mynet/mynet/bridge"
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 )
 
 // FuzzRequests sends arbitrary bodies to every method, one driver serving
@@ -51,7 +49,7 @@ func FuzzRequests(f *testing.F) {
 	f.Add(uint8(1), []byte(`{"NetworkID":"`+id('a')+`"}`))
 
 	h := newHarness(f)
-	host, ctr := bridge.VethNames(id('e'))
+	host, ctr := model.VethNames(id('e'))
 	foreign := []string{"lo", "eth0", "docker0", "br0", host, ctr}
 	for _, name := range foreign {
 		h.dp.foreign[name] = true
@@ -98,19 +96,19 @@ func (h *harness) matchesDataplane(foreign []string) error {
 		got, ok := h.dp.networks[n.ID]
 		switch {
 		case !ok:
-			errs = append(errs, fmt.Errorf("network %s is in the state but not in the dataplane", netutil.Short(n.ID)))
+			errs = append(errs, fmt.Errorf("network %s is in the state but not in the dataplane", model.Short(n.ID)))
 		case got.Bridge != n.Bridge:
-			errs = append(errs, fmt.Errorf("network %s: bridge %s in the dataplane, %s in the state", netutil.Short(n.ID), got.Bridge, n.Bridge))
+			errs = append(errs, fmt.Errorf("network %s: bridge %s in the dataplane, %s in the state", model.Short(n.ID), got.Bridge, n.Bridge))
 		}
 	}
 	for _, e := range d.Endpoints {
 		got, ok := h.dp.endpoints[e.ID]
 		switch {
 		case !ok:
-			errs = append(errs, fmt.Errorf("endpoint %s is in the state but not in the dataplane", netutil.Short(e.ID)))
+			errs = append(errs, fmt.Errorf("endpoint %s is in the state but not in the dataplane", model.Short(e.ID)))
 		case got.NetworkID != e.NetworkID || got.HostVeth != e.HostVeth || got.ContainerVeth != e.ContainerVeth:
-			errs = append(errs, fmt.Errorf("endpoint %s: %s/%s/%s in the dataplane, %s/%s/%s in the state", netutil.Short(e.ID),
-				netutil.Short(got.NetworkID), got.HostVeth, got.ContainerVeth, netutil.Short(e.NetworkID), e.HostVeth, e.ContainerVeth))
+			errs = append(errs, fmt.Errorf("endpoint %s: %s/%s/%s in the dataplane, %s/%s/%s in the state", model.Short(e.ID),
+				model.Short(got.NetworkID), got.HostVeth, got.ContainerVeth, model.Short(e.NetworkID), e.HostVeth, e.ContainerVeth))
 		}
 	}
 	if len(h.dp.networks) != len(d.Networks) {
@@ -121,12 +119,12 @@ func (h *harness) matchesDataplane(foreign []string) error {
 	}
 	for _, n := range h.dp.networks {
 		if h.dp.foreign[n.Bridge] {
-			errs = append(errs, fmt.Errorf("network %s was built on the foreign link %s", netutil.Short(n.ID), n.Bridge))
+			errs = append(errs, fmt.Errorf("network %s was built on the foreign link %s", model.Short(n.ID), n.Bridge))
 		}
 	}
 	for _, e := range h.dp.endpoints {
 		if h.dp.foreign[e.HostVeth] || h.dp.foreign[e.ContainerVeth] {
-			errs = append(errs, fmt.Errorf("endpoint %s was built on a foreign link", netutil.Short(e.ID)))
+			errs = append(errs, fmt.Errorf("endpoint %s was built on a foreign link", model.Short(e.ID)))
 		}
 	}
 	return errors.Join(errs...)

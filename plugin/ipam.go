@@ -11,8 +11,8 @@ import (
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/ipam"
-	"github.com/mynet/mynet/netutil"
 	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/state"
 )
@@ -128,7 +128,7 @@ func (d *Driver) checkOverlap(subnet netip.Prefix) error {
 		}
 		holder := "a network being created"
 		if p.rec.NetworkID != "" {
-			holder = "network " + netutil.Short(p.rec.NetworkID)
+			holder = "network " + model.Short(p.rec.NetworkID)
 		}
 		holders = append(holders, p.pool.Prefix().String()+" (held by "+holder+")")
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 
-	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil"
 	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/state"
@@ -69,11 +69,11 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 		if reflect.DeepEqual(old, rec) {
 			return nil, nil
 		}
-		return nil, badRequestf("network %s already exists with a different configuration", netutil.Short(cfg.ID))
+		return nil, badRequestf("network %s already exists with a different configuration", model.Short(cfg.ID))
 	}
 	for _, n := range d.networks {
 		if n.Bridge == cfg.BridgeName {
-			return nil, badRequestf("bridge name %s is already used by mynet network %s; choose another %s", cfg.BridgeName, netutil.Short(n.ID), OptBridgeName)
+			return nil, badRequestf("bridge name %s is already used by mynet network %s; choose another %s", cfg.BridgeName, model.Short(n.ID), OptBridgeName)
 		}
 	}
 	// A rollback runs to its end, also after the deadline that caused it.
@@ -84,7 +84,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 		func() error { return d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(&rec)) },
 		func() error { return d.cfg.Dataplane.DeleteNetwork(bg, toBridgeNetwork(&rec)) },
 	); err != nil {
-		return nil, fmt.Errorf("create network %s: %w", netutil.Short(rec.ID), err)
+		return nil, fmt.Errorf("create network %s: %w", model.Short(rec.ID), err)
 	}
 	d.mapMu.Lock()
 	d.networks[rec.ID] = &rec
@@ -103,7 +103,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 // Failpoints "<kind>.create.pending" and "<kind>.create.committed" stop it
 // after each record write.
 func (d *Driver) commitCreate(ctx context.Context, kind, id string, put func(pending bool) error, del, ensure, remove func() error) (retErr error) {
-	what := kind + " " + netutil.Short(id)
+	what := kind + " " + model.Short(id)
 	if err := ctxErr(ctx); err != nil {
 		return err // it waited too long for its locks: nothing done
 	}
@@ -158,14 +158,14 @@ func (d *Driver) linkPools(n state.Network) {
 // kernel object then fails, the object is an orphan that the reconcile
 // removes, rather than a record that would resurrect the network.
 func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRequest) (*empty, error) {
-	if err := netutil.ValidateID("network ID", req.NetworkID); err != nil {
+	if err := model.ValidateID("network ID", req.NetworkID); err != nil {
 		return nil, badRequest(err)
 	}
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
 	n, ok := d.networks[req.NetworkID]
 	if !ok {
-		d.log.Debug("delete of unknown network", "network_id", netutil.Short(req.NetworkID))
+		d.log.Debug("delete of unknown network", "network_id", model.Short(req.NetworkID))
 		return nil, nil
 	}
 	// The engine refuses to remove a network with active endpoints, so any
@@ -221,7 +221,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 		}
 		dropped, derr := d.dropDead(ctx, held.networkID, held.owner)
 		if derr != nil {
-			d.log.Warn("could not drop an endpoint whose container died", "endpoint_id", netutil.Short(held.owner), "err", derr)
+			d.log.Warn("could not drop an endpoint whose container died", "endpoint_id", model.Short(held.owner), "err", derr)
 		}
 		if time.Now().After(deadline) {
 			return nil, err
@@ -271,7 +271,7 @@ func (d *Driver) dropDead(ctx context.Context, networkID, id string) (bool, erro
 	if exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e)); err != nil || exists {
 		return false, err
 	}
-	d.log.Info("dropping an endpoint whose container died, for a new one with its address or MAC", "network_id", netutil.Short(n.ID), "endpoint_id", netutil.Short(id))
+	d.log.Info("dropping an endpoint whose container died, for a new one with its address or MAC", "network_id", model.Short(n.ID), "endpoint_id", model.Short(id))
 	if err := d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID); err != nil {
 		return false, err
 	}
@@ -308,12 +308,12 @@ func (d *Driver) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 	n, ok := d.networks[req.NetworkID]
 	if !ok {
 		d.mapMu.Unlock()
-		return nil, fmt.Errorf("create endpoint %s: network %s: %w in mynet's state", netutil.Short(req.EndpointID), netutil.Short(req.NetworkID), ErrNotFound)
+		return nil, fmt.Errorf("create endpoint %s: network %s: %w in mynet's state", model.Short(req.EndpointID), model.Short(req.NetworkID), ErrNotFound)
 	}
 	if old, ok := d.endpoints[req.EndpointID]; ok {
 		d.mapMu.Unlock()
 		if old.NetworkID != n.ID {
-			return nil, badRequestf("endpoint %s already exists on network %s", netutil.Short(old.ID), netutil.Short(old.NetworkID))
+			return nil, badRequestf("endpoint %s already exists on network %s", model.Short(old.ID), model.Short(old.NetworkID))
 		}
 		if err := sameInterface(old, iface); err != nil {
 			return nil, err
@@ -345,7 +345,7 @@ func (d *Driver) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 		func() error { return d.cfg.Dataplane.EnsureEndpoint(ctx, toBridgeEndpoint(n, &ep)) },
 		func() error { return d.cfg.Dataplane.DeleteEndpoint(bg, toBridgeEndpoint(n, &ep)) },
 	); err != nil {
-		return nil, fmt.Errorf("create endpoint %s on network %s: %w", netutil.Short(ep.ID), netutil.Short(n.ID), err)
+		return nil, fmt.Errorf("create endpoint %s on network %s: %w", model.Short(ep.ID), model.Short(n.ID), err)
 	}
 	d.mapMu.Lock()
 	d.endpoints[ep.ID] = &ep
@@ -358,9 +358,9 @@ func (d *Driver) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 // and MAC, and builds the record; under mapMu.
 func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.EndpointInterface) (state.Endpoint, error) {
 	if count := d.index.count(n.ID); count >= d.cfg.MaxEndpoints {
-		return state.Endpoint{}, fmt.Errorf("network %s has %d endpoints, the most mynet puts on one bridge (the kernel allows 1024 ports); use another network", netutil.Short(n.ID), count)
+		return state.Endpoint{}, fmt.Errorf("network %s has %d endpoints, the most mynet puts on one bridge (the kernel allows 1024 ports); use another network", model.Short(n.ID), count)
 	}
-	host, ctr := bridge.VethNames(id)
+	host, ctr := model.VethNames(id)
 	ep := state.Endpoint{NetworkID: n.ID, ID: id, HostVeth: host, ContainerVeth: ctr, Created: now()}
 	var err error
 	if ep.IPv4, err = endpointAddress("Address", iface.Address, n.IPv4); err != nil {
@@ -375,7 +375,7 @@ func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.Endpoin
 			continue // none given
 		}
 		if owner := d.index.addrOwner(n.ID, p.Addr()); owner != "" {
-			return ep, d.held(n, owner, fmt.Sprintf("Interface.%s %s is already the address of endpoint %s on network %s; give each container its own address (--ip/--ip6), or let the IPAM driver choose", f.field, p, netutil.Short(owner), netutil.Short(n.ID)))
+			return ep, d.held(n, owner, fmt.Sprintf("Interface.%s %s is already the address of endpoint %s on network %s; give each container its own address (--ip/--ip6), or let the IPAM driver choose", f.field, p, model.Short(owner), model.Short(n.ID)))
 		}
 	}
 	if iface.MacAddress != "" {
@@ -385,7 +385,7 @@ func (d *Driver) newEndpoint(n *state.Network, id string, iface *network.Endpoin
 		}
 		ep.MAC = mac.String()
 		if owner := d.index.macOwner(n.ID, ep.MAC); owner != "" {
-			return ep, d.held(n, owner, fmt.Sprintf("Interface.MacAddress %s is already the MAC of endpoint %s on network %s; give each container its own (--mac-address), or none to let mynet choose", ep.MAC, netutil.Short(owner), netutil.Short(n.ID)))
+			return ep, d.held(n, owner, fmt.Sprintf("Interface.MacAddress %s is already the MAC of endpoint %s on network %s; give each container its own (--mac-address), or none to let mynet choose", ep.MAC, model.Short(owner), model.Short(n.ID)))
 		}
 		return ep, nil
 	}
@@ -493,7 +493,7 @@ func sameInterface(old *state.Endpoint, iface *network.EndpointInterface) error 
 			want = p.String()
 		}
 		if want != f.have {
-			return badRequestf("endpoint %s already exists with Interface.%s %q, not %q; delete it before creating it again with another address", netutil.Short(old.ID), f.field, f.have, f.want)
+			return badRequestf("endpoint %s already exists with Interface.%s %q, not %q; delete it before creating it again with another address", model.Short(old.ID), f.field, f.have, f.want)
 		}
 	}
 	want := ""
@@ -502,7 +502,7 @@ func sameInterface(old *state.Endpoint, iface *network.EndpointInterface) error 
 	}
 	// A retry may ask for the MAC mynet chose, or again for none.
 	if (iface.MacAddress == "" && !old.MACGenerated) || (iface.MacAddress != "" && want != old.MAC) {
-		return badRequestf("endpoint %s already exists with Interface.MacAddress %q, not %q; delete it before creating it again with another MAC", netutil.Short(old.ID), old.MAC, iface.MacAddress)
+		return badRequestf("endpoint %s already exists with Interface.MacAddress %q, not %q; delete it before creating it again with another MAC", model.Short(old.ID), old.MAC, iface.MacAddress)
 	}
 	return nil
 }
@@ -549,14 +549,14 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	defer d.epLocks.lock(req.EndpointID)()
 	ep, n := d.lookup(req.EndpointID)
 	if ep == nil {
-		d.log.Debug("delete of unknown endpoint", "endpoint_id", netutil.Short(req.EndpointID))
+		d.log.Debug("delete of unknown endpoint", "endpoint_id", model.Short(req.EndpointID))
 		return nil, nil
 	}
 	if ep.NetworkID != req.NetworkID {
 		// Endpoint IDs are random: a request that pairs one with another
 		// network is confused, and deleting on its word could cut off a
 		// running container.
-		return nil, badRequestf("endpoint %s is on network %s, not on the NetworkID %s of the request; nothing was deleted", netutil.Short(ep.ID), netutil.Short(ep.NetworkID), netutil.Short(req.NetworkID))
+		return nil, badRequestf("endpoint %s is on network %s, not on the NetworkID %s of the request; nothing was deleted", model.Short(ep.ID), model.Short(ep.NetworkID), model.Short(req.NetworkID))
 	}
 	if err := d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID); err != nil {
 		return nil, err
@@ -586,7 +586,7 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 	defer d.mapMu.RUnlock()
 	ep, ok := d.endpoints[req.EndpointID]
 	if !ok || ep.NetworkID != req.NetworkID {
-		return nil, fmt.Errorf("join endpoint %s: %w on network %s in mynet's state", netutil.Short(req.EndpointID), ErrNotFound, netutil.Short(req.NetworkID))
+		return nil, fmt.Errorf("join endpoint %s: %w on network %s in mynet's state", model.Short(req.EndpointID), ErrNotFound, model.Short(req.NetworkID))
 	}
 	n := d.networks[ep.NetworkID]
 	resp := &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: ep.ContainerVeth, DstPrefix: "eth"}}
@@ -622,10 +622,10 @@ func (d *Driver) Leave(_ context.Context, req *network.LeaveRequest) (*empty, er
 }
 
 func validateIDs(networkID, endpointID string) error {
-	if err := netutil.ValidateID("network ID", networkID); err != nil {
+	if err := model.ValidateID("network ID", networkID); err != nil {
 		return badRequest(err)
 	}
-	if err := netutil.ValidateID("endpoint ID", endpointID); err != nil {
+	if err := model.ValidateID("endpoint ID", endpointID); err != nil {
 		return badRequest(err)
 	}
 	return nil

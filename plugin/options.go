@@ -9,9 +9,7 @@ import (
 	"strings"
 
 	"github.com/docker/go-plugins-helpers/network"
-
-	"github.com/mynet/mynet/bridge"
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 )
 
 // Docker's option keys. The -o keys are those of Docker's own bridge driver,
@@ -67,7 +65,7 @@ type SubnetConfig struct {
 // rejecting anything mynet would otherwise have to guess about.
 func ParseCreateNetwork(req *network.CreateNetworkRequest) (NetworkConfig, error) {
 	cfg := NetworkConfig{ID: req.NetworkID, ICC: true, Masquerade: true, AntiSpoofing: true}
-	if err := netutil.ValidateID("network ID", req.NetworkID); err != nil {
+	if err := model.ValidateID("network ID", req.NetworkID); err != nil {
 		return cfg, badRequest(err)
 	}
 	if err := parseTopLevel(req.Options, &cfg); err != nil {
@@ -81,7 +79,7 @@ func ParseCreateNetwork(req *network.CreateNetworkRequest) (NetworkConfig, error
 		return cfg, err
 	}
 	if cfg.BridgeName == "" {
-		cfg.BridgeName = bridge.BridgeName(req.NetworkID)
+		cfg.BridgeName = model.BridgeName(req.NetworkID)
 	}
 	if cfg.IPv4, err = parseIPAMData("IPv4Data", req.IPv4Data, false); err != nil {
 		return cfg, err
@@ -203,7 +201,7 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 	for k, v := range opts {
 		switch k {
 		case OptBridgeName:
-			if err := netutil.ValidateIfName(v); err != nil {
+			if err := model.ValidateIfName(v); err != nil {
 				return badRequest(fmt.Errorf("option %s: %w", k, err))
 			}
 			cfg.BridgeName = v

@@ -21,6 +21,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/state"
 )
@@ -29,9 +30,9 @@ import (
 // tested for real in bridge/ and e2e/.
 type fakeDataplane struct {
 	mu        sync.Mutex
-	networks  map[string]bridge.Network
-	endpoints map[string]bridge.Endpoint
-	ports     map[string][]bridge.PortMapping
+	networks  map[string]model.Network
+	endpoints map[string]model.Endpoint
+	ports     map[string][]model.PortMapping
 	failNext  error
 	host      []netip.Prefix
 	// foreign are links mynet did not create: the dataplane refuses to
@@ -40,12 +41,12 @@ type fakeDataplane struct {
 	// Hooks run outside mu, so they may block: afterEnsure when an
 	// endpoint's objects exist (its error fails the call, which removes
 	// them again), onFingerprint before each fingerprint.
-	afterEnsure   func(bridge.Endpoint) error
+	afterEnsure   func(model.Endpoint) error
 	onFingerprint func()
 }
 
 func newFake() *fakeDataplane {
-	return &fakeDataplane{networks: map[string]bridge.Network{}, endpoints: map[string]bridge.Endpoint{}, ports: map[string][]bridge.PortMapping{}, foreign: map[string]bool{}}
+	return &fakeDataplane{networks: map[string]model.Network{}, endpoints: map[string]model.Endpoint{}, ports: map[string][]model.PortMapping{}, foreign: map[string]bool{}}
 }
 
 func (f *fakeDataplane) fail() error {
@@ -54,7 +55,7 @@ func (f *fakeDataplane) fail() error {
 	return err
 }
 
-func (f *fakeDataplane) EnsureNetwork(_ context.Context, n bridge.Network) error {
+func (f *fakeDataplane) EnsureNetwork(_ context.Context, n model.Network) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fail(); err != nil {
@@ -67,14 +68,14 @@ func (f *fakeDataplane) EnsureNetwork(_ context.Context, n bridge.Network) error
 	return nil
 }
 
-func (f *fakeDataplane) DeleteNetwork(_ context.Context, n bridge.Network) error {
+func (f *fakeDataplane) DeleteNetwork(_ context.Context, n model.Network) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.networks, n.ID)
 	return nil
 }
 
-func (f *fakeDataplane) EnsureEndpoint(_ context.Context, e bridge.Endpoint) error {
+func (f *fakeDataplane) EnsureEndpoint(_ context.Context, e model.Endpoint) error {
 	f.mu.Lock()
 	if err := f.fail(); err != nil {
 		f.mu.Unlock()
@@ -99,14 +100,14 @@ func (f *fakeDataplane) EnsureEndpoint(_ context.Context, e bridge.Endpoint) err
 	return err
 }
 
-func (f *fakeDataplane) DeleteEndpoint(_ context.Context, e bridge.Endpoint) error {
+func (f *fakeDataplane) DeleteEndpoint(_ context.Context, e model.Endpoint) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.endpoints, e.ID)
 	return nil
 }
 
-func (f *fakeDataplane) EndpointExists(e bridge.Endpoint) (bool, error) {
+func (f *fakeDataplane) EndpointExists(e model.Endpoint) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	_, ok := f.endpoints[e.ID]
@@ -165,7 +166,7 @@ func (f *fakeDataplane) Fingerprint() (bridge.Digests, error) {
 	return out, nil
 }
 
-func (f *fakeDataplane) EnsurePorts(_ context.Context, _ bridge.Network, ep bridge.Endpoint, ports []bridge.PortMapping) error {
+func (f *fakeDataplane) EnsurePorts(_ context.Context, _ model.Network, ep model.Endpoint, ports []model.PortMapping) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fail(); err != nil {
@@ -175,7 +176,7 @@ func (f *fakeDataplane) EnsurePorts(_ context.Context, _ bridge.Network, ep brid
 	return nil
 }
 
-func (f *fakeDataplane) RemovePorts(_ context.Context, ep bridge.Endpoint, _ []bridge.PortMapping) error {
+func (f *fakeDataplane) RemovePorts(_ context.Context, ep model.Endpoint, _ []model.PortMapping) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.ports, ep.ID)
@@ -468,7 +469,7 @@ func TestRestoreReconciles(t *testing.T) {
 	must(t, h.store.PutNetwork(state.Network{ID: id('d'), Bridge: "mn-dddddddddddd", Pending: true}))
 	delete(h.dp.endpoints, id('c'))
 	delete(h.dp.networks, id('a'))
-	h.dp.networks[id('e')] = bridge.Network{ID: id('e')} // an orphan
+	h.dp.networks[id('e')] = model.Network{ID: id('e')} // an orphan
 
 	h.restart()
 	d := h.dump()
@@ -667,7 +668,7 @@ func TestReconcileRepairsDamageBesideOwnChanges(t *testing.T) {
 	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('c'), "Interface": map[string]any{"Address": "10.1.0.3/24"}})
 	h.dp.mu.Lock()
 	delete(h.dp.networks, id('a'))
-	h.dp.endpoints[id('b')] = bridge.Endpoint{ID: id('b')} // detached
+	h.dp.endpoints[id('b')] = model.Endpoint{ID: id('b')} // detached
 	h.dp.mu.Unlock()
 	repaired, err := h.drv.Reconcile(ctx, false)
 	if err != nil || !repaired {
@@ -694,7 +695,7 @@ func TestReconcileVerifiesOwnChanges(t *testing.T) {
 	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
 	h.dp.mu.Lock()
 	delete(h.dp.networks, id('a'))
-	h.dp.endpoints[id('b')] = bridge.Endpoint{ID: id('b')} // detached
+	h.dp.endpoints[id('b')] = model.Endpoint{ID: id('b')} // detached
 	h.dp.mu.Unlock()
 	h.drv.Reconcile(ctx, false)
 	if repaired, err := h.drv.Reconcile(ctx, false); err != nil || !repaired {
@@ -777,7 +778,7 @@ func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
 		// back. A pass that took the veth in as mynet's own would see the
 		// rollback as damage from outside.
 		inEnsure, fail := make(chan struct{}), make(chan struct{})
-		h.dp.afterEnsure = func(bridge.Endpoint) error {
+		h.dp.afterEnsure = func(model.Endpoint) error {
 			close(inEnsure)
 			<-fail
 			return errors.New("injected")

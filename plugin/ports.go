@@ -13,7 +13,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/state"
 )
@@ -91,7 +91,7 @@ func (e *portHeldError) Error() string {
 	if e.owner == nil {
 		return fmt.Sprintf("host port %s is already published by another binding of the same container", e.port)
 	}
-	return fmt.Sprintf("host port %s is already published by endpoint %s on network %s", e.port, netutil.Short(e.owner.ID), netutil.Short(e.owner.NetworkID))
+	return fmt.Sprintf("host port %s is already published by endpoint %s on network %s", e.port, model.Short(e.owner.ID), model.Short(e.owner.NetworkID))
 }
 
 func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalConnectivityRequest, bindings []portBinding) error {
@@ -106,18 +106,18 @@ func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalC
 		return nil
 	}
 	if n.Internal {
-		return badRequestf("network %s is internal: it cannot publish ports", netutil.Short(n.ID))
+		return badRequestf("network %s is internal: it cannot publish ports", model.Short(n.ID))
 	}
 	ports := ep.Ports // a repeat (retry, or the gateway moving back) keeps its ports
 	if len(ports) == 0 {
 		if ports, err = d.resolvePorts(n, ep, bindings); err != nil {
-			return fmt.Errorf("publish ports of endpoint %s: %w", netutil.Short(ep.ID), err)
+			return fmt.Errorf("publish ports of endpoint %s: %w", model.Short(ep.ID), err)
 		}
 	}
 	rec := *ep
 	rec.Ports = ports
 	if err := ctxErr(ctx); err != nil {
-		return fmt.Errorf("publish ports of endpoint %s: nothing published: %w", netutil.Short(ep.ID), err)
+		return fmt.Errorf("publish ports of endpoint %s: nothing published: %w", model.Short(ep.ID), err)
 	}
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return err
@@ -132,21 +132,21 @@ func (d *Driver) programPorts(ctx context.Context, req *network.ProgramExternalC
 		// repaired); the rules existing commits them.
 		if err = commitPoint(ctx); err != nil {
 			if rerr := d.cfg.Dataplane.RemovePorts(context.WithoutCancel(ctx), toBridgeEndpoint(n, &rec), toBridgePorts(ports)); rerr != nil {
-				d.log.Warn("rollback of port rules failed; the reconcile removes them", "endpoint_id", netutil.Short(ep.ID), "err", rerr)
+				d.log.Warn("rollback of port rules failed; the reconcile removes them", "endpoint_id", model.Short(ep.ID), "err", rerr)
 			}
 			err = fmt.Errorf("rolled back: %w", err)
 		}
 	}
 	if err != nil {
 		if serr := d.cfg.Store.PutEndpoint(*ep); serr != nil {
-			d.log.Warn("could not revert the endpoint record; the startup reconcile retries the ports", "endpoint_id", netutil.Short(ep.ID), "err", serr)
+			d.log.Warn("could not revert the endpoint record; the startup reconcile retries the ports", "endpoint_id", model.Short(ep.ID), "err", serr)
 		}
-		return fmt.Errorf("publish ports of endpoint %s: %w", netutil.Short(ep.ID), err)
+		return fmt.Errorf("publish ports of endpoint %s: %w", model.Short(ep.ID), err)
 	}
 	d.mapMu.Lock()
 	*ep = rec
 	d.mapMu.Unlock()
-	d.log.Info("ports published", "network_id", netutil.Short(n.ID), "endpoint_id", netutil.Short(ep.ID), "ports", describePorts(ports))
+	d.log.Info("ports published", "network_id", model.Short(n.ID), "endpoint_id", model.Short(ep.ID), "ports", describePorts(ports))
 	return nil
 }
 
@@ -180,7 +180,7 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 func (d *Driver) endpointOn(networkID, endpointID, op string) (*state.Endpoint, *state.Network, error) {
 	ep, ok := d.endpoints[endpointID]
 	if !ok || ep.NetworkID != networkID {
-		return nil, nil, fmt.Errorf("%s endpoint %s: %w on network %s in mynet's state", op, netutil.Short(endpointID), ErrNotFound, netutil.Short(networkID))
+		return nil, nil, fmt.Errorf("%s endpoint %s: %w on network %s in mynet's state", op, model.Short(endpointID), ErrNotFound, model.Short(networkID))
 	}
 	return ep, d.networks[networkID], nil
 }
@@ -363,7 +363,7 @@ func (d *Driver) dropIfStale(e *state.Endpoint) bool {
 		return false
 	}
 	if err := d.reconcileEndpoint(context.Background(), e, false); err != nil {
-		d.log.Warn("could not drop stale endpoint", "endpoint_id", netutil.Short(e.ID), "err", err)
+		d.log.Warn("could not drop stale endpoint", "endpoint_id", model.Short(e.ID), "err", err)
 		return false
 	}
 	return true

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/mynet/mynet/bridge"
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
 
@@ -75,7 +75,7 @@ func (d *Driver) verify(ctx context.Context) error {
 		for _, id := range nets {
 			if n := d.networks[id]; n != nil {
 				if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
-					errs = append(errs, fmt.Errorf("restore network %s: %w", netutil.Short(id), err))
+					errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(id), err))
 				}
 				for _, e := range d.endpoints {
 					if e.NetworkID == id {
@@ -106,8 +106,8 @@ func (d *Driver) verifyEndpoint(ctx context.Context, id string) error {
 	defer d.epLocks.lock(id)()
 	d.mapMu.RLock()
 	e, n := d.endpoints[id], (*state.Network)(nil)
-	var ep bridge.Endpoint
-	var bn bridge.Network
+	var ep model.Endpoint
+	var bn model.Network
 	if e != nil {
 		if n = d.networks[e.NetworkID]; n != nil {
 			ep, bn = toBridgeEndpoint(n, e), toBridgeNetwork(n)
@@ -122,7 +122,7 @@ func (d *Driver) verifyEndpoint(ctx context.Context, id string) error {
 		return err // a dead container's endpoint is the pass's to drop
 	}
 	if err := d.cfg.Dataplane.EnsureEndpoint(ctx, ep); err != nil {
-		return fmt.Errorf("restore endpoint %s: %w", netutil.Short(id), err)
+		return fmt.Errorf("restore endpoint %s: %w", model.Short(id), err)
 	}
 	if len(ep.Ports) == 0 {
 		return nil
@@ -155,7 +155,7 @@ func (d *Driver) touch(kind, id string) {
 		keys = []string{"net:" + id, "", "spoof"}
 	} else {
 		// The first endpoint under anti-spoofing creates the table.
-		host, _ := bridge.VethNames(id)
+		host, _ := model.VethNames(id)
 		keys = []string{"ep:" + id, "veth:" + host, "spoof"}
 	}
 	d.touchMu.Lock()
@@ -362,7 +362,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 			continue
 		}
 		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
-			errs = append(errs, fmt.Errorf("restore network %s: %w", netutil.Short(n.ID), err))
+			errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(n.ID), err))
 		}
 	}
 	for _, e := range d.endpoints {
@@ -414,7 +414,7 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respo
 			// anti-spoofing filter alone (see reconcile).
 			ep.AntiSpoofing = ep.AntiSpoofing && respoof
 			if err := d.cfg.Dataplane.EnsureEndpoint(ctx, ep); err != nil {
-				return fmt.Errorf("restore endpoint %s: %w", netutil.Short(e.ID), err)
+				return fmt.Errorf("restore endpoint %s: %w", model.Short(e.ID), err)
 			}
 			if len(e.Ports) == 0 {
 				return nil
@@ -422,7 +422,7 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respo
 			return d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), ep, toBridgePorts(e.Ports))
 		}
 	}
-	d.log.Info("dropping stale endpoint", "network_id", netutil.Short(e.NetworkID), "endpoint_id", netutil.Short(e.ID), "network_known", n != nil)
+	d.log.Info("dropping stale endpoint", "network_id", model.Short(e.NetworkID), "endpoint_id", model.Short(e.ID), "network_known", n != nil)
 	if err := d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID); err != nil {
 		return err
 	}

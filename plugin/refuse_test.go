@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
 
@@ -186,7 +186,7 @@ func TestDuplicateAddressWhileCreating(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	unblock := sync.OnceFunc(func() { close(release) })
 	defer unblock() // even when the test fails, before the server closes
-	h.dp.afterEnsure = func(e bridge.Endpoint) error {
+	h.dp.afterEnsure = func(e model.Endpoint) error {
 		if e.ID != id('b') {
 			return nil
 		}

@@ -7,7 +7,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
 
@@ -19,7 +19,7 @@ import (
 func TestRestoreRefusesUnbuildablePool(t *testing.T) {
 	const nid = "1111111111111111111111111111111111111111111111111111111111111111"
 	fake := newFake()
-	fake.networks[nid] = bridge.Network{ID: nid, Bridge: "mn-111111111111"}
+	fake.networks[nid] = model.Network{ID: nid, Bridge: "mn-111111111111"}
 	d := NewDriver(Config{Store: nopStore{}, Dataplane: fake})
 	snap := state.Snapshot{
 		Networks: []state.Network{{ID: nid, Bridge: "mn-111111111111"}},

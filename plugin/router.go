@@ -14,8 +14,7 @@ import (
 	"time"
 
 	"github.com/docker/go-plugins-helpers/sdk"
-
-	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/internal/model"
 )
 
 // maxBody bounds request bodies. The engine's largest request, a
@@ -306,7 +305,7 @@ func requestIDs(req any) []any {
 		if fv := v.FieldByName(f.field); fv.IsValid() && fv.Kind() == reflect.String && fv.String() != "" {
 			s := fv.String()
 			if f.key != "pool_id" && f.key != "address" {
-				s = netutil.Short(s)
+				s = model.Short(s)
 			}
 			out = append(out, f.key, s)
 		}

@@ -21,9 +21,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mynet/mynet/internal/model"
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/mynet/mynet/netutil"
 )
 
 // SchemaVersion is written on creation and checked on every open.
@@ -373,7 +372,7 @@ func validGeneration(g string) bool {
 }
 
 // Generation is the file's random ID, created with it: mynet's link tags
-// carry it (see bridge.Tag).
+// carry it (see model.Tag).
 func (s *Store) Generation() string { return s.generation }
 
 // Created reports whether the file is new or was empty (a zero-length file
@@ -494,14 +493,14 @@ func loadAll[T any](tx *bolt.Tx, bucket []byte, out *[]T, validate func(*T, stri
 
 // PutNetwork creates or replaces a network record.
 func (s *Store) PutNetwork(n Network) error {
-	return s.update("save network "+netutil.Short(n.ID), func(tx *bolt.Tx) error {
+	return s.update("save network "+model.Short(n.ID), func(tx *bolt.Tx) error {
 		return putJSON(tx.Bucket(bucketNetworks), n.ID, n)
 	})
 }
 
 // DeleteNetwork removes a network and any endpoint records left under it.
 func (s *Store) DeleteNetwork(id string) error {
-	return s.update("delete network "+netutil.Short(id), func(tx *bolt.Tx) error {
+	return s.update("delete network "+model.Short(id), func(tx *bolt.Tx) error {
 		if err := deletePrefix(tx.Bucket(bucketEndpoints), id+"/"); err != nil {
 			return err
 		}
@@ -511,14 +510,14 @@ func (s *Store) DeleteNetwork(id string) error {
 
 // PutEndpoint creates or replaces an endpoint record.
 func (s *Store) PutEndpoint(e Endpoint) error {
-	return s.update("save endpoint "+netutil.Short(e.ID), func(tx *bolt.Tx) error {
+	return s.update("save endpoint "+model.Short(e.ID), func(tx *bolt.Tx) error {
 		return putJSON(tx.Bucket(bucketEndpoints), e.NetworkID+"/"+e.ID, e)
 	})
 }
 
 // DeleteEndpoint removes an endpoint record; a missing one is not an error.
 func (s *Store) DeleteEndpoint(networkID, id string) error {
-	return s.update("delete endpoint "+netutil.Short(id), func(tx *bolt.Tx) error {
+	return s.update("delete endpoint "+model.Short(id), func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketEndpoints).Delete([]byte(networkID + "/" + id))
 	})
 }

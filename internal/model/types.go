@@ -1,0 +1,67 @@
+package model
+
+import (
+	"net"
+	"net/netip"
+)
+
+// Network is what the dataplane needs to build one network.
+type Network struct {
+	ID     string
+	Bridge string
+	MTU    int // 0: kernel default
+	IPv4   []Subnet
+	IPv6   []Subnet
+	// ICC lets containers of the network reach each other.
+	ICC bool
+	// Masquerade rewrites egress to the host's address.
+	Masquerade bool
+	// Internal networks have no egress and no published ports.
+	Internal bool
+}
+
+// Subnets returns the network's subnets of one family.
+func (n Network) Subnets(v6 bool) []Subnet {
+	if v6 {
+		return n.IPv6
+	}
+	return n.IPv4
+}
+
+// Subnet is a pool with the gateway address the bridge carries; Gateway is
+// invalid when the IPAM driver gave none.
+type Subnet struct {
+	Pool    netip.Prefix
+	Gateway netip.Prefix // gateway address with the pool's length, e.g. 10.0.0.1/24
+}
+
+// Endpoint is one veth pair: HostVeth is enslaved to the network's bridge,
+// ContainerVeth is what Join hands to the engine to move into the sandbox.
+type Endpoint struct {
+	NetworkID     string
+	ID            string
+	Bridge        string
+	HostVeth      string
+	ContainerVeth string
+	MAC           net.HardwareAddr
+	MTU           int
+	// Addresses are the container's; used to clear stale conntrack and
+	// neighbour entries when the address is reused.
+	Addresses []netip.Addr
+	// Ports are the endpoint's published ports, removed with it.
+	Ports []PortMapping
+	// AntiSpoofing filters what the container may send: only its own MAC
+	// and addresses, no router advertisements, no other ethertypes.
+	AntiSpoofing bool
+}
+
+// PortMapping publishes container ports on the host: HostPort..HostPortEnd
+// to Port..Port+(HostPortEnd-HostPort) of ContainerIP.
+type PortMapping struct {
+	Proto       string     // tcp, udp or sctp
+	HostIP      netip.Addr // invalid: every address of the host
+	HostPort    uint16
+	HostPortEnd uint16 // equal to HostPort for a single port
+	ContainerIP netip.Addr
+	Port        uint16
+}
