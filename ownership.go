@@ -6,14 +6,13 @@ import (
 	"log/slog"
 	"strings"
 
-	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
 
 // ownedKernel is what claimObjects needs of the dataplane.
 type ownedKernel interface {
-	TaggedLinks() ([]bridge.TaggedLink, error)
+	TaggedLinks() ([]model.TaggedLink, error)
 	HasRules() (bool, error)
 	Retag(name string, old model.Tag) error
 	RemoveTagged(name string, t model.Tag) error
@@ -54,7 +53,7 @@ func claimObjects(log *slog.Logger, store *state.Store, snap state.Snapshot, k o
 	for _, e := range snap.Endpoints {
 		known[model.KindEndpoint+":"+e.ID] = true
 	}
-	var foreign []bridge.TaggedLink
+	var foreign []model.TaggedLink
 	for _, l := range links {
 		if l.Tag.Generation != store.Generation() {
 			foreign = append(foreign, l)
@@ -82,7 +81,7 @@ func claimObjects(log *slog.Logger, store *state.Store, snap state.Snapshot, k o
 // discardForeign is --discard-orphans: the links of other generations that
 // the state describes are adopted, the others deleted; rules are the
 // startup reconcile's, which deletes those of unknown networks.
-func discardForeign(log *slog.Logger, k ownedKernel, known map[string]bool, foreign []bridge.TaggedLink, rules bool) error {
+func discardForeign(log *slog.Logger, k ownedKernel, known map[string]bool, foreign []model.TaggedLink, rules bool) error {
 	for _, l := range foreign {
 		var err error
 		if known[l.Tag.Kind+":"+l.Tag.ID] {
@@ -102,7 +101,7 @@ func discardForeign(log *slog.Logger, k ownedKernel, known map[string]bool, fore
 	return nil
 }
 
-func foreignObjectsError(store *state.Store, foreign []bridge.TaggedLink, rules bool) error {
+func foreignObjectsError(store *state.Store, foreign []model.TaggedLink, rules bool) error {
 	var what []string
 	for i, l := range foreign {
 		if i == 8 {

@@ -10,7 +10,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
@@ -18,15 +17,15 @@ import (
 // fakeKernel is the tagged links and rules claimObjects sees, and what it
 // did to them.
 type fakeKernel struct {
-	links []bridge.TaggedLink
+	links []model.TaggedLink
 	rules bool
 	gen   string // what Retag gives
 
 	removed []string
 }
 
-func (k *fakeKernel) TaggedLinks() ([]bridge.TaggedLink, error) { return slices.Clone(k.links), nil }
-func (k *fakeKernel) HasRules() (bool, error)                   { return k.rules, nil }
+func (k *fakeKernel) TaggedLinks() ([]model.TaggedLink, error) { return slices.Clone(k.links), nil }
+func (k *fakeKernel) HasRules() (bool, error)                  { return k.rules, nil }
 
 func (k *fakeKernel) Retag(name string, old model.Tag) error {
 	for i, l := range k.links {
@@ -38,7 +37,7 @@ func (k *fakeKernel) Retag(name string, old model.Tag) error {
 }
 
 func (k *fakeKernel) RemoveTagged(name string, t model.Tag) error {
-	k.links = slices.DeleteFunc(k.links, func(l bridge.TaggedLink) bool { return l.Name == name && l.Tag == t })
+	k.links = slices.DeleteFunc(k.links, func(l model.TaggedLink) bool { return l.Name == name && l.Tag == t })
 	k.removed = append(k.removed, name)
 	return nil
 }
@@ -52,44 +51,44 @@ func TestClaimObjects(t *testing.T) {
 		known = "aaaa000000000000000000000000000000000000000000000000000000000000"
 		other = "bbbb000000000000000000000000000000000000000000000000000000000000"
 	)
-	link := func(name, gen, kind, id string) bridge.TaggedLink {
-		return bridge.TaggedLink{Name: name, Tag: model.Tag{Instance: inst, Generation: gen, Kind: kind, ID: id}}
+	link := func(name, gen, kind, id string) model.TaggedLink {
+		return model.TaggedLink{Name: name, Tag: model.Tag{Instance: inst, Generation: gen, Kind: kind, ID: id}}
 	}
 	for _, tc := range []struct {
 		name string
 		// file: "new", "existing" (one network, known), "legacy" (the
 		// previous release's file with that network)
 		file      string
-		links     func(gen string) []bridge.TaggedLink
+		links     func(gen string) []model.TaggedLink
 		rules     bool
 		discard   bool
 		refuse    string   // part of the error, "" to start
 		wantLinks []string // name@generation-is-ours after the call
 		removed   []string
 	}{
-		{name: "new state, nothing in the kernel", file: "new", links: func(string) []bridge.TaggedLink { return nil }},
-		{name: "new state, tagged links", file: "new", links: func(string) []bridge.TaggedLink {
-			return []bridge.TaggedLink{link("mn-aaaa", "0badc0de", "net", known)}
+		{name: "new state, nothing in the kernel", file: "new", links: func(string) []model.TaggedLink { return nil }},
+		{name: "new state, tagged links", file: "new", links: func(string) []model.TaggedLink {
+			return []model.TaggedLink{link("mn-aaaa", "0badc0de", "net", known)}
 		}, refuse: "mn-aaaa (network aaaa00000000, generation 0badc0de)", wantLinks: []string{"mn-aaaa@foreign"}},
-		{name: "new state, rules only", file: "new", links: func(string) []bridge.TaggedLink { return nil }, rules: true,
+		{name: "new state, rules only", file: "new", links: func(string) []model.TaggedLink { return nil }, rules: true,
 			refuse: "rules in this instance's chains"},
-		{name: "new state, --discard-orphans", file: "new", discard: true, rules: true, links: func(string) []bridge.TaggedLink {
-			return []bridge.TaggedLink{link("mn-aaaa", "0badc0de", "net", known)}
+		{name: "new state, --discard-orphans", file: "new", discard: true, rules: true, links: func(string) []model.TaggedLink {
+			return []model.TaggedLink{link("mn-aaaa", "0badc0de", "net", known)}
 		}, removed: []string{"mn-aaaa"}},
-		{name: "own generation, orphans left to the reconcile", file: "existing", rules: true, links: func(gen string) []bridge.TaggedLink {
-			return []bridge.TaggedLink{link("mn-aaaa", gen, "net", known), link("mn-bbbb", gen, "net", other)}
+		{name: "own generation, orphans left to the reconcile", file: "existing", rules: true, links: func(gen string) []model.TaggedLink {
+			return []model.TaggedLink{link("mn-aaaa", gen, "net", known), link("mn-bbbb", gen, "net", other)}
 		}, wantLinks: []string{"mn-aaaa@ours", "mn-bbbb@ours"}},
-		{name: "foreign generation", file: "existing", links: func(gen string) []bridge.TaggedLink {
-			return []bridge.TaggedLink{link("mn-aaaa", gen, "net", known), link("mnvbbbb", "0badc0de", "ep", other)}
+		{name: "foreign generation", file: "existing", links: func(gen string) []model.TaggedLink {
+			return []model.TaggedLink{link("mn-aaaa", gen, "net", known), link("mnvbbbb", "0badc0de", "ep", other)}
 		}, refuse: "mnvbbbb (endpoint bbbb00000000, generation 0badc0de)", wantLinks: []string{"mn-aaaa@ours", "mnvbbbb@foreign"}},
-		{name: "foreign generation, --discard-orphans", file: "existing", discard: true, links: func(gen string) []bridge.TaggedLink {
-			return []bridge.TaggedLink{link("mn-aaaa", "0badc0de", "net", known), link("mnvbbbb", "0badc0de", "ep", other)}
+		{name: "foreign generation, --discard-orphans", file: "existing", discard: true, links: func(gen string) []model.TaggedLink {
+			return []model.TaggedLink{link("mn-aaaa", "0badc0de", "net", known), link("mnvbbbb", "0badc0de", "ep", other)}
 		}, wantLinks: []string{"mn-aaaa@ours"}, removed: []string{"mnvbbbb"}},
-		{name: "old tags on an existing state", file: "existing", links: func(string) []bridge.TaggedLink {
-			return []bridge.TaggedLink{link("mn-aaaa", "", "net", known)}
+		{name: "old tags on an existing state", file: "existing", links: func(string) []model.TaggedLink {
+			return []model.TaggedLink{link("mn-aaaa", "", "net", known)}
 		}, refuse: "an earlier release's tag", wantLinks: []string{"mn-aaaa@foreign"}},
-		{name: "upgrade from the previous release", file: "legacy", links: func(string) []bridge.TaggedLink {
-			return []bridge.TaggedLink{link("mn-aaaa", "", "net", known), link("mn-bbbb", "", "net", other)}
+		{name: "upgrade from the previous release", file: "legacy", links: func(string) []model.TaggedLink {
+			return []model.TaggedLink{link("mn-aaaa", "", "net", known), link("mn-bbbb", "", "net", other)}
 		}, wantLinks: []string{"mn-aaaa@ours", "mn-bbbb@ours"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

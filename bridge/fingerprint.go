@@ -13,45 +13,13 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// Digests summarise mynet's kernel objects one by one, so that a change
-// from outside can be told apart from mynet's own changes made at the same
-// time, and repaired where it happened. Keys:
-//
-//	"net:ID"    a network's bridge (state, addresses, switches) and rules
-//	"ep:ID"     an endpoint's host veth (state, master) and port rules
-//	"veth:NAME" the anti-spoofing elements of a veth (SpoofFingerprint)
-//	"spoof"     the anti-spoofing table's rules (SpoofFingerprint)
-//	""          everything else: chains, hooks, the Docker chains they
-//	            depend on, IPv4 forwarding
-//
-// Values are opaque; an object that is gone has no key.
-type Digests map[string]string
-
-// Changed returns the keys whose values differ between d and o, including
-// keys only one of them has.
-func (d Digests) Changed(o Digests) []string {
-	var out []string
-	for k, v := range d {
-		if w, ok := o[k]; !ok || w != v {
-			out = append(out, k)
-		}
-	}
-	for k := range o {
-		if _, ok := d[k]; !ok {
-			out = append(out, k)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
 // digester hashes lines per key.
 type digester map[string][]string
 
 func (g digester) add(key string, line string) { g[key] = append(g[key], line) }
 
-func (g digester) digests() Digests {
-	out := make(Digests, len(g))
+func (g digester) digests() model.Digests {
+	out := make(model.Digests, len(g))
 	for k, lines := range g {
 		sum := sha256.Sum256([]byte(strings.Join(lines, "\n")))
 		out[k] = hex.EncodeToString(sum[:])
@@ -73,7 +41,7 @@ func (g digester) digests() Digests {
 // than one `iptables -S` per chain: a fingerprint runs every few seconds,
 // and with the nft backend each call loads the whole ruleset anyway. The
 // output is only hashed, never parsed into decisions.
-func (d *Dataplane) Fingerprint() (Digests, error) {
+func (d *Dataplane) Fingerprint() (model.Digests, error) {
 	g := digester{}
 	links, err := d.linkList()
 	if err != nil {

@@ -506,7 +506,7 @@ func (d *Dataplane) forgetSpoofState() { d.nft.cache = nil }
 // element, so the periodic reconcile re-runs EnsureSpoofCheck where it
 // did. It is computed from the cached state while the nftables generation
 // says nothing changed since this Dataplane read or wrote the table.
-func (d *Dataplane) SpoofFingerprint() (Digests, error) {
+func (d *Dataplane) SpoofFingerprint() (model.Digests, error) {
 	c, err := d.lockNFT()
 	defer d.nft.mu.Unlock()
 	if err != nil {
@@ -514,9 +514,9 @@ func (d *Dataplane) SpoofFingerprint() (Digests, error) {
 	}
 	st, _, err := d.loadSpoofState(c, d.spoofObjects())
 	if err != nil || !st.exists {
-		return Digests{}, err
+		return model.Digests{}, err
 	}
-	out := Digests{"spoof": "table bridge " + d.SpoofTable() + " rules: " + strings.Join(st.comments, " | ")}
+	out := model.Digests{"spoof": "table bridge " + d.SpoofTable() + " rules: " + strings.Join(st.comments, " | ")}
 	for veth, e := range st.veths {
 		out["veth:"+veth] = fmt.Sprintf("port mac=%s ipv4=%v ipv6=%v", e.mac, e.ipv4, e.ipv6)
 	}

@@ -20,23 +20,17 @@ func (d *Dataplane) parseTag(alias string) (kind, id string, ok bool) {
 	return t.Kind, t.ID, true
 }
 
-// TaggedLink is a link tagged by this instance, of any generation.
-type TaggedLink struct {
-	Name string
-	Tag  model.Tag
-}
-
 // TaggedLinks lists the links tagged by this instance, whatever their
 // generation, from one link dump.
-func (d *Dataplane) TaggedLinks() ([]TaggedLink, error) {
+func (d *Dataplane) TaggedLinks() ([]model.TaggedLink, error) {
 	links, err := d.linkList()
 	if err != nil {
 		return nil, err
 	}
-	var out []TaggedLink
+	var out []model.TaggedLink
 	for _, l := range links {
 		if t, ok := model.ParseTag(l.Attrs().Alias); ok && t.Instance == d.instance {
-			out = append(out, TaggedLink{Name: l.Attrs().Name, Tag: t})
+			out = append(out, model.TaggedLink{Name: l.Attrs().Name, Tag: t})
 		}
 	}
 	return out, nil

@@ -19,7 +19,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/state"
@@ -46,8 +45,8 @@ type Dataplane interface {
 	// Fingerprint and SpoofFingerprint digest mynet's links and rules,
 	// and its anti-spoofing filters, object by object, so that a change
 	// made from outside can be noticed cheaply and repaired where it is.
-	Fingerprint() (bridge.Digests, error)
-	SpoofFingerprint() (bridge.Digests, error)
+	Fingerprint() (model.Digests, error)
+	SpoofFingerprint() (model.Digests, error)
 	// HostPrefixes are subnets in use on the host, for choosing pools.
 	HostPrefixes(v6 bool) ([]netip.Prefix, error)
 	// EnsurePorts publishes ports of an endpoint; RemovePorts undoes it.
@@ -121,7 +120,7 @@ type Driver struct {
 	// mynet's own only if neither moved while it was taken (quickPass).
 	changes  atomic.Uint64
 	inflight atomic.Int32
-	// touched maps the digest keys (bridge.Digests) of the objects those
+	// touched maps the digest keys (model.Digests) of the objects those
 	// changes touched to the changes count of the latest, so a pass can
 	// tell them from changes made from outside at the same time.
 	touchMu sync.Mutex
@@ -138,7 +137,7 @@ type Driver struct {
 	// next pass compare everything (Recheck).
 	reconMu                 sync.Mutex
 	adopted                 uint64
-	fingerprint, spoofPrint bridge.Digests
+	fingerprint, spoofPrint model.Digests
 	networks                map[string]*state.Network
 	endpoints               map[string]*state.Endpoint // by endpoint ID
 	// index holds each network's endpoints, those being created

@@ -20,7 +20,6 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 
-	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/state"
@@ -144,9 +143,9 @@ func (f *fakeDataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bo
 
 func (f *fakeDataplane) HostPrefixes(bool) ([]netip.Prefix, error) { return f.host, nil }
 
-func (f *fakeDataplane) SpoofFingerprint() (bridge.Digests, error) { return bridge.Digests{}, nil }
+func (f *fakeDataplane) SpoofFingerprint() (model.Digests, error) { return model.Digests{}, nil }
 
-func (f *fakeDataplane) Fingerprint() (bridge.Digests, error) {
+func (f *fakeDataplane) Fingerprint() (model.Digests, error) {
 	f.mu.Lock()
 	hook := f.onFingerprint
 	f.mu.Unlock()
@@ -155,7 +154,7 @@ func (f *fakeDataplane) Fingerprint() (bridge.Digests, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := bridge.Digests{}
+	out := model.Digests{}
 	for id, n := range f.networks {
 		out["net:"+id] = fmt.Sprint(n)
 	}

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
@@ -145,7 +144,7 @@ func (d *Driver) Recheck() {
 
 // touch records that mynet is about to change the kernel objects of a
 // network or an endpoint (kind as in commitCreate), under the keys of
-// their digests (bridge.Digests), so that a pass takes the change for its
+// their digests (model.Digests), so that a pass takes the change for its
 // own and not for damage from outside.
 func (d *Driver) touch(kind, id string) {
 	var keys []string
@@ -174,7 +173,7 @@ func (d *Driver) touch(kind, id string) {
 // from outside, even while mynet changed other objects. A change from
 // outside to an object mynet changed in the same interval is not told
 // apart; the recheck catches it.
-func (d *Driver) changed(fp, sfp bridge.Digests) (all, outside []string) {
+func (d *Driver) changed(fp, sfp model.Digests) (all, outside []string) {
 	d.touchMu.Lock()
 	defer d.touchMu.Unlock()
 	all = append(d.fingerprint.Changed(fp), d.spoofPrint.Changed(sfp)...)
@@ -199,7 +198,7 @@ func (d *Driver) changed(fp, sfp bridge.Digests) (all, outside []string) {
 // changes count n. With verify, the objects mynet changed until then are
 // ensured again by the next pass (see verify); a repair pass has just
 // ensured them.
-func (d *Driver) adopt(fp, sfp bridge.Digests, n uint64, verify bool) {
+func (d *Driver) adopt(fp, sfp model.Digests, n uint64, verify bool) {
 	d.fingerprint, d.spoofPrint, d.adopted = fp, sfp, n
 	d.touchMu.Lock()
 	defer d.touchMu.Unlock()
@@ -270,7 +269,7 @@ func (d *Driver) quickPass() (done bool, err error) {
 
 // fingerprints returns the digests of mynet's links and rules and of its
 // anti-spoofing table.
-func (d *Driver) fingerprints() (fp, sfp bridge.Digests, err error) {
+func (d *Driver) fingerprints() (fp, sfp model.Digests, err error) {
 	// A veth whose endpoint was just deleted may still be waiting for the
 	// janitor: a fingerprint with it, taken in as mynet's own, would make
 	// the next pass see its deletion as damage from outside.

@@ -49,3 +49,9 @@ func ParseTag(alias string) (t Tag, ok bool) {
 	}
 	return t, t.Instance != "" && t.ID != "" && (t.Kind == KindNetwork || t.Kind == KindEndpoint)
 }
+
+// TaggedLink is a link tagged by this instance, of any generation.
+type TaggedLink struct {
+	Name string
+	Tag  Tag
+}
