@@ -109,7 +109,9 @@ lint() {
 		go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" || return 1
 	fi
 	local rc=0
+	say "go vet"
 	go vet ./... || rc=1
+	say "staticcheck $STATICCHECK_VERSION"
 	"$sc" ./... || rc=1
 	return $rc
 }
