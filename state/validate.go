@@ -101,6 +101,7 @@ func (p *Pool) validate(key string) error {
 	if p.Range != "" {
 		r, err := netip.ParsePrefix(p.Range)
 		if err != nil {
+			//lint:ignore ST1005 Range is the field's name, as in the other messages
 			return fmt.Errorf("Range: %w", err)
 		}
 		if !pool.Contains(r.Addr()) || r.Bits() < pool.Bits() {

@@ -1,15 +1,11 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -40,13 +36,6 @@ func (s *splitResult) finish() *splitResult {
 	s.Second.finish()
 	s.Total.finish()
 	return s
-}
-
-type dataPlaneResult struct {
-	Throughput *pairResult `json:"throughput_gbps"`
-	RRMean     *pairResult `json:"rr_mean_us"`
-	RRP99      *pairResult `json:"rr_p99_us"`
-	MTU        []string    `json:"mtu_eth0,omitempty"` // mynet, bridge
 }
 
 // side is one of the two networks compared: mynet's or the built-in bridge's.
@@ -233,96 +222,6 @@ func (b *bench) netCreate(ctx context.Context, plugin, label string) error {
 	return nil
 }
 
-// dataPlane is phase 7: netbench between two containers of each network.
-func (b *bench) dataPlane(ctx context.Context, sides []side, label string) error {
-	img, err := b.ensureNetbench(ctx)
-	if err != nil {
-		return err
-	}
-	res := &dataPlaneResult{
-		Throughput: &pairResult{Op: "TCP stream, 1 connection", Unit: "Gbit/s"},
-		RRMean:     &pairResult{Op: "TCP request/response 1 byte, mean", Unit: "us"},
-		RRP99:      &pairResult{Op: "TCP request/response 1 byte, p99", Unit: "us"},
-	}
-	// Server and client share one CPU, the same for both networks. Left to
-	// the scheduler, the pair lands on one CPU or on two from one container
-	// to the next, and on the benchmark VM that alone moves the
-	// request/response time between about 35 and 75 us whatever the
-	// network; pinned, repeated runs agree within 2%.
-	var pin []string
-	if b.cfg.dpCPU != "none" {
-		pin = []string{"--cpuset-cpus", b.cfg.dpCPU}
-	}
-	servers := map[bool]string{}
-	for _, s := range sides {
-		name := fmt.Sprintf("mnbench-%s-srv-%s", b.runID, s.label)
-		args := append(append([]string{"run", "-d", "--name", name, "--label", label, "--net", s.network}, pin...), img, "server", "-port", "5201")
-		if _, err := docker(ctx, args...); err != nil {
-			return err
-		}
-		format := fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).IPAddress}}`, s.network)
-		ip, err := docker(ctx, "inspect", "-f", format, name)
-		if err != nil {
-			return err
-		}
-		servers[s.mynet] = ip + ":5201"
-	}
-	clients := 0
-	client := func(s side, mode string) (map[string]float64, error) {
-		// Removed by the harness rather than with --rm, so that the phase
-		// ends with no removal still running in the daemon. (dockerd's
-		// leaked endpoint count, "has active endpoints" with no container
-		// attached, moby/moby#42119, happened here with either way.)
-		clients++
-		name := fmt.Sprintf("mnbench-%s-cli-%d", b.runID, clients)
-		args := append(append([]string{"run", "--name", name, "--label", label, "--net", s.network}, pin...), img,
-			"client", "-addr", servers[s.mynet], "-mode", mode, "-duration", b.cfg.dpDuration.String())
-		out, err := docker(ctx, args...)
-		if _, rmErr := docker(ctx, "rm", "-f", name); err == nil {
-			err = rmErr
-		}
-		if err != nil {
-			return nil, err
-		}
-		last := out[strings.LastIndex(out, "\n")+1:]
-		var raw map[string]any
-		if err := json.Unmarshal([]byte(last), &raw); err != nil {
-			return nil, fmt.Errorf("netbench output %q: %w", out, err)
-		}
-		r := map[string]float64{}
-		for k, v := range raw {
-			if f, ok := v.(float64); ok {
-				r[k] = f
-			}
-		}
-		return r, nil
-	}
-	logf("phase 7: %d trial(s) of %v stream and request/response per network", b.cfg.dpTrials, b.cfg.dpDuration)
-	for t := range b.cfg.dpTrials {
-		for _, mode := range []string{"stream", "rr"} {
-			for _, s := range sides {
-				r, err := client(s, mode)
-				if err != nil {
-					return err
-				}
-				if mode == "stream" {
-					res.Throughput.add(s.mynet, r["gbps"])
-					logf("phase 7: trial %d %s stream %.2f Gbit/s", t+1, s.label, r["gbps"])
-				} else {
-					res.RRMean.add(s.mynet, r["mean_us"])
-					res.RRP99.add(s.mynet, r["p99_us"])
-					logf("phase 7: trial %d %s rr mean %.1f us p99 %.1f us", t+1, s.label, r["mean_us"], r["p99_us"])
-				}
-			}
-		}
-	}
-	res.Throughput.finish()
-	res.RRMean.finish()
-	res.RRP99.finish()
-	b.rep.DataPlane = res
-	return nil
-}
-
 // removeLabelled force-removes the containers or networks carrying label.
 func removeLabelled(ctx context.Context, kind, label string) error {
 	var list []string
@@ -415,101 +314,6 @@ func (b *bench) checkHostLeftovers(ctx context.Context, inst *instance) error {
 	}
 	if len(left) > 0 {
 		return fmt.Errorf("left on the host after mynet %s stopped:\n  %s", inst.name, strings.Join(left, "\n  "))
-	}
-	return nil
-}
-
-// ensureBusybox makes the busybox image exist: reused when present (the
-// e2e suite's image by default), else imported from the host's static
-// busybox the way e2e/image_test.go does (no registry needed).
-func (b *bench) ensureBusybox(ctx context.Context) error {
-	if _, err := docker(ctx, "image", "inspect", b.cfg.image); err == nil {
-		return nil
-	}
-	const busybox = "/bin/busybox"
-	bin, err := os.ReadFile(busybox)
-	if err != nil {
-		return fmt.Errorf("image %s is missing and cannot be built: %w (install busybox-static)", b.cfg.image, err)
-	}
-	list, err := runCmd(ctx, nil, busybox, "--list")
-	if err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	now := time.Now()
-	add := func(h *tar.Header, body []byte) {
-		h.ModTime = now
-		if err == nil {
-			err = tw.WriteHeader(h)
-		}
-		if err == nil && body != nil {
-			_, err = tw.Write(body)
-		}
-	}
-	page := []byte("mynet e2e says hello\n")
-	add(&tar.Header{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755}, nil)
-	add(&tar.Header{Typeflag: tar.TypeDir, Name: "tmp/", Mode: 0o1777}, nil)
-	add(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bin))}, bin)
-	add(&tar.Header{Typeflag: tar.TypeReg, Name: "index.html", Mode: 0o644, Size: int64(len(page))}, page)
-	for _, applet := range strings.Fields(list) {
-		if applet != "busybox" {
-			add(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "busybox", Mode: 0o777}, nil)
-		}
-	}
-	if err == nil {
-		err = tw.Close()
-	}
-	if err != nil {
-		return err
-	}
-	return b.importImage(ctx, &buf, b.cfg.image, "ENV PATH=/bin")
-}
-
-// ensureNetbench builds netbench if needed and imports it alone into an
-// image named after its hash.
-func (b *bench) ensureNetbench(ctx context.Context) (string, error) {
-	bin := b.cfg.netbenchBin
-	if _, err := os.Stat(bin); err != nil {
-		bin = filepath.Join(b.workDir, "netbench")
-		logf("phase 7: building %s (no %s)", bin, b.cfg.netbenchBin)
-		if err := buildStatic(ctx, "./bench/cmd/netbench", bin); err != nil {
-			return "", err
-		}
-	}
-	raw, err := os.ReadFile(bin)
-	if err != nil {
-		return "", err
-	}
-	img := fmt.Sprintf("mynet-bench-netbench:%x", sha256.Sum256(raw))[:len("mynet-bench-netbench:")+12]
-	if _, err := docker(ctx, "image", "inspect", img); err == nil {
-		return img, nil
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "netbench", Mode: 0o755, Size: int64(len(raw)), ModTime: time.Now()}); err != nil {
-		return "", err
-	}
-	if _, err := tw.Write(raw); err != nil {
-		return "", err
-	}
-	if err := tw.Close(); err != nil {
-		return "", err
-	}
-	return img, b.importImage(ctx, &buf, img, `ENTRYPOINT ["/netbench"]`)
-}
-
-func (b *bench) importImage(ctx context.Context, rootfs *bytes.Buffer, name, change string) error {
-	start := time.Now()
-	if _, err := runCmd(ctx, rootfs, "docker", "import", "--change", change, "-", name); err != nil {
-		return err
-	}
-	logf("imported %s in %v", name, time.Since(start).Round(time.Millisecond))
-	if b.cfg.rmImages {
-		b.cleanup.push("remove image "+name, func(ctx context.Context) error {
-			_, err := docker(ctx, "image", "rm", name)
-			return err
-		})
 	}
 	return nil
 }

@@ -56,23 +56,46 @@ type config struct {
 	keep, rmImages                                         bool
 }
 
+// listFlags are the flags parsed into c after the flag set is done.
+type listFlags struct {
+	phases, conc, points string
+	quick                bool
+}
+
 func parseFlags(args []string) (config, error) {
 	var c config
+	var l listFlags
 	fs := flag.NewFlagSet("mynet-bench", flag.ContinueOnError)
+	c.define(fs, &l)
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if l.quick {
+		c.quickDefaults(fs, &l)
+	}
+	err := c.parseLists(l)
+	return c, err
+}
+
+// define declares every flag of the command on fs.
+func (c *config) define(fs *flag.FlagSet, l *listFlags) {
 	fs.StringVar(&c.mynetBin, "mynet", "bin/mynet", "mynet binary to benchmark")
 	fs.StringVar(&c.netbenchBin, "netbench", "bin/netbench", "static netbench binary for phase 7 (built from ./bench/cmd/netbench with go when missing)")
 	fs.StringVar(&c.out, "out", "bench/results.json", "JSON file for every sample and the summary")
 	fs.StringVar(&c.image, "image", "mynet-e2e-busybox:1", "busybox image for phases 1-2: reused when present, else imported the way e2e does")
 	fs.StringVar(&c.dockerLock, "docker-lock", "/tmp/mynet-docker.lock", "file locked (flock) while phases use dockerd; empty: no lock. Under `flock FILE mynet-bench` the inherited lock is used")
 	fs.StringVar(&c.workDir, "work-dir", "", "directory for state and logs (default: a new temporary directory)")
-	phases := fs.String("phases", "1,2,3,4,5,6,7,8,go", "phases to run, comma-separated")
+	fs.StringVar(&l.phases, "phases", "1,2,3,4,5,6,7,8,go", "phases to run, comma-separated")
 	fs.IntVar(&c.trials, "trials", 20, "phase 1: trials per driver")
 	fs.IntVar(&c.netTrials, "net-trials", 20, "phase 3: trials per driver")
 	fs.IntVar(&c.parallel, "parallel", 50, "phase 2: containers started at once")
 	fs.IntVar(&c.parallelTrials, "parallel-trials", 3, "phase 2: trials per driver")
 	fs.IntVar(&c.apiCycles, "api-cycles", 256, "phase 4: endpoint cycles per concurrency level")
-	conc := fs.String("api-concurrency", "1,64", "phase 4: concurrency levels")
-	points := fs.String("scale-points", "10,100,500,1000", "phase 5: endpoint counts N at which the Nth cycle is measured (at most 1000, mynet's limit per network)")
+	fs.StringVar(&l.conc, "api-concurrency", "1,64", "phase 4: concurrency levels")
+	fs.StringVar(&l.points, "scale-points", "10,100,500,1000", "phase 5: endpoint counts N at which the Nth cycle is measured (at most 1000, mynet's limit per network)")
 	fs.IntVar(&c.scaleCycles, "scale-cycles", 100, "phase 5: cycles measured at each point (a cycle takes about 5 ms; fewer make the median noisy)")
 	fs.DurationVar(&c.lockProbe, "lock-probe", 11*time.Second, "phase 5: after a change, make an endpoint call every 20 ms for this long at the smallest and largest N, to see background work holding endpoint calls up (two reconcile intervals by default; 0: skip)")
 	fs.IntVar(&c.ports, "ports", 20, "phase 6: published ports (one per endpoint)")
@@ -83,66 +106,67 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.pprofDir, "pprof", "", "phase 4: run the namespace instance with --pprof and save its CPU, goroutine, mutex and block profiles of each concurrency level in this directory")
 	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (plugin logs, state) after the run")
 	fs.BoolVar(&c.rmImages, "rm-images", false, "remove the images this run imported (they are kept as a cache by default)")
-	quick := fs.Bool("quick", false, "a smoke run of every phase in about two minutes: few trials, small scale; figures are not meaningful")
-	if err := fs.Parse(args); err != nil {
-		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	if *quick {
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		def := func(name string, p *int, v int) {
-			if !set[name] {
-				*p = v
-			}
-		}
-		def("trials", &c.trials, 4)
-		def("net-trials", &c.netTrials, 4)
-		def("parallel", &c.parallel, 10)
-		def("parallel-trials", &c.parallelTrials, 1)
-		def("api-cycles", &c.apiCycles, 64)
-		def("scale-cycles", &c.scaleCycles, 5)
-		def("dp-trials", &c.dpTrials, 1)
-		if !set["scale-points"] {
-			*points = "10,100"
-		}
-		if !set["dp-duration"] {
-			c.dpDuration = 2 * time.Second
-		}
-		if !set["lock-probe"] {
-			c.lockProbe = 6 * time.Second
-		}
-		if !set["gobench-time"] {
-			c.gobenchTime = "100ms"
+	fs.BoolVar(&l.quick, "quick", false, "a smoke run of every phase in about two minutes: few trials, small scale; figures are not meaningful")
+}
+
+// quickDefaults is -quick: small counts for the flags not set on the
+// command line.
+func (c *config) quickDefaults(fs *flag.FlagSet, l *listFlags) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	def := func(name string, p *int, v int) {
+		if !set[name] {
+			*p = v
 		}
 	}
+	def("trials", &c.trials, 4)
+	def("net-trials", &c.netTrials, 4)
+	def("parallel", &c.parallel, 10)
+	def("parallel-trials", &c.parallelTrials, 1)
+	def("api-cycles", &c.apiCycles, 64)
+	def("scale-cycles", &c.scaleCycles, 5)
+	def("dp-trials", &c.dpTrials, 1)
+	if !set["scale-points"] {
+		l.points = "10,100"
+	}
+	if !set["dp-duration"] {
+		c.dpDuration = 2 * time.Second
+	}
+	if !set["lock-probe"] {
+		c.lockProbe = 6 * time.Second
+	}
+	if !set["gobench-time"] {
+		c.gobenchTime = "100ms"
+	}
+}
+
+// parseLists parses the list flags into c and checks the counts.
+func (c *config) parseLists(l listFlags) error {
 	c.phases = map[string]bool{}
-	for _, p := range strings.Split(*phases, ",") {
+	for _, p := range strings.Split(l.phases, ",") {
 		p = strings.TrimSpace(p)
 		if !slices.Contains([]string{"1", "2", "3", "4", "5", "6", "7", "8", "go"}, p) {
-			return c, fmt.Errorf("-phases: unknown phase %q (use 1-8 and go)", p)
+			return fmt.Errorf("-phases: unknown phase %q (use 1-8 and go)", p)
 		}
 		c.phases[p] = true
 	}
 	var err error
-	if c.apiConc, err = intList(*conc); err != nil {
-		return c, fmt.Errorf("-api-concurrency: %w", err)
+	if c.apiConc, err = intList(l.conc); err != nil {
+		return fmt.Errorf("-api-concurrency: %w", err)
 	}
-	if c.scalePoints, err = intList(*points); err != nil {
-		return c, fmt.Errorf("-scale-points: %w", err)
+	if c.scalePoints, err = intList(l.points); err != nil {
+		return fmt.Errorf("-scale-points: %w", err)
 	}
 	slices.Sort(c.scalePoints)
 	if c.scalePoints[0] < 1 || c.scalePoints[len(c.scalePoints)-1] > maxEndpoints {
-		return c, fmt.Errorf("-scale-points: use 1 to %d", maxEndpoints)
+		return fmt.Errorf("-scale-points: use 1 to %d", maxEndpoints)
 	}
 	for _, n := range []int{c.trials, c.netTrials, c.parallel, c.parallelTrials, c.apiCycles, c.scaleCycles, c.dpTrials} {
 		if n < 1 {
-			return c, errors.New("trial counts, -parallel and cycle counts must be at least 1")
+			return errors.New("trial counts, -parallel and cycle counts must be at least 1")
 		}
 	}
-	return c, nil
+	return nil
 }
 
 func intList(s string) ([]int, error) {

@@ -2,60 +2,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 )
 
 // maxEndpoints is mynet's limit per network (plugin.Config.MaxEndpoints).
 const maxEndpoints = 1000
-
-// callNames is the endpoint cycle in the engine's order for a container
-// start and stop.
-var callNames = []string{"RequestAddress", "CreateEndpoint", "Join", "Leave", "DeleteEndpoint", "ReleaseAddress"}
-
-// callStats summarises latencies in milliseconds.
-type callStats struct {
-	N    int `json:"n"`
-	P50  num `json:"p50_ms"`
-	P99  num `json:"p99_ms"`
-	Mean num `json:"mean_ms"`
-	Max  num `json:"max_ms"`
-}
-
-func statsOf(ms []float64) callStats {
-	if len(ms) == 0 {
-		return callStats{}
-	}
-	return callStats{N: len(ms), P50: num(percentile(ms, 50)), P99: num(percentile(ms, 99)), Mean: num(mean(ms)), Max: num(percentile(ms, 100))}
-}
-
-// recorder collects per-call latencies from many goroutines.
-type recorder struct {
-	mu  sync.Mutex
-	lat map[string][]float64
-}
-
-func newRecorder() *recorder { return &recorder{lat: map[string][]float64{}} }
-
-func (r *recorder) add(call string, d time.Duration) {
-	r.mu.Lock()
-	r.lat[call] = append(r.lat[call], millis(d))
-	r.mu.Unlock()
-}
-
-func (r *recorder) stats() map[string]callStats {
-	out := map[string]callStats{}
-	for k, v := range r.lat {
-		out[k] = statsOf(v)
-	}
-	return out
-}
 
 // apiResult is phase 4 at one concurrency.
 type apiResult struct {
@@ -126,179 +82,18 @@ type lockProbe struct {
 	Call    callStats `json:"call"`
 }
 
-// probeLock runs one endpoint cycle (so that mynet has a change to
-// reconcile), then calls Join on e every 20 ms for dur.
-func probeLock(ctx context.Context, c *pluginClient, n benchNet, e endpoint, alive int, dur time.Duration) (lockProbe, error) {
-	if _, err := n.cycle(ctx, c, nil); err != nil {
-		return lockProbe{}, err
-	}
-	req := map[string]any{"NetworkID": n.id, "EndpointID": strings.Repeat("f", 64)}
-	var ms []float64
-	end := time.Now().Add(dur)
-	for time.Now().Before(end) {
-		start := time.Now()
-		if err := c.call(ctx, "NetworkDriver.DeleteEndpoint", req, nil); err != nil {
-			return lockProbe{}, err
-		}
-		ms = append(ms, millis(time.Since(start)))
-		select {
-		case <-ctx.Done():
-			return lockProbe{}, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return lockProbe{N: alive, Seconds: dur.Seconds(), Call: statsOf(ms)}, nil
-}
-
-// benchNet is a network created through the socket the way the engine does
-// for `docker network create -d mynet --ipam-driver mynet --subnet POOL`.
-type benchNet struct {
-	id, poolID, pool, gateway string
-}
-
-func createNetwork(ctx context.Context, c *pluginClient, pool string) (benchNet, error) {
-	n := benchNet{id: randHex(32)}
-	var pr struct{ PoolID, Pool string }
-	if err := c.call(ctx, "IpamDriver.RequestPool", map[string]any{"AddressSpace": "local", "Pool": pool, "Options": map[string]string{}}, &pr); err != nil {
-		return n, err
-	}
-	n.poolID, n.pool = pr.PoolID, pr.Pool
-	var ar struct{ Address string }
-	if err := c.call(ctx, "IpamDriver.RequestAddress", map[string]any{"PoolID": n.poolID, "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}}, &ar); err != nil {
-		return n, err
-	}
-	n.gateway = ar.Address
-	req := map[string]any{
-		"NetworkID": n.id,
-		"Options":   map[string]any{"com.docker.network.enable_ipv6": false, "com.docker.network.generic": map[string]any{}},
-		"IPv4Data":  []map[string]any{{"AddressSpace": "local", "Pool": n.pool, "Gateway": n.gateway, "AuxAddresses": map[string]string{}}},
-		"IPv6Data":  []map[string]any{},
-	}
-	return n, c.call(ctx, "NetworkDriver.CreateNetwork", req, nil)
-}
-
-type endpoint struct{ id, addr, mac string }
-
-// randomMAC returns a locally administered unicast MAC, as the engine
-// generates for an endpoint.
-func randomMAC() string {
-	b := []byte(randHex(6))
-	mac := make([]byte, 0, 17)
-	for i := 0; i < 12; i += 2 {
-		if i > 0 {
-			mac = append(mac, ':')
-		}
-		mac = append(mac, b[i], b[i+1])
-	}
-	mac[1] = "26ae"[int(mac[1])%4] // x2, x6, xa, xe: locally administered unicast
-	return string(mac)
-}
-
-// timedCall runs one call and records its latency under its short name.
-func timedCall(ctx context.Context, c *pluginClient, rec *recorder, api, call string, req, resp any) error {
-	start := time.Now()
-	err := c.call(ctx, api+"."+call, req, resp)
-	if rec != nil && err == nil {
-		rec.add(call, time.Since(start))
-	}
-	return err
-}
-
-// up is the first half of the cycle: an address, the endpoint, the join.
-func (n benchNet) up(ctx context.Context, c *pluginClient, rec *recorder) (endpoint, error) {
-	// The engine generates the MAC first and sends it with RequestAddress,
-	// since mynet's IPAM asks for it (RequiresMACAddress).
-	e := endpoint{id: randHex(32), mac: randomMAC()}
-	var ar struct{ Address string }
-	if err := timedCall(ctx, c, rec, "IpamDriver", "RequestAddress", map[string]any{"PoolID": n.poolID, "Options": map[string]string{"com.docker.network.endpoint.macaddress": e.mac}}, &ar); err != nil {
-		return e, err
-	}
-	e.addr = ar.Address
-	err := timedCall(ctx, c, rec, "NetworkDriver", "CreateEndpoint", map[string]any{
-		"NetworkID": n.id, "EndpointID": e.id,
-		"Interface": map[string]string{"Address": e.addr, "AddressIPv6": "", "MacAddress": e.mac},
-		"Options":   map[string]any{},
-	}, nil)
-	if err == nil {
-		err = timedCall(ctx, c, rec, "NetworkDriver", "Join", map[string]any{
-			"NetworkID": n.id, "EndpointID": e.id, "SandboxKey": "/var/run/docker/netns/" + e.id[:12], "Options": map[string]any{},
-		}, nil)
-	}
-	if err != nil {
-		return e, errors.Join(err, n.down(ctx, c, nil, e))
-	}
-	return e, nil
-}
-
-// down is the second half: leave, delete the endpoint, release the address.
-func (n benchNet) down(ctx context.Context, c *pluginClient, rec *recorder, e endpoint) error {
-	ids := map[string]any{"NetworkID": n.id, "EndpointID": e.id}
-	err := timedCall(ctx, c, rec, "NetworkDriver", "Leave", ids, nil)
-	err = errors.Join(err, timedCall(ctx, c, rec, "NetworkDriver", "DeleteEndpoint", ids, nil))
-	if e.addr != "" {
-		addr, _, _ := strings.Cut(e.addr, "/") // the engine releases the bare address
-		err = errors.Join(err, timedCall(ctx, c, rec, "IpamDriver", "ReleaseAddress", map[string]any{"PoolID": n.poolID, "Address": addr}, nil))
-	}
-	return err
-}
-
-// cycle runs one full endpoint cycle and returns its duration.
-func (n benchNet) cycle(ctx context.Context, c *pluginClient, rec *recorder) (time.Duration, error) {
-	start := time.Now()
-	e, err := n.up(ctx, c, rec)
-	if err != nil {
-		return 0, err
-	}
-	if err := n.down(ctx, c, rec, e); err != nil {
-		return 0, err
-	}
-	return time.Since(start), nil
-}
-
-// runCycles runs total cycles (rounded up to a multiple of conc) on conc
-// goroutines.
-func runCycles(ctx context.Context, c *pluginClient, n benchNet, conc, total int) (apiResult, error) {
-	per := (total + conc - 1) / conc
-	rec := newRecorder()
-	var cycleMs []float64
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	errc := make(chan error, conc)
-	start := time.Now()
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range per {
-				if ctx.Err() != nil {
-					errc <- ctx.Err()
-					return
-				}
-				d, err := n.cycle(ctx, c, rec)
-				if err != nil {
-					errc <- err
-					return
-				}
-				mu.Lock()
-				cycleMs = append(cycleMs, millis(d))
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	wall := time.Since(start)
-	close(errc)
-	if err := <-errc; err != nil {
-		return apiResult{}, err
-	}
-	r := apiResult{Concurrency: conc, Cycles: len(cycleMs), Seconds: num(wall.Seconds()), CyclesPerSec: num(float64(len(cycleMs)) / wall.Seconds()),
-		Calls: rec.stats(), Cycle: statsOf(cycleMs)}
-	for _, name := range callNames {
-		if s := r.Calls[name]; r.WorstCall == "" || s.P99 > r.WorstP99 {
-			r.WorstP99, r.WorstCall = s.P99, name
-		}
-	}
-	return r, nil
+// nsRun is one run of the namespace phases: the instance in the scratch
+// namespace, its network, and the live endpoints phases 5, 6 and 8 share.
+type nsRun struct {
+	b        *bench
+	ns       string
+	inst     *instance
+	c        *pluginClient
+	prof     *profiler // nil without -pprof
+	n        benchNet
+	mem      *memoryResult
+	alive    []endpoint
+	fillTime time.Duration // spent creating alive
 }
 
 // netnsPhases runs phases 4, 5, 6 and 8 against a mynet instance in a
@@ -307,157 +102,186 @@ func runCycles(ctx context.Context, c *pluginClient, n benchNet, conc, total int
 func (b *bench) netnsPhases(ctx context.Context) error {
 	mark := b.cleanup.len()
 	defer b.cleanup.runTo(mark)
-	ns := "mynet-bench-" + b.runID
-	if _, err := runCmd(ctx, nil, "ip", "netns", "add", ns); err != nil {
-		return err
-	}
-	b.cleanup.push("delete netns "+ns, func(ctx context.Context) error {
-		_, err := runCmd(ctx, nil, "ip", "netns", "del", ns)
-		return err
-	})
-	if _, err := runCmd(ctx, nil, "ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"); err != nil {
-		return err
-	}
-	logf("phases 4-6,8: mynet in network namespace %s", ns)
-	var extra []string
-	var prof *profiler
-	if b.cfg.pprofDir != "" {
-		if err := os.MkdirAll(b.cfg.pprofDir, 0o755); err != nil {
-			return err
-		}
-		sock := filepath.Join(b.workDir, "ns-metrics.sock")
-		extra = []string{"--pprof", "--metrics-socket", sock}
-		prof = newProfiler(b.cfg.pprofDir, sock)
-	}
-	inst, err := startInstance(ctx, b.mynetBin, "mynet-bench-ns-"+b.runID, ns, b.workDir, extra...)
+	r, err := b.startNetns(ctx)
 	if err != nil {
 		return err
 	}
-	b.cleanup.push("stop mynet "+inst.name, inst.stop)
-	c := inst.client
-	mem := &memoryResult{}
-	readRSS := func(into *int64) {
-		time.Sleep(500 * time.Millisecond) // let the runtime settle after a burst
-		if cur, peak, err := rss(inst.pid()); err == nil {
-			*into, mem.PeakRSS = cur, peak
-		} else {
-			logf("rss: %v", err)
-		}
-	}
-	readRSS(&mem.StartRSS)
-
-	n, err := createNetwork(ctx, c, "10.200.0.0/16")
-	if err != nil {
+	r.readRSS(&r.mem.StartRSS)
+	if r.n, err = createNetwork(ctx, r.c, "10.200.0.0/16"); err != nil {
 		return fmt.Errorf("create the scratch network: %w", err)
 	}
-	readRSS(&mem.IdleRSS)
-	b.rep.Memory = mem
-	countRules := func(eps, ports int) error {
-		rc := ruleCount{Endpoints: eps, Ports: ports}
-		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-			out, err := runCmd(ctx, nil, "ip", "netns", "exec", ns, tool)
-			if err != nil {
-				return err
-			}
-			if tool == "iptables-save" {
-				rc.IPv4 = countMynetRules(out)
-			} else {
-				rc.IPv6 = countMynetRules(out)
-			}
-		}
-		rc.Total = rc.IPv4 + rc.IPv6
-		if out, err := runCmd(ctx, nil, "ip", "netns", "exec", ns, "nft", "list", "ruleset"); err == nil {
-			rc.NftChains, rc.NftRules = countNftBridge(out)
-		}
-		logf("phase 6: %d endpoints, %d published ports: %d iptables rules (%d IPv4, %d IPv6); nftables bridge filter: %d chains, %d rules",
-			eps, ports, rc.Total, rc.IPv4, rc.IPv6, rc.NftChains, rc.NftRules)
-		b.rep.Rules = append(b.rep.Rules, rc)
-		return nil
-	}
+	r.readRSS(&r.mem.IdleRSS)
+	b.rep.Memory = r.mem
 	if b.cfg.phases["6"] {
-		if err := countRules(0, 0); err != nil {
+		if err := r.countRules(ctx, 0, 0); err != nil {
 			return err
 		}
 	}
-
 	if b.cfg.phases["4"] {
-		for _, conc := range b.cfg.apiConc {
-			logf("phase 4: %d endpoint cycles at concurrency %d", b.cfg.apiCycles, conc)
-			profDone := func() {}
-			if prof != nil {
-				profDone = prof.during(ctx, fmt.Sprintf("phase4-c%d", conc))
-			}
-			r, err := runCycles(ctx, c, n, conc, b.cfg.apiCycles)
-			profDone()
-			if err != nil {
-				return fmt.Errorf("phase 4 at concurrency %d: %w", conc, err)
-			}
-			logf("phase 4: concurrency %d: %.1f cycles/s, cycle p50 %.2f ms, worst call p99 %.2f ms (%s)", conc, float64(r.CyclesPerSec), float64(r.Cycle.P50), float64(r.WorstP99), r.WorstCall)
-			b.rep.API = append(b.rep.API, r)
+		if err := r.apiPhase(ctx); err != nil {
+			return err
 		}
-		readRSS(&mem.AfterAPIRSS)
 	}
-
 	if !b.cfg.phases["5"] && !b.cfg.phases["6"] && !b.cfg.phases["8"] {
 		return nil
 	}
-	// Phases 5, 6 and 8 share one growing set of live endpoints.
-	var alive []endpoint
-	var fillTime time.Duration
-	fillTo := func(target int) error {
-		need := target - len(alive)
-		if need <= 0 {
-			return nil
+	if err := r.growPhases(ctx); err != nil {
+		return err
+	}
+	// The endpoints are not deleted one by one: stopping mynet and deleting
+	// the namespace (the deferred cleanup) removes their veths and rules,
+	// and the state directory goes with the work directory.
+	logf("phases 4-6,8 done; %d endpoints go with the namespace", len(r.alive))
+	return nil
+}
+
+// startNetns creates the scratch namespace and starts mynet in it, both
+// undone by the bench's cleanup stack.
+func (b *bench) startNetns(ctx context.Context) (*nsRun, error) {
+	r := &nsRun{b: b, ns: "mynet-bench-" + b.runID, mem: &memoryResult{}}
+	if _, err := runCmd(ctx, nil, "ip", "netns", "add", r.ns); err != nil {
+		return nil, err
+	}
+	b.cleanup.push("delete netns "+r.ns, func(ctx context.Context) error {
+		_, err := runCmd(ctx, nil, "ip", "netns", "del", r.ns)
+		return err
+	})
+	if _, err := runCmd(ctx, nil, "ip", "netns", "exec", r.ns, "ip", "link", "set", "lo", "up"); err != nil {
+		return nil, err
+	}
+	logf("phases 4-6,8: mynet in network namespace %s", r.ns)
+	var extra []string
+	if b.cfg.pprofDir != "" {
+		if err := os.MkdirAll(b.cfg.pprofDir, 0o755); err != nil {
+			return nil, err
 		}
-		start := time.Now()
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		errc := make(chan error, 4)
-		next := make(chan struct{}, need)
-		for range need {
-			next <- struct{}{}
+		sock := filepath.Join(b.workDir, "ns-metrics.sock")
+		extra = []string{"--pprof", "--metrics-socket", sock}
+		r.prof = newProfiler(b.cfg.pprofDir, sock)
+	}
+	inst, err := startInstance(ctx, b.mynetBin, "mynet-bench-ns-"+b.runID, r.ns, b.workDir, extra...)
+	if err != nil {
+		return nil, err
+	}
+	b.cleanup.push("stop mynet "+inst.name, inst.stop)
+	r.inst, r.c = inst, inst.client
+	return r, nil
+}
+
+// readRSS stores the instance's resident set in into, and its peak in
+// the memory result, after letting the runtime settle after a burst.
+func (r *nsRun) readRSS(into *int64) {
+	time.Sleep(500 * time.Millisecond)
+	if cur, peak, err := rss(r.inst.pid()); err == nil {
+		*into, r.mem.PeakRSS = cur, peak
+	} else {
+		logf("rss: %v", err)
+	}
+}
+
+// countRules is phase 6 at one point: mynet's iptables rules in the
+// namespace, and its nftables bridge filter, with eps endpoints and
+// ports published ports.
+func (r *nsRun) countRules(ctx context.Context, eps, ports int) error {
+	rc := ruleCount{Endpoints: eps, Ports: ports}
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := runCmd(ctx, nil, "ip", "netns", "exec", r.ns, tool)
+		if err != nil {
+			return err
 		}
-		close(next)
-		for range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range next {
-					e, err := n.up(ctx, c, nil)
-					if err != nil {
-						errc <- err
-						return
-					}
-					mu.Lock()
-					alive = append(alive, e)
-					mu.Unlock()
-				}
-			}()
+		if tool == "iptables-save" {
+			rc.IPv4 = countMynetRules(out)
+		} else {
+			rc.IPv6 = countMynetRules(out)
 		}
-		wg.Wait()
-		fillTime += time.Since(start)
-		close(errc)
-		if err := <-errc; err != nil {
-			return fmt.Errorf("creating endpoint %d: %w", len(alive)+1, err)
+	}
+	rc.Total = rc.IPv4 + rc.IPv6
+	if out, err := runCmd(ctx, nil, "ip", "netns", "exec", r.ns, "nft", "list", "ruleset"); err == nil {
+		rc.NftChains, rc.NftRules = countNftBridge(out)
+	}
+	logf("phase 6: %d endpoints, %d published ports: %d iptables rules (%d IPv4, %d IPv6); nftables bridge filter: %d chains, %d rules",
+		eps, ports, rc.Total, rc.IPv4, rc.IPv6, rc.NftChains, rc.NftRules)
+	r.b.rep.Rules = append(r.b.rep.Rules, rc)
+	return nil
+}
+
+// apiPhase is phase 4: endpoint cycles at each concurrency.
+func (r *nsRun) apiPhase(ctx context.Context) error {
+	cfg := r.b.cfg
+	for _, conc := range cfg.apiConc {
+		logf("phase 4: %d endpoint cycles at concurrency %d", cfg.apiCycles, conc)
+		profDone := func() {}
+		if r.prof != nil {
+			profDone = r.prof.during(ctx, fmt.Sprintf("phase4-c%d", conc))
 		}
+		res, err := runCycles(ctx, r.c, r.n, conc, cfg.apiCycles)
+		profDone()
+		if err != nil {
+			return fmt.Errorf("phase 4 at concurrency %d: %w", conc, err)
+		}
+		logf("phase 4: concurrency %d: %.1f cycles/s, cycle p50 %.2f ms, worst call p99 %.2f ms (%s)", conc, float64(res.CyclesPerSec), float64(res.Cycle.P50), float64(res.WorstP99), res.WorstCall)
+		r.b.rep.API = append(r.b.rep.API, res)
+	}
+	r.readRSS(&r.mem.AfterAPIRSS)
+	return nil
+}
+
+// fillTo brings the live endpoints up to target, four at a time.
+func (r *nsRun) fillTo(ctx context.Context, target int) error {
+	need := target - len(r.alive)
+	if need <= 0 {
 		return nil
 	}
-	ruleAt := map[int]bool{}
-	maxN := b.cfg.scalePoints[len(b.cfg.scalePoints)-1]
-	if b.cfg.phases["6"] {
+	start := time.Now()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	next := make(chan struct{}, need)
+	for range need {
+		next <- struct{}{}
+	}
+	close(next)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				e, err := r.n.up(ctx, r.c, nil)
+				if err != nil {
+					errc <- err
+					return
+				}
+				mu.Lock()
+				r.alive = append(r.alive, e)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	r.fillTime += time.Since(start)
+	close(errc)
+	if err := <-errc; err != nil {
+		return fmt.Errorf("creating endpoint %d: %w", len(r.alive)+1, err)
+	}
+	return nil
+}
+
+// growSteps returns the endpoint counts phases 5, 6 and 8 stop at, in
+// order, and which of them are scaling points and rule counts.
+func growSteps(cfg config, maxN int) (steps []int, scaleAt, ruleAt map[int]bool) {
+	ruleAt, scaleAt = map[int]bool{}, map[int]bool{}
+	if cfg.phases["6"] {
 		for _, r := range []int{100, maxEndpoints} {
 			if r <= maxN {
 				ruleAt[r] = true
 			}
 		}
 	}
-	scaleAt := map[int]bool{}
-	if b.cfg.phases["5"] {
-		for _, p := range b.cfg.scalePoints {
+	if cfg.phases["5"] {
+		for _, p := range cfg.scalePoints {
 			scaleAt[p] = true
 		}
 	}
-	var steps []int
 	for k := range scaleAt {
 		steps = append(steps, k)
 	}
@@ -466,67 +290,40 @@ func (b *bench) netnsPhases(ctx context.Context) error {
 			steps = append(steps, k)
 		}
 	}
-	if b.cfg.phases["8"] && !slices.Contains(steps, maxN) {
+	if cfg.phases["8"] && !slices.Contains(steps, maxN) {
 		steps = append(steps, maxN)
 	}
 	slices.Sort(steps)
+	return steps, scaleAt, ruleAt
+}
+
+// growPhases runs phases 5, 6 and 8 on one growing set of live endpoints.
+func (r *nsRun) growPhases(ctx context.Context) error {
+	cfg := r.b.cfg
+	maxN := cfg.scalePoints[len(cfg.scalePoints)-1]
+	steps, scaleAt, ruleAt := growSteps(cfg, maxN)
 	scaling := &scalingResult{}
 	for _, target := range steps {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if scaleAt[target] {
-			if err := fillTo(target - 1); err != nil {
+			if err := r.scalePoint(ctx, scaling, target, maxN); err != nil {
 				return err
 			}
-			rec := newRecorder()
-			p := scalePoint{N: target}
-			for range b.cfg.scaleCycles {
-				d, err := n.cycle(ctx, c, rec)
-				if err != nil {
-					return fmt.Errorf("phase 5: cycle at N=%d: %w", target, err)
-				}
-				p.CycleMs = append(p.CycleMs, millis(d))
-			}
-			p.CycleMedian = num(median(p.CycleMs))
-			p.Calls = rec.stats()
-			logf("phase 5: endpoint %d (%d alive): cycle median %.2f ms", target, target-1, float64(p.CycleMedian))
-			scaling.Points = append(scaling.Points, p)
-			b.rep.Scaling = scaling
-			if b.cfg.lockProbe > 0 && b.cfg.phases["5"] && (target == b.cfg.scalePoints[0] || target == maxN) && len(alive) > 0 {
-				logf("phase 5: probing the endpoint lock for %v with %d endpoints", b.cfg.lockProbe, len(alive))
-				lp, err := probeLock(ctx, c, n, alive[0], len(alive), b.cfg.lockProbe)
-				if err != nil {
-					return fmt.Errorf("phase 5: lock probe: %w", err)
-				}
-				logf("phase 5: probe p50 %.2f ms, p99 %.2f ms, max %.2f ms with %d endpoints", float64(lp.Call.P50), float64(lp.Call.P99), float64(lp.Call.Max), lp.N)
-				scaling.Probes = append(scaling.Probes, lp)
-				b.rep.Scaling = scaling
-			}
 		}
-		if err := fillTo(target); err != nil {
+		if err := r.fillTo(ctx, target); err != nil {
 			return err
 		}
 		if ruleAt[target] {
-			if err := countRules(len(alive), 0); err != nil {
+			if err := r.rulePoint(ctx); err != nil {
 				return err
 			}
-			if ports := min(b.cfg.ports, len(alive)); ports > 0 {
-				if err := publish(ctx, c, n, alive[:ports]); err != nil {
-					return fmt.Errorf("phase 6: publishing ports: %w", err)
-				}
-				if err := countRules(len(alive), ports); err != nil {
-					return err
-				}
-				if err := revoke(ctx, c, n, alive[:ports]); err != nil {
-					return fmt.Errorf("phase 6: unpublishing ports: %w", err)
-				}
-			}
 		}
-		if target == maxN && b.cfg.phases["8"] {
-			mem.Endpoints = len(alive)
-			readRSS(&mem.EndpointsRSS)
-			logf("phase 8: RSS %.1f MiB with %d endpoints (idle %.1f MiB)", float64(mem.EndpointsRSS)/(1<<20), len(alive), float64(mem.IdleRSS)/(1<<20))
+		if target == maxN && cfg.phases["8"] {
+			r.mem.Endpoints = len(r.alive)
+			r.readRSS(&r.mem.EndpointsRSS)
+			logf("phase 8: RSS %.1f MiB with %d endpoints (idle %.1f MiB)", float64(r.mem.EndpointsRSS)/(1<<20), len(r.alive), float64(r.mem.IdleRSS)/(1<<20))
 		}
 	}
 	if len(scaling.Points) > 0 {
@@ -534,40 +331,65 @@ func (b *bench) netnsPhases(ctx context.Context) error {
 		scaling.FirstN, scaling.LastN = first.N, last.N
 		scaling.Ratio = num(ratio(float64(last.CycleMedian), float64(first.CycleMedian)))
 	}
-	if fillTime > 0 {
-		scaling.FillPerSec = num(float64(len(alive)) / fillTime.Seconds())
-	}
-	// The endpoints are not deleted one by one: stopping mynet and deleting
-	// the namespace (the deferred cleanup) removes their veths and rules,
-	// and the state directory goes with the work directory.
-	logf("phases 4-6,8 done; %d endpoints go with the namespace", len(alive))
-	return nil
-}
-
-// publish publishes container port 80 of each endpoint on host port
-// 20000+i, as the engine does for `-p 20000+i:80` on the gateway endpoint.
-func publish(ctx context.Context, c *pluginClient, n benchNet, eps []endpoint) error {
-	for i, e := range eps {
-		hp := 20000 + i
-		req := map[string]any{
-			"NetworkID": n.id, "EndpointID": e.id,
-			"Options": map[string]any{
-				"com.docker.network.portmap":               []map[string]any{{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": hp, "HostPortEnd": hp}},
-				"com.docker.network.endpoint.exposedports": []map[string]any{{"Proto": 6, "Port": 80}},
-			},
-		}
-		if err := c.call(ctx, "NetworkDriver.ProgramExternalConnectivity", req, nil); err != nil {
-			return err
-		}
+	if r.fillTime > 0 {
+		scaling.FillPerSec = num(float64(len(r.alive)) / r.fillTime.Seconds())
 	}
 	return nil
 }
 
-func revoke(ctx context.Context, c *pluginClient, n benchNet, eps []endpoint) error {
-	for _, e := range eps {
-		if err := c.call(ctx, "NetworkDriver.RevokeExternalConnectivity", map[string]any{"NetworkID": n.id, "EndpointID": e.id}, nil); err != nil {
-			return err
+// scalePoint is phase 5 at one endpoint count: cycles of the target'th
+// endpoint with target-1 alive, and at the first and last point a probe
+// of the endpoint lock.
+func (r *nsRun) scalePoint(ctx context.Context, scaling *scalingResult, target, maxN int) error {
+	cfg := r.b.cfg
+	if err := r.fillTo(ctx, target-1); err != nil {
+		return err
+	}
+	rec := newRecorder()
+	p := scalePoint{N: target}
+	for range cfg.scaleCycles {
+		d, err := r.n.cycle(ctx, r.c, rec)
+		if err != nil {
+			return fmt.Errorf("phase 5: cycle at N=%d: %w", target, err)
 		}
+		p.CycleMs = append(p.CycleMs, millis(d))
+	}
+	p.CycleMedian = num(median(p.CycleMs))
+	p.Calls = rec.stats()
+	logf("phase 5: endpoint %d (%d alive): cycle median %.2f ms", target, target-1, float64(p.CycleMedian))
+	scaling.Points = append(scaling.Points, p)
+	r.b.rep.Scaling = scaling
+	if cfg.lockProbe <= 0 || (target != cfg.scalePoints[0] && target != maxN) || len(r.alive) == 0 {
+		return nil
+	}
+	logf("phase 5: probing the endpoint lock for %v with %d endpoints", cfg.lockProbe, len(r.alive))
+	lp, err := probeLock(ctx, r.c, r.n, r.alive[0], len(r.alive), cfg.lockProbe)
+	if err != nil {
+		return fmt.Errorf("phase 5: lock probe: %w", err)
+	}
+	logf("phase 5: probe p50 %.2f ms, p99 %.2f ms, max %.2f ms with %d endpoints", float64(lp.Call.P50), float64(lp.Call.P99), float64(lp.Call.Max), lp.N)
+	scaling.Probes = append(scaling.Probes, lp)
+	return nil
+}
+
+// rulePoint is phase 6 with the live endpoints: rules without and with
+// published ports.
+func (r *nsRun) rulePoint(ctx context.Context) error {
+	if err := r.countRules(ctx, len(r.alive), 0); err != nil {
+		return err
+	}
+	ports := min(r.b.cfg.ports, len(r.alive))
+	if ports <= 0 {
+		return nil
+	}
+	if err := publish(ctx, r.c, r.n, r.alive[:ports]); err != nil {
+		return fmt.Errorf("phase 6: publishing ports: %w", err)
+	}
+	if err := r.countRules(ctx, len(r.alive), ports); err != nil {
+		return err
+	}
+	if err := revoke(ctx, r.c, r.n, r.alive[:ports]); err != nil {
+		return fmt.Errorf("phase 6: unpublishing ports: %w", err)
 	}
 	return nil
 }

@@ -52,5 +52,4 @@ func ratio(a, b float64) float64 {
 	return a / b
 }
 
-func seconds(d time.Duration) float64 { return d.Seconds() }
-func millis(d time.Duration) float64  { return float64(d) / float64(time.Millisecond) }
+func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
