@@ -1,9 +1,8 @@
-package main
-
-// mynet doctor: checks the host prerequisites, the iptables backend against
-// Docker's, the daemon's socket, and compares the daemon's state (asked
-// over its socket) with the kernel objects tagged with its name, printing
-// each problem with the command that fixes it.
+// Package doctor is `mynet doctor`: it checks the host prerequisites, the
+// iptables backend against Docker's, the daemon's socket, and compares the
+// daemon's state (asked over its socket) with the kernel objects tagged
+// with its name, printing each problem with the command that fixes it.
+package doctor
 
 import (
 	"bufio"
@@ -28,6 +27,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/mynet/mynet/internal/cli"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
@@ -63,8 +63,8 @@ type doctorReport struct {
 
 // doctor holds one run's inputs and findings.
 type doctor struct {
-	t   target
-	env *cliEnv
+	t   cli.Target
+	env *cli.Env
 	// procSys and procNet are /proc/sys and the calling thread's
 	// /proc/<tid>/net; tests point procSys elsewhere.
 	procSys, procNet string
@@ -73,11 +73,11 @@ type doctor struct {
 
 	report doctorReport
 	pid    int
-	docker map[string]dockerNetwork
+	docker map[string]cli.DockerNetwork
 }
 
-func newDoctor(t target, env *cliEnv) *doctor {
-	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: fetchState}
+func newDoctor(t cli.Target, env *cli.Env) *doctor {
+	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: cli.FetchState}
 }
 
 func (d *doctor) add(check, status, msg, fix string) {
@@ -87,9 +87,9 @@ func (d *doctor) add(check, status, msg, fix string) {
 	}
 }
 
-// runDoctor is `mynet doctor`.
-func runDoctor(args []string, env *cliEnv) error {
-	cf, pos, done, err := parseCommand("doctor", "usage: mynet doctor [--name NAME | --socket PATH | --plugin NAME:TAG] [--instance NAME] [--format table|json]\n\n"+
+// Run is `mynet doctor`.
+func Run(args []string, env *cli.Env) error {
+	cf, pos, done, err := cli.ParseCommand("doctor", "usage: mynet doctor [--name NAME | --socket PATH | --plugin NAME:TAG] [--instance NAME] [--format table|json]\n\n"+
 		"Checks the host and the daemon's objects; prints each problem with its fix and exits 1 if there is one. Run it as root on the host.\n\n", true, args)
 	if done || err != nil {
 		return err
@@ -98,16 +98,16 @@ func runDoctor(args []string, env *cliEnv) error {
 		return fmt.Errorf("doctor takes no arguments, got %q", pos)
 	}
 	ctx := context.Background()
-	t, err := cf.resolve(ctx, env)
+	t, err := cf.Resolve(ctx, env)
 	if err != nil {
 		return err
 	}
 	doc := newDoctor(t, env)
 	rep := doc.run(ctx)
-	if cf.format == "json" {
-		err = writeJSON(env.stdout, rep)
+	if cf.Format == "json" {
+		err = cli.WriteJSON(env.Stdout, rep)
 	} else {
-		err = writeDoctor(env.stdout, rep)
+		err = writeDoctor(env.Stdout, rep)
 	}
 	if err != nil {
 		return err
@@ -134,12 +134,12 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 	d.report = doctorReport{Instance: d.t.Instance, Socket: d.t.Socket}
 	st1 := d.checkSocket(ctx)
 	d.report.DaemonPID = d.pid
-	if st1 != nil && d.env.dockerNetworks != nil {
+	if st1 != nil && d.env.DockerNetworks != nil {
 		var ids []string
 		for _, n := range st1.Networks {
 			ids = append(ids, n.ID)
 		}
-		d.docker, _ = d.env.dockerNetworks(ctx, ids)
+		d.docker, _ = d.env.DockerNetworks(ctx, ids)
 	}
 	d.checkSysctls(st1)
 
@@ -237,7 +237,7 @@ func (d *doctor) checkSocket(ctx context.Context) *plugin.Dump {
 	}
 	pid, err := peerPID(sock)
 	if err != nil {
-		d.add("socket", statusProblem, socketError(sock, err).Error(), d.t.Restart)
+		d.add("socket", statusProblem, cli.SocketError(sock, err).Error(), d.t.Restart)
 		return nil
 	}
 	d.pid = pid
@@ -498,7 +498,7 @@ func (d *doctor) detectInstance(st *plugin.Dump, sc scan) {
 		}
 		tag, ok := model.ParseTag(l.alias)
 		inst := tag.Instance
-		if !ok || tag.Kind != model.KindNetwork || tag.ID != n.ID || inst == d.t.Instance || !validName.MatchString(inst) {
+		if !ok || tag.Kind != model.KindNetwork || tag.ID != n.ID || inst == d.t.Instance || !cli.ValidName(inst) {
 			continue
 		}
 		if d.t.InstanceKnown {
@@ -560,7 +560,7 @@ func (d *doctor) checkBackend(ctx context.Context, sc scan) string {
 	}
 	switch {
 	case len(docker) == 0:
-		d.add("iptables_backend", statusInfo, fmt.Sprintf("no Docker chains in nf_tables or legacy iptables: dockerd is not running here, or runs with --iptables=false; mynet uses %s (%s)", orDash(mine), how), "")
+		d.add("iptables_backend", statusInfo, fmt.Sprintf("no Docker chains in nf_tables or legacy iptables: dockerd is not running here, or runs with --iptables=false; mynet uses %s (%s)", cli.OrDash(mine), how), "")
 	case mine != "" && !dockerIn[mine]:
 		want := docker[0]
 		suffix := "nft"
@@ -729,7 +729,7 @@ func (d *doctor) checkMissingLinks(st1, st2 *plugin.Dump, sc1, sc2 scan) {
 
 func (d *doctor) endpointName(e state.Endpoint) string {
 	parts := []string{}
-	if c := d.docker[e.NetworkID].containerOf(e.ID); c != "" {
+	if c := d.docker[e.NetworkID].ContainerOf(e.ID); c != "" {
 		parts = append(parts, "container "+c)
 	}
 	for _, a := range []string{e.IPv4, e.IPv6} {
@@ -749,7 +749,7 @@ func (d *doctor) reconnectFix(e state.Endpoint) string {
 		if n.Name != "" {
 			nw = n.Name
 		}
-		if c := n.containerOf(e.ID); c != "" {
+		if c := n.ContainerOf(e.ID); c != "" {
 			ctr = c
 		}
 	}

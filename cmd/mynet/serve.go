@@ -12,21 +12,19 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/cli"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/metrics"
 	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
 )
-
-const pluginDir = "/run/docker/plugins"
 
 type serveFlags struct {
 	name        string
@@ -45,7 +43,7 @@ type serveFlags struct {
 func parseServeFlags(args []string) (serveFlags, error) {
 	f := serveFlags{}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.StringVar(&f.name, "name", "mynet", "plugin name: the socket is "+pluginDir+"/<name>.sock, and users pass it to -d and --ipam-driver")
+	fs.StringVar(&f.name, "name", "mynet", "plugin name: the socket is "+cli.PluginDir+"/<name>.sock, and users pass it to -d and --ipam-driver")
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/mynet", "directory of the state database")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -79,15 +77,11 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("serve takes no arguments, got %q", fs.Args())
 	}
-	if !validName.MatchString(f.name) {
+	if !cli.ValidName(f.name) {
 		return f, fmt.Errorf("--name %q: use letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 characters", f.name)
 	}
 	return f, nil
 }
-
-// validName keeps the name safe in a socket path, a link alias and a rule
-// comment.
-var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
 
 func newLogger(level, format string) (*slog.Logger, error) {
 	var lv slog.Level
@@ -177,7 +171,7 @@ func serve(args []string) error {
 	}
 	router := plugin.NewRouter(log, deadline)
 	drv.Register(router)
-	sock := filepath.Join(pluginDir, f.name+".sock")
+	sock := filepath.Join(cli.PluginDir, f.name+".sock")
 	l, err := listenUnix(sock, f.socketGroup)
 	if err != nil {
 		return err
