@@ -19,39 +19,36 @@ func linkTag(instance string, st *plugin.Dump, kind, id string) string {
 	return model.Tag{Instance: instance, Generation: st.Generation, Kind: kind, ID: id}.String()
 }
 
-// stable returns the records present, and not pending, in both reads.
-func stableNetworks(a, b *plugin.Dump) []state.Network {
+// stable returns the records of the second read that the first read has
+// too, leaving out those pending in either, sorted by ID; key gives a
+// record's ID and whether it is pending.
+func stable[T any](first, second []T, key func(T) (string, bool)) []T {
 	in := map[string]bool{}
-	for _, n := range a.Networks {
-		if !n.Pending {
-			in[n.ID] = true
+	for _, r := range first {
+		if id, pending := key(r); !pending {
+			in[id] = true
 		}
 	}
-	var out []state.Network
-	for _, n := range b.Networks {
-		if in[n.ID] && !n.Pending {
-			out = append(out, n)
+	var out []T
+	for _, r := range second {
+		if id, pending := key(r); in[id] && !pending {
+			out = append(out, r)
 		}
 	}
-	slices.SortFunc(out, func(x, y state.Network) int { return strings.Compare(x.ID, y.ID) })
+	slices.SortFunc(out, func(x, y T) int {
+		ix, _ := key(x)
+		iy, _ := key(y)
+		return strings.Compare(ix, iy)
+	})
 	return out
 }
 
+func stableNetworks(a, b *plugin.Dump) []state.Network {
+	return stable(a.Networks, b.Networks, func(n state.Network) (string, bool) { return n.ID, n.Pending })
+}
+
 func stableEndpoints(a, b *plugin.Dump) []state.Endpoint {
-	in := map[string]bool{}
-	for _, e := range a.Endpoints {
-		if !e.Pending {
-			in[e.ID] = true
-		}
-	}
-	var out []state.Endpoint
-	for _, e := range b.Endpoints {
-		if in[e.ID] && !e.Pending {
-			out = append(out, e)
-		}
-	}
-	slices.SortFunc(out, func(x, y state.Endpoint) int { return strings.Compare(x.ID, y.ID) })
-	return out
+	return stable(a.Endpoints, b.Endpoints, func(e state.Endpoint) (string, bool) { return e.ID, e.Pending })
 }
 
 func (d *doctor) networkName(id string) string {
