@@ -7,7 +7,7 @@ ARGS    ?=
 .PHONY: build run test unit e2e clean
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/mynet
 
 # Run the plugin in the foreground on /run/docker/plugins/$(NAME).sock.
 run: build

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -19,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
 )
@@ -94,19 +91,19 @@ func newStateServer(t *testing.T, d *plugin.Dump) *stateServer {
 	return s
 }
 
-// testEnv captures stdout and knows Docker's names of two networks.
-func testEnv(out *bytes.Buffer) *cliEnv {
-	return &cliEnv{
-		stdout: out,
-		dockerNetworks: func(_ context.Context, ids []string) (map[string]dockerNetwork, error) {
-			n1 := dockerNetwork{ID: cliNet1, Name: "appnet"}
+// testEnv captures Stdout and knows Docker's names of two networks.
+func testEnv(out *bytes.Buffer) *Env {
+	return &Env{
+		Stdout: out,
+		DockerNetworks: func(_ context.Context, ids []string) (map[string]DockerNetwork, error) {
+			n1 := DockerNetwork{ID: cliNet1, Name: "appnet"}
 			n1.Containers = map[string]struct{ Name, EndpointID string }{
 				"c1": {Name: "web", EndpointID: cliEp1},
 				"c2": {Name: "client", EndpointID: cliEp2},
 			}
-			return map[string]dockerNetwork{cliNet1: n1, cliNet2: {ID: cliNet2, Name: "apps"}}, nil
+			return map[string]DockerNetwork{cliNet1: n1, cliNet2: {ID: cliNet2, Name: "apps"}}, nil
 		},
-		pluginID: func(_ context.Context, ref string) (string, error) {
+		PluginID: func(_ context.Context, ref string) (string, error) {
 			if ref == "mynet:1.0" {
 				return strings.Repeat("ab", 32), nil
 			}
@@ -118,7 +115,7 @@ func testEnv(out *bytes.Buffer) *cliEnv {
 func TestLsTable(t *testing.T) {
 	srv := newStateServer(t, cannedDump())
 	var out bytes.Buffer
-	if err := runLs([]string{"--socket", srv.socket}, testEnv(&out)); err != nil {
+	if err := RunLs([]string{"--socket", srv.socket}, testEnv(&out)); err != nil {
 		t.Fatal(err)
 	}
 	want := `NETWORK ID    NAME    BRIDGE           SUBNETS                    ICC  MASQUERADE  INTERNAL  MTU   HOST IP    ENDPOINTS
@@ -134,7 +131,7 @@ func TestLsTable(t *testing.T) {
 func TestLsJSON(t *testing.T) {
 	srv := newStateServer(t, cannedDump())
 	var out bytes.Buffer
-	if err := runLs([]string{"--format", "json", "--socket", srv.socket}, testEnv(&out)); err != nil {
+	if err := RunLs([]string{"--format", "json", "--socket", srv.socket}, testEnv(&out)); err != nil {
 		t.Fatal(err)
 	}
 	var views []networkView
@@ -164,7 +161,7 @@ func TestInspectTable(t *testing.T) {
 	srv := newStateServer(t, cannedDump())
 	var out bytes.Buffer
 	// Flags after the network, and the network by its Docker name.
-	if err := runInspect([]string{"appnet", "--socket", srv.socket}, testEnv(&out)); err != nil {
+	if err := RunInspect([]string{"appnet", "--socket", srv.socket}, testEnv(&out)); err != nil {
 		t.Fatal(err)
 	}
 	got := out.String()
@@ -187,7 +184,7 @@ func TestInspectTable(t *testing.T) {
 func TestInspectJSON(t *testing.T) {
 	srv := newStateServer(t, cannedDump())
 	var out bytes.Buffer
-	if err := runInspect([]string{"--format=json", "--socket", srv.socket, "br-apps"}, testEnv(&out)); err != nil {
+	if err := RunInspect([]string{"--format=json", "--socket", srv.socket, "br-apps"}, testEnv(&out)); err != nil {
 		t.Fatal(err)
 	}
 	var v networkView
@@ -222,21 +219,21 @@ func TestCLIErrors(t *testing.T) {
 
 	for _, c := range []struct {
 		name    string
-		run     func([]string, *cliEnv) error
+		run     func([]string, *Env) error
 		args    []string
 		errPart string
 	}{
-		{"no socket", runLs, []string{"--socket", "/nonexistent/mynet.sock"}, "socket does not exist"},
-		{"stale socket", runLs, []string{"--socket", stale}, "stale socket"},
-		{"not mynet", runLs, []string{"--socket", l.Addr().String()}, "does not serve /Mynet.State"},
-		{"two targets", runLs, []string{"--socket", srv.socket, "--name", "x"}, "at most one"},
-		{"bad format", runLs, []string{"--socket", srv.socket, "--format", "yaml"}, "use table or json"},
-		{"bad name", runLs, []string{"--name", "../x"}, "not a valid plugin name"},
-		{"ls argument", runLs, []string{"--socket", srv.socket, "extra"}, "takes no arguments"},
-		{"inspect no network", runInspect, []string{"--socket", srv.socket}, "one network"},
-		{"inspect unknown", runInspect, []string{"--socket", srv.socket, "nope"}, "no mynet network \"nope\""},
-		{"inspect ambiguous", runInspect, []string{"--socket", srv.socket, "3f1a"}, "matches 2 networks (3f1a2b3c4d5e, 3f1a99999999)"},
-		{"unknown plugin", runLs, []string{"--plugin", "other:1"}, "no such plugin"},
+		{"no socket", RunLs, []string{"--socket", "/nonexistent/mynet.sock"}, "socket does not exist"},
+		{"stale socket", RunLs, []string{"--socket", stale}, "stale socket"},
+		{"not mynet", RunLs, []string{"--socket", l.Addr().String()}, "does not serve /Mynet.State"},
+		{"two targets", RunLs, []string{"--socket", srv.socket, "--name", "x"}, "at most one"},
+		{"bad format", RunLs, []string{"--socket", srv.socket, "--format", "yaml"}, "use table or json"},
+		{"bad name", RunLs, []string{"--name", "../x"}, "not a valid plugin name"},
+		{"ls argument", RunLs, []string{"--socket", srv.socket, "extra"}, "takes no arguments"},
+		{"inspect no network", RunInspect, []string{"--socket", srv.socket}, "one network"},
+		{"inspect unknown", RunInspect, []string{"--socket", srv.socket, "nope"}, "no mynet network \"nope\""},
+		{"inspect ambiguous", RunInspect, []string{"--socket", srv.socket, "3f1a"}, "matches 2 networks (3f1a2b3c4d5e, 3f1a99999999)"},
+		{"unknown plugin", RunLs, []string{"--plugin", "other:1"}, "no such plugin"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var out bytes.Buffer
@@ -298,18 +295,18 @@ func TestResolveTarget(t *testing.T) {
 	env := testEnv(new(bytes.Buffer))
 	for _, c := range []struct {
 		name string
-		cf   cliFlags
-		want target
+		cf   Flags
+		want Target
 	}{
-		{"default", cliFlags{format: "table"}, target{Socket: "/run/docker/plugins/mynet.sock", Instance: "mynet", Restart: "systemctl restart mynet (or stop and start mynet serve)"}},
-		{"name", cliFlags{format: "table", name: "dev"}, target{Socket: "/run/docker/plugins/dev.sock", Instance: "dev", InstanceKnown: true, Restart: "restart the daemon (mynet serve --name dev)"}},
-		{"socket", cliFlags{format: "json", socket: "/tmp/x.sock"}, target{Socket: "/tmp/x.sock", Instance: "mynet", Restart: "systemctl restart mynet (or stop and start mynet serve)"}},
-		{"socket and instance", cliFlags{format: "json", socket: "/tmp/x.sock", instance: "e2e"}, target{Socket: "/tmp/x.sock", Instance: "e2e", InstanceKnown: true, Restart: "systemctl restart mynet (or stop and start mynet serve)"}},
-		{"plugin", cliFlags{format: "table", pluginRef: "mynet:1.0"}, target{
+		{"default", Flags{Format: "table"}, Target{Socket: "/run/docker/plugins/mynet.sock", Instance: "mynet", Restart: "systemctl restart mynet (or stop and start mynet serve)"}},
+		{"name", Flags{Format: "table", name: "dev"}, Target{Socket: "/run/docker/plugins/dev.sock", Instance: "dev", InstanceKnown: true, Restart: "restart the daemon (mynet serve --name dev)"}},
+		{"socket", Flags{Format: "json", socket: "/tmp/x.sock"}, Target{Socket: "/tmp/x.sock", Instance: "mynet", Restart: "systemctl restart mynet (or stop and start mynet serve)"}},
+		{"socket and instance", Flags{Format: "json", socket: "/tmp/x.sock", instance: "e2e"}, Target{Socket: "/tmp/x.sock", Instance: "e2e", InstanceKnown: true, Restart: "systemctl restart mynet (or stop and start mynet serve)"}},
+		{"plugin", Flags{Format: "table", pluginRef: "mynet:1.0"}, Target{
 			Socket: "/run/docker/plugins/" + strings.Repeat("ab", 32) + "/mynet.sock", Instance: "mynet", Plugin: "mynet:1.0",
 			Restart: "docker plugin disable -f mynet:1.0 && docker plugin enable mynet:1.0"}},
 	} {
-		got, err := c.cf.resolve(context.Background(), env)
+		got, err := c.cf.Resolve(context.Background(), env)
 		if err != nil || got != c.want {
 			t.Errorf("%s: resolve = %+v, %v; want %+v", c.name, got, err, c.want)
 		}
@@ -330,7 +327,7 @@ func TestParseArgs(t *testing.T) {
 		{[]string{"--", "--format"}, []string{"--format"}, "table", false},
 		{[]string{"net1", "--bogus"}, nil, "", true},
 	} {
-		var cf cliFlags
+		var cf Flags
 		fs := flag.NewFlagSet("t", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
 		cf.register(fs, false)
@@ -341,172 +338,8 @@ func TestParseArgs(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || !reflect.DeepEqual(pos, c.pos) || cf.format != c.format {
-			t.Errorf("parseArgs(%q) = %q, format %q, %v; want %q, %q", c.args, pos, cf.format, err, c.pos, c.format)
+		if err != nil || !reflect.DeepEqual(pos, c.pos) || cf.Format != c.format {
+			t.Errorf("parseArgs(%q) = %q, format %q, %v; want %q, %q", c.args, pos, cf.Format, err, c.pos, c.format)
 		}
-	}
-}
-
-func TestWriteDoctor(t *testing.T) {
-	rep := doctorReport{Instance: "mynet", Socket: "/run/docker/plugins/mynet.sock", Problems: 1, Findings: []finding{
-		{Check: "ip_forward", Status: statusOK, Message: "net.ipv4.ip_forward = 1"},
-		{Check: "orphan_rule", Status: statusProblem, Message: "2 iptables rules in MYNET-FORWARD name network abc, which the state does not know",
-			Fix: "iptables -t filter -D MYNET-FORWARD -o br -j ACCEPT\niptables -t filter -D MYNET-FORWARD -i br -j ACCEPT"},
-		{Check: "forward_policy", Status: statusInfo, Message: "FORWARD policy is DROP"},
-	}}
-	var out bytes.Buffer
-	if err := writeDoctor(&out, rep); err != nil {
-		t.Fatal(err)
-	}
-	want := `mynet doctor: instance mynet, socket /run/docker/plugins/mynet.sock
-
-STATUS   CHECK           DETAIL
-ok       ip_forward      net.ipv4.ip_forward = 1
-PROBLEM  orphan_rule     2 iptables rules in MYNET-FORWARD name network abc, which the state does not know
-                         fix: iptables -t filter -D MYNET-FORWARD -o br -j ACCEPT
-                              iptables -t filter -D MYNET-FORWARD -i br -j ACCEPT
-info     forward_policy  FORWARD policy is DROP
-
-1 problem found
-`
-	if out.String() != want {
-		t.Errorf("got:\n%s\nwant:\n%s", out.String(), want)
-	}
-}
-
-// TestCLIAgainstDaemon runs ls, inspect, doctor and a metrics scrape
-// against the real daemon in a test namespace, after driving it through
-// the engine's calls for a network with a container publishing a port.
-func TestCLIAgainstDaemon(t *testing.T) {
-	ns := newNS(t)
-	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
-	d := &daemon{t: t, ns: ns, name: "mnt-" + randHex(4), dir: t.TempDir(), log: &syncBuffer{}}
-	d.sock = filepath.Join(pluginDir, d.name+".sock")
-	d.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", d.sock)
-		}, DisableKeepAlives: true}}
-	d.cmd = exec.Command("ip", "netns", "exec", ns.name, daemonBin, "serve", "--name", d.name,
-		"--state-dir", d.dir, "--reconcile-interval", "0", "--metrics-socket", metricsSock)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.stop)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if code, _, err := d.call("Plugin.Activate", nil); err == nil && code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon did not answer; log:\n%s", d.log)
-		}
-	}
-	s := &script{nid: randHex(32), eid: randHex(32), mac: crashMAC}
-	for _, st := range engineSteps {
-		out := d.mustCall(st.method, st.body(s))
-		if st.after != nil {
-			st.after(s, out)
-		}
-		if st.method == "NetworkDriver.ProgramExternalConnectivity" {
-			break
-		}
-	}
-	d.call("NoSuch.Method", nil)
-
-	env := &cliEnv{}
-	var out bytes.Buffer
-	env.stdout = &out
-	if err := runLs([]string{"--name", d.name, "--format", "json"}, env); err != nil {
-		t.Fatal(err)
-	}
-	var views []networkView
-	if err := json.Unmarshal(out.Bytes(), &views); err != nil || len(views) != 1 || views[0].ID != s.nid || views[0].EndpointCount != 1 {
-		t.Fatalf("mynet ls --format json: %v\n%s", err, out.String())
-	}
-	out.Reset()
-	if err := runInspect([]string{"--name", d.name, s.nid[:6]}, env); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("mynet inspect:\n%s", out.String())
-	hostVeth, _ := model.VethNames(s.eid)
-	for _, want := range []string{s.eid[:12], strings.Split(s.addr, "/")[0], crashMAC, hostVeth, "0.0.0.0:18080->80/tcp"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("mynet inspect lacks %q:\n%s", want, out.String())
-		}
-	}
-
-	doctor := func() (string, error) {
-		out, err := exec.Command("ip", "netns", "exec", ns.name, daemonBin, "doctor", "--name", d.name).CombinedOutput()
-		return string(out), err
-	}
-	if text, err := doctor(); err != nil || !strings.Contains(text, "no problems found") || !strings.Contains(text, "1 network and 1 endpoint") {
-		t.Errorf("doctor on a healthy daemon: %v\n%s", err, text)
-	}
-	ns.run(t, "ip", "link", "del", hostVeth)
-	text, err := doctor()
-	t.Logf("mynet doctor after deleting %s: %v\n%s", hostVeth, err, text)
-	if err == nil || !strings.Contains(text, "host veth "+hostVeth) || !strings.Contains(text, "fix: kill -HUP") {
-		t.Errorf("doctor after deleting the veth: %v\n%s", err, text)
-	}
-
-	scrape := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", metricsSock)
-		}}}
-	resp, err := scrape.Get("http://mynet/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{
-		`mynet_requests_total{method="NetworkDriver.CreateNetwork"} 1`,
-		`mynet_requests_total{method="IpamDriver.RequestAddress"} 2`,
-		`mynet_requests_total{method="other"} 1`,
-		`mynet_request_errors_total{code="404",method="other"} 1`,
-		`mynet_request_duration_seconds_count{method="NetworkDriver.CreateEndpoint"} 1`,
-		`mynet_networks 1`,
-		`mynet_endpoints 1`,
-		`mynet_pool_addresses_in_use{network_id="` + s.nid[:12] + `",pool="10.77.0.0/24"} 2`,
-		`mynet_reconcile_repairs_total 0`,
-		`mynet_requests_in_flight 0`,
-		`mynet_requests_waiting 0`,
-	} {
-		if !strings.Contains(string(body), want+"\n") {
-			t.Errorf("metrics lack %q", want)
-		}
-	}
-	if fi, err := os.Stat(metricsSock); err != nil || fi.Mode().Perm() != 0o660 {
-		t.Errorf("metrics socket: %v, mode %v; want 0660", err, fi.Mode().Perm())
-	}
-	if t.Failed() {
-		t.Logf("metrics:\n%s", body)
-	}
-}
-
-func TestServeMetricsFlags(t *testing.T) {
-	for _, c := range []struct {
-		args    []string
-		errPart string
-	}{
-		{[]string{"--metrics-socket", "/run/mynet/metrics.sock"}, ""},
-		{[]string{"--metrics-addr", "127.0.0.1:9323"}, ""},
-		{[]string{"--metrics-addr", "[::1]:9323"}, ""},
-		{[]string{"--metrics-addr", "0.0.0.0:9323"}, "only loopback"},
-		{[]string{"--metrics-addr", ":9323"}, "only loopback"},
-		{[]string{"--metrics-socket", "/x.sock", "--metrics-addr", "127.0.0.1:9323"}, "not both"},
-	} {
-		f, err := parseServeFlags(c.args)
-		switch {
-		case c.errPart == "" && err != nil:
-			t.Errorf("serve %q: %v", c.args, err)
-		case c.errPart != "" && (err == nil || !strings.Contains(err.Error(), c.errPart)):
-			t.Errorf("serve %q: error %v, want %q", c.args, err, c.errPart)
-		case c.errPart == "" && f.metricsSocket == "" && f.metricsAddr == "":
-			t.Errorf("serve %q: no metrics listener set", c.args)
-		}
-	}
-	if f, err := parseServeFlags(nil); err != nil || f.metricsSocket != "" || f.metricsAddr != "" {
-		t.Errorf("metrics must be off by default: %+v %v", f, err)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package daemontest
 
 import (
 	"bytes"
@@ -20,13 +20,12 @@ import (
 // damagedState is a daemon with one network and one endpoint, stopped,
 // and what the namespace looked like then.
 type damagedState struct {
-	d              *daemon
-	s              *script
-	path           string
-	links, addrs   string
-	bridge, veth   string
-	original       []byte
-	originalDirGen string
+	d            *daemon
+	s            *script
+	path         string
+	links, addrs string
+	bridge, veth string
+	original     []byte
 }
 
 func newDamagedState(t *testing.T) *damagedState {

@@ -1,4 +1,4 @@
-package main
+package daemontest
 
 // Tests of the real daemon binary, run in a throwaway network namespace
 // and driven straight through its socket, the way the engine drives it.
@@ -27,6 +27,14 @@ import (
 // daemonBin is built once per test binary run.
 var daemonBin string
 
+// pluginDir is where the daemon puts its socket (serve --name NAME listens
+// on pluginDir/NAME.sock).
+const pluginDir = "/run/docker/plugins"
+
+// requestDeadlineEnv shortens the daemon's request deadline (see
+// cmd/mynet's requestDeadline).
+const requestDeadlineEnv = "MYNET_TEST_REQUEST_DEADLINE"
+
 func TestMain(m *testing.M) {
 	code := func() int {
 		if os.Geteuid() == 0 {
@@ -37,7 +45,7 @@ func TestMain(m *testing.M) {
 			}
 			defer os.RemoveAll(dir)
 			daemonBin = filepath.Join(dir, "mynet")
-			if out, err := exec.Command("go", "build", "-o", daemonBin, ".").CombinedOutput(); err != nil {
+			if out, err := exec.Command("go", "build", "-o", daemonBin, "github.com/mynet/mynet/cmd/mynet").CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "build mynet: %v\n%s", err, out)
 				return 1
 			}

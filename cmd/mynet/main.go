@@ -12,6 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/mynet/mynet/internal/cli"
+	"github.com/mynet/mynet/internal/doctor"
 )
 
 func main() {
@@ -24,11 +27,11 @@ func main() {
 	case "serve":
 		err = serve(os.Args[2:])
 	case "ls":
-		err = runLs(os.Args[2:], defaultEnv())
+		err = cli.RunLs(os.Args[2:], cli.DefaultEnv())
 	case "inspect":
-		err = runInspect(os.Args[2:], defaultEnv())
+		err = cli.RunInspect(os.Args[2:], cli.DefaultEnv())
 	case "doctor":
-		err = runDoctor(os.Args[2:], defaultEnv())
+		err = doctor.Run(os.Args[2:], cli.DefaultEnv())
 	case "-h", "--help", "help":
 		usage()
 		return

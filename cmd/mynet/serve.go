@@ -12,21 +12,19 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/cli"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/metrics"
 	"github.com/mynet/mynet/netutil/failpoint"
 	"github.com/mynet/mynet/plugin"
 	"github.com/mynet/mynet/state"
 )
-
-const pluginDir = "/run/docker/plugins"
 
 type serveFlags struct {
 	name        string
@@ -45,7 +43,7 @@ type serveFlags struct {
 func parseServeFlags(args []string) (serveFlags, error) {
 	f := serveFlags{}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.StringVar(&f.name, "name", "mynet", "plugin name: the socket is "+pluginDir+"/<name>.sock, and users pass it to -d and --ipam-driver")
+	fs.StringVar(&f.name, "name", "mynet", "plugin name: the socket is "+cli.PluginDir+"/<name>.sock, and users pass it to -d and --ipam-driver")
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/mynet", "directory of the state database")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -79,15 +77,11 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("serve takes no arguments, got %q", fs.Args())
 	}
-	if !validName.MatchString(f.name) {
+	if !cli.ValidName(f.name) {
 		return f, fmt.Errorf("--name %q: use letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 characters", f.name)
 	}
 	return f, nil
 }
-
-// validName keeps the name safe in a socket path, a link alias and a rule
-// comment.
-var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
 
 func newLogger(level, format string) (*slog.Logger, error) {
 	var lv slog.Level
@@ -118,35 +112,16 @@ func serve(args []string) error {
 	if err := failpoint.Enable(os.Getenv(failpoint.EnvVar)); err != nil {
 		return err
 	}
-	store, err := state.Open(f.stateDir)
+	store, snap, err := openState(f.stateDir, log)
 	if err != nil {
-		return unusableFile(err, filepath.Join(f.stateDir, state.FileName))
+		return err
 	}
 	defer store.Close()
-	if w := store.Warning(); w != "" {
-		log.Warn(w, "state", store.Path())
-	}
-	// Read and check every record before touching the kernel: a state
-	// that is not fully readable must not drive the reconcile's deletes.
-	snap, err := store.Load()
-	if err != nil {
-		return unusableFile(err, store.Path())
-	}
-
-	if st, err := bridge.EnsureHost(log); err != nil {
-		// Not fatal: networks that need it fail with the same message.
-		log.Error("host prerequisite", "err", err)
-	} else {
-		log.Info("host checked", "ip_forward", st.IPForward, "br_netfilter_loaded", st.BrNetfilterLoaded, "bridge_nf_call_iptables", st.BrNetfilter)
-	}
-	dp, err := bridge.New(bridge.Config{Instance: f.name, Generation: store.Generation(), Log: log})
+	dp, err := newDataplane(f, store, snap, log)
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
-	if err := claimObjects(log, store, snap, dp, f.discardOrphans); err != nil {
-		return err
-	}
 	drv := plugin.NewDriver(plugin.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation()})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -171,13 +146,58 @@ func serve(args []string) error {
 		stop()
 		<-loopDone
 	}()
+	return serveRequests(ctx, f, drv, log, store.Path(), dp.Chains())
+}
+
+// openState opens the state database and reads every record.
+func openState(dir string, log *slog.Logger) (*state.Store, state.Snapshot, error) {
+	store, err := state.Open(dir)
+	if err != nil {
+		return nil, state.Snapshot{}, unusableFile(err, filepath.Join(dir, state.FileName))
+	}
+	if w := store.Warning(); w != "" {
+		log.Warn(w, "state", store.Path())
+	}
+	// Read and check every record before touching the kernel: a state
+	// that is not fully readable must not drive the reconcile's deletes.
+	snap, err := store.Load()
+	if err != nil {
+		store.Close()
+		return nil, state.Snapshot{}, unusableFile(err, store.Path())
+	}
+	return store, snap, nil
+}
+
+// newDataplane checks the host and opens the dataplane, once the objects
+// tagged by this instance are known to be this state's.
+func newDataplane(f serveFlags, store *state.Store, snap state.Snapshot, log *slog.Logger) (*bridge.Dataplane, error) {
+	if st, err := bridge.EnsureHost(log); err != nil {
+		// Not fatal: networks that need it fail with the same message.
+		log.Error("host prerequisite", "err", err)
+	} else {
+		log.Info("host checked", "ip_forward", st.IPForward, "br_netfilter_loaded", st.BrNetfilterLoaded, "bridge_nf_call_iptables", st.BrNetfilter)
+	}
+	dp, err := bridge.New(bridge.Config{Instance: f.name, Generation: store.Generation(), Log: log})
+	if err != nil {
+		return nil, err
+	}
+	if err := claimObjects(log, store, snap, dp, f.discardOrphans); err != nil {
+		dp.Close()
+		return nil, err
+	}
+	return dp, nil
+}
+
+// serveRequests serves the plugin socket (and the metrics listener, if
+// asked) until ctx ends, then shuts the server down.
+func serveRequests(ctx context.Context, f serveFlags, drv *plugin.Driver, log *slog.Logger, statePath string, chains []string) error {
 	deadline, err := requestDeadline()
 	if err != nil {
 		return err
 	}
 	router := plugin.NewRouter(log, deadline)
 	drv.Register(router)
-	sock := filepath.Join(pluginDir, f.name+".sock")
+	sock := filepath.Join(cli.PluginDir, f.name+".sock")
 	l, err := listenUnix(sock, f.socketGroup)
 	if err != nil {
 		return err
@@ -208,7 +228,7 @@ func serve(args []string) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
-	log.Info("serving", "socket", sock, "state", store.Path(), "chains", strings.Join(dp.Chains(), ","))
+	log.Info("serving", "socket", sock, "state", statePath, "chains", strings.Join(chains, ","))
 
 	select {
 	case err := <-errc:

@@ -1,4 +1,4 @@
-package main
+package doctor
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/cli"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil/nstest"
 	"github.com/mynet/mynet/plugin"
@@ -48,7 +49,7 @@ type docHarness struct {
 	net1    model.Network
 	ep1     model.Endpoint
 	procSys string
-	target  target
+	target  cli.Target
 }
 
 func healthyDump() *plugin.Dump {
@@ -73,7 +74,7 @@ func withDoctor(t *testing.T, fn func(h *docHarness)) {
 		if err := os.Chmod(h.srv.socket, 0o660); err != nil {
 			t.Fatal(err)
 		}
-		h.target = target{Socket: h.srv.socket, Instance: docInst, InstanceKnown: true, Restart: "restart-mynet"}
+		h.target = cli.Target{Socket: h.srv.socket, Instance: docInst, InstanceKnown: true, Restart: "restart-mynet"}
 		nl, err := netlink.NewHandle()
 		if err != nil {
 			t.Fatal(err)
@@ -123,7 +124,7 @@ func requireTestNamespace(t *testing.T) {
 }
 
 func (h *docHarness) run() doctorReport {
-	d := newDoctor(h.target, &cliEnv{stdout: io.Discard})
+	d := newDoctor(h.target, &cli.Env{Stdout: io.Discard})
 	d.procSys = h.procSys
 	return d.run(context.Background())
 }
@@ -469,15 +470,15 @@ func TestDoctorForwardDrop(t *testing.T) {
 	})
 }
 
-// TestDoctorExitStatus: runDoctor fails when there is a problem and prints
+// TestDoctorExitStatus: Run fails when there is a problem and prints
 // JSON on request.
 func TestDoctorExitStatus(t *testing.T) {
 	withDoctor(t, func(h *docHarness) {
 		chmod(t, h.srv.socket, 0o666)
 		var out strings.Builder
-		err := runDoctor([]string{"--socket", h.srv.socket, "--instance", docInst, "--format", "json"}, &cliEnv{stdout: &out})
+		err := Run([]string{"--socket", h.srv.socket, "--instance", docInst, "--format", "json"}, &cli.Env{Stdout: &out})
 		if err == nil || !strings.Contains(err.Error(), "problem") {
-			t.Errorf("runDoctor = %v, want a problem count", err)
+			t.Errorf("Run = %v, want a problem count", err)
 		}
 		if !strings.Contains(out.String(), `"Check": "socket"`) || !strings.Contains(out.String(), `"Fix": "chmod 0660 `) {
 			t.Errorf("JSON report:\n%s", out.String())

@@ -1,4 +1,4 @@
-package main
+package doctor
 
 // The doctor's listing of tagged links that the daemon will not start
 // with: links of the instance created under another state file (another
