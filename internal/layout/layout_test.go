@@ -29,7 +29,7 @@ const (
 // but has no rule is a violation, so that a new package gets a place in
 // the layers on purpose. The layers, top to bottom:
 //
-//	cmd/mynet -> internal/cli, internal/doctor -> plugin -> internal/driver
+//	cmd/mynet -> internal/doctor -> internal/cli -> plugin -> internal/driver
 //	  -> ipam, state, bridge, metrics -> internal/model
 //
 // Nothing imports upward; the model imports nothing of ours; state, ipam
@@ -40,7 +40,7 @@ const (
 var rules = map[string][]string{
 	"cmd/mynet":       {"internal/cli", "internal/doctor", "plugin", "internal/driver", "internal/portalloc", "ipam", "state", "bridge", "metrics", "internal/model"},
 	"internal/cli":    {"plugin", "internal/driver", "ipam", "state", "metrics", "internal/model"},
-	"internal/doctor": {"plugin", "internal/driver", "ipam", "state", "bridge", "metrics", "internal/model"},
+	"internal/doctor": {"internal/cli", "plugin", "internal/driver", "ipam", "state", "bridge", "metrics", "internal/model"},
 	"plugin":          {"internal/driver", "internal/portalloc", "ipam", "state", "metrics", "internal/model"},
 	"internal/driver": {"internal/portalloc", "ipam", "state", "metrics", "internal/model"},
 	// Host-port allocation, a pure package beside ipam if it gets its own.
@@ -51,9 +51,6 @@ var rules = map[string][]string{
 	// The state gauges read the state's snapshot type.
 	"metrics":        {"state", "internal/model"},
 	"internal/model": nil,
-
-	// The root package holds the daemon until it moves to cmd/mynet.
-	".": {"internal/cli", "internal/doctor", "plugin", "internal/driver", "internal/portalloc", "ipam", "state", "bridge", "metrics", "internal/model"},
 
 	// Tools and tests outside the daemon: they may use anything below.
 	"internal/layout":       nil,
