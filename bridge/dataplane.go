@@ -2,13 +2,14 @@ package bridge
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 
 	"github.com/vishvananda/netlink"
 	vnl "github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/mynet/mynet/internal/model"
 )
 
 // Config configures a Dataplane.
@@ -39,7 +40,7 @@ type Dataplane struct {
 	// rtnl sends the requests the netlink package has no call for: link
 	// creation with NLM_F_ECHO (link.go).
 	rtnl     *vnl.SocketHandle
-	fw4, fw6 *firewall // fw6 is nil without ip6tables
+	fw4, fw6 firewall // fw6 is nil without ip6tables
 
 	generation string // in the link tags, see Tag
 
@@ -100,7 +101,7 @@ func New(cfg Config) (*Dataplane, error) {
 			return nil, err
 		}
 	}
-	d.fw4 = newFirewall(cfg.Instance, ipt4, false, cfg.Log)
+	d.fw4 = newIPTablesFirewall(cfg.Instance, ipt4, false, cfg.Log)
 	ipt6 := cfg.IPv6
 	if ipt6 == nil {
 		var err error
@@ -109,26 +110,9 @@ func New(cfg Config) (*Dataplane, error) {
 		}
 	}
 	if ipt6 != nil {
-		d.fw6 = newFirewall(cfg.Instance, ipt6, true, cfg.Log)
+		d.fw6 = newIPTablesFirewall(cfg.Instance, ipt6, true, cfg.Log)
 	}
 	return d, nil
-}
-
-// firewalls are the families rules are kept in.
-func (d *Dataplane) firewalls() []*firewall {
-	if d.fw6 == nil {
-		return []*firewall{d.fw4}
-	}
-	return []*firewall{d.fw4, d.fw6}
-}
-
-// forAll runs fn for each family and joins the errors.
-func (d *Dataplane) forAll(fn func(*firewall) error) error {
-	var errs []error
-	for _, fw := range d.firewalls() {
-		errs = append(errs, fn(fw))
-	}
-	return errors.Join(errs...)
 }
 
 // Close finishes queued cleanups and releases the netlink handles and
@@ -163,7 +147,7 @@ func (d *Dataplane) later(job func(*netlink.Handle)) {
 
 // Chains names the iptables chains this instance owns, for operators and
 // tests.
-func (d *Dataplane) Chains() []string { return d.fw4.chains.All() }
+func (d *Dataplane) Chains() []string { return model.ChainsFor(d.instance).All() }
 
 // stopped returns nil while ctx is live, else an error naming the step it
 // stops before, which wraps ctx's cause (context.DeadlineExceeded, or the

@@ -43,8 +43,9 @@ func newIPTables(v6 bool) (IPTables, error) {
 	return ipt, nil
 }
 
-// firewall manages one address family's rules.
-type firewall struct {
+// iptablesFirewall keeps one address family's rules with the iptables
+// (or ip6tables) binary.
+type iptablesFirewall struct {
 	instance string
 	chains   model.Chains
 	ipt      IPTables
@@ -52,11 +53,11 @@ type firewall struct {
 	log      *slog.Logger
 }
 
-func newFirewall(instance string, ipt IPTables, v6 bool, log *slog.Logger) *firewall {
-	return &firewall{instance: instance, chains: model.ChainsFor(instance), ipt: ipt, v6: v6, log: log}
+func newIPTablesFirewall(instance string, ipt IPTables, v6 bool, log *slog.Logger) *iptablesFirewall {
+	return &iptablesFirewall{instance: instance, chains: model.ChainsFor(instance), ipt: ipt, v6: v6, log: log}
 }
 
-func (f *firewall) family() string {
+func (f *iptablesFirewall) family() string {
 	if f.v6 {
 		return "ip6tables"
 	}
@@ -66,7 +67,7 @@ func (f *firewall) family() string {
 // ensureNetwork adds whichever of the network's rules are missing. Each
 // chain, hook and rule it adds goes onto undo, and only those: the caller
 // may be repairing a network whose other rules are live.
-func (f *firewall) ensureNetwork(ctx context.Context, n model.Network, undo *netutil.Undo) error {
+func (f *iptablesFirewall) ensureNetwork(ctx context.Context, n model.Network, undo *netutil.Undo) error {
 	rules := f.networkRules(n)
 	if len(rules) == 0 {
 		return nil
@@ -83,7 +84,7 @@ func (f *firewall) ensureNetwork(ctx context.Context, n model.Network, undo *net
 
 // ensurePorts adds the rules of an endpoint's published ports that are
 // missing, and pushes what it adds onto undo.
-func (f *firewall) ensurePorts(ctx context.Context, n model.Network, ep model.Endpoint, ports []model.PortMapping, undo *netutil.Undo) error {
+func (f *iptablesFirewall) ensurePorts(ctx context.Context, n model.Network, ep model.Endpoint, ports []model.PortMapping, undo *netutil.Undo) error {
 	rules := f.allPortRules(ep, ports)
 	if len(rules) == 0 {
 		return nil
@@ -101,7 +102,7 @@ func (f *firewall) ensurePorts(ctx context.Context, n model.Network, ep model.En
 // ensureAll checks ctx before each rule: the iptables wrapper cannot cancel
 // a running iptables, but no new one starts once ctx is done. What it adds
 // goes onto undo.
-func (f *firewall) ensureAll(ctx context.Context, rules []rule, what string, undo *netutil.Undo) error {
+func (f *iptablesFirewall) ensureAll(ctx context.Context, rules []rule, what string, undo *netutil.Undo) error {
 	for _, r := range rules {
 		if err := stopped(ctx, f.family()+" rule "+r.String()+" of "+what); err != nil {
 			return err
@@ -117,14 +118,14 @@ func (f *firewall) ensureAll(ctx context.Context, rules []rule, what string, und
 // by comment rather than rebuilt from the config, so it also removes rules
 // of a network whose config is lost. When no network is left, mynet's chains
 // and the jumps into them go too.
-func (f *firewall) removeNetwork(id string) error {
+func (f *iptablesFirewall) removeNetwork(id string) error {
 	return f.removeWhere(func(nid, _ string) bool { return nid == id })
 }
 
 // removePorts deletes the rules of the given ports of one endpoint, one
 // iptables call per rule; leftovers of ports the state lost are orphans
 // that removeOrphans finds by comment.
-func (f *firewall) removePorts(ep model.Endpoint, ports []model.PortMapping) error {
+func (f *iptablesFirewall) removePorts(ep model.Endpoint, ports []model.PortMapping) error {
 	var errs []error
 	for _, r := range f.allPortRules(ep, ports) {
 		err := f.ipt.Delete(r.table, r.chain, r.args...)
@@ -142,11 +143,11 @@ func (f *firewall) removePorts(ep model.Endpoint, ports []model.PortMapping) err
 }
 
 // removeOrphans deletes rules of networks and endpoints not in keep.
-func (f *firewall) removeOrphans(networks, endpoints map[string]bool) error {
+func (f *iptablesFirewall) removeOrphans(networks, endpoints map[string]bool) error {
 	return f.removeWhere(func(nid, eid string) bool { return !networks[nid] || (eid != "" && !endpoints[eid]) })
 }
 
-func (f *firewall) removeWhere(drop func(networkID, endpointID string) bool) error {
+func (f *iptablesFirewall) removeWhere(drop func(networkID, endpointID string) bool) error {
 	networksLeft, chainsFound := 0, false
 	for _, tc := range f.chains.Tables() {
 		exists, err := f.ipt.ChainExists(tc.Table, tc.Chain)
@@ -186,8 +187,32 @@ func (f *firewall) removeWhere(drop func(networkID, endpointID string) bool) err
 	return nil
 }
 
+// hasRules reports whether any of this instance's chains holds a rule
+// naming a network.
+func (f *iptablesFirewall) hasRules() (bool, error) {
+	for _, tc := range f.chains.Tables() {
+		exists, err := f.ipt.ChainExists(tc.Table, tc.Chain)
+		if err != nil {
+			return false, fmt.Errorf("check chain %s: %w", tc.Chain, err)
+		}
+		if !exists {
+			continue
+		}
+		lines, err := f.ipt.List(tc.Table, tc.Chain)
+		if err != nil {
+			return false, fmt.Errorf("list chain %s: %w", tc.Chain, err)
+		}
+		for _, l := range lines {
+			if _, _, ok := model.ParseRuleComment(l); ok {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
 // ensure adds r if it is missing, and then pushes its deletion onto undo.
-func (f *firewall) ensure(r rule, undo *netutil.Undo) error {
+func (f *iptablesFirewall) ensure(r rule, undo *netutil.Undo) error {
 	ok, err := f.ipt.Exists(r.table, r.chain, r.args...)
 	if err != nil {
 		return fmt.Errorf("check rule %s: %w", r, err)
@@ -209,7 +234,7 @@ func (f *firewall) ensure(r rule, undo *netutil.Undo) error {
 }
 
 // pushDelete pushes the deletion of a rule this call added onto undo.
-func (f *firewall) pushDelete(undo *netutil.Undo, r rule) {
+func (f *iptablesFirewall) pushDelete(undo *netutil.Undo, r rule) {
 	undo.Push("delete "+f.family()+" rule "+r.String(), func() error {
 		if err := f.ipt.DeleteIfExists(r.table, r.chain, r.args...); err != nil {
 			return fmt.Errorf("delete %s rule %s: %w", f.family(), r, err)

@@ -27,7 +27,7 @@ const dockerUserChain = "DOCKER-USER"
 
 // ensureChains creates mynet's chains and hooks them into the built-in
 // ones, pushing what it creates onto undo.
-func (f *firewall) ensureChains(undo *netutil.Undo) error {
+func (f *iptablesFirewall) ensureChains(undo *netutil.Undo) error {
 	for _, tc := range f.chains.Tables() {
 		if err := f.ensureChain(tc.Table, tc.Chain, undo); err != nil {
 			return err
@@ -46,7 +46,7 @@ func (f *firewall) ensureChains(undo *netutil.Undo) error {
 // mynet's. The DNAT chain sees only packets to the host's own addresses;
 // for IPv6, ::1 is left out: unlike 127.0.0.1 with route_localnet, it
 // cannot be routed to a bridge.
-func (f *firewall) hooks(forwardFrom string) []rule {
+func (f *iptablesFirewall) hooks(forwardFrom string) []rule {
 	c := []string{"-m", "comment", "--comment", model.HookComment(f.instance)}
 	local := []string{"-m", "addrtype", "--dst-type", "LOCAL"}
 	output := local
@@ -66,7 +66,7 @@ func (f *firewall) hooks(forwardFrom string) []rule {
 // Docker started after mynet gets the hook moved at the next ensure. The
 // hooks it adds go onto undo; a move is not undone, since the old place is
 // wrong.
-func (f *firewall) ensureHooks(undo *netutil.Undo) error {
+func (f *iptablesFirewall) ensureHooks(undo *netutil.Undo) error {
 	hasUser, err := f.ipt.ChainExists(model.TableFilter, dockerUserChain)
 	if err != nil {
 		return fmt.Errorf("check chain %s: %w", dockerUserChain, err)
@@ -102,7 +102,7 @@ func (f *firewall) ensureHooks(undo *netutil.Undo) error {
 	return nil
 }
 
-func (f *firewall) insertForwardHook(fwd rule, hasUser bool) error {
+func (f *iptablesFirewall) insertForwardHook(fwd rule, hasUser bool) error {
 	pos := 1
 	if hasUser {
 		// Before DOCKER-USER's closing RETURN, after the operator's rules.
@@ -128,7 +128,7 @@ func (f *firewall) insertForwardHook(fwd rule, hasUser bool) error {
 // of a Docker network reaching a port mynet publishes. A rewrite is not
 // undone: the chain goes with its creation's undo, and an existing one
 // held the wrong rules.
-func (f *firewall) ensureEgress() error {
+func (f *iptablesFirewall) ensureEgress() error {
 	want := []string{"-N " + f.chains.Egress, "-A " + f.chains.Egress + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}
 	for _, c := range dockerIsolationChains {
 		ok, err := f.ipt.ChainExists(model.TableFilter, c)
@@ -165,7 +165,7 @@ func (f *firewall) ensureEgress() error {
 }
 
 // removeChains unhooks and deletes all of mynet's chains.
-func (f *firewall) removeChains() error {
+func (f *iptablesFirewall) removeChains() error {
 	var errs []error
 	hooks := append(f.hooks("FORWARD"), f.hooks(dockerUserChain)[0])
 	for _, h := range hooks {
@@ -196,7 +196,7 @@ func (f *firewall) removeChains() error {
 
 // ensureChain creates the chain if it is missing and then pushes its
 // deletion, with whatever rules this call fills it with, onto undo.
-func (f *firewall) ensureChain(table, chain string, undo *netutil.Undo) error {
+func (f *iptablesFirewall) ensureChain(table, chain string, undo *netutil.Undo) error {
 	ok, err := f.ipt.ChainExists(table, chain)
 	if err != nil {
 		return fmt.Errorf("check chain %s: %w", chain, err)

@@ -36,7 +36,7 @@ func (r rule) String() string { return r.table + " " + r.chain + " " + strings.J
 //	nat:       egress is masqueraded to the host's address, and connections
 //	           from the host's loopback to a published port get the
 //	           bridge's address, so replies find their way back.
-func (f *firewall) networkRules(n model.Network) []rule {
+func (f *iptablesFirewall) networkRules(n model.Network) []rule {
 	subnets := n.Subnets(f.v6)
 	if len(subnets) == 0 {
 		return nil
@@ -71,7 +71,7 @@ func (f *firewall) networkRules(n model.Network) []rule {
 // jump into the DNAT chain matches local destinations only) and an accept
 // for the translated connections only, ahead of the isolation drops, so a
 // published port does not open the container to direct connections.
-func (f *firewall) portRules(ep model.Endpoint, m model.PortMapping) []rule {
+func (f *iptablesFirewall) portRules(ep model.Endpoint, m model.PortMapping) []rule {
 	if m.ContainerIP.Is6() != f.v6 || (m.HostIP.IsValid() && m.HostIP.Is6() != f.v6) {
 		return nil
 	}
@@ -100,7 +100,7 @@ func portSpec(first, last uint16, sep string) string {
 	return strconv.Itoa(int(first)) + sep + strconv.Itoa(int(last))
 }
 
-func (f *firewall) allPortRules(ep model.Endpoint, ports []model.PortMapping) []rule {
+func (f *iptablesFirewall) allPortRules(ep model.Endpoint, ports []model.PortMapping) []rule {
 	var rules []rule
 	for _, m := range ports {
 		rules = append(rules, f.portRules(ep, m)...)

@@ -100,7 +100,7 @@ func (d *Dataplane) DeleteNetwork(ctx context.Context, n model.Network) error {
 		what string
 		do   func() error
 	}{
-		{"the rules", func() error { return d.forAll(func(fw *firewall) error { return fw.removeNetwork(n.ID) }) }},
+		{"the rules", func() error { return d.forAll(func(fw firewall) error { return fw.removeNetwork(n.ID) }) }},
 		{"bridge " + n.Bridge, func() error { return d.removeOwnedLink(n.Bridge, d.tag("net", n.ID)) }},
 		// The engine deletes a network only after its endpoints, so the
 		// table of anti-spoofing rules is often empty now; another

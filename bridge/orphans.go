@@ -32,7 +32,7 @@ func (d *Dataplane) RemoveOrphans(ctx context.Context, networks, endpoints map[s
 	if err := stopped(ctx, "removing orphaned rules"); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	errs = append(errs, d.forAll(func(fw *firewall) error { return fw.removeOrphans(networks, endpoints) }))
+	errs = append(errs, d.forAll(func(fw firewall) error { return fw.removeOrphans(networks, endpoints) }))
 	// An empty table stays while networks do (see RemoveSpoofCheck).
 	errs = append(errs, d.removeSpoofOrphans(endpoints, len(networks) == 0))
 	return errors.Join(errs...)

@@ -93,7 +93,7 @@ func (d *Dataplane) RemovePorts(ctx context.Context, ep model.Endpoint, ports []
 	if err := stopped(ctx, "removing the port rules of endpoint "+model.Short(ep.ID)); err != nil {
 		return err
 	}
-	err := d.forAll(func(fw *firewall) error { return fw.removePorts(ep, ports) })
+	err := d.forAll(func(fw firewall) error { return fw.removePorts(ep, ports) })
 	for _, m := range ports {
 		if m.Proto != "udp" {
 			continue

@@ -276,7 +276,7 @@ func TestSpoofOrphans(t *testing.T) {
 			}
 		}
 		// Another instance's table must survive.
-		other, err := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw4.ipt})
+		other, err := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw4.(*iptablesFirewall).ipt})
 		if err != nil {
 			t.Fatal(err)
 		}
