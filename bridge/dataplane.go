@@ -49,7 +49,7 @@ type Dataplane struct {
 	// answered, on a netlink handle of its own.
 	janitor     chan func(*netlink.Handle)
 	janitorDone chan struct{}
-	nft         *nftSockets       // the anti-spoofing table's sockets (spoof.go)
+	spoof       spoofFilter       // the anti-spoofing filter (spoof.go)
 	reaper      *reaper           // veths waiting for deletion (reap.go)
 	forgetQueue batch[forgetItem] // addresses waiting for forgetQueued
 	// packetFD sends gratuitous ARPs; -1 when it could not be opened
@@ -82,7 +82,7 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	d := &Dataplane{instance: cfg.Instance, generation: cfg.Generation, log: cfg.Log, nl: nl, rtnl: rtnl,
 		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{})}
-	d.nft = openNFT()
+	d.spoof = newNFTFilter(model.SpoofTableName(cfg.Instance), cfg.Log)
 	if d.packetFD, err = openAnnounceSocket(); err != nil {
 		cfg.Log.Warn("new endpoints will not be announced with a gratuitous ARP", "err", err)
 	}
@@ -122,7 +122,7 @@ func (d *Dataplane) Close() {
 	<-d.janitorDone
 	d.nl.Close()
 	d.rtnl.Close()
-	d.nft.close()
+	d.spoof.close()
 	d.reaper.close()
 	if d.packetFD >= 0 {
 		unix.Close(d.packetFD)

@@ -75,14 +75,5 @@ func (d *Dataplane) HasRules() (bool, error) {
 			return has, err
 		}
 	}
-	c, err := d.lockNFT()
-	defer d.nft.mu.Unlock()
-	if err != nil {
-		return false, nil // no nftables: no anti-spoofing elements either
-	}
-	st, _, err := d.loadSpoofState(c, d.spoofObjects())
-	if err != nil {
-		return false, err
-	}
-	return st.exists && len(st.veths) > 0, nil
+	return d.spoof.hasElements()
 }
