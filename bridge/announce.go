@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/mynet/mynet/internal/model"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,3 +59,17 @@ func openAnnounceSocket() (int, error) {
 
 // bigEndian16 puts a protocol number in network order, as sockaddr_ll wants.
 func bigEndian16(v uint16) uint16 { return v<<8 | v>>8 }
+
+// announceAddresses tells the bridge's neighbours a new endpoint's MAC for
+// its IPv4 addresses (see announce), from the packet socket opened with the
+// Dataplane. Best effort, like a real NIC's announcement.
+func (d *Dataplane) announceAddresses(ep model.Endpoint, bridgeIndex int) {
+	if d.packetFD < 0 {
+		return
+	}
+	for _, a := range ep.Addresses {
+		if err := announce(d.packetFD, bridgeIndex, ep.Bridge, ep.MAC, a); err != nil {
+			d.log.Debug("gratuitous ARP failed", "address", a, "err", err)
+		}
+	}
+}

@@ -335,7 +335,7 @@ func TestRemoveOrphans(t *testing.T) {
 			t.Fatal(err)
 		}
 		// A link of another instance must survive.
-		other, _ := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw4.ipt})
+		other, _ := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw4.(*iptablesFirewall).ipt})
 		otherNet := testNetwork(strings.Repeat("d", 64), "10.3.0.0/24", "10.3.0.1/24")
 		if err := other.EnsureNetwork(ctx, otherNet); err != nil {
 			t.Fatal(err)
@@ -537,9 +537,9 @@ func TestFingerprint(t *testing.T) {
 			t.Fatal("fingerprint changes with nothing changing")
 		}
 		for _, damage := range [][]string{
-			{"iptables", "-F", d.fw4.chains.Isolation},
-			{"iptables", "-t", "nat", "-F", d.fw4.chains.Postrouting},
-			{"iptables", "-D", "FORWARD", "-m", "comment", "--comment", "mynet mynet-test", "-j", d.fw4.chains.Forward},
+			{"iptables", "-F", d.fw4.(*iptablesFirewall).chains.Isolation},
+			{"iptables", "-t", "nat", "-F", d.fw4.(*iptablesFirewall).chains.Postrouting},
+			{"iptables", "-D", "FORWARD", "-m", "comment", "--comment", "mynet mynet-test", "-j", d.fw4.(*iptablesFirewall).chains.Forward},
 			{"ip", "addr", "flush", "dev", n.Bridge},
 			{"ip", "link", "set", ep.HostVeth, "nomaster"},
 			{"ip", "link", "set", ep.HostVeth, "down"},
@@ -834,10 +834,10 @@ func TestFailedRepairKeepsWhatWorked(t *testing.T) {
 				if damaged == good {
 					t.Fatal("the damage changed nothing: the test would prove nothing")
 				}
-				real := d.fw4.ipt
-				d.fw4.ipt = &failingIPT{IPTables: real, fail: tc.fail}
+				real := d.fw4.(*iptablesFirewall).ipt
+				d.fw4.(*iptablesFirewall).ipt = &failingIPT{IPTables: real, fail: tc.fail}
 				err := tc.repair(ctx, d)
-				d.fw4.ipt = real
+				d.fw4.(*iptablesFirewall).ipt = real
 				if !errors.Is(err, errInjectedIPT) {
 					t.Fatalf("repair returned %v, want the injected failure", err)
 				}

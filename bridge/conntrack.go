@@ -55,20 +55,6 @@ func (d *Dataplane) forgetQueued(h *netlink.Handle) {
 	}
 }
 
-// announceAddresses tells the bridge's neighbours a new endpoint's MAC for
-// its IPv4 addresses (see announce), from the packet socket opened with the
-// Dataplane. Best effort, like a real NIC's announcement.
-func (d *Dataplane) announceAddresses(ep model.Endpoint, bridgeIndex int) {
-	if d.packetFD < 0 {
-		return
-	}
-	for _, a := range ep.Addresses {
-		if err := announce(d.packetFD, bridgeIndex, ep.Bridge, ep.MAC, a); err != nil {
-			d.log.Debug("gratuitous ARP failed", "address", a, "err", err)
-		}
-	}
-}
-
 // flushConntrack deletes entries whose original source or reply source is
 // one of addrs, all of one family (the reply source is the container for
 // connections DNATed to it). With hostPorts it deletes only UDP entries

@@ -113,7 +113,7 @@ func sysctlValue(key string) string {
 // chains, in order, and the declarations of the Docker chains that decide
 // where its hooks and egress checks go (ensureHooks, ensureEgress): Docker
 // started or restarted after mynet creates them.
-func (f *firewall) ownLines() ([]string, error) {
+func (f *iptablesFirewall) ownLines() ([]string, error) {
 	dockerChains := append([]string{dockerUserChain}, dockerIsolationChains...)
 	bin := "iptables-save"
 	if f.v6 {

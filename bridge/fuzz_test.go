@@ -302,7 +302,7 @@ func (m *expected) notMine() string {
 			}
 		}
 	}
-	prefix := strings.TrimSuffix(m.d.fw4.chains.Forward, "FORWARD")
+	prefix := strings.TrimSuffix(m.d.fw4.(*iptablesFirewall).chains.Forward, "FORWARD")
 	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
 		for _, l := range strings.Split(save(m.t, cmd), "\n") {
 			if !strings.Contains(l, prefix) && !strings.Contains(l, `--comment "mynet `) && !strings.Contains(l, "--comment mynet") {

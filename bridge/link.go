@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 
 	"github.com/vishvananda/netlink"
@@ -118,34 +116,11 @@ func (d *Dataplane) ensureAddrs(n model.Network, undo *netutil.Undo) error {
 // CONTAINER address MAC; ip link set HOST up.
 func (d *Dataplane) ensureVeth(ep model.Endpoint) (created bool, bridgeIndex int, err error) {
 	tag := d.tag("ep", ep.ID)
-	for _, name := range []string{ep.HostVeth, ep.ContainerVeth} {
-		if err := model.ValidateIfName(name); err != nil {
-			return false, 0, fmt.Errorf("veth of endpoint %s: %w", model.Short(ep.ID), err)
-		}
-	}
-	br, err := d.nl.LinkByName(ep.Bridge)
+	br, err := d.endpointBridge(ep)
 	if err != nil {
-		return false, 0, fmt.Errorf("look up bridge %s for endpoint %s: %w", ep.Bridge, model.Short(ep.ID), err)
+		return false, 0, err
 	}
-	// A port changes its bridge (its MAC, its forwarding): never add one
-	// to a bridge that is not this network's.
-	if br.Type() != "bridge" || br.Attrs().Alias != d.tag("net", ep.NetworkID) {
-		return false, 0, fmt.Errorf("interface %s is not mynet's bridge for network %s (type %s, alias %q); endpoint %s cannot be attached to it", ep.Bridge, model.Short(ep.NetworkID), br.Type(), br.Attrs().Alias, model.Short(ep.ID))
-	}
-	l, err := d.nl.LinkByName(ep.HostVeth)
-	if err == nil && d.reaper.doomed(l.Attrs().Index) {
-		// The veth of a deleted endpoint with the same ID, still waiting
-		// for the janitor: adopting it would hand the engine a pair that
-		// the janitor deletes a moment later. Delete it now, by index, so
-		// neither this call nor the janitor can touch the new pair. Its
-		// container end may still be in a sandbox being torn down; the
-		// pair goes as a whole either way.
-		if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
-			return false, 0, fmt.Errorf("delete veth %s of the deleted endpoint %s before creating it again: %w", ep.HostVeth, model.Short(ep.ID), err)
-		}
-		d.log.Debug("veth of a deleted endpoint deleted before its reuse", "veth", ep.HostVeth)
-		l, err = nil, netlink.LinkNotFoundError{}
-	}
+	l, err := d.lookupVeth(ep)
 	defer func() {
 		if err != nil && created {
 			err = d.deleteNew(l, err)
@@ -154,34 +129,13 @@ func (d *Dataplane) ensureVeth(ep model.Endpoint) (created bool, bridgeIndex int
 	}()
 	switch {
 	case isNotFound(err):
-		// One queue each way, said explicitly: without it the kernel
-		// allocates a queue per CPU, then cuts the device down to one
-		// (veth_init_queues), and the cut waits for an RCU grace period
-		// under the RTNL lock, twice per pair, stalling every link change
-		// on the host. The data path is the same: a veth gets one
-		// active queue either way. Up and on the bridge from the start:
-		// fewer requests under the RTNL lock.
-		veth := newLink{kind: "veth", name: ep.HostVeth, mtu: ep.MTU, master: br.Attrs().Index, up: true, oneQueue: true,
-			peer: &newLink{name: ep.ContainerVeth, mac: ep.MAC, mtu: ep.MTU, oneQueue: true}}
-		l, err = d.addLink(veth, tag)
-		if errors.Is(err, unix.EXFULL) {
-			// The bridge has no free port number ("exchange full", the
-			// kernel's 1024 ports): veths of deleted endpoints may still
-			// hold theirs while they wait for the janitor (reap.go).
-			// Delete them now and try again.
-			d.Sync()
-			l, err = d.addLink(veth, tag)
-		}
-		if errors.Is(err, unix.EEXIST) {
-			return false, 0, fmt.Errorf("interface %s or %s appeared while creating the veth of endpoint %s on network %s", ep.HostVeth, ep.ContainerVeth, model.Short(ep.ID), model.Short(ep.NetworkID))
-		}
-		if err != nil {
-			return false, 0, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, model.Short(ep.ID), model.Short(ep.NetworkID), err)
+		if l, err = d.createVeth(ep, br.Attrs().Index, tag); err != nil {
+			return false, 0, err
 		}
 		created = true
 		d.log.Debug("veth created", "veth", ep.HostVeth, "peer", ep.ContainerVeth, "index", l.Attrs().Index)
 	case err != nil:
-		return false, 0, fmt.Errorf("look up veth %s: %w", ep.HostVeth, err)
+		return false, 0, err
 	}
 	if l.Type() != "veth" || l.Attrs().Alias != tag {
 		return false, 0, fmt.Errorf("interface %s already exists and is not mynet's veth for endpoint %s (type %s, alias %q)", ep.HostVeth, model.Short(ep.ID), l.Type(), l.Attrs().Alias)
@@ -197,6 +151,79 @@ func (d *Dataplane) ensureVeth(ep model.Endpoint) (created bool, bridgeIndex int
 		}
 	}
 	return created, br.Attrs().Index, nil
+}
+
+// endpointBridge checks the endpoint's interface names and returns its
+// network's bridge.
+func (d *Dataplane) endpointBridge(ep model.Endpoint) (netlink.Link, error) {
+	for _, name := range []string{ep.HostVeth, ep.ContainerVeth} {
+		if err := model.ValidateIfName(name); err != nil {
+			return nil, fmt.Errorf("veth of endpoint %s: %w", model.Short(ep.ID), err)
+		}
+	}
+	br, err := d.nl.LinkByName(ep.Bridge)
+	if err != nil {
+		return nil, fmt.Errorf("look up bridge %s for endpoint %s: %w", ep.Bridge, model.Short(ep.ID), err)
+	}
+	// A port changes its bridge (its MAC, its forwarding): never add one
+	// to a bridge that is not this network's.
+	if br.Type() != "bridge" || br.Attrs().Alias != d.tag("net", ep.NetworkID) {
+		return nil, fmt.Errorf("interface %s is not mynet's bridge for network %s (type %s, alias %q); endpoint %s cannot be attached to it", ep.Bridge, model.Short(ep.NetworkID), br.Type(), br.Attrs().Alias, model.Short(ep.ID))
+	}
+	return br, nil
+}
+
+// lookupVeth returns the endpoint's host veth, or a not-found error when
+// it has none or only one waiting for the janitor.
+func (d *Dataplane) lookupVeth(ep model.Endpoint) (netlink.Link, error) {
+	l, err := d.nl.LinkByName(ep.HostVeth)
+	if err != nil && !isNotFound(err) {
+		return nil, fmt.Errorf("look up veth %s: %w", ep.HostVeth, err)
+	}
+	if err == nil && d.reaper.doomed(l.Attrs().Index) {
+		// The veth of a deleted endpoint with the same ID, still waiting
+		// for the janitor: adopting it would hand the engine a pair that
+		// the janitor deletes a moment later. Delete it now, by index, so
+		// neither this call nor the janitor can touch the new pair. Its
+		// container end may still be in a sandbox being torn down; the
+		// pair goes as a whole either way.
+		if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
+			return nil, fmt.Errorf("delete veth %s of the deleted endpoint %s before creating it again: %w", ep.HostVeth, model.Short(ep.ID), err)
+		}
+		d.log.Debug("veth of a deleted endpoint deleted before its reuse", "veth", ep.HostVeth)
+		return nil, netlink.LinkNotFoundError{}
+	}
+	return l, err
+}
+
+// createVeth creates the endpoint's veth pair on the bridge at
+// bridgeIndex, tagged with tag.
+func (d *Dataplane) createVeth(ep model.Endpoint, bridgeIndex int, tag string) (netlink.Link, error) {
+	// One queue each way, said explicitly: without it the kernel
+	// allocates a queue per CPU, then cuts the device down to one
+	// (veth_init_queues), and the cut waits for an RCU grace period
+	// under the RTNL lock, twice per pair, stalling every link change
+	// on the host. The data path is the same: a veth gets one
+	// active queue either way. Up and on the bridge from the start:
+	// fewer requests under the RTNL lock.
+	veth := newLink{kind: "veth", name: ep.HostVeth, mtu: ep.MTU, master: bridgeIndex, up: true, oneQueue: true,
+		peer: &newLink{name: ep.ContainerVeth, mac: ep.MAC, mtu: ep.MTU, oneQueue: true}}
+	l, err := d.addLink(veth, tag)
+	if errors.Is(err, unix.EXFULL) {
+		// The bridge has no free port number ("exchange full", the
+		// kernel's 1024 ports): veths of deleted endpoints may still
+		// hold theirs while they wait for the janitor (reap.go).
+		// Delete them now and try again.
+		d.Sync()
+		l, err = d.addLink(veth, tag)
+	}
+	if errors.Is(err, unix.EEXIST) {
+		return nil, fmt.Errorf("interface %s or %s appeared while creating the veth of endpoint %s on network %s", ep.HostVeth, ep.ContainerVeth, model.Short(ep.ID), model.Short(ep.NetworkID))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, model.Short(ep.ID), model.Short(ep.NetworkID), err)
+	}
+	return l, nil
 }
 
 // deleteNew deletes a link this call created and could not finish setting
@@ -393,22 +420,4 @@ func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
 func isNotFound(err error) bool {
 	var lnf netlink.LinkNotFoundError
 	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV)
-}
-
-// writeSysctl sets /proc/sys/<key>.
-// Equivalent to: sysctl -w key=value.
-func writeSysctl(key, value string) error {
-	path := filepath.Join("/proc/sys", key)
-	if cur, err := os.ReadFile(path); err == nil && string(cur) == value+"\n" {
-		return nil
-	}
-	return os.WriteFile(path, []byte(value), 0o644)
-}
-
-func readSysctl(key string) (string, error) {
-	b, err := os.ReadFile(filepath.Join("/proc/sys", key))
-	if err != nil {
-		return "", err
-	}
-	return string(b[:len(b)-min(1, len(b))]), nil
 }

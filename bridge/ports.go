@@ -1,11 +1,18 @@
 package bridge
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/mynet/mynet/internal/model"
+	"github.com/mynet/mynet/netutil"
+	"github.com/mynet/mynet/netutil/failpoint"
 )
 
 // ProbePort reports whether a host process holds proto/port on ip (or on
@@ -54,4 +61,48 @@ func (d *Dataplane) EphemeralPorts() (first, last uint16) {
 		return first, last
 	}
 	return uint16(a), uint16(b)
+}
+
+// EnsurePorts publishes the endpoint's ports. On error, the rules (and
+// chains) this call added are removed again, and only those: the reconcile
+// calls it to repair ports that are live. RemovePorts undoes it.
+func (d *Dataplane) EnsurePorts(ctx context.Context, n model.Network, ep model.Endpoint, ports []model.PortMapping) (retErr error) {
+	if n.Internal && len(ports) > 0 {
+		return fmt.Errorf("network %s is internal: it cannot publish ports", model.Short(n.ID))
+	}
+	log := d.log.With("network_id", model.Short(n.ID), "endpoint_id", model.Short(ep.ID))
+	var undo netutil.Undo
+	defer func() {
+		if cerr := undo.RunIf(retErr, log); cerr != nil {
+			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
+		}
+	}()
+	for _, fw := range d.firewalls() {
+		if err := fw.ensurePorts(ctx, n, ep, ports, &undo); err != nil {
+			return err
+		}
+	}
+	return failpoint.Inject("bridge.ports")
+}
+
+// RemovePorts deletes the endpoint's port rules, found by their comment,
+// and flushes conntrack entries of its UDP ports: a UDP "connection" to a
+// port that is published again elsewhere would otherwise keep going to the
+// old container.
+func (d *Dataplane) RemovePorts(ctx context.Context, ep model.Endpoint, ports []model.PortMapping) error {
+	if err := stopped(ctx, "removing the port rules of endpoint "+model.Short(ep.ID)); err != nil {
+		return err
+	}
+	err := d.forAll(func(fw firewall) error { return fw.removePorts(ep, ports) })
+	for _, m := range ports {
+		if m.Proto != "udp" {
+			continue
+		}
+		var hostPorts []uint16
+		for p := uint32(m.HostPort); p <= uint32(max(m.HostPortEnd, m.HostPort)); p++ {
+			hostPorts = append(hostPorts, uint16(p))
+		}
+		d.later(func(h *netlink.Handle) { d.flushConntrack(h, []netip.Addr{m.ContainerIP}, hostPorts) })
+	}
+	return err
 }

@@ -276,7 +276,7 @@ func TestSpoofOrphans(t *testing.T) {
 			}
 		}
 		// Another instance's table must survive.
-		other, err := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw4.ipt})
+		other, err := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw4.(*iptablesFirewall).ipt})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -391,7 +391,7 @@ func TestSpoofRepair(t *testing.T) {
 		if fp() != good {
 			t.Fatal("fingerprint changes with nothing changing")
 		}
-		o := d.spoofObjects()
+		o := spoofObjectsFor(d.SpoofTable())
 		for name, damage := range map[string]func(c *nftables.Conn){
 			"flush the base chain": func(c *nftables.Conn) { c.FlushChain(o.base) },
 			"delete a ports element": func(c *nftables.Conn) {
@@ -1071,7 +1071,7 @@ func TestSpoofUpgrade(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 		ep := spoofEndpoint(n, eid1, "02:00:00:00:00:01", "10.1.0.2")
-		o := d.spoofObjects()
+		o := spoofObjectsFor(d.SpoofTable())
 		c, err := nftables.New()
 		if err != nil {
 			t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -106,4 +108,22 @@ func (d *Dataplane) setRouteLocalnet(link string) error {
 		return fmt.Errorf("set route_localnet on %s: %w", link, err)
 	}
 	return nil
+}
+
+// writeSysctl sets /proc/sys/<key>.
+// Equivalent to: sysctl -w key=value.
+func writeSysctl(key, value string) error {
+	path := filepath.Join("/proc/sys", key)
+	if cur, err := os.ReadFile(path); err == nil && string(cur) == value+"\n" {
+		return nil
+	}
+	return os.WriteFile(path, []byte(value), 0o644)
+}
+
+func readSysctl(key string) (string, error) {
+	b, err := os.ReadFile(filepath.Join("/proc/sys", key))
+	if err != nil {
+		return "", err
+	}
+	return string(b[:len(b)-min(1, len(b))]), nil
 }

@@ -70,34 +70,10 @@ func (d *Dataplane) RemoveTagged(name string, t model.Tag) error {
 // Rules carry no generation, so when the state is new they can only be
 // another state's.
 func (d *Dataplane) HasRules() (bool, error) {
-	for _, f := range d.firewalls() {
-		for _, tc := range f.chains.Tables() {
-			exists, err := f.ipt.ChainExists(tc.Table, tc.Chain)
-			if err != nil {
-				return false, fmt.Errorf("check chain %s: %w", tc.Chain, err)
-			}
-			if !exists {
-				continue
-			}
-			lines, err := f.ipt.List(tc.Table, tc.Chain)
-			if err != nil {
-				return false, fmt.Errorf("list chain %s: %w", tc.Chain, err)
-			}
-			for _, l := range lines {
-				if _, _, ok := model.ParseRuleComment(l); ok {
-					return true, nil
-				}
-			}
+	for _, fw := range d.firewalls() {
+		if has, err := fw.hasRules(); err != nil || has {
+			return has, err
 		}
 	}
-	c, err := d.lockNFT()
-	defer d.nft.mu.Unlock()
-	if err != nil {
-		return false, nil // no nftables: no anti-spoofing elements either
-	}
-	st, _, err := d.loadSpoofState(c, d.spoofObjects())
-	if err != nil {
-		return false, err
-	}
-	return st.exists && len(st.veths) > 0, nil
+	return d.spoof.hasElements()
 }

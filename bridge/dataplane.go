@@ -1,0 +1,162 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/vishvananda/netlink"
+	vnl "github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/mynet/mynet/internal/model"
+)
+
+// Config configures a Dataplane.
+type Config struct {
+	// Instance is the plugin's name (--name); it scopes link tags and chain
+	// names so two instances on one host never touch each other's objects.
+	Instance string
+	Log      *slog.Logger
+
+	// Generation is the state file's generation ID, put in every link
+	// tag (see Tag); "" writes the previous release's tags.
+	Generation string
+
+	// Netlink is the handle to use; nil opens one in the calling thread's
+	// network namespace.
+	Netlink *netlink.Handle
+	// IPv4 and IPv6 are the iptables backends; nil uses the iptables and
+	// ip6tables binaries on PATH, the ones dockerd uses. Without ip6tables,
+	// IPv6 traffic is not filtered, and networks with IPv6 are refused.
+	IPv4, IPv6 IPTables
+}
+
+// Dataplane builds networks and endpoints in one network namespace.
+type Dataplane struct {
+	instance string
+	log      *slog.Logger
+	nl       *netlink.Handle
+	// rtnl sends the requests the netlink package has no call for: link
+	// creation with NLM_F_ECHO (link.go).
+	rtnl     *vnl.SocketHandle
+	fw4, fw6 firewall // fw6 is nil without ip6tables
+
+	generation string // in the link tags, see Tag
+
+	// janitor runs best-effort cleanups (conntrack and neighbour flushes,
+	// which cost a full conntrack dump each) after the request has been
+	// answered, on a netlink handle of its own.
+	janitor     chan func(*netlink.Handle)
+	janitorDone chan struct{}
+	spoof       spoofFilter       // the anti-spoofing filter (spoof.go)
+	reaper      *reaper           // veths waiting for deletion (reap.go)
+	forgetQueue batch[forgetItem] // addresses waiting for forgetQueued
+	// packetFD sends gratuitous ARPs; -1 when it could not be opened
+	// (no CAP_NET_RAW), and then there are none.
+	packetFD int
+}
+
+// New returns a Dataplane. It touches nothing in the kernel.
+func New(cfg Config) (*Dataplane, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	nl := cfg.Netlink
+	if nl == nil {
+		var err error
+		if nl, err = netlink.NewHandle(); err != nil {
+			return nil, fmt.Errorf("open netlink handle: %w", err)
+		}
+	}
+	// Opened here, in the caller's network namespace, so that the janitor
+	// goroutine works there whatever thread it runs on.
+	nlJanitor, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("open netlink handle: %w", err)
+	}
+	rtnl, err := openRTNL()
+	if err != nil {
+		nlJanitor.Close()
+		return nil, err
+	}
+	d := &Dataplane{instance: cfg.Instance, generation: cfg.Generation, log: cfg.Log, nl: nl, rtnl: rtnl,
+		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{})}
+	d.spoof = newNFTFilter(model.SpoofTableName(cfg.Instance), cfg.Log)
+	if d.packetFD, err = openAnnounceSocket(); err != nil {
+		cfg.Log.Warn("new endpoints will not be announced with a gratuitous ARP", "err", err)
+	}
+	d.reaper = newReaper(cfg.Instance)
+	go func() {
+		defer close(d.janitorDone)
+		defer nlJanitor.Close()
+		for job := range d.janitor {
+			job(nlJanitor)
+		}
+	}()
+	ipt4 := cfg.IPv4
+	if ipt4 == nil {
+		var err error
+		if ipt4, err = newIPTables(false); err != nil {
+			return nil, err
+		}
+	}
+	d.fw4 = newIPTablesFirewall(cfg.Instance, ipt4, false, cfg.Log)
+	ipt6 := cfg.IPv6
+	if ipt6 == nil {
+		var err error
+		if ipt6, err = newIPTables(true); err != nil {
+			cfg.Log.Warn("ip6tables unavailable: networks with IPv6 will be refused", "err", err)
+		}
+	}
+	if ipt6 != nil {
+		d.fw6 = newIPTablesFirewall(cfg.Instance, ipt6, true, cfg.Log)
+	}
+	return d, nil
+}
+
+// Close finishes queued cleanups and releases the netlink handles and
+// sockets.
+func (d *Dataplane) Close() {
+	close(d.janitor)
+	<-d.janitorDone
+	d.nl.Close()
+	d.rtnl.Close()
+	d.spoof.close()
+	d.reaper.close()
+	if d.packetFD >= 0 {
+		unix.Close(d.packetFD)
+	}
+}
+
+// Sync waits until the cleanups queued so far have run.
+func (d *Dataplane) Sync() {
+	done := make(chan struct{})
+	d.janitor <- func(*netlink.Handle) { close(done) } // behind them, even when the queue is full
+	<-done
+}
+
+// later queues a best-effort cleanup; when the queue is full it runs now.
+func (d *Dataplane) later(job func(*netlink.Handle)) {
+	select {
+	case d.janitor <- job:
+	default:
+		job(d.nl)
+	}
+}
+
+// Chains names the iptables chains this instance owns, for operators and
+// tests.
+func (d *Dataplane) Chains() []string { return model.ChainsFor(d.instance).All() }
+
+// stopped returns nil while ctx is live, else an error naming the step it
+// stops before, which wraps ctx's cause (context.DeadlineExceeded, or the
+// caller's own cause naming its request and deadline). Kernel calls cannot
+// be interrupted, so each step checks before it starts; a context without
+// a deadline never stops anything.
+func stopped(ctx context.Context, step string) error {
+	if ctx.Err() == nil {
+		return nil
+	}
+	return fmt.Errorf("stopped before %s: %w", step, context.Cause(ctx))
+}

@@ -1,0 +1,46 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+
+	"github.com/mynet/mynet/internal/model"
+	"github.com/mynet/mynet/netutil"
+)
+
+// firewall is one address family's packet filter as the Dataplane uses
+// it: the rules of networks and of published ports, ensured with an undo
+// for what the call added and removed by ID, and read back for the
+// fingerprint and the startup claim. iptablesFirewall is the only one in
+// production; tests use a fake.
+type firewall interface {
+	// family names the family in fingerprints: iptables or ip6tables.
+	family() string
+	ensureNetwork(ctx context.Context, n model.Network, undo *netutil.Undo) error
+	removeNetwork(id string) error
+	ensurePorts(ctx context.Context, n model.Network, ep model.Endpoint, ports []model.PortMapping, undo *netutil.Undo) error
+	removePorts(ep model.Endpoint, ports []model.PortMapping) error
+	removeOrphans(networks, endpoints map[string]bool) error
+	// hasRules reports whether a rule of this instance names a network.
+	hasRules() (bool, error)
+	// ownLines are the lines of the ruleset that are this instance's or
+	// decide where its rules go, for the fingerprint.
+	ownLines() ([]string, error)
+}
+
+// firewalls are the families rules are kept in.
+func (d *Dataplane) firewalls() []firewall {
+	if d.fw6 == nil {
+		return []firewall{d.fw4}
+	}
+	return []firewall{d.fw4, d.fw6}
+}
+
+// forAll runs fn for each family and joins the errors.
+func (d *Dataplane) forAll(fn func(firewall) error) error {
+	var errs []error
+	for _, fw := range d.firewalls() {
+		errs = append(errs, fn(fw))
+	}
+	return errors.Join(errs...)
+}

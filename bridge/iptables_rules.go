@@ -1,0 +1,120 @@
+package bridge
+
+// The iptables rules of a network and of a published port, one family at
+// a time.
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/mynet/mynet/internal/model"
+)
+
+// rule is one iptables rule, defined once and used for both adding and
+// deleting. top rules are inserted at the head of their chain, the rest
+// appended.
+type rule struct {
+	table, chain string
+	args         []string
+	top          bool
+}
+
+func (r rule) String() string { return r.table + " " + r.chain + " " + strings.Join(r.args, " ") }
+
+// networkRules is the whole per-network policy of one family; it is empty
+// when the network has no subnet of the family. Drops live in the
+// isolation chain, which is evaluated before any accept, so the order of
+// rules only matters for the port accepts, which are inserted at its top.
+//
+//	isolation: new connections into the bridge from any other interface
+//	           are dropped (other mynet networks, Docker's bridges, the
+//	           outside); so is traffic between its containers without ICC,
+//	           and all egress of an internal network;
+//	forward:   replies into the bridge, traffic inside it (with ICC) and
+//	           egress (checked against Docker's bridges first) are accepted;
+//	nat:       egress is masqueraded to the host's address, and connections
+//	           from the host's loopback to a published port get the
+//	           bridge's address, so replies find their way back.
+func (f *iptablesFirewall) networkRules(n model.Network) []rule {
+	subnets := n.Subnets(f.v6)
+	if len(subnets) == 0 {
+		return nil
+	}
+	c, br := comment(model.RuleComment(n.ID, "")), n.Bridge
+	notReply := []string{"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED"}
+	rules := []rule{
+		{table: model.TableFilter, chain: f.chains.Isolation, args: concat([]string{"!", "-i", br, "-o", br}, notReply, c, []string{"-j", "DROP"})},
+		{table: model.TableFilter, chain: f.chains.Forward, args: concat([]string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, c, []string{"-j", "ACCEPT"})},
+	}
+	if n.ICC {
+		rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Forward, args: concat([]string{"-i", br, "-o", br}, c, []string{"-j", "ACCEPT"})})
+	} else {
+		rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Isolation, args: concat([]string{"-i", br, "-o", br}, notReply, c, []string{"-j", "DROP"})})
+	}
+	if n.Internal {
+		return append(rules, rule{table: model.TableFilter, chain: f.chains.Isolation, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", "DROP"})})
+	}
+	rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Forward, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", f.chains.Egress})})
+	if n.Masquerade {
+		for _, s := range subnets {
+			rules = append(rules, rule{table: model.TableNAT, chain: f.chains.Postrouting, args: concat([]string{"-s", s.Pool.String(), "!", "-o", br}, c, []string{"-j", "MASQUERADE"})})
+		}
+	}
+	if !f.v6 {
+		rules = append(rules, rule{table: model.TableNAT, chain: f.chains.Postrouting, args: concat([]string{"-s", "127.0.0.0/8", "-o", br}, c, []string{"-j", "MASQUERADE"})})
+	}
+	return rules
+}
+
+// portRules publishes one mapping: DNAT from the host's addresses (the
+// jump into the DNAT chain matches local destinations only) and an accept
+// for the translated connections only, ahead of the isolation drops, so a
+// published port does not open the container to direct connections.
+func (f *iptablesFirewall) portRules(ep model.Endpoint, m model.PortMapping) []rule {
+	if m.ContainerIP.Is6() != f.v6 || (m.HostIP.IsValid() && m.HostIP.Is6() != f.v6) {
+		return nil
+	}
+	c := comment(model.RuleComment(ep.NetworkID, ep.ID))
+	proto := []string{"-p", m.Proto, "-m", m.Proto}
+	hostPorts, ctrPorts := portSpec(m.HostPort, m.HostPortEnd, ":"), portSpec(m.Port, m.Port+(m.HostPortEnd-m.HostPort), "-")
+	var dst []string
+	if m.HostIP.IsValid() {
+		dst = []string{"-d", netip.PrefixFrom(m.HostIP, m.HostIP.BitLen()).String()}
+	}
+	to := m.ContainerIP.String() + ":" + ctrPorts
+	if f.v6 {
+		to = "[" + m.ContainerIP.String() + "]:" + ctrPorts
+	}
+	ctr := netip.PrefixFrom(m.ContainerIP, m.ContainerIP.BitLen()).String()
+	return []rule{
+		{table: model.TableNAT, chain: f.chains.DNAT, args: concat(dst, proto, []string{"--dport", hostPorts}, c, []string{"-j", "DNAT", "--to-destination", to})},
+		{table: model.TableFilter, chain: f.chains.Isolation, top: true, args: concat([]string{"-d", ctr, "-o", ep.Bridge}, proto, []string{"--dport", strings.ReplaceAll(ctrPorts, "-", ":"), "-m", "conntrack", "--ctstate", "DNAT"}, c, []string{"-j", "ACCEPT"})},
+	}
+}
+
+func portSpec(first, last uint16, sep string) string {
+	if last <= first {
+		return strconv.Itoa(int(first))
+	}
+	return strconv.Itoa(int(first)) + sep + strconv.Itoa(int(last))
+}
+
+func (f *iptablesFirewall) allPortRules(ep model.Endpoint, ports []model.PortMapping) []rule {
+	var rules []rule
+	for _, m := range ports {
+		rules = append(rules, f.portRules(ep, m)...)
+	}
+	return rules
+}
+
+func concat(parts ...[]string) []string {
+	var out []string
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// comment is the match that carries a rule's comment.
+func comment(text string) []string { return []string{"-m", "comment", "--comment", text} }
