@@ -407,7 +407,7 @@ func toBridgeSubnets(in []state.Subnet) []model.Subnet {
 
 func toBridgeEndpoint(n *state.Network, e *state.Endpoint) model.Endpoint {
 	mac, _ := parseMAC(e.MAC)
-	ep := model.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU, Ports: toBridgePorts(e.Ports), AntiSpoofing: !n.SpoofingAllowed}
+	ep := model.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU, Ports: toBridgePorts(e.Ports), AntiSpoofing: n.AntiSpoofing}
 	for _, a := range []string{e.IPv4, e.IPv6} {
 		if p, err := netip.ParsePrefix(a); err == nil {
 			ep.Addresses = append(ep.Addresses, p.Addr())

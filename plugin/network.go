@@ -56,7 +56,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	rec := state.Network{
 		ID: cfg.ID, Bridge: cfg.BridgeName, MTU: cfg.MTU,
 		IPv4: fromSubnets(cfg.IPv4), IPv6: fromSubnets(cfg.IPv6), Created: now(),
-		ICC: cfg.ICC, Masquerade: cfg.Masquerade, Internal: cfg.Internal, SpoofingAllowed: !cfg.AntiSpoofing,
+		ICC: cfg.ICC, Masquerade: cfg.Masquerade, Internal: cfg.Internal, AntiSpoofing: cfg.AntiSpoofing,
 	}
 	if cfg.HostBinding.IsValid() {
 		rec.HostBinding = cfg.HostBinding.String()
