@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/mynet/mynet/bridge"
+	"github.com/mynet/mynet/internal/driver"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/metrics"
 	"github.com/mynet/mynet/netutil/failpoint"
@@ -144,10 +145,13 @@ func serve(args []string) error {
 		return err
 	}
 	defer dp.Close()
-	if err := claimObjects(log, store, snap, dp, f.discardOrphans); err != nil {
+	if err := driver.ClaimObjects(log, store, snap, dp, f.discardOrphans); errors.Is(err, state.ErrUnusable) {
+		return stateError{err}
+	} else if err != nil {
 		return err
 	}
-	drv := plugin.NewDriver(plugin.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation()})
+	drv := driver.New(driver.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation(),
+		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// A signal during the restore stops mynet after it, not halfway.
@@ -163,7 +167,10 @@ func serve(args []string) error {
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)
-		reconcileLoop(ctx, drv, f.reconcile, log)
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		drv.ReconcileLoop(ctx, f.reconcile, hup)
 	}()
 	// A pass under way finishes before the dataplane and the store close
 	// under it (deferred above, so run after this).
@@ -176,7 +183,7 @@ func serve(args []string) error {
 		return err
 	}
 	router := plugin.NewRouter(log, deadline)
-	drv.Register(router)
+	plugin.Register(router, drv)
 	sock := filepath.Join(pluginDir, f.name+".sock")
 	l, err := listenUnix(sock, f.socketGroup)
 	if err != nil {
@@ -276,14 +283,11 @@ func requestDeadline() (time.Duration, error) {
 // startMetrics serves the metrics on the opt-in listener until ctx ends and
 // returns them, to measure requests, and a func that removes the metrics
 // socket. Without --metrics-socket or --metrics-addr it returns nil.
-func startMetrics(ctx context.Context, f serveFlags, drv *plugin.Driver, log *slog.Logger) (*metrics.Metrics, func(), error) {
+func startMetrics(ctx context.Context, f serveFlags, drv *driver.Driver, log *slog.Logger) (*metrics.Metrics, func(), error) {
 	if f.metricsSocket == "" && f.metricsAddr == "" {
 		return nil, func() {}, nil
 	}
-	m := metrics.New(func() state.Snapshot {
-		d := drv.Dump()
-		return state.Snapshot{Networks: d.Networks, Endpoints: d.Endpoints, Pools: d.Pools}
-	}, log)
+	m := metrics.New(func() state.Snapshot { return *drv.Dump() }, log)
 	var l net.Listener
 	var err error
 	where, cleanup := f.metricsSocket, func() {}

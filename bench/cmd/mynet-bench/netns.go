@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// maxEndpoints is mynet's limit per network (plugin.Config.MaxEndpoints).
+// maxEndpoints is mynet's limit per network (driver.Config.MaxEndpoints).
 const maxEndpoints = 1000
 
 // callNames is the endpoint cycle in the engine's order for a container
