@@ -88,15 +88,24 @@ func (d *Driver) dropDead(ctx context.Context, networkID, id string) (bool, erro
 		return false, err
 	}
 	d.log.Info("dropping an endpoint whose container died, for a new one with its address or MAC", "network_id", model.Short(n.ID), "endpoint_id", model.Short(id))
-	if err := d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID); err != nil {
+	if err := d.forgetEndpoint(e); err != nil {
 		return false, err
+	}
+	d.changes.Add(1)
+	return true, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e))
+}
+
+// forgetEndpoint deletes an endpoint's record and drops it from the maps;
+// its kernel objects are the caller's to remove.
+func (d *Driver) forgetEndpoint(e *state.Endpoint) error {
+	if err := d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID); err != nil {
+		return err
 	}
 	d.mapMu.Lock()
 	delete(d.endpoints, e.ID)
 	d.index.remove(e)
 	d.mapMu.Unlock()
-	d.changes.Add(1)
-	return true, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e))
+	return nil
 }
 
 // committed reports whether an endpoint exists and is not being created.
@@ -194,13 +203,9 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, networkID, endpointID strin
 		// running container.
 		return BadRequestf("endpoint %s is on network %s, not on the NetworkID %s of the request; nothing was deleted", model.Short(ep.ID), model.Short(ep.NetworkID), model.Short(networkID))
 	}
-	if err := d.cfg.Store.DeleteEndpoint(ep.NetworkID, ep.ID); err != nil {
+	if err := d.forgetEndpoint(ep); err != nil {
 		return err
 	}
-	d.mapMu.Lock()
-	delete(d.endpoints, ep.ID)
-	d.index.remove(ep)
-	d.mapMu.Unlock()
 	d.touch("endpoint", ep.ID)
 	if err := failpoint.Inject("endpoint.delete.record"); err != nil {
 		return err

@@ -285,13 +285,9 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respo
 		}
 	}
 	d.log.Info("dropping stale endpoint", "network_id", model.Short(e.NetworkID), "endpoint_id", model.Short(e.ID), "network_known", n != nil)
-	if err := d.cfg.Store.DeleteEndpoint(e.NetworkID, e.ID); err != nil {
+	if err := d.forgetEndpoint(e); err != nil {
 		return err
 	}
-	d.mapMu.Lock()
-	delete(d.endpoints, e.ID)
-	d.index.remove(e)
-	d.mapMu.Unlock()
 	if n == nil {
 		return nil
 	}
