@@ -64,6 +64,7 @@ func parsePortMap(raw any) ([]driver.PortBinding, error) {
 // any client of the API.
 func checkBinding(b driver.PortBinding) error {
 	if b.Port == 0 {
+		//lint:ignore ST1005 the message starts with the field it names
 		return errors.New("Port is 0; publish a container port from 1 to 65535")
 	}
 	if b.HostPortEnd != 0 && b.HostPortEnd < b.HostPort {
