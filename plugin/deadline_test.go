@@ -15,18 +15,15 @@ import (
 // given deadline and last-resort answer bound.
 func (h *harness) withDeadline(deadline, answerBy time.Duration) {
 	h.srv.Close()
-	r := NewRouter(h.drv.log, deadline)
+	r := NewRouter(h.log, deadline)
 	r.answerBy = answerBy
-	h.drv.Register(r)
+	Register(r, h.drv)
 	h.srv = httptest.NewServer(r)
 }
 
 // settle waits until no operation of the driver is under way, including
 // work whose call was answered before it ended.
-func (h *harness) settle() {
-	h.drv.opMu.Lock()
-	h.drv.opMu.Unlock() // an empty critical section: a barrier
-}
+func (h *harness) settle() { h.drv.Drain() }
 
 // TestDeadlineRollsBack: a create stalled past the router's deadline is
 // answered with an error naming the call, the object and the deadline, and
@@ -95,9 +92,9 @@ func TestAbandonedWorkHoldsItsSlot(t *testing.T) {
 	h := newHarness(t)
 	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil))
 	h.srv.Close()
-	r := NewRouter(h.drv.log, 50*time.Millisecond)
+	r := NewRouter(h.log, 50*time.Millisecond)
 	r.answerBy = 100 * time.Millisecond
-	h.drv.Register(r)
+	Register(r, h.drv)
 	h.srv = httptest.NewServer(Limit(r, 1, 20*time.Millisecond, nil, nil))
 	t.Cleanup(func() { failpoint.Enable("") })
 	must(t, failpoint.Enable("endpoint.create.pending=sleep(600ms)"))
@@ -156,42 +153,6 @@ func TestRemovalsFinish(t *testing.T) {
 				t.Fatalf("the stalled delete did not finish: %d records, %d endpoints in the dataplane", len(snap.Endpoints), eps)
 			}
 		})
-	}
-}
-
-// TestAllocationPastDeadline: an address or pool request that waited past
-// its deadline (here for the IPAM lock) is refused and allocates nothing.
-func TestAllocationPastDeadline(t *testing.T) {
-	h := newHarness(t)
-	pool := h.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": "local", "Pool": "10.1.0.0/24"})["PoolID"].(string)
-	h.withDeadline(100*time.Millisecond, 10*time.Second)
-	for _, c := range []struct {
-		method string
-		req    map[string]any
-		want   string
-	}{
-		{"IpamDriver.RequestAddress", map[string]any{"PoolID": pool, "Options": map[string]string{"com.docker.network.endpoint.macaddress": "02:42:0a:01:00:02"}}, "nothing allocated"},
-		{"IpamDriver.RequestPool", map[string]any{"AddressSpace": "local", "Pool": "10.2.0.0/24"}, "nothing reserved"},
-	} {
-		h.drv.ipamMu.Lock()
-		done := make(chan string)
-		go func() {
-			code, out := h.call(c.method, c.req)
-			done <- fmt.Sprint(code, " ", out["Err"])
-		}()
-		time.Sleep(300 * time.Millisecond)
-		h.drv.ipamMu.Unlock()
-		if got := <-done; !strings.HasPrefix(got, "503 ") || !strings.Contains(got, c.want) || !strings.Contains(got, "deadline of 100ms") {
-			t.Errorf("%s past its deadline: %s; want a 503 saying %q and naming the deadline", c.method, got, c.want)
-		}
-	}
-	snap, err := h.store.Load()
-	must(t, err)
-	if len(snap.Pools) != 1 || len(snap.Pools[0].Addrs) != 0 {
-		t.Fatalf("after the refused requests the store holds %+v; want one empty pool", snap.Pools)
-	}
-	if d := h.dump(); len(d.Pools) != 1 || len(d.Pools[0].Addrs) != 0 {
-		t.Fatalf("after the refused requests the driver holds %+v; want one empty pool", d.Pools)
 	}
 }
 

@@ -33,30 +33,6 @@ func TestLimit(t *testing.T) {
 	close(release)
 }
 
-func TestKeyedLocks(t *testing.T) {
-	var k keyedLocks
-	unlockA := k.lock("a")
-	unlockB := k.lock("b") // another key does not wait
-	got := make(chan struct{})
-	go func() {
-		defer k.lock("a")()
-		close(got)
-	}()
-	select {
-	case <-got:
-		t.Fatal("a second holder got key a")
-	case <-time.After(20 * time.Millisecond):
-	}
-	unlockA()
-	<-got
-	unlockB()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if len(k.m) != 0 {
-		t.Fatalf("%d locks left after every holder left", len(k.m))
-	}
-}
-
 // TestLimitWaitKeepsTheBody: a request that waited for its slot longer
 // than the server's read timeout can still send its body, instead of
 // being refused as undecodable.
@@ -71,7 +47,7 @@ func TestLimitWaitKeepsTheBody(t *testing.T) {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		io.WriteString(w, string(b))
+		w.Write(b)
 	}), 1, 5*time.Second, nil, nil)
 	srv := httptest.NewUnstartedServer(h)
 	srv.Config.ReadTimeout = 200 * time.Millisecond

@@ -9,7 +9,9 @@ import (
 	"strings"
 
 	"github.com/docker/go-plugins-helpers/network"
+	"github.com/mynet/mynet/internal/driver"
 	"github.com/mynet/mynet/internal/model"
+	"github.com/mynet/mynet/ipam"
 )
 
 // Docker's option keys. The -o keys are those of Docker's own bridge driver,
@@ -20,7 +22,7 @@ const (
 	optEnableIPv4 = "com.docker.network.enable_ipv4" // Docker 28+
 	optInternal   = "com.docker.network.internal"
 
-	OptBridgeName  = "com.docker.network.bridge.name"
+	OptBridgeName  = driver.OptBridgeName
 	OptMTU         = "com.docker.network.driver.mtu"
 	OptICC         = "com.docker.network.bridge.enable_icc"
 	OptMasquerade  = "com.docker.network.bridge.enable_ip_masquerade"
@@ -41,25 +43,10 @@ var supportedOptions = map[string]string{
 
 // NetworkConfig is a CreateNetwork request parsed and validated: everything
 // after this point is typed, and nothing downstream reads Docker's maps.
-type NetworkConfig struct {
-	ID           string
-	BridgeName   string
-	MTU          int
-	EnableIPv6   bool
-	Internal     bool
-	ICC          bool
-	Masquerade   bool
-	HostBinding  netip.Addr // invalid: all host addresses
-	AntiSpoofing bool
-	IPv4         []SubnetConfig
-	IPv6         []SubnetConfig
-}
+type NetworkConfig = driver.NetworkConfig
 
 // SubnetConfig is one IPAM entry of the request.
-type SubnetConfig struct {
-	Pool    netip.Prefix
-	Gateway netip.Prefix // invalid when the IPAM driver gave none
-}
+type SubnetConfig = driver.SubnetConfig
 
 // ParseCreateNetwork turns the engine's request into a NetworkConfig,
 // rejecting anything mynet would otherwise have to guess about.
@@ -151,7 +138,7 @@ func checkGateway(pool netip.Prefix, gw netip.Addr) error {
 	case gw.IsUnspecified():
 		return errors.New("is the unspecified address")
 	}
-	if what := reservedHost(pool, gw); what != "" {
+	if what := ipam.ReservedHost(pool, gw); what != "" {
 		return fmt.Errorf("is the %s address of %s", what, pool)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 
+	"github.com/mynet/mynet/internal/driver"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/state"
@@ -197,12 +199,24 @@ type harness struct {
 	dp    *fakeDataplane
 	store *state.Store
 	dir   string
-	drv   *Driver
+	drv   *driver.Driver
 	srv   *httptest.Server
+	log   *slog.Logger
+	// config adjusts the driver's configuration at each open.
+	config func(*driver.Config)
 }
 
-func newHarness(t testing.TB) *harness {
-	h := &harness{t: t, dp: newFake(), dir: t.TempDir()}
+// testOwnerGoneWait shortens the wait for a dying owner of an address or
+// port (driver.Config.OwnerGoneWait): tests of real conflicts would each
+// wait 5 s.
+const testOwnerGoneWait = 100 * time.Millisecond
+
+func newHarness(t testing.TB) *harness { return newHarnessWith(t, nil) }
+
+// newHarnessWith is newHarness with config adjusting the driver's
+// configuration, also at each restart.
+func newHarnessWith(t testing.TB, config func(*driver.Config)) *harness {
+	h := &harness{t: t, dp: newFake(), dir: t.TempDir(), log: slog.New(slog.DiscardHandler), config: config}
 	h.open()
 	t.Cleanup(h.close)
 	return h
@@ -215,12 +229,16 @@ func (h *harness) open() {
 	if h.store, err = state.Open(h.dir); err != nil {
 		h.t.Fatal(err)
 	}
-	h.drv = NewDriver(Config{Store: h.store, Dataplane: h.dp, DefaultPools: []ipam.PoolSpec{{Base: netip.MustParsePrefix("10.213.0.0/22"), Size: 24}}})
+	cfg := driver.Config{Log: h.log, Store: h.store, Dataplane: h.dp, OwnerGoneWait: testOwnerGoneWait, DefaultPools: []ipam.PoolSpec{{Base: netip.MustParsePrefix("10.213.0.0/22"), Size: 24}}}
+	if h.config != nil {
+		h.config(&cfg)
+	}
+	h.drv = driver.New(cfg)
 	if err := h.drv.Restore(context.Background()); err != nil {
 		h.t.Fatal(err)
 	}
-	r := NewRouter(h.drv.log, 5e9)
-	h.drv.Register(r)
+	r := NewRouter(h.log, 5e9)
+	Register(r, h.drv)
 	h.srv = httptest.NewServer(r)
 }
 
@@ -265,6 +283,9 @@ func (h *harness) call(method string, body any) (int, map[string]any) {
 	}
 	return resp.StatusCode, out
 }
+
+// endpoint returns an endpoint's record, and whether the driver has it.
+func (h *harness) endpoint(id string) (state.Endpoint, bool) { return h.drv.Endpoint(id) }
 
 // ok calls and fails the test unless the call succeeded.
 func (h *harness) ok(method string, body any) map[string]any {
@@ -907,7 +928,8 @@ func TestConcurrentEndpoints(t *testing.T) {
 	}
 
 	// 30 concurrent creates against a limit of 10: exactly 10 succeed.
-	h.drv.cfg.MaxEndpoints = 10
+	h.config = func(c *driver.Config) { c.MaxEndpoints = 10 }
+	h.restart()
 	var ok atomic.Int32
 	for i := range 30 {
 		wg.Go(func() {

@@ -5,6 +5,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mynet/mynet/internal/driver"
+	"github.com/mynet/mynet/internal/portalloc"
+	"github.com/mynet/mynet/state"
 )
 
 func portmap(bindings ...map[string]any) map[string]any {
@@ -25,7 +29,7 @@ func TestPorts(t *testing.T) {
 	program := func(eid string, opts map[string]any) (int, map[string]any) {
 		return h.call("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": eid, "Options": opts})
 	}
-	ports := func(eid string) string { return describePorts(h.drv.endpoints[eid].Ports) }
+	ports := func(eid string) string { return describePorts(h.ports(eid)) }
 
 	// A range of identical ports becomes one mapping; port 0 takes the first
 	// free ephemeral port (30000 is held by a host process).
@@ -50,7 +54,7 @@ func TestPorts(t *testing.T) {
 	if !strings.Contains(msg, "8001/tcp") || !strings.Contains(msg, "bbbbbbbbbbbb") {
 		t.Fatalf("conflict error %q", msg)
 	}
-	if len(h.drv.endpoints[id('c')].Ports) != 0 || h.dp.ports[id('c')] != nil {
+	if len(h.ports(id('c'))) != 0 || h.dp.ports[id('c')] != nil {
 		t.Fatal("a failed program left ports")
 	}
 	// A port held by a host process is refused; a specific host address
@@ -69,7 +73,7 @@ func TestPorts(t *testing.T) {
 	for range 2 {
 		h.ok("NetworkDriver.RevokeExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('b')})
 	}
-	if len(h.drv.endpoints[id('b')].Ports) != 0 || h.dp.ports[id('b')] != nil {
+	if len(h.ports(id('b'))) != 0 || h.dp.ports[id('b')] != nil {
 		t.Fatal("revoke left ports")
 	}
 }
@@ -103,7 +107,7 @@ func TestNetworkOptions(t *testing.T) {
 	}
 	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
 	h.ok("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Options": portmap(binding(6, "", 8080, 80))})
-	if got := describePorts(h.drv.endpoints[id('b')].Ports); got != "192.0.2.7:8080->10.1.0.2:80/tcp" {
+	if got := describePorts(h.ports(id('b'))); got != "192.0.2.7:8080->10.1.0.2:80/tcp" {
 		t.Fatalf("host_binding_ipv4 not used: %s", got)
 	}
 	for _, bad := range []map[string]any{{OptICC: "maybe"}, {OptHostBinding: "fd00::1"}, {OptMasquerade: ""}} {
@@ -159,7 +163,7 @@ func TestStaleEndpointReleasesItsPorts(t *testing.T) {
 	h.dp.mu.Unlock()
 	pm["EndpointID"] = id('c')
 	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)
-	if _, ok := h.drv.endpoints[id('b')]; ok {
+	if _, ok := h.endpoint(id('b')); ok {
 		t.Fatal("stale endpoint kept")
 	}
 }
@@ -171,9 +175,8 @@ func TestStaleEndpointReleasesItsPorts(t *testing.T) {
 // instead of failing; a conflict with an endpoint created since the
 // handshake fails at once.
 func TestDyingEndpointReleasesItsPorts(t *testing.T) {
-	defer func(old time.Duration) { ownerGoneWait = old }(ownerGoneWait)
-	ownerGoneWait = 3 * time.Second
-	h := newHarness(t)
+	const ownerGoneWait = 3 * time.Second
+	h := newHarnessWith(t, func(c *driver.Config) { c.OwnerGoneWait = ownerGoneWait })
 	h.createNetwork(id('a'), "10.1.0.0/24")
 	create := func(c byte, last int) {
 		h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id(c),
@@ -194,7 +197,7 @@ func TestDyingEndpointReleasesItsPorts(t *testing.T) {
 	}()
 	pm["EndpointID"] = id('c')
 	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)
-	if _, ok := h.drv.endpoints[id('b')]; ok {
+	if _, ok := h.endpoint(id('b')); ok {
 		t.Fatal("dead endpoint kept")
 	}
 
@@ -214,8 +217,7 @@ func TestDyingEndpointReleasesItsPorts(t *testing.T) {
 // TestEndpointLimit: the network refuses endpoints past its limit with
 // mynet's own error, before the kernel's "exchange full".
 func TestEndpointLimit(t *testing.T) {
-	h := newHarness(t)
-	h.drv.cfg.MaxEndpoints = 2
+	h := newHarnessWith(t, func(c *driver.Config) { c.MaxEndpoints = 2 })
 	h.createNetwork(id('a'), "10.1.0.0/24")
 	for i, c := range []byte{'b', 'c', 'd'} {
 		body := map[string]any{"NetworkID": id('a'), "EndpointID": id(c), "Interface": map[string]any{"Address": "10.1.0." + string(rune('2'+i)) + "/24"}}
@@ -227,4 +229,18 @@ func TestEndpointLimit(t *testing.T) {
 			t.Fatalf("third endpoint: %d %v", code, out)
 		}
 	}
+}
+
+// ports returns the ports an endpoint's record holds.
+func (h *harness) ports(eid string) []state.Port {
+	e, _ := h.endpoint(eid)
+	return e.Ports
+}
+
+func describePorts(ports []state.Port) string {
+	m := make([]portalloc.Mapping, len(ports))
+	for i, p := range ports {
+		m[i] = portalloc.Mapping(p)
+	}
+	return portalloc.Describe(m)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mynet/mynet/internal/driver"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
@@ -74,14 +75,20 @@ func runRefusals(t *testing.T, setup func(*harness), rows []refusal) {
 func refusalNetworks(h *harness) string {
 	h.createNetwork(id('a'), "10.1.0.0/24")
 	h.ok("NetworkDriver.CreateEndpoint", endpointReq(id('a'), id('b'), "10.1.0.2/24", "", "02:42:0a:01:00:02"))
-	h.ok("NetworkDriver.CreateNetwork", map[string]any{
-		"NetworkID": id('d'),
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReqV6(id('d')))
+	out := h.ok("NetworkDriver.CreateEndpoint", endpointReq(id('d'), id('c'), "10.2.0.2/24", "fd00:1::2/64", ""))
+	return out["Interface"].(map[string]any)["MacAddress"].(string)
+}
+
+// createNetworkReqV6 is the request for a dual-stack network with the
+// subnets 10.2.0.0/24 and fd00:1::/64.
+func createNetworkReqV6(nid string) map[string]any {
+	return map[string]any{
+		"NetworkID": nid,
 		"Options":   map[string]any{optEnableIPv6: true, optGeneric: map[string]any{}},
 		"IPv4Data":  []map[string]any{{"Pool": "10.2.0.0/24", "Gateway": "10.2.0.1/24"}},
 		"IPv6Data":  []map[string]any{{"Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}},
-	})
-	out := h.ok("NetworkDriver.CreateEndpoint", endpointReq(id('d'), id('c'), "10.2.0.2/24", "fd00:1::2/64", ""))
-	return out["Interface"].(map[string]any)["MacAddress"].(string)
+	}
 }
 
 func endpointReq(nid, eid, addr, addr6, mac string) map[string]any {
@@ -163,18 +170,10 @@ func TestEndpointUniquenessIndex(t *testing.T) {
 	h.ok("NetworkDriver.CreateEndpoint", endpointReq(d, id('f'), "10.2.0.2/24", "fd00:1::2/64", ""))
 
 	// A network deleted with endpoints left frees them with it.
+	// Created again, the network has every address free.
 	h.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": d})
-	h.drv.mapMu.RLock()
-	n := h.drv.index.count(d)
-	h.drv.mapMu.RUnlock()
-	if n != 0 {
-		t.Fatalf("deleted network still counts %d endpoints", n)
-	}
-	h.drv.mapMu.RLock()
-	defer h.drv.mapMu.RUnlock()
-	if got := h.drv.index.count(a); got != 1 {
-		t.Fatalf("network a counts %d endpoints, want 1", got)
-	}
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReqV6(d))
+	h.ok("NetworkDriver.CreateEndpoint", endpointReq(d, id('f'), "10.2.0.2/24", "fd00:1::2/64", ""))
 }
 
 // Two concurrent creates of one address: the second is refused while the
@@ -237,7 +236,7 @@ func TestPublishRefusals(t *testing.T) {
 	refusalNetworks(h)
 	h.ok(pec, publish(a, b, tcp(80, 8080, 8080, "0.0.0.0"), tcp(81, 8081, 0, "")))
 	h.ok(pec, publish(d, c, tcp(80, 9000, 9010, "::")))
-	if got := describePorts(h.drv.endpoints[c].Ports); got != "*:9000->10.2.0.2:80/tcp, *:9000->fd00:1::2:80/tcp" {
+	if got := describePorts(h.ports(c)); got != "*:9000->10.2.0.2:80/tcp, *:9000->fd00:1::2:80/tcp" {
 		t.Fatalf("ports of c: %s", got)
 	}
 }
@@ -299,15 +298,16 @@ func TestEndpointTakesOverDeadOwner(t *testing.T) {
 	delete(h.dp.endpoints, b)
 	h.dp.mu.Unlock()
 	h.ok("NetworkDriver.CreateEndpoint", again)
-	if _, ok := h.drv.endpoints[b]; ok || !hasEndpoint(id('e')) {
+	if _, ok := h.endpoint(b); ok || !hasEndpoint(id('e')) {
 		t.Fatalf("endpoint b kept, or e not made: state %v", h.dump().Endpoints)
 	}
 
 	// e's container died with the engine, which has restarted since; its
 	// veth goes a moment after the new endpoint is asked for.
-	defer func(w time.Duration) { ownerGoneWait = w }(ownerGoneWait)
-	ownerGoneWait = 5 * time.Second
-	h.drv.engineActivated = func() time.Time { return time.Now().Add(time.Hour) }
+	wait := 5 * time.Second
+	h.config = func(c *driver.Config) { c.OwnerGoneWait = wait }
+	h.restart()
+	h.drv.SetEngineActivated(func() time.Time { return time.Now().Add(time.Hour) })
 	go func() {
 		time.Sleep(300 * time.Millisecond)
 		h.dp.mu.Lock()
@@ -315,18 +315,20 @@ func TestEndpointTakesOverDeadOwner(t *testing.T) {
 		h.dp.mu.Unlock()
 	}()
 	h.ok("NetworkDriver.CreateEndpoint", endpointReq(a, id('f'), "10.1.0.2/24", "", "02:42:0a:01:00:02"))
-	if _, ok := h.drv.endpoints[id('e')]; ok || !hasEndpoint(id('f')) {
+	if _, ok := h.endpoint(id('e')); ok || !hasEndpoint(id('f')) {
 		t.Fatalf("endpoint e kept, or f not made: state %v", h.dump().Endpoints)
 	}
 
 	// A live owner from before the engine's restart is refused once the
 	// wait is over; one from after it at once.
-	ownerGoneWait = 200 * time.Millisecond
+	wait = 200 * time.Millisecond
+	h.restart()
+	h.drv.SetEngineActivated(func() time.Time { return time.Now().Add(time.Hour) })
 	if msg := h.fails("NetworkDriver.CreateEndpoint", endpointReq(a, id('9'), "10.1.0.2/24", "", ""), 400); !strings.Contains(msg, "already the address of endpoint ffffffffffff") {
 		t.Fatalf("live owner: %s", msg)
 	}
-	h.drv.engineActivated = func() time.Time { return time.Time{} }
-	ownerGoneWait = time.Hour
+	wait = time.Hour
+	h.restart() // the engine's handshake is not since this start
 	if msg := h.fails("NetworkDriver.CreateEndpoint", endpointReq(a, id('9'), "10.1.0.3/24", "", "02:42:0a:01:00:02"), 400); !strings.Contains(msg, "already the MAC of endpoint ffffffffffff") {
 		t.Fatalf("live owner: %s", msg)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/docker/go-plugins-helpers/sdk"
+	"github.com/mynet/mynet/internal/driver"
 	"github.com/mynet/mynet/internal/model"
 )
 
@@ -26,14 +27,12 @@ const manifest = `{"Implements":["NetworkDriver","IpamDriver"]}`
 
 // ErrBadRequest marks errors caused by the request itself; they are
 // answered with 400 instead of 500. The engine shows both the same way.
-var ErrBadRequest = errors.New("bad request")
+var ErrBadRequest = driver.ErrBadRequest
 
-type badRequestError struct{ err error }
-
-func (e badRequestError) Error() string    { return e.err.Error() }
-func (e badRequestError) Unwrap() []error  { return []error{e.err, ErrBadRequest} }
-func badRequest(err error) error           { return badRequestError{err} }
-func badRequestf(f string, a ...any) error { return badRequest(fmt.Errorf(f, a...)) }
+var (
+	badRequest  = driver.BadRequest
+	badRequestf = driver.BadRequestf
+)
 
 // Router serves the plugin protocol: it decodes, calls the driver, encodes.
 type Router struct {
@@ -94,8 +93,8 @@ type empty struct{}
 // deadline. A kernel call that hangs cannot be interrupted, though, so the
 // answer has a last-resort bound, answerBy, after which the call is
 // answered with a 503 while its work still runs. The outcome is a latch
-// (see outcome): an operation commits only through commitPoint, and the
-// bound answers an error only if it can close the latch first; the late
+// (driver.WithLatch): an operation commits only through its commit point,
+// and the bound answers an error only if it can close the latch first; the late
 // work then finds it closed and rolls back instead of committing. If the
 // operation committed first, the answer waits for it and tells the truth.
 // Removals are different: see handleRemoval.
@@ -130,8 +129,7 @@ func register[Req, Resp any](r *Router, method string, fn func(context.Context, 
 		cause := fmt.Errorf("%s%s did not finish within mynet's deadline of %v: %w", method, describeIDs(ids), r.deadline, context.DeadlineExceeded)
 		ctx, cancel := context.WithTimeoutCause(hr.Context(), r.deadline, cause)
 		defer cancel()
-		out := &outcome{}
-		ctx = context.WithValue(ctx, outcomeKey{}, out)
+		ctx, abandon := driver.WithLatch(ctx)
 		// The work keeps this call's slot of Limit until it ends, even
 		// when the answer goes first, so that work stuck in the kernel
 		// cannot pile up past the limit.
@@ -160,7 +158,7 @@ func register[Req, Resp any](r *Router, method string, fn func(context.Context, 
 					method, describeIDs(ids), r.answerBy))
 				return
 			}
-			if out.abandon() {
+			if abandon() {
 				r.log.Error("request abandoned: answered with an error, its work rolls back when the stuck step returns",
 					append(ids, "op", method, "duration", time.Since(start).Round(time.Microsecond))...)
 				writeErrorStatus(w, http.StatusServiceUnavailable, fmt.Sprintf(
@@ -183,58 +181,6 @@ func register[Req, Resp any](r *Router, method string, fn func(context.Context, 
 		}
 		sdk.EncodeResponse(w, body, false)
 	})
-}
-
-// outcome latches the fate of one call's work: it commits, or it was
-// abandoned by an answer sent before it finished; never both.
-type outcome struct{ state atomic.Int32 }
-
-const (
-	outcomeOpen int32 = iota
-	outcomeCommitted
-	outcomeAbandoned
-)
-
-// commit reports whether the work may commit: the latch was open (and is
-// now closed as committed) or already committed.
-func (o *outcome) commit() bool {
-	return o.state.CompareAndSwap(outcomeOpen, outcomeCommitted) || o.state.Load() == outcomeCommitted
-}
-
-// abandon reports whether an error may be answered: the latch was open
-// (and is now closed as abandoned) or already abandoned.
-func (o *outcome) abandon() bool {
-	return o.state.CompareAndSwap(outcomeOpen, outcomeAbandoned) || o.state.Load() == outcomeAbandoned
-}
-
-type outcomeKey struct{}
-
-// errAbandoned is the error of work whose call was already answered.
-var errAbandoned = errors.New("the request was already answered with an error")
-
-// commitPoint is called by an operation that creates or allocates just
-// before the step that makes it take effect (the committed record of a
-// create, a pool or an address written to the store, published ports). An
-// error means the operation must not take effect: roll back and return it.
-// Once it has returned nil, the operation is committed: its answer waits
-// for it, and the steps after it run to the end.
-func commitPoint(ctx context.Context) error {
-	if err := ctxErr(ctx); err != nil {
-		return err
-	}
-	if o, ok := ctx.Value(outcomeKey{}).(*outcome); ok && !o.commit() {
-		return errAbandoned
-	}
-	return nil
-}
-
-// ctxErr is ctx's error with its cause, which names the call and the
-// deadline, or nil while ctx is live.
-func ctxErr(ctx context.Context) error {
-	if ctx.Err() == nil {
-		return nil
-	}
-	return context.Cause(ctx)
 }
 
 // describeIDs formats requestIDs' pairs for an error message.
@@ -282,7 +228,7 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrBadRequest):
 		status = http.StatusBadRequest
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, errAbandoned):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, driver.ErrAbandoned):
 		status = http.StatusServiceUnavailable // rolled back: a retry may succeed
 	}
 	writeErrorStatus(w, status, err.Error())

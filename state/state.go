@@ -54,9 +54,11 @@ type Network struct {
 	ICC        bool
 	Masquerade bool
 	Internal   bool `json:",omitempty"`
-	// SpoofingAllowed turns off the anti-spoofing filter
-	// (mynet.anti_spoofing=false); the zero value protects.
-	SpoofingAllowed bool `json:",omitempty"`
+	// AntiSpoofing is the anti-spoofing filter (mynet.anti_spoofing). In
+	// JSON it is the inverse "SpoofingAllowed", so that the zero value of
+	// a record written before the option existed protects (see
+	// network_json.go).
+	AntiSpoofing bool `json:"-"`
 	// HostBinding is the default host address of published ports.
 	HostBinding string `json:",omitempty"`
 	// Pending marks a record written before its kernel objects: if mynet
@@ -124,9 +126,14 @@ type Pool struct {
 	Owners map[string]string `json:"-"`
 }
 
-// Snapshot is the whole state, as loaded at startup.
+// Snapshot is the whole state: as loaded at startup, and as the daemon
+// shows it to clients (Mynet.State).
 type Snapshot struct {
 	Networks  []Network
 	Endpoints []Endpoint
 	Pools     []Pool
+
+	// Generation is in the tags of the links of this state (model.Tag);
+	// set in the daemon's dump, not by Load.
+	Generation string `json:",omitempty"`
 }

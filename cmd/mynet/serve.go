@@ -19,6 +19,7 @@ import (
 
 	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/internal/cli"
+	"github.com/mynet/mynet/internal/driver"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/metrics"
 	"github.com/mynet/mynet/netutil/failpoint"
@@ -122,7 +123,8 @@ func serve(args []string) error {
 		return err
 	}
 	defer dp.Close()
-	drv := plugin.NewDriver(plugin.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation()})
+	drv := driver.New(driver.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation(),
+		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// A signal during the restore stops mynet after it, not halfway.
@@ -138,7 +140,10 @@ func serve(args []string) error {
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)
-		reconcileLoop(ctx, drv, f.reconcile, log)
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		drv.ReconcileLoop(ctx, f.reconcile, hup)
 	}()
 	// A pass under way finishes before the dataplane and the store close
 	// under it (deferred above, so run after this).
@@ -181,8 +186,11 @@ func newDataplane(f serveFlags, store *state.Store, snap state.Snapshot, log *sl
 	if err != nil {
 		return nil, err
 	}
-	if err := claimObjects(log, store, snap, dp, f.discardOrphans); err != nil {
+	if err := driver.ClaimObjects(log, store, snap, dp, f.discardOrphans); err != nil {
 		dp.Close()
+		if errors.Is(err, state.ErrUnusable) {
+			return nil, stateError{err}
+		}
 		return nil, err
 	}
 	return dp, nil
@@ -190,13 +198,13 @@ func newDataplane(f serveFlags, store *state.Store, snap state.Snapshot, log *sl
 
 // serveRequests serves the plugin socket (and the metrics listener, if
 // asked) until ctx ends, then shuts the server down.
-func serveRequests(ctx context.Context, f serveFlags, drv *plugin.Driver, log *slog.Logger, statePath string, chains []string) error {
+func serveRequests(ctx context.Context, f serveFlags, drv *driver.Driver, log *slog.Logger, statePath string, chains []string) error {
 	deadline, err := requestDeadline()
 	if err != nil {
 		return err
 	}
 	router := plugin.NewRouter(log, deadline)
-	drv.Register(router)
+	plugin.Register(router, drv)
 	sock := filepath.Join(cli.PluginDir, f.name+".sock")
 	l, err := listenUnix(sock, f.socketGroup)
 	if err != nil {
@@ -296,14 +304,11 @@ func requestDeadline() (time.Duration, error) {
 // startMetrics serves the metrics on the opt-in listener until ctx ends and
 // returns them, to measure requests, and a func that removes the metrics
 // socket. Without --metrics-socket or --metrics-addr it returns nil.
-func startMetrics(ctx context.Context, f serveFlags, drv *plugin.Driver, log *slog.Logger) (*metrics.Metrics, func(), error) {
+func startMetrics(ctx context.Context, f serveFlags, drv *driver.Driver, log *slog.Logger) (*metrics.Metrics, func(), error) {
 	if f.metricsSocket == "" && f.metricsAddr == "" {
 		return nil, func() {}, nil
 	}
-	m := metrics.New(func() state.Snapshot {
-		d := drv.Dump()
-		return state.Snapshot{Networks: d.Networks, Endpoints: d.Endpoints, Pools: d.Pools}
-	}, log)
+	m := metrics.New(func() state.Snapshot { return *drv.Dump() }, log)
 	var l net.Listener
 	var err error
 	where, cleanup := f.metricsSocket, func() {}

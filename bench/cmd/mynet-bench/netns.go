@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// maxEndpoints is mynet's limit per network (plugin.Config.MaxEndpoints).
+// maxEndpoints is mynet's limit per network (driver.Config.MaxEndpoints).
 const maxEndpoints = 1000
 
 // apiResult is phase 4 at one concurrency.

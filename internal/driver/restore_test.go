@@ -1,4 +1,4 @@
-package plugin
+package driver
 
 import (
 	"context"
@@ -20,7 +20,7 @@ func TestRestoreRefusesUnbuildablePool(t *testing.T) {
 	const nid = "1111111111111111111111111111111111111111111111111111111111111111"
 	fake := newFake()
 	fake.networks[nid] = model.Network{ID: nid, Bridge: "mn-111111111111"}
-	d := NewDriver(Config{Store: nopStore{}, Dataplane: fake})
+	d := New(Config{Store: nopStore{}, Dataplane: fake})
 	snap := state.Snapshot{
 		Networks: []state.Network{{ID: nid, Bridge: "mn-111111111111"}},
 		Pools:    []state.Pool{{ID: "ok", Pool: "10.0.0.0/24"}, {ID: "bad", Pool: "garbage"}},

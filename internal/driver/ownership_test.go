@@ -1,4 +1,4 @@
-package main
+package driver
 
 import (
 	"errors"
@@ -14,7 +14,7 @@ import (
 	"github.com/mynet/mynet/state"
 )
 
-// fakeKernel is the tagged links and rules claimObjects sees, and what it
+// fakeKernel is the tagged links and rules ClaimObjects sees, and what it
 // did to them.
 type fakeKernel struct {
 	links []model.TaggedLink
@@ -43,8 +43,8 @@ func (k *fakeKernel) RemoveTagged(name string, t model.Tag) error {
 }
 
 // TestClaimObjects: the startup deletes orphans only when the state
-// proves they are its own; otherwise it refuses with exit 78 (stateError
-// wrapping state.ErrUnusable), unless --discard-orphans.
+// proves they are its own; otherwise it refuses with an error wrapping
+// state.ErrUnusable (the daemon exits 78 on it), unless --discard-orphans.
 func TestClaimObjects(t *testing.T) {
 	const (
 		inst  = "mynet"
@@ -100,13 +100,12 @@ func TestClaimObjects(t *testing.T) {
 				t.Fatal(err)
 			}
 			k := &fakeKernel{links: tc.links(store.Generation()), rules: tc.rules, gen: store.Generation()}
-			err = claimObjects(slog.New(slog.DiscardHandler), store, snap, k, tc.discard)
-			var se stateError
+			err = ClaimObjects(slog.New(slog.DiscardHandler), store, snap, k, tc.discard)
 			switch {
 			case tc.refuse == "" && err != nil:
 				t.Fatalf("refused: %v", err)
-			case tc.refuse != "" && (!errors.As(err, &se) || !errors.Is(err, state.ErrUnusable) || !strings.Contains(err.Error(), tc.refuse) || !strings.Contains(err.Error(), "--discard-orphans")):
-				t.Fatalf("error %v: want exit 78 naming %q and --discard-orphans", err, tc.refuse)
+			case tc.refuse != "" && (!errors.Is(err, state.ErrUnusable) || !strings.Contains(err.Error(), tc.refuse) || !strings.Contains(err.Error(), "--discard-orphans")):
+				t.Fatalf("error %v: want state.ErrUnusable naming %q and --discard-orphans", err, tc.refuse)
 			}
 			var got []string
 			for _, l := range k.links {

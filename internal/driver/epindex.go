@@ -1,4 +1,4 @@
-package plugin
+package driver
 
 import (
 	"net/netip"

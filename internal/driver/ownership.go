@@ -1,7 +1,6 @@
-package main
+package driver
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -10,23 +9,36 @@ import (
 	"github.com/mynet/mynet/state"
 )
 
-// ownedKernel is what claimObjects needs of the dataplane.
-type ownedKernel interface {
+// OwnedKernel is what ClaimObjects needs of the dataplane.
+type OwnedKernel interface {
 	TaggedLinks() ([]model.TaggedLink, error)
 	HasRules() (bool, error)
 	Retag(name string, old model.Tag) error
 	RemoveTagged(name string, t model.Tag) error
 }
 
-// claimObjects runs before the startup reconcile, which deletes the tagged
+// ClaimStore is what ClaimObjects needs of the state store; state.Store
+// implements it.
+type ClaimStore interface {
+	Path() string
+	Generation() string
+	// Created: the file is new or emptied; Upgraded: it is of an earlier
+	// release; Claimed clears both once the kernel was checked.
+	Created() bool
+	Upgraded() bool
+	Claimed() error
+}
+
+// ClaimObjects runs before the startup reconcile, which deletes the tagged
 // objects the state does not know, and makes sure it deletes only objects
 // this state created. Links of this instance tagged with another
 // generation (or, after a state loss, any rules of this instance) belong to
 // a state file that was lost, moved aside or replaced; they may carry
 // running containers, so mynet refuses to start rather than adopt or delete
-// them, unless the operator said --discard-orphans. A file of the previous
-// release, which decoded fully, first gets its links retagged.
-func claimObjects(log *slog.Logger, store *state.Store, snap state.Snapshot, k ownedKernel, discard bool) error {
+// them, unless the operator said --discard-orphans; the error then wraps
+// state.ErrUnusable. A file of the previous release, which decoded fully,
+// first gets its links retagged.
+func ClaimObjects(log *slog.Logger, store ClaimStore, snap state.Snapshot, k OwnedKernel, discard bool) error {
 	links, err := k.TaggedLinks()
 	if err != nil {
 		return fmt.Errorf("check the ownership of tagged links: %w", err)
@@ -69,7 +81,7 @@ func claimObjects(log *slog.Logger, store *state.Store, snap state.Snapshot, k o
 	}
 	if len(foreign) > 0 || rules {
 		if !discard {
-			return stateError{foreignObjectsError(store, foreign, rules)}
+			return foreignObjectsError(store, foreign, rules)
 		}
 		if err := discardForeign(log, k, known, foreign, rules); err != nil {
 			return err
@@ -81,7 +93,7 @@ func claimObjects(log *slog.Logger, store *state.Store, snap state.Snapshot, k o
 // discardForeign is --discard-orphans: the links of other generations that
 // the state describes are adopted, the others deleted; rules are the
 // startup reconcile's, which deletes those of unknown networks.
-func discardForeign(log *slog.Logger, k ownedKernel, known map[string]bool, foreign []model.TaggedLink, rules bool) error {
+func discardForeign(log *slog.Logger, k OwnedKernel, known map[string]bool, foreign []model.TaggedLink, rules bool) error {
 	for _, l := range foreign {
 		var err error
 		if known[l.Tag.Kind+":"+l.Tag.ID] {
@@ -101,7 +113,7 @@ func discardForeign(log *slog.Logger, k ownedKernel, known map[string]bool, fore
 	return nil
 }
 
-func foreignObjectsError(store *state.Store, foreign []model.TaggedLink, rules bool) error {
+func foreignObjectsError(store ClaimStore, foreign []model.TaggedLink, rules bool) error {
 	var what []string
 	for i, l := range foreign {
 		if i == 8 {
@@ -130,16 +142,4 @@ func foreignObjectsError(store *state.Store, foreign []model.TaggedLink, rules b
 		"to keep this state and delete those objects (their containers lose their network), run mynet serve --discard-orphans once; "+
 		"mynet doctor lists them; see \"Recovering the state\" in the README",
 		state.ErrUnusable, store.Path(), store.Generation(), why, strings.Join(what, ", "))
-}
-
-// unusableFile is the error for a state file that Open or Load refused,
-// with the ways out.
-func unusableFile(err error, path string) error {
-	if !errors.Is(err, state.ErrUnusable) {
-		return stateError{err}
-	}
-	return stateError{fmt.Errorf("%w\nmynet changed nothing in the kernel. To recover, with mynet stopped: put back a good copy of %s if there is one "+
-		"(running containers keep their network), or move the file aside (mv %s %s.bad) and start once with "+
-		"mynet serve --discard-orphans, which deletes the bridges and veths the lost state described: their containers "+
-		"lose their network until their networks are recreated", err, path, path, path)}
 }
