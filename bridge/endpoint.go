@@ -15,11 +15,7 @@ import (
 func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep model.Endpoint) (retErr error) {
 	log := d.log.With("network_id", model.Short(ep.NetworkID), "endpoint_id", model.Short(ep.ID))
 	var undo netutil.Undo
-	defer func() {
-		if cerr := undo.RunIf(retErr, log); cerr != nil {
-			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
-		}
-	}()
+	defer undo.Rollback(&retErr, log)
 	what := "endpoint " + model.Short(ep.ID) + " on network " + model.Short(ep.NetworkID)
 	if err := stopped(ctx, "creating veth "+ep.HostVeth+" of "+what); err != nil {
 		return err

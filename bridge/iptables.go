@@ -68,28 +68,22 @@ func (f *iptablesFirewall) family() string {
 // chain, hook and rule it adds goes onto undo, and only those: the caller
 // may be repairing a network whose other rules are live.
 func (f *iptablesFirewall) ensureNetwork(ctx context.Context, n model.Network, undo *netutil.Undo) error {
-	rules := f.networkRules(n)
-	if len(rules) == 0 {
-		return nil
-	}
-	what := "network " + model.Short(n.ID)
-	if err := stopped(ctx, f.family()+" chains for "+what); err != nil {
-		return err
-	}
-	if err := f.ensureChains(undo); err != nil {
-		return err
-	}
-	return f.ensureAll(ctx, rules, what, undo)
+	return f.ensureRules(ctx, f.networkRules(n), "network "+model.Short(n.ID), undo)
 }
 
 // ensurePorts adds the rules of an endpoint's published ports that are
 // missing, and pushes what it adds onto undo.
 func (f *iptablesFirewall) ensurePorts(ctx context.Context, n model.Network, ep model.Endpoint, ports []model.PortMapping, undo *netutil.Undo) error {
-	rules := f.allPortRules(ep, ports)
+	return f.ensureRules(ctx, f.allPortRules(ep, ports), "ports of endpoint "+model.Short(ep.ID), undo)
+}
+
+// ensureRules adds whichever of rules are missing, with mynet's chains
+// and hooks, and pushes what it adds onto undo. No rules: nothing, not
+// even the chains.
+func (f *iptablesFirewall) ensureRules(ctx context.Context, rules []rule, what string, undo *netutil.Undo) error {
 	if len(rules) == 0 {
 		return nil
 	}
-	what := "ports of endpoint " + model.Short(ep.ID)
 	if err := stopped(ctx, f.family()+" chains for "+what); err != nil {
 		return err
 	}

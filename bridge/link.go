@@ -25,12 +25,7 @@ func (d *Dataplane) ensureBridge(n model.Network) (created bool, err error) {
 		return false, fmt.Errorf("bridge of network %s: %w", model.Short(n.ID), err)
 	}
 	l, err := d.nl.LinkByName(n.Bridge)
-	defer func() {
-		if err != nil && created {
-			err = d.deleteNew(l, err)
-			created = false
-		}
-	}()
+	defer d.deleteIfFailed(&l, &created, &err)
 	switch {
 	case isNotFound(err):
 		mac, err := netutil.RandomMAC()
@@ -121,12 +116,7 @@ func (d *Dataplane) ensureVeth(ep model.Endpoint) (created bool, bridgeIndex int
 		return false, 0, err
 	}
 	l, err := d.lookupVeth(ep)
-	defer func() {
-		if err != nil && created {
-			err = d.deleteNew(l, err)
-			created = false
-		}
-	}()
+	defer d.deleteIfFailed(&l, &created, &err)
 	switch {
 	case isNotFound(err):
 		if l, err = d.createVeth(ep, br.Attrs().Index, tag); err != nil {
@@ -224,6 +214,15 @@ func (d *Dataplane) createVeth(ep model.Endpoint, bridgeIndex int, tag string) (
 		return nil, fmt.Errorf("create veth %s for endpoint %s on network %s: %w", ep.HostVeth, model.Short(ep.ID), model.Short(ep.NetworkID), err)
 	}
 	return l, nil
+}
+
+// deleteIfFailed is deferred by an ensure that may create a link: when it
+// fails after creating one, the new link goes again and created is false.
+func (d *Dataplane) deleteIfFailed(l *netlink.Link, created *bool, err *error) {
+	if *err != nil && *created {
+		*err = d.deleteNew(*l, *err)
+		*created = false
+	}
 }
 
 // deleteNew deletes a link this call created and could not finish setting

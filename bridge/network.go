@@ -17,11 +17,7 @@ import (
 func (d *Dataplane) EnsureNetwork(ctx context.Context, n model.Network) (retErr error) {
 	log := d.log.With("network_id", model.Short(n.ID), "bridge", n.Bridge)
 	var undo netutil.Undo
-	defer func() {
-		if cerr := undo.RunIf(retErr, log); cerr != nil {
-			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
-		}
-	}()
+	defer undo.Rollback(&retErr, log)
 	what := "network " + model.Short(n.ID)
 	if err := stopped(ctx, "creating "+what); err != nil {
 		return err

@@ -72,11 +72,7 @@ func (d *Dataplane) EnsurePorts(ctx context.Context, n model.Network, ep model.E
 	}
 	log := d.log.With("network_id", model.Short(n.ID), "endpoint_id", model.Short(ep.ID))
 	var undo netutil.Undo
-	defer func() {
-		if cerr := undo.RunIf(retErr, log); cerr != nil {
-			retErr = fmt.Errorf("%w (rollback incomplete: %w)", retErr, cerr)
-		}
-	}()
+	defer undo.Rollback(&retErr, log)
 	for _, fw := range d.firewalls() {
 		if err := fw.ensurePorts(ctx, n, ep, ports, &undo); err != nil {
 			return err

@@ -2,6 +2,7 @@ package netutil
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 )
 
@@ -50,4 +51,15 @@ func (u *Undo) RunIf(err error, log *slog.Logger) error {
 	}
 	u.steps = nil
 	return errors.Join(errs...)
+}
+
+// Rollback is RunIf for a deferred call on a named return error: when
+// *retErr is set, it runs the stack and adds any cleanup failure to
+// *retErr, so the caller learns that something it created may remain.
+//
+//	defer undo.Rollback(&retErr, log)
+func (u *Undo) Rollback(retErr *error, log *slog.Logger) {
+	if cerr := u.RunIf(*retErr, log); cerr != nil {
+		*retErr = fmt.Errorf("%w (rollback incomplete: %w)", *retErr, cerr)
+	}
 }

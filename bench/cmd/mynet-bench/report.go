@@ -231,17 +231,23 @@ func printPairs(w io.Writer, r *report) {
 	}
 }
 
+// callHeader writes a table's header: first, a column per plugin call,
+// then last.
+func callHeader(w io.Writer, first, last string) {
+	fmt.Fprint(w, first)
+	for _, c := range callNames {
+		fmt.Fprintf(w, "\t%s", c)
+	}
+	fmt.Fprintln(w, last)
+}
+
 func printAPI(w io.Writer, api []apiResult) {
 	if len(api) == 0 {
 		return
 	}
 	fmt.Fprintf(w, "\n4  plugin API on the socket, ms per call (p50 / p99)\n")
 	tw := newTable(w)
-	fmt.Fprint(tw, "concurrency\tcycles/s")
-	for _, c := range callNames {
-		fmt.Fprintf(tw, "\t%s", c)
-	}
-	fmt.Fprintln(tw, "\tcycle")
+	callHeader(tw, "concurrency\tcycles/s", "\tcycle")
 	for _, a := range api {
 		fmt.Fprintf(tw, "%d\t%.1f", a.Concurrency, float64(a.CyclesPerSec))
 		for _, c := range callNames {
@@ -259,11 +265,7 @@ func printScaling(w io.Writer, s *scalingResult) {
 	}
 	fmt.Fprintf(w, "\n5  endpoint scaling: median ms of the Nth endpoint's cycle (N-1 alive)\n")
 	tw := newTable(w)
-	fmt.Fprint(tw, "N\tcycle")
-	for _, c := range callNames {
-		fmt.Fprintf(tw, "\t%s", c)
-	}
-	fmt.Fprintln(tw)
+	callHeader(tw, "N\tcycle", "")
 	for _, p := range s.Points {
 		fmt.Fprintf(tw, "%d\t%.2f", p.N, float64(p.CycleMedian))
 		for _, c := range callNames {
