@@ -12,7 +12,8 @@ import (
 // TestE2EManagedPluginLogLevels reads dockerd's own log: the engine records
 // a managed plugin's stdout at info and its stderr at error (moby
 // plugin/manager.go, makeLoggerStreams). mynet's info records must show
-// there at level=info, and a failed request's record at level=error.
+// there at level=info, and a failed request's record at level=error, in
+// both log formats.
 func TestE2EManagedPluginLogLevels(t *testing.T) {
 	requirePlugin(t)
 	s := newScenario(t)
@@ -28,16 +29,28 @@ func TestE2EManagedPluginLogLevels(t *testing.T) {
 	})
 	m.build()
 	docker(t, "plugin", "set", m.ref, "state.source="+stateDir)
-	offset := fileSize(logPath)
-	m.enable()
-	id := m.id()
+	for i, format := range []string{"text", "json"} {
+		if i > 0 {
+			docker(t, "plugin", "disable", "-f", m.ref) // -f: the networks hold a reference
+		}
+		docker(t, "plugin", "set", m.ref, "args=--log-level=info --log-format="+format)
+		offset := fileSize(logPath)
+		m.enable()
+		expectLogLevels(t, m, s, logPath, offset, format, fmt.Sprintf("10.%d.0.0/24", 162+2*i))
+	}
+}
 
-	s.network("net", "-d", m.ref, "--ipam-driver", m.ref, "--subnet", "10.162.0.0/24")
+// expectLogLevels creates a network of m, then one with an option mynet
+// refuses, and checks dockerd's levels for the plugin's lines since offset.
+func expectLogLevels(t *testing.T, m *managedPlugin, s *scenario, logPath string, offset int64, format, subnet string) {
+	t.Helper()
+	id := m.id()
+	s.network("net-"+format, "-d", m.ref, "--ipam-driver", m.ref, "--subnet", subnet)
 	// An option mynet refuses: CreateNetwork fails and mynet logs it at error.
-	bad := s.name("bad")
+	bad := s.name("bad-" + format)
 	s.networks = append(s.networks, bad)
 	if out, err := run("docker", "network", "create", "-d", m.ref, "--ipam-driver", m.ref,
-		"--subnet", "10.163.0.0/24", "-o", "com.docker.network.bridge.e2e_bogus=1", bad); err == nil {
+		"-o", "com.docker.network.bridge.e2e_bogus=1", bad); err == nil {
 		t.Fatalf("docker network create with an unknown option succeeded: %s", out)
 	}
 
@@ -48,24 +61,31 @@ func TestE2EManagedPluginLogLevels(t *testing.T) {
 		if !hasLine(byLevel["error"], "request failed", "e2e_bogus") {
 			return fmt.Errorf("no level=error line of plugin %s with mynet's failed CreateNetwork", id)
 		}
-		if !hasLine(byLevel["info"], "op=NetworkDriver.CreateNetwork") {
+		if !hasLine(byLevel["info"], "NetworkDriver.CreateNetwork") {
 			return fmt.Errorf("no level=info line of plugin %s with mynet's CreateNetwork record", id)
 		}
 		return nil
 	}); err != nil {
-		t.Errorf("%s: %v; plugin lines by dockerd's level: %q", logPath, err, byLevel)
+		t.Errorf("--log-format=%s, %s: %v; plugin lines by dockerd's level: %q", format, logPath, err, byLevel)
 	}
 	for _, line := range byLevel["error"] {
-		if !strings.Contains(line, "level=ERROR") {
-			t.Errorf("dockerd logged a mynet record below error at level=error: %s", line)
+		if !mynetError(line) {
+			t.Errorf("--log-format=%s: dockerd logged a mynet record below error at level=error: %s", format, line)
 		}
 	}
 	for _, line := range byLevel["info"] {
-		if strings.Contains(line, "level=ERROR") {
-			t.Errorf("dockerd logged a mynet error record at level=info: %s", line)
+		if mynetError(line) {
+			t.Errorf("--log-format=%s: dockerd logged a mynet error record at level=info: %s", format, line)
 		}
 	}
-	t.Logf("dockerd logged %d info and %d error lines of the plugin", len(byLevel["info"]), len(byLevel["error"]))
+	t.Logf("--log-format=%s: dockerd logged %d info and %d error lines of the plugin", format, len(byLevel["info"]), len(byLevel["error"]))
+}
+
+// mynetError reports whether mynet's record, quoted in dockerd's msg,
+// is at error, in either of mynet's formats.
+func mynetError(line string) bool {
+	msg := dockerdLine.ReplaceAllString(line, "")
+	return strings.Contains(msg, "level=ERROR") || strings.Contains(msg, `\"level\":\"ERROR\"`)
 }
 
 // dockerdLogPath is the file dockerd writes its log to (its stderr), as
