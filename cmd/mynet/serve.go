@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -84,17 +85,16 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	return f, nil
 }
 
-func newLogger(level, format string) (*slog.Logger, error) {
+// newLogger logs records below error to out and the rest to errOut.
+func newLogger(level, format string, out, errOut io.Writer) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
 	}
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	case "text", "json":
+		return slog.New(newLevelSplit(out, errOut, opts, format == "json")), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: use text or json", format)
 }
@@ -104,7 +104,7 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(f.logLevel, f.logFormat)
+	log, err := newLogger(f.logLevel, f.logFormat, os.Stdout, os.Stderr)
 	if err != nil {
 		return err
 	}

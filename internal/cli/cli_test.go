@@ -109,6 +109,7 @@ func testEnv(out *bytes.Buffer) *Env {
 			}
 			return "", errors.New("no such plugin")
 		},
+		DockerVersion: func(context.Context) (string, error) { return "28.5.2", nil },
 	}
 }
 
@@ -118,7 +119,9 @@ func TestLsTable(t *testing.T) {
 	if err := RunLs([]string{"--socket", srv.socket}, testEnv(&out)); err != nil {
 		t.Fatal(err)
 	}
-	want := `NETWORK ID    NAME    BRIDGE           SUBNETS                    ICC  MASQUERADE  INTERNAL  MTU   HOST IP    ENDPOINTS
+	want := `Engine: Docker 28.5.2
+
+NETWORK ID    NAME    BRIDGE           SUBNETS                    ICC  MASQUERADE  INTERNAL  MTU   HOST IP    ENDPOINTS
 3f1a2b3c4d5e  appnet  mn-3f1a2b3c4d5e  10.123.0.0/24              yes  yes         no        1500  all        2
 3f1a99999999  apps    br-apps          10.124.0.0/24,fd00:1::/64  no   no          yes       1400  127.0.0.1  1
 77aa00000000  -       mn-77aa00000000  10.125.0.0/24              yes  no          no        1500  all        0
@@ -149,6 +152,9 @@ func TestLsJSON(t *testing.T) {
 		v.EndpointCount != 1 || len(v.IPv6) != 1 || v.IPv6[0].Pool != "fd00:1::/64" || !v.Created.Equal(cliCreated) {
 		t.Errorf("first network: %+v", v)
 	}
+	if strings.Contains(out.String(), `"Engine"`) {
+		t.Errorf("ls --format json is an array of networks, no engine field in them:\n%s", out.String())
+	}
 	// Field names are part of the scripting interface.
 	for _, key := range []string{`"ID"`, `"Name"`, `"Bridge"`, `"ICC"`, `"Masquerade"`, `"Internal"`, `"MTU"`, `"HostBinding"`, `"EndpointCount"`, `"IPv4"`, `"Gateway"`} {
 		if !strings.Contains(out.String(), key) {
@@ -171,6 +177,7 @@ func TestInspectTable(t *testing.T) {
 		"Subnets:    10.123.0.0/24 gateway 10.123.0.1\n",
 		"Options:    icc=yes masquerade=yes internal=no mtu=1500 host_ip=all\n",
 		"Endpoints:  2\n",
+		"Engine:     Docker 28.5.2\n",
 		"ENDPOINT      CONTAINER  IPV4           IPV6  MAC                HOST VETH        PORTS\n",
 		"e2e2e2e2e2e2  client     10.123.0.3/24  -     02:42:0a:7b:00:03  mnve2e2e2e2e2e2  -\n",
 		"e1e1e1e1e1e1  web        10.123.0.2/24  -     02:42:0a:7b:00:02  mnve1e1e1e1e1e1  0.0.0.0:8080->80/tcp, 127.0.0.1:32768->53/udp\n",
@@ -193,7 +200,7 @@ func TestInspectJSON(t *testing.T) {
 	}
 	want := endpointView{ID: cliEp3, IPv4: "10.124.0.2/24", IPv6: "fd00:1::2/64", MAC: "02:42:0a:7c:00:02",
 		HostVeth: "mnve3e3e3e3e3e3", ContainerVeth: "mnce3e3e3e3e3e3", Created: cliCreated}
-	if v.ID != cliNet2 || len(v.Endpoints) != 1 || !reflect.DeepEqual(v.Endpoints[0], want) {
+	if v.ID != cliNet2 || v.Engine != "28.5.2" || len(v.Endpoints) != 1 || !reflect.DeepEqual(v.Endpoints[0], want) {
 		t.Errorf("inspect br-apps: %+v", v)
 	}
 }

@@ -170,10 +170,13 @@ type Env struct {
 	// or an error leaves names out.
 	DockerNetworks func(ctx context.Context, ids []string) (map[string]DockerNetwork, error)
 	PluginID       func(ctx context.Context, ref string) (string, error)
+	// DockerVersion returns the engine's version; nil or an error makes
+	// the commands say that the engine is unknown.
+	DockerVersion func(ctx context.Context) (string, error)
 }
 
 func DefaultEnv() *Env {
-	return &Env{Stdout: os.Stdout, DockerNetworks: dockerNetworksCLI, PluginID: pluginIDCLI}
+	return &Env{Stdout: os.Stdout, DockerNetworks: dockerNetworksCLI, PluginID: pluginIDCLI, DockerVersion: dockerVersionCLI}
 }
 
 // DockerNetwork is the part of `docker network inspect` the CLI shows.

@@ -26,32 +26,35 @@ func RunLs(args []string, env *Env) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("ls takes no arguments, got %q", pos)
 	}
-	views, err := loadViews(cf, env)
+	views, eng, err := loadViews(cf, env)
 	if err != nil {
 		return err
 	}
 	if cf.Format == "json" {
+		// An array, kept as it was for scripts: the engine is in
+		// inspect's and doctor's JSON.
 		for i := range views {
 			views[i].Endpoints = nil // inspect shows them
 		}
 		return WriteJSON(env.Stdout, views)
 	}
+	fmt.Fprintf(env.Stdout, "Engine: %s\n\n", eng)
 	return writeLs(env.Stdout, views)
 }
 
 // loadViews reaches the daemon the flags name and returns its networks as
-// ls and inspect show them.
-func loadViews(cf Flags, env *Env) ([]networkView, error) {
+// ls and inspect show them, and the engine that named them.
+func loadViews(cf Flags, env *Env) ([]networkView, Engine, error) {
 	ctx := context.Background()
 	t, err := cf.Resolve(ctx, env)
 	if err != nil {
-		return nil, err
+		return nil, Engine{}, err
 	}
 	d, err := FetchState(ctx, t.Socket)
 	if err != nil {
-		return nil, err
+		return nil, Engine{}, err
 	}
-	return networkViews(ctx, d, env), nil
+	return networkViews(ctx, d, env), AskEngine(ctx, env), nil
 }
 
 // RunInspect is `mynet inspect NETWORK`.
@@ -63,7 +66,7 @@ func RunInspect(args []string, env *Env) error {
 	if len(pos) != 1 {
 		return fmt.Errorf("inspect takes one network (mynet inspect [flags] NETWORK), got %d arguments", len(pos))
 	}
-	views, err := loadViews(cf, env)
+	views, eng, err := loadViews(cf, env)
 	if err != nil {
 		return err
 	}
@@ -71,10 +74,11 @@ func RunInspect(args []string, env *Env) error {
 	if err != nil {
 		return err
 	}
+	v.Engine = eng.Version
 	if cf.Format == "json" {
 		return WriteJSON(env.Stdout, v)
 	}
-	return writeInspect(env.Stdout, v)
+	return writeInspect(env.Stdout, v, eng)
 }
 
 // networkView is a network as ls and inspect show it.
@@ -95,6 +99,9 @@ type networkView struct {
 
 	EndpointCount int
 	Endpoints     []endpointView `json:",omitempty"`
+	// Engine is the Docker engine's version (inspect only), when it
+	// answered.
+	Engine string `json:",omitempty"`
 }
 
 // endpointView is one container attachment.
@@ -221,7 +228,7 @@ func writeLs(w io.Writer, views []networkView) error {
 	return tw.Flush()
 }
 
-func writeInspect(w io.Writer, v networkView) error {
+func writeInspect(w io.Writer, v networkView, eng Engine) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	name := v.ID
 	if v.Name != "" {
@@ -237,6 +244,7 @@ func writeInspect(w io.Writer, v networkView) error {
 		yesNo(v.ICC), yesNo(v.Masquerade), yesNo(v.Internal), mtuText(v.MTU), hostBindingText(v.HostBinding))
 	fmt.Fprintf(tw, "Created:\t%s\n", v.Created.Local().Format(time.RFC3339))
 	fmt.Fprintf(tw, "Endpoints:\t%d\n", v.EndpointCount)
+	fmt.Fprintf(tw, "Engine:\t%s\n", eng)
 	if err := tw.Flush(); err != nil {
 		return err
 	}

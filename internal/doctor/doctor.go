@@ -21,6 +21,9 @@ const (
 	statusInfo    = "info"
 	statusProblem = "problem"
 	statusSkipped = "skipped"
+	// statusWarning is a risk that needs no repair, such as an untested
+	// engine: printed with its fix, not counted as a problem.
+	statusWarning = "warning"
 )
 
 // finding is one check's result.
@@ -36,6 +39,8 @@ type finding struct {
 type doctorReport struct {
 	Instance string
 	Socket   string
+	// Engine is the Docker engine's version, when the docker CLI answered.
+	Engine string `json:",omitempty"`
 	// DaemonPID is the daemon's process ID as seen from here, from the
 	// socket's peer credentials; 0 when it did not answer.
 	DaemonPID int `json:",omitempty"`
@@ -122,6 +127,9 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 			ids = append(ids, n.ID)
 		}
 		d.docker, _ = d.env.DockerNetworks(ctx, ids)
+	}
+	if d.env.DockerVersion != nil {
+		d.checkEngine(ctx)
 	}
 	d.checkSysctls(st1)
 

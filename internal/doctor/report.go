@@ -14,8 +14,11 @@ func writeDoctor(w io.Writer, rep doctorReport) error {
 	fmt.Fprintln(tw, "STATUS\tCHECK\tDETAIL")
 	for _, f := range rep.Findings {
 		status := f.Status
-		if status == statusProblem {
+		switch status {
+		case statusProblem:
 			status = "PROBLEM"
+		case statusWarning:
+			status = "WARNING"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", status, f.Check, f.Message)
 		for i, l := range strings.Split(f.Fix, "\n") {
