@@ -95,7 +95,8 @@ func createEndpoint(ctx context.Context, d *driver.Driver, req *network.CreateEn
 }
 
 // join hands the container end of the veth to the engine, which moves it
-// into the sandbox and names it eth<N>.
+// into the sandbox and names it <prefix><N> (eth<N> unless the network has
+// container_iface_prefix).
 func join(d *driver.Driver, req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, err
@@ -105,7 +106,7 @@ func join(d *driver.Driver, req *network.JoinRequest) (*network.JoinResponse, er
 		return nil, err
 	}
 	return &network.JoinResponse{
-		InterfaceName: network.InterfaceName{SrcName: info.ContainerVeth, DstPrefix: "eth"},
+		InterfaceName: network.InterfaceName{SrcName: info.ContainerVeth, DstPrefix: info.IfacePrefix},
 		Gateway:       info.Gateway, GatewayIPv6: info.GatewayIPv6,
 	}, nil
 }
