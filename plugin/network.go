@@ -27,9 +27,10 @@ func Register(r *Router, d *driver.Driver) {
 }
 
 func registerNetworkDriver(r *Router, d *driver.Driver) {
-	handle(r, "NetworkDriver.GetCapabilities", func(context.Context, *empty) (*network.CapabilitiesResponse, error) {
-		return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
+	handle(r, "NetworkDriver.GetCapabilities", func(context.Context, *empty) (*capabilities, error) {
+		return &capabilities{Scope: network.LocalScope, ConnectivityScope: network.LocalScope, GwAllocChecker: true}, nil
 	})
+	handle(r, "NetworkDriver.GwAllocCheck", gwAllocCheck)
 	handle(r, "NetworkDriver.CreateNetwork", func(ctx context.Context, req *network.CreateNetworkRequest) (*empty, error) {
 		cfg, err := ParseCreateNetwork(req)
 		if err != nil {
