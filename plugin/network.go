@@ -61,10 +61,14 @@ func registerNetworkDriver(r *Router, d *driver.Driver) {
 	handle(r, "NetworkDriver.Join", func(_ context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
 		return join(d, req)
 	})
-	// Leave has nothing to undo: the engine moves the veth back to the host
-	// itself, and DeleteEndpoint removes it.
-	handle(r, "NetworkDriver.Leave", func(_ context.Context, req *network.LeaveRequest) (*empty, error) {
-		return nil, validateIDs(req.NetworkID, req.EndpointID)
+	// Leave unpublishes ports the engine did not revoke (Docker 29 may not);
+	// the engine moves the veth back to the host itself, and DeleteEndpoint
+	// removes it. Its errors only reach the engine's log: a removal.
+	handleRemoval(r, "NetworkDriver.Leave", func(ctx context.Context, req *network.LeaveRequest) (*empty, error) {
+		if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
+			return nil, err
+		}
+		return nil, d.Leave(ctx, req.NetworkID, req.EndpointID)
 	})
 	registerPorts(r, d)
 	handle(r, "NetworkDriver.DiscoverNew", noop[network.DiscoveryNotification])
