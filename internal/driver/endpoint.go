@@ -230,7 +230,7 @@ type JoinInfo struct {
 const defaultIfacePrefix = "eth"
 
 // Join hands the container end of the veth to the engine, which moves it
-// into the sandbox and names it eth<N>. The gateway must be returned: an
+// into the sandbox and names it <prefix><N>. The gateway must be returned: an
 // endpoint without one makes the engine add a docker_gwbridge interface.
 func (d *Driver) Join(networkID, endpointID string) (JoinInfo, error) {
 	d.mapMu.RLock()
