@@ -25,12 +25,14 @@ func FuzzRequests(f *testing.F) {
 		"NetworkDriver.DeleteEndpoint", "NetworkDriver.Join", "NetworkDriver.Leave",
 		"NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.RevokeExternalConnectivity",
 		"IpamDriver.RequestPool", "IpamDriver.ReleasePool", "IpamDriver.RequestAddress", "IpamDriver.ReleaseAddress",
+		"NetworkDriver.GwAllocCheck",
 	}
 	ep := func(eid, iface string) []byte {
 		return []byte(`{"NetworkID":"` + id('a') + `","EndpointID":"` + eid + `","Interface":` + iface + `}`)
 	}
 	seed, _ := json.Marshal(createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptMTU: "1400"}))
 	f.Add(uint8(0), seed)
+	f.Add(uint8(12), []byte(`{"Options":{"com.docker.network.generic":{"com.docker.network.container_iface_prefix":"lan"}}}`))
 	f.Add(uint8(8), []byte(`{"Pool":"10.2.0.0/16","SubPool":"10.2.1.0/24"}`))
 	f.Add(uint8(10), []byte(`{"PoolID":"10.2.0.0/16","Address":"10.2.1.9"}`))
 	f.Add(uint8(6), []byte(`{"NetworkID":"`+id('a')+`","EndpointID":"`+id('b')+`","Options":{"com.docker.network.portmap":[{"Proto":6,"Port":80}]}}`))

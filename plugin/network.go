@@ -27,9 +27,10 @@ func Register(r *Router, d *driver.Driver) {
 }
 
 func registerNetworkDriver(r *Router, d *driver.Driver) {
-	handle(r, "NetworkDriver.GetCapabilities", func(context.Context, *empty) (*network.CapabilitiesResponse, error) {
-		return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
+	handle(r, "NetworkDriver.GetCapabilities", func(context.Context, *empty) (*capabilities, error) {
+		return &capabilities{Scope: network.LocalScope, ConnectivityScope: network.LocalScope, GwAllocChecker: true}, nil
 	})
+	handle(r, "NetworkDriver.GwAllocCheck", gwAllocCheck)
 	handle(r, "NetworkDriver.CreateNetwork", func(ctx context.Context, req *network.CreateNetworkRequest) (*empty, error) {
 		cfg, err := ParseCreateNetwork(req)
 		if err != nil {
@@ -60,10 +61,14 @@ func registerNetworkDriver(r *Router, d *driver.Driver) {
 	handle(r, "NetworkDriver.Join", func(_ context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
 		return join(d, req)
 	})
-	// Leave has nothing to undo: the engine moves the veth back to the host
-	// itself, and DeleteEndpoint removes it.
-	handle(r, "NetworkDriver.Leave", func(_ context.Context, req *network.LeaveRequest) (*empty, error) {
-		return nil, validateIDs(req.NetworkID, req.EndpointID)
+	// Leave unpublishes ports the engine did not revoke (Docker 29 may not);
+	// the engine moves the veth back to the host itself, and DeleteEndpoint
+	// removes it. Its errors only reach the engine's log: a removal.
+	handleRemoval(r, "NetworkDriver.Leave", func(ctx context.Context, req *network.LeaveRequest) (*empty, error) {
+		if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
+			return nil, err
+		}
+		return nil, d.Leave(ctx, req.NetworkID, req.EndpointID)
 	})
 	registerPorts(r, d)
 	handle(r, "NetworkDriver.DiscoverNew", noop[network.DiscoveryNotification])
@@ -95,7 +100,8 @@ func createEndpoint(ctx context.Context, d *driver.Driver, req *network.CreateEn
 }
 
 // join hands the container end of the veth to the engine, which moves it
-// into the sandbox and names it eth<N>.
+// into the sandbox and names it <prefix><N> (eth<N> unless the network has
+// container_iface_prefix).
 func join(d *driver.Driver, req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err := validateIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, err
@@ -105,7 +111,7 @@ func join(d *driver.Driver, req *network.JoinRequest) (*network.JoinResponse, er
 		return nil, err
 	}
 	return &network.JoinResponse{
-		InterfaceName: network.InterfaceName{SrcName: info.ContainerVeth, DstPrefix: "eth"},
+		InterfaceName: network.InterfaceName{SrcName: info.ContainerVeth, DstPrefix: info.IfacePrefix},
 		Gateway:       info.Gateway, GatewayIPv6: info.GatewayIPv6,
 	}, nil
 }

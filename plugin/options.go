@@ -27,6 +27,7 @@ const (
 	OptICC         = "com.docker.network.bridge.enable_icc"
 	OptMasquerade  = "com.docker.network.bridge.enable_ip_masquerade"
 	OptHostBinding = "com.docker.network.bridge.host_binding_ipv4"
+	OptIfacePrefix = "com.docker.network.container_iface_prefix"
 	// OptAntiSpoofing is mynet's own: Docker's bridge has no such filter.
 	OptAntiSpoofing = "mynet.anti_spoofing"
 )
@@ -38,6 +39,7 @@ var supportedOptions = map[string]string{
 	OptICC:          "containers of the network may reach each other: true or false (default true)",
 	OptMasquerade:   "masquerade egress to the host's address: true or false (default true)",
 	OptHostBinding:  "default host IPv4 address for published ports (default: all)",
+	OptIfacePrefix:  "prefix of the interface name in containers, letters and digits (default eth)",
 	OptAntiSpoofing: "containers may send only from their own MAC and addresses: true or false (default true)",
 }
 
@@ -220,6 +222,11 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 				return badRequestf("option %s: %s %w", k, a, err)
 			}
 			cfg.HostBinding = a
+		case OptIfacePrefix:
+			if err := model.ValidateIfacePrefix(v); err != nil {
+				return badRequestf("option %s: %w", k, err)
+			}
+			cfg.IfacePrefix = v
 		default:
 			return badRequest(fmt.Errorf("unknown option %q; mynet supports: %s", k, supportedList()))
 		}

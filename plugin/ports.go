@@ -15,6 +15,10 @@ import (
 // optPortMap is the sandbox label carrying the container's -p bindings.
 const optPortMap = "com.docker.network.portmap"
 
+// optNoProxy6to4 is the ProgramExternalConnectivity option Docker 29 adds
+// (moby daemon/libnetwork/drivers/remote/driver.go, netlabel.NoProxy6To4).
+const optNoProxy6to4 = "com.docker.network.driver.private.no_proxy_6to4"
+
 // registerPorts adds the calls that publish and unpublish a container's
 // ports. The engine sends them only for the container's gateway endpoint
 // (protocol.md 2.4).
@@ -25,6 +29,14 @@ func registerPorts(r *Router, d *driver.Driver) {
 		}
 		bindings, err := parsePortMap(req.Options[optPortMap])
 		if err != nil {
+			return nil, err
+		}
+		// Docker 29 adds no_proxy_6to4 when another endpoint is the IPv6
+		// gateway: host IPv6 addresses must not be mapped to this
+		// container's IPv4 address. mynet never maps across families
+		// (each host address goes to the container address of its own
+		// family), so the flag changes nothing; it is still checked.
+		if _, err := boolOption(req.Options, optNoProxy6to4, false); err != nil {
 			return nil, err
 		}
 		return nil, d.ProgramExternalConnectivity(ctx, req.NetworkID, req.EndpointID, bindings)

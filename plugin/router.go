@@ -104,8 +104,8 @@ func handle[Req, Resp any](r *Router, method string, fn func(context.Context, *R
 
 // handleRemoval registers a method that removes or releases something.
 // The engine treats such a call as done whatever mynet answers: errors of
-// DeleteEndpoint, DeleteNetwork and RevokeExternalConnectivity only reach
-// its log (protocol.md, "How a plugin error becomes an engine error"), and
+// DeleteEndpoint, DeleteNetwork, RevokeExternalConnectivity and Leave only
+// reach its log (protocol.md, "How a plugin error becomes an engine error"), and
 // so do those of ReleaseAddress and ReleasePool. Refusing one at the
 // deadline would leave mynet holding what the engine has let go: an
 // address it hands out again, a port it publishes again. A removal

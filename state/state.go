@@ -61,6 +61,10 @@ type Network struct {
 	AntiSpoofing bool `json:"-"`
 	// HostBinding is the default host address of published ports.
 	HostBinding string `json:",omitempty"`
+	// IfacePrefix is the container interface-name prefix the engine gets
+	// at Join (container_iface_prefix); empty means "eth", as for records
+	// written before the option existed.
+	IfacePrefix string `json:",omitempty"`
 	// Pending marks a record written before its kernel objects: if mynet
 	// dies before clearing it, the startup reconcile removes the objects the
 	// record names, and the engine's retry (if any) creates them afresh.

@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+
+	"github.com/mynet/mynet/internal/model"
 )
 
 // Every record is checked here, when it is loaded, so that a record that
@@ -42,6 +44,11 @@ func (n *Network) validate(key string) error {
 	if n.HostBinding != "" {
 		if _, err := netip.ParseAddr(n.HostBinding); err != nil {
 			return fmt.Errorf("HostBinding: %w", err)
+		}
+	}
+	if n.IfacePrefix != "" {
+		if err := model.ValidateIfacePrefix(n.IfacePrefix); err != nil {
+			return fmt.Errorf("IfacePrefix: %w", err)
 		}
 	}
 	return nil

@@ -217,15 +217,20 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, networkID, endpointID strin
 }
 
 // JoinInfo is what the engine needs to move an endpoint into its sandbox:
-// the container end of the veth, and the gateways (empty on an internal
-// network, or without an address of the family).
+// the container end of the veth, the prefix of its name in the container,
+// and the gateways (empty on an internal network, or without an address of
+// the family).
 type JoinInfo struct {
 	ContainerVeth        string
+	IfacePrefix          string
 	Gateway, GatewayIPv6 string
 }
 
+// defaultIfacePrefix is the engine's own: containers see eth0, eth1...
+const defaultIfacePrefix = "eth"
+
 // Join hands the container end of the veth to the engine, which moves it
-// into the sandbox and names it eth<N>. The gateway must be returned: an
+// into the sandbox and names it <prefix><N>. The gateway must be returned: an
 // endpoint without one makes the engine add a docker_gwbridge interface.
 func (d *Driver) Join(networkID, endpointID string) (JoinInfo, error) {
 	d.mapMu.RLock()
@@ -235,7 +240,10 @@ func (d *Driver) Join(networkID, endpointID string) (JoinInfo, error) {
 		return JoinInfo{}, fmt.Errorf("join endpoint %s: %w on network %s in mynet's state", model.Short(endpointID), ErrNotFound, model.Short(networkID))
 	}
 	n := d.networks[ep.NetworkID]
-	info := JoinInfo{ContainerVeth: ep.ContainerVeth}
+	info := JoinInfo{ContainerVeth: ep.ContainerVeth, IfacePrefix: n.IfacePrefix}
+	if info.IfacePrefix == "" {
+		info.IfacePrefix = defaultIfacePrefix
+	}
 	// An internal network has no way out, so no default route; the engine
 	// adds no docker_gwbridge leg for internal networks either.
 	if !n.Internal {

@@ -27,6 +27,7 @@ type NetworkConfig struct {
 	Masquerade   bool
 	HostBinding  netip.Addr // invalid: all host addresses
 	AntiSpoofing bool
+	IfacePrefix  string // "": the engine's default, eth
 	IPv4         []SubnetConfig
 	IPv6         []SubnetConfig
 }
@@ -45,6 +46,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, cfg NetworkConfig) error {
 		ID: cfg.ID, Bridge: cfg.BridgeName, MTU: cfg.MTU,
 		IPv4: fromSubnets(cfg.IPv4), IPv6: fromSubnets(cfg.IPv6), Created: now(),
 		ICC: cfg.ICC, Masquerade: cfg.Masquerade, Internal: cfg.Internal, AntiSpoofing: cfg.AntiSpoofing,
+		IfacePrefix: cfg.IfacePrefix,
 	}
 	if cfg.HostBinding.IsValid() {
 		rec.HostBinding = cfg.HostBinding.String()

@@ -139,7 +139,51 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, endpointID stri
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
 	ep, ok := d.endpoints[endpointID]
-	if !ok || len(ep.Ports) == 0 {
+	if !ok {
+		return nil
+	}
+	return d.unpublish(ctx, ep)
+}
+
+// Leave unpublishes what the endpoint still publishes: out of its sandbox
+// it is no container's gateway. Engines up to 28 send Revoke before Leave,
+// which leaves nothing to do here. Docker 29 derives Revoke from gateway
+// state its remote-driver proxy keeps in memory from Join (moby
+// daemon/libnetwork/drivers/remote/driver.go, nwEndpoints), so after a
+// daemon restart Leave may come without it. An unknown endpoint succeeds:
+// engines since 27.0.1 replay Leave for stale endpoints at startup.
+func (d *Driver) Leave(ctx context.Context, networkID, endpointID string) error {
+	// Most Leaves find nothing published: they need not wait for the
+	// exclusive lock that publishing takes.
+	d.mapMu.RLock()
+	ep, ok := d.endpoints[endpointID]
+	quick := !ok || ep.NetworkID == networkID && len(ep.Ports) == 0
+	d.mapMu.RUnlock()
+	if quick {
+		if !ok {
+			d.log.Debug("leave of unknown endpoint", "endpoint_id", model.Short(endpointID))
+		}
+		return nil
+	}
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
+	ep, ok = d.endpoints[endpointID]
+	if !ok {
+		return nil
+	}
+	if ep.NetworkID != networkID {
+		return BadRequestf("endpoint %s is on network %s, not on the NetworkID %s of the request; nothing was changed", model.Short(ep.ID), model.Short(ep.NetworkID), model.Short(networkID))
+	}
+	if err := d.unpublish(ctx, ep); err != nil {
+		return fmt.Errorf("leave endpoint %s: %w", model.Short(ep.ID), err)
+	}
+	return nil
+}
+
+// unpublish removes an endpoint's port mappings, record first. The caller
+// holds opMu exclusively.
+func (d *Driver) unpublish(ctx context.Context, ep *state.Endpoint) error {
+	if len(ep.Ports) == 0 {
 		return nil
 	}
 	n := d.networks[ep.NetworkID]

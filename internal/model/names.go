@@ -66,3 +66,29 @@ func ValidateIfName(name string) error {
 	}
 	return nil
 }
+
+// MaxIfacePrefix is the longest container interface prefix accepted: the
+// engine appends the interface's index to it, and prefix and a number up
+// to 999 must fit the kernel's IFNAMSIZ-1 bytes.
+const MaxIfacePrefix = IFNAMSIZ - 1 - 3
+
+// ValidateIfacePrefix checks a container interface-name prefix
+// (com.docker.network.container_iface_prefix). Letters and digits only:
+// the engine names the interface prefix+N inside the container, where a
+// '.', '-' or '%' would make a name tools read differently, and the
+// prefix must start with a letter so that prefix+N is never a number.
+func ValidateIfacePrefix(p string) error {
+	switch {
+	case p == "":
+		return errors.New("interface prefix is empty")
+	case len(p) > MaxIfacePrefix:
+		return fmt.Errorf("interface prefix %q is %d bytes; at most %d, so that the prefix and the number the engine appends (up to 3 digits) fit the kernel's %d-byte interface names", p, len(p), MaxIfacePrefix, IFNAMSIZ-1)
+	}
+	for i, r := range p {
+		letter := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+		if !letter && (i == 0 || r < '0' || r > '9') {
+			return fmt.Errorf("interface prefix %q contains %q at byte %d; use letters and digits, starting with a letter", p, r, i)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,65 @@
+package plugin
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestContainerIfacePrefix(t *testing.T) {
+	h := newHarness(t)
+	req := createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptIfacePrefix: "lan"})
+	h.ok("NetworkDriver.CreateNetwork", req)
+	h.createNetwork(id('e'), "10.2.0.0/24")
+	for _, n := range []byte{'a', 'e'} {
+		h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id(n), "EndpointID": id(n + 1), "Interface": map[string]any{}})
+	}
+	prefix := func(n byte) any {
+		j := h.ok("NetworkDriver.Join", map[string]any{"NetworkID": id(n), "EndpointID": id(n + 1)})
+		return j["InterfaceName"].(map[string]any)["DstPrefix"]
+	}
+	if p, q := prefix('a'), prefix('e'); p != "lan" || q != "eth" {
+		t.Fatalf("DstPrefix = %v with the option, %v without; want lan, eth", p, q)
+	}
+	h.restart()
+	if p := prefix('a'); p != "lan" {
+		t.Fatalf("after a restart DstPrefix = %v, want lan", p)
+	}
+	// A repeat with another prefix is another configuration.
+	req2 := createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptIfacePrefix: "wan"})
+	h.fails("NetworkDriver.CreateNetwork", req2, 400)
+
+	for _, tc := range []struct{ prefix, want string }{
+		{"", "is empty"},
+		{"abcdefghijklm", "at most 12"},
+		{"e-th", `contains '-'`},
+		{"eth.", `contains '.'`},
+		{"et%d", `contains '%'`},
+		{"0eth", "starting with a letter"},
+		{"éth", "use letters and digits"},
+	} {
+		req := createNetworkReq(id('f'), "10.3.0.0/24", "10.3.0.1/24", map[string]any{OptIfacePrefix: tc.prefix})
+		if msg := h.fails("NetworkDriver.CreateNetwork", req, 400); !strings.Contains(msg, tc.want) || !strings.Contains(msg, OptIfacePrefix) {
+			t.Errorf("prefix %q: error %q, want it to name the option and contain %q", tc.prefix, msg, tc.want)
+		}
+	}
+	// The longest allowed prefix is accepted.
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('f'), "10.3.0.0/24", "10.3.0.1/24", map[string]any{OptIfacePrefix: "abcdefghijk9"}))
+}
+
+// TestEndpointOptions: Docker 27 sends the container's per-interface
+// sysctls in CreateEndpoint Options and applies them itself; like every
+// endpoint option mynet does not use, they are accepted and ignored.
+func TestEndpointOptions(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	for i, opts := range []map[string]any{
+		{"com.docker.network.endpoint.sysctls": "net.ipv4.conf.IFNAME.log_martians=1,net.ipv6.conf.IFNAME.accept_ra=0"},
+		{"com.docker.network.endpoint.ifname": "lan0", "com.example.unknown": map[string]any{"x": 1}},
+	} {
+		eid := id(byte('b' + i))
+		h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": eid, "Interface": map[string]any{}, "Options": opts})
+		if _, ok := h.endpoint(eid); !ok {
+			t.Fatalf("endpoint with options %v not created", opts)
+		}
+	}
+}

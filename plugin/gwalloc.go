@@ -1,0 +1,54 @@
+package plugin
+
+import "context"
+
+// The types below are those of moby's remote driver API that
+// go-plugins-helpers lacks (moby daemon/libnetwork/drivers/remote/api/api.go:
+// GetCapabilityResponse, GwAllocCheckerRequest, GwAllocCheckerResponse).
+// Field names are the JSON keys: the engine encodes them untagged.
+
+// capabilities is the GetCapabilities answer with GwAllocChecker, which
+// Docker 28.0 added (moby#49372). Older engines ignore the unknown key.
+type capabilities struct {
+	Scope             string
+	ConnectivityScope string
+	// GwAllocChecker makes the engine POST GwAllocCheck before each
+	// CreateNetwork, asking whether to reserve gateway addresses.
+	GwAllocChecker bool
+}
+
+// gwAllocCheckRequest has the Options of the CreateNetwork that follows.
+type gwAllocCheckRequest struct {
+	Options map[string]any
+}
+
+// gwAllocCheckResponse tells the engine not to reserve a gateway address
+// of a family from the IPAM driver.
+type gwAllocCheckResponse struct {
+	SkipIPv4, SkipIPv6 bool
+}
+
+// gwAllocCheck answers whether a network created with these options needs
+// gateway addresses. Every mynet network puts the gateways on its bridge
+// today, so the answer is no skip for both families. The options are
+// checked as CreateNetwork checks them, so that a mistake is reported
+// before the engine allocates anything for the network.
+//
+// It answers true for a family once gateway modes exist: with
+// gateway_mode_ipv4/_ipv6 "routed" or "isolated" (the latter for internal
+// networks) the bridge needs no address of that family, as in Docker's
+// bridge driver (moby daemon/libnetwork/drivers/bridge, GetSkipGwAlloc).
+func gwAllocCheck(_ context.Context, req *gwAllocCheckRequest) (*gwAllocCheckResponse, error) {
+	var cfg NetworkConfig
+	if err := parseTopLevel(req.Options, &cfg); err != nil {
+		return nil, err
+	}
+	generic, err := genericOptions(req.Options)
+	if err != nil {
+		return nil, err
+	}
+	if err := parseGeneric(generic, &cfg); err != nil {
+		return nil, err
+	}
+	return &gwAllocCheckResponse{}, nil
+}
