@@ -21,14 +21,15 @@
 # filesystem (pivot_root, not chroot: runc's `exec` joins a container's mount
 # namespace and relies on its pivot_root, which fails under a chroot). Its
 # /run is private; only its API socket and its plugin directory are shared
-# with the host, under /run/mynet-engine/ENGINE. The host's engine is never
-# touched.
+# with the host, under /run/mynet-engine/ENGINE, and the host's /tmp. The
+# host's engine is never touched.
 #
 # Commands run with `exec` see the host's files (the checkout, the host's
 # tools) but the engine's network, /run/docker/plugins (a plugin started so
 # is the one this engine finds) and iptables: iptables* on PATH are the root
 # filesystem's, run in the engine's root, because the host's older iptables
-# cannot parse the chains a newer engine writes.
+# cannot parse the chains a newer engine writes. The host engine's socket and
+# pid file are hidden from them.
 set -euo pipefail
 
 say() { printf 'engine.sh: %s\n' "$*" >&2; }
@@ -99,8 +100,15 @@ inner() {
 	mount --rbind /dev "$ROOT/dev"
 	mount -t tmpfs -o mode=755 tmpfs "$ROOT/run"
 	mkdir -p "$ROOT/run/docker/plugins" "$ROOT$IN_RUN" "$ROOT/tmp"
+	# iptables-nft never makes the xtables lock, but plugins (mynet's
+	# managed one) mount it from the engine's /run.
+	touch "$ROOT/run/xtables.lock"
 	mount --bind "$RUN" "$ROOT$IN_RUN"
 	mount --bind "$RUN/plugins" "$ROOT/run/docker/plugins"
+	# The host's /tmp, so that a path a command run with `exec` makes there
+	# (a managed plugin's mount source, a test's directory) means the same
+	# file to the engine.
+	mount --rbind /tmp "$ROOT/tmp"
 	cd "$ROOT"
 	mkdir -p .oldroot
 	pivot_root . .oldroot
@@ -165,6 +173,11 @@ exec_in() {
 		rmdir "$cg"
 		mkdir -p /run/docker/plugins
 		mount --bind "$run/plugins" /run/docker/plugins
+		# The host engine'"'"'s socket and pid file stay out of reach: a tool
+		# that finds dockerd by them would act on the wrong engine.
+		for f in /run/docker.sock /run/docker.pid /run/containerd/containerd.sock; do
+			if [[ -e $f ]]; then mount --bind /dev/null "$f"; fi
+		done
 		PATH=$run/bin:$PATH exec "$@"' engine-exec "$RUN" "$@"
 }
 
