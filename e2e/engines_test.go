@@ -162,9 +162,14 @@ func lockSharedEngine(engine string) (unlock func(), err error) {
 func engineUp(engine string) (host string, started bool, err error) {
 	_, statErr := os.Stat(filepath.Join("/run/mynet-engine", engine, "dockerd.pid"))
 	start := time.Now()
-	out, err := run(engineScript, "up", engine)
+	// Not run(): the first up builds the root filesystem, which may take
+	// longer than a command's timeout on a slow mirror; it says so on stderr.
+	cmd := exec.Command(engineScript, "up", engine)
+	cmd.Stderr = os.Stderr
+	raw, err := cmd.Output()
+	out := string(raw)
 	if err != nil {
-		return "", false, err
+		return "", false, fmt.Errorf("%s up %s: %w", engineScript, engine, err)
 	}
 	for _, l := range strings.Split(out, "\n") {
 		if h, ok := strings.CutPrefix(l, "DOCKER_HOST="); ok {

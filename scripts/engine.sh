@@ -140,9 +140,17 @@ up() {
 	# The mount namespace is made in the host's network namespace, then
 	# joined to the engine's: `ip netns exec` would remount /sys and lose the
 	# cgroup mounts dockerd needs.
-	setsid unshare -m --propagation private -- nsenter --net="/run/netns/$NETNS" -- \
-		"$SELF" _inner "$engine" </dev/null >>"$RUN/dockerd.log" 2>&1 &
-	echo $! >"$RUN/dockerd.pid" # unshare and nsenter exec, so this is dockerd's pid
+	# None of our descriptors beyond 0-2 go to the engine: run as `flock
+	# LOCK make test`, it would otherwise hold LOCK for its whole life.
+	(
+		for fd in "/proc/$BASHPID/fd/"*; do
+			fd=${fd##*/}
+			((fd > 2)) && eval "exec $fd>&-"
+		done
+		exec setsid unshare -m --propagation private -- nsenter --net="/run/netns/$NETNS" -- \
+			"$SELF" _inner "$engine" </dev/null >>"$RUN/dockerd.log" 2>&1
+	) &
+	echo $! >"$RUN/dockerd.pid" # each of these execs the next, so this is dockerd's pid
 	for _ in $(seq 100); do
 		answers && break
 		alive "$(pid_of dockerd)" || break
@@ -153,6 +161,8 @@ up() {
 		down_quiet
 		die "the $engine engine did not answer within 10 s"
 	fi
+	# For down, should dockerd be gone and something of it be left.
+	readlink "/proc/$(pid_of dockerd)/ns/mnt" >"$RUN/mntns"
 	say "engine $engine up in $(($(date +%s%3N) - t0)) ms; log $RUN/dockerd.log"
 	echo "DOCKER_HOST=unix://$SOCK"
 }
@@ -198,9 +208,25 @@ stop() {
 	done
 }
 
-# rm_cgroups removes the cgroup-parent's directories, deepest first.
+# cgroup_pids prints the processes in the engine's cgroup-parent: its
+# containers' processes, which it started.
+cgroup_pids() {
+	find /sys/fs/cgroup/*/"$CGROUP" /sys/fs/cgroup/"$CGROUP" -name cgroup.procs \
+		-exec cat {} + 2>/dev/null | sort -u
+}
+
+# rm_cgroups kills what is left in the cgroup-parent (containers of an
+# engine that died) and removes its directories, deepest first.
 rm_cgroups() {
-	local d
+	local d p
+	for p in $(cgroup_pids); do
+		say "killing leftover $p ($(cat "/proc/$p/comm" 2>/dev/null)) of a container"
+		kill -9 "$p" 2>/dev/null || true
+	done
+	for _ in $(seq 50); do
+		[[ -z $(cgroup_pids) ]] && break
+		sleep 0.1
+	done
 	for d in /sys/fs/cgroup/*/"$CGROUP" /sys/fs/cgroup/"$CGROUP"; do
 		[[ -d $d ]] || continue
 		find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
@@ -212,8 +238,8 @@ rm_cgroups() {
 down_quiet() {
 	local pid mntns p
 	pid=$(pid_of dockerd)
+	mntns=$(cat "$RUN/mntns" 2>/dev/null || true)
 	if alive "$pid"; then
-		mntns=$(readlink "/proc/$pid/ns/mnt" || true)
 		# Killed, not stopped: dockerd gives each container 10 s to exit on
 		# SIGTERM, and a test's `sleep` as PID 1 never does.
 		if answers; then
@@ -221,15 +247,15 @@ down_quiet() {
 		fi
 		# dockerd stops its containers and its containerd before it exits.
 		stop "$pid" 30
-		# Anything left in the engine's mount namespace (a shim, a
-		# container's process) was started by it.
-		if [[ -n $mntns ]]; then
-			for p in /proc/[0-9]*; do
-				[[ $(readlink "$p/ns/mnt" 2>/dev/null) == "$mntns" ]] || continue
-				say "killing leftover ${p#/proc/} ($(cat "$p/comm" 2>/dev/null))"
-				kill -9 "${p#/proc/}" 2>/dev/null || true
-			done
-		fi
+	fi
+	# Anything left in the engine's mount namespace (a shim, a container's
+	# process) was started by it.
+	if [[ -n $mntns ]]; then
+		for p in /proc/[0-9]*; do
+			[[ $(readlink "$p/ns/mnt" 2>/dev/null) == "$mntns" ]] || continue
+			say "killing leftover ${p#/proc/} ($(cat "$p/comm" 2>/dev/null))"
+			kill -9 "${p#/proc/}" 2>/dev/null || true
+		done
 	fi
 	rm_cgroups
 	if [[ -e /run/netns/$NETNS ]]; then
