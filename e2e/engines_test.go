@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -79,30 +80,33 @@ func runMatrix(engines []string) int {
 // runOnEngine runs this test binary, with its own arguments, against one
 // engine and returns its summary line.
 func runOnEngine(engine string) (summary string, err error) {
+	notRun := func(err error) (string, error) {
+		return fmt.Sprintf("e2e (engine %s): not run: %v", engine, err), err
+	}
 	self, err := os.Executable()
 	if err != nil {
-		return "", err
+		return notRun(err)
 	}
 	environ := append(os.Environ(), engineEnv+"="+engine)
 	if dir := os.Getenv("MYNET_E2E_LOGDIR"); dir != "" {
 		environ = append(environ, "MYNET_E2E_LOGDIR="+filepath.Join(dir, engine))
 	}
 	argv := append([]string{self}, os.Args[1:]...)
-	version := "?"
+	host := os.Getenv("DOCKER_HOST")
 	if engine != hostEngine {
-		unlock, err := lockSharedEngine(engine)
-		if err != nil {
-			return fmt.Sprintf("e2e (engine %s): not run: %v", engine, err), err
+		unlock, lerr := lockSharedEngine(engine)
+		if lerr != nil {
+			return notRun(lerr)
 		}
 		defer unlock()
-		host, started, err := engineUp(engine)
-		if err != nil {
-			return fmt.Sprintf("e2e (engine %s): not run: %v", engine, err), err
+		var started bool
+		if host, started, err = engineUp(engine); err != nil {
+			return notRun(err)
 		}
 		if started {
 			defer func() {
 				if out, derr := run(engineScript, "down", engine); derr != nil {
-					err = fmt.Errorf("%s down: %w: %s", engineScript, derr, out)
+					err = errors.Join(err, fmt.Errorf("%s down %s: %w: %s", engineScript, engine, derr, out))
 				}
 			}()
 		}
@@ -110,11 +114,10 @@ func runOnEngine(engine string) (summary string, err error) {
 		// engine is not the host's.
 		environ = append(environ, "DOCKER_HOST="+host, engineLockEnv+"=/tmp/mynet-docker-"+engine+".lock")
 		argv = append([]string{engineScript, "exec", engine}, argv...)
-		if version, err = serverVersion(host); err != nil {
-			return fmt.Sprintf("e2e (engine %s): not run: %v", engine, err), err
-		}
-	} else if version, err = serverVersion(os.Getenv("DOCKER_HOST")); err != nil {
-		return fmt.Sprintf("e2e (engine %s): not run: %v", engine, err), err
+	}
+	version, err := serverVersion(host)
+	if err != nil {
+		return notRun(err)
 	}
 
 	fmt.Printf("e2e: engine %s: docker %s\n", engine, version)
@@ -123,11 +126,11 @@ func runOnEngine(engine string) (summary string, err error) {
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", err
+		return notRun(err)
 	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return "", err
+		return notRun(err)
 	}
 	n := countResults(io.TeeReader(out, os.Stdout))
 	err = cmd.Wait()

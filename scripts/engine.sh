@@ -80,8 +80,8 @@ ensure_rootfs() {
 		die "debootstrap failed"
 	fi
 	chroot "$ROOT.tmp" apt-get clean
-	# No resolver is reachable from the engine's namespace; an empty
-	# resolv.conf keeps the embedded DNS from waiting on one.
+	# The host's resolver (debootstrap copies its resolv.conf) is of no use
+	# in a namespace with no way out, and is not the engine's business.
 	: >"$ROOT.tmp/etc/resolv.conf"
 	touch "$ROOT.tmp/.mynet-complete"
 	rm -rf "$ROOT"
