@@ -25,8 +25,9 @@
 //	                    it by scripts/engine.sh (started and stopped by the
 //	                    suite unless already up). Each run prints
 //	                    "e2e (docker VERSION): N passed, F failed, S skipped"
-//	                    (counted from -v output). Unset: the host's engine,
-//	                    in this process
+//	                    (counted from -v output), and its plugin.log goes
+//	                    to MYNET_E2E_LOGDIR/ENGINE. Unset: the host's
+//	                    engine, in this process
 //	MYNET_E2E_DRIVER    "bridge" runs the scenarios that do not depend on
 //	                    mynet itself against Docker's bridge driver, without
 //	                    starting the plugin: a reference to tell harness bugs
