@@ -25,9 +25,10 @@ unit:
 clean:
 	rm -rf bin
 
-# The end-to-end suite alone, against the running dockerd (as root).
+# The end-to-end suite alone, against the running dockerd (as root);
+# MYNET_E2E_ENGINES=host,sid adds Debian sid's engine (scripts/engine.sh).
 e2e: build
-	MYNET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 15m ./e2e/
+	MYNET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 30m ./e2e/
 
 # Managed plugin $(PLUGIN):$(TAG) from Dockerfile and config.json, built
 # without a registry (as root; details in scripts/build-plugin.sh).

@@ -19,6 +19,15 @@
 //	MYNET_E2E_ENGINE_LOCK  lock file the engine-restart tests hold while
 //	                    they stop and restart dockerd (default
 //	                    /tmp/mynet-docker.lock; "off" disables it)
+//	MYNET_E2E_ENGINES   engines to run the suite against, one after the
+//	                    other, e.g. "host,sid": "host" is the engine the
+//	                    docker CLI reaches; "sid" is Debian sid's, run beside
+//	                    it by scripts/engine.sh (started and stopped by the
+//	                    suite unless already up). Each run prints
+//	                    "e2e (docker VERSION): N passed, F failed, S skipped"
+//	                    (counted from -v output), and its plugin.log goes
+//	                    to MYNET_E2E_LOGDIR/ENGINE. Unset: the host's
+//	                    engine, in this process
 //	MYNET_E2E_DRIVER    "bridge" runs the scenarios that do not depend on
 //	                    mynet itself against Docker's bridge driver, without
 //	                    starting the plugin: a reference to tell harness bugs

@@ -168,12 +168,14 @@ func (s *scenario) trackContainer(role string) string {
 }
 
 // runArgs returns the `docker run` arguments that start a detached container
-// named name on network. Without a command it just sleeps.
+// named name on network. Without a command it just sleeps. Every run has
+// --pull=never: no registry is reachable, and a newer engine would otherwise
+// try one before failing on a missing image.
 func runArgs(name, network string, cmd ...string) []string {
 	if len(cmd) == 0 {
 		cmd = []string{"sleep", "3600"}
 	}
-	return append([]string{"run", "-d", "--name", name, "--net", network, testImage}, cmd...)
+	return append([]string{"run", "-d", "--pull=never", "--name", name, "--net", network, testImage}, cmd...)
 }
 
 // container starts a detached container and returns its name.
@@ -204,7 +206,7 @@ func (s *scenario) tryStart(role string, opts []string, cmd ...string) (name, ou
 	if len(cmd) == 0 {
 		cmd = []string{"sleep", "3600"}
 	}
-	args := append(append([]string{"run", "-d", "--name", name}, opts...), testImage)
+	args := append(append([]string{"run", "-d", "--pull=never", "--name", name}, opts...), testImage)
 	out, err = run("docker", append(args, cmd...)...)
 	return name, out, err
 }
@@ -220,7 +222,7 @@ func httpd(port int) []string {
 func (s *scenario) runOnce(role, mode string, cmd ...string) string {
 	s.t.Helper()
 	name := s.trackContainer(role)
-	return docker(s.t, append([]string{"run", "--rm", "--name", name, "--net", mode, testImage}, cmd...)...)
+	return docker(s.t, append([]string{"run", "--rm", "--pull=never", "--name", name, "--net", mode, testImage}, cmd...)...)
 }
 
 func (s *scenario) exec(container string, cmd ...string) string {

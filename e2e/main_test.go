@@ -29,6 +29,14 @@ func TestMain(m *testing.M) {
 
 func runSuite(m *testing.M) int {
 	start := time.Now()
+	engines, err := matrixEngines()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 2
+	}
+	if engines != nil {
+		return runMatrix(engines)
+	}
 	bridgeMode, err := bridgeMode()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)

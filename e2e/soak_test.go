@@ -280,7 +280,7 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 // its exit status, and removes it.
 func (s *scenario) soakCycle(role, network, peer string) error {
 	name := s.trackContainer(role)
-	if _, err := run("docker", "run", "-d", "--name", name, "--net", network, testImage,
+	if _, err := run("docker", "run", "-d", "--pull=never", "--name", name, "--net", network, testImage,
 		"ping", "-c", "1", "-W", "3", peer); err != nil {
 		_, _ = run("docker", "rm", "-f", name)
 		return err
