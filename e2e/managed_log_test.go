@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -93,6 +94,11 @@ func mynetError(line string) bool {
 // skips the test.
 func dockerdLogPath(t *testing.T) string {
 	t.Helper()
+	if e := currentEngine(); e != hostEngine {
+		// scripts/engine.sh writes the engine's log beside its socket; the
+		// pid of a dockerd found by name could be the host's.
+		return filepath.Join("/run/mynet-engine", e, "dockerd.log")
+	}
 	p, err := findDockerd()
 	if err != nil {
 		skipUnlessRequired(t, "cannot find dockerd to read its log: %v", err)
