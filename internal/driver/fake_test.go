@@ -88,6 +88,7 @@ func (f *fakeDataplane) DeleteEndpoint(_ context.Context, e model.Endpoint) erro
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.endpoints, e.ID)
+	delete(f.ports, e.ID) // as the real one: its port rules go with it
 	return nil
 }
 
