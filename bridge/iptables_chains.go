@@ -58,6 +58,7 @@ func (f *iptablesFirewall) hooks(forwardFrom string) []rule {
 		{table: model.TableNAT, chain: "POSTROUTING", args: concat(c, []string{"-j", f.chains.Postrouting}), top: true},
 		{table: model.TableNAT, chain: "PREROUTING", args: concat(local, c, []string{"-j", f.chains.DNAT}), top: true},
 		{table: model.TableNAT, chain: "OUTPUT", args: concat(output, c, []string{"-j", f.chains.DNAT}), top: true},
+		{table: model.TableMangle, chain: "PREROUTING", args: concat(c, []string{"-j", f.chains.Direct}), top: true},
 	}
 }
 
