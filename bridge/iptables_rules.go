@@ -56,6 +56,7 @@ func (f *iptablesFirewall) networkRules(n model.Network) []rule {
 		return append(rules, rule{table: model.TableFilter, chain: f.chains.Isolation, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", "DROP"})})
 	}
 	rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Forward, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", f.chains.Egress})})
+	rules = append(rules, rule{table: model.TableFilter, chain: f.chains.LAN, top: true, args: concat([]string{"-i", br}, c, []string{"-j", "RETURN"})})
 	rules = append(rules, f.directRoutingRules(n, subnets, c)...)
 	if n.Masquerade {
 		for _, s := range subnets {
@@ -79,8 +80,10 @@ func (f *iptablesFirewall) networkRules(n model.Network) []rule {
 //	                 addresses only. The gateway is the host's own address
 //	                 and stays reachable, as without the bridge.
 //	nat-unprotected: yes, all ports, as Docker's bridge driver allows: new
-//	                 connections into the bridge from outside it are
-//	                 accepted ahead of the isolation drop.
+//	                 connections into the bridge from outside it go to
+//	                 the LAN chain ahead of the isolation drop, which
+//	                 accepts them unless they come from a bridge, of
+//	                 mynet (each network's return) or of Docker.
 //
 // Docker 28 drops in the raw table, one rule per container address, which
 // also drops the replies of the containers' own connections when
@@ -93,7 +96,7 @@ func (f *iptablesFirewall) directRoutingRules(n model.Network, subnets []model.S
 	for _, s := range subnets {
 		pool := s.Pool.String()
 		if n.Unprotected(f.v6) {
-			rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Isolation, top: true, args: concat([]string{"-d", pool, "!", "-i", n.Bridge, "-o", n.Bridge}, c, []string{"-j", "ACCEPT"})})
+			rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Isolation, top: true, args: concat([]string{"-d", pool, "!", "-i", n.Bridge, "-o", n.Bridge}, c, []string{"-j", f.chains.LAN})})
 			continue
 		}
 		if s.Gateway.IsValid() {

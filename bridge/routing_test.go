@@ -74,6 +74,30 @@ func TestDirectRouting(t *testing.T) {
 				listen(t, ctr, "10.1.0.2:80")
 				listen(t, ctr, "10.1.0.2:81")
 
+				// A container of another network is no LAN host: in every
+				// mode the networks stay isolated.
+				other := testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24")
+				if err := d.EnsureNetwork(ctx, other); err != nil {
+					t.Fatal(err)
+				}
+				otherEP := testEndpoint(other, eid2)
+				otherEP.MAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 2}
+				otherEP.Addresses = []netip.Addr{netip.MustParseAddr("10.2.0.2")}
+				otherCtr := plugContainer(t, d, otherEP)
+				inNetns(t, otherCtr, func() {
+					h, err := netlink.NewHandle()
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer h.Close()
+					if err := h.RouteAdd(&netlink.Route{Gw: net.ParseIP("10.2.0.1")}); err != nil {
+						t.Fatalf("container default route: %v", err)
+					}
+				})
+				if dialFrom(t, otherCtr, "10.1.0.2:81") {
+					t.Errorf("container of another network connected to 10.1.0.2:81, want no connection")
+				}
+
 				direct := tc.unprotected
 				for _, c := range []struct {
 					addr string
@@ -103,8 +127,13 @@ func TestDirectRouting(t *testing.T) {
 				if err := d.DeleteEndpoint(ctx, ep); err != nil {
 					t.Fatal(err)
 				}
-				if err := d.DeleteNetwork(ctx, n); err != nil {
+				if err := d.DeleteEndpoint(ctx, otherEP); err != nil {
 					t.Fatal(err)
+				}
+				for _, n := range []model.Network{n, other} {
+					if err := d.DeleteNetwork(ctx, n); err != nil {
+						t.Fatal(err)
+					}
 				}
 				if after := snapshot(t); after != before {
 					t.Fatalf("namespace changed:\n--- before\n%s--- after\n%s", before, after)

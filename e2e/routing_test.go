@@ -18,7 +18,8 @@ const optGatewayMode4 = "com.docker.network.bridge.gateway_mode_ipv4"
 // it reaches nothing by the container's own address, neither the published
 // port nor an unpublished one, and in nat-unprotected it reaches both. The
 // same assertions hold for Docker's bridge driver from Docker 28, which
-// introduced the protection.
+// introduced the protection. In neither mode is a container of another
+// network, of mynet or of Docker's bridge, let in by the container's address.
 //
 // Uses 10.140.13N.0/24 and host ports 1538N.
 func TestE2EDirectRouting(t *testing.T) {
@@ -35,7 +36,11 @@ func TestE2EDirectRouting(t *testing.T) {
 				if tc.unprotected {
 					opts = []string{"-o", optGatewayMode4 + "=" + tc.mode}
 				}
-				checkDirectRouting(t, s, s.mynetNetwork("net", subnet, opts...), 15380+i, tc.unprotected)
+				others := []string{
+					s.mynetNetwork("other", fmt.Sprintf("10.140.13%d.0/24", i+4)),
+					s.network("docker", "-d", "bridge", "--subnet", fmt.Sprintf("10.140.13%d.0/24", i+6)),
+				}
+				checkDirectRouting(t, s, s.mynetNetwork("net", subnet, opts...), 15380+i, tc.unprotected, others...)
 			})
 		}
 	})
@@ -60,7 +65,7 @@ func TestE2EDirectRouting(t *testing.T) {
 // checkDirectRouting starts a container on network serving the test page
 // on port 80, published as hostPort, and on port 81, unpublished, and
 // checks what a LAN host reaches.
-func checkDirectRouting(t *testing.T, s *scenario, network string, hostPort int, unprotected bool) {
+func checkDirectRouting(t *testing.T, s *scenario, network string, hostPort int, unprotected bool, others ...string) {
 	t.Helper()
 	remote := newRemoteHost(t)
 	serve := "httpd -p 81 -h / && exec " + strings.Join(httpd(80), " ")
@@ -77,6 +82,11 @@ func checkDirectRouting(t *testing.T, s *scenario, network string, hostPort int,
 		} else {
 			s.expectNoConnection(lan, target)
 		}
+	}
+	for i, other := range others {
+		peer := s.container("peer"+strconv.Itoa(i), other)
+		s.expectPage(peer, netip.AddrPortFrom(remote.hostAddr, uint16(hostPort)))
+		s.expectNoConnection(peer, netip.AddrPortFrom(ctr, 81))
 	}
 }
 

@@ -22,6 +22,10 @@ func InstanceHash(instance string) string {
 // Chains names one instance's iptables chains.
 type Chains struct {
 	Forward, Isolation, Egress, Postrouting, DNAT string
+	// LAN accepts what comes from outside every bridge, and returns what
+	// comes from one: gateway mode nat-unprotected opens a network to the
+	// LAN, not to other networks.
+	LAN string
 	// Direct, in the mangle table's PREROUTING, drops new connections
 	// routed to a container's address from outside its bridge, before
 	// any filter rule can accept them (direct-routing protection).
@@ -48,6 +52,7 @@ func ChainsFor(instance string) Chains {
 		Egress:      p + "-EGRESS",
 		Postrouting: p + "-POSTROUTING",
 		DNAT:        p + "-DNAT",
+		LAN:         p + "-LAN",
 		Direct:      p + "-DIRECT",
 	}
 }
@@ -59,7 +64,7 @@ type TableChain struct{ Table, Chain string }
 // jumps to another comes first, so deletion can go in the same order.
 func (c Chains) Tables() []TableChain {
 	return []TableChain{
-		{TableFilter, c.Forward}, {TableFilter, c.Isolation}, {TableFilter, c.Egress},
+		{TableFilter, c.Forward}, {TableFilter, c.Isolation}, {TableFilter, c.Egress}, {TableFilter, c.LAN},
 		{TableNAT, c.Postrouting}, {TableNAT, c.DNAT},
 		{TableMangle, c.Direct},
 	}
