@@ -59,10 +59,11 @@ func withDataplane(t testing.TB, failAt string, fn func(d *Dataplane)) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// A host always has the filter and nat tables (dockerd creates them);
-		// with iptables-nft a fresh namespace has them only once used.
+		// A host always has the filter and nat tables (dockerd creates
+		// them) and usually mangle; with iptables-nft a fresh namespace
+		// has them only once used.
 		for _, cmd := range []string{"iptables", "ip6tables"} {
-			for _, table := range []string{"filter", "nat"} {
+			for _, table := range []string{"filter", "nat", "mangle"} {
 				run(t, cmd, "-t", table, "-N", "PRIME")
 				run(t, cmd, "-t", table, "-X", "PRIME")
 			}
@@ -403,6 +404,9 @@ func TestRuleOptions(t *testing.T) {
 		{"masquerade-off", func(n *model.Network) { n.Masquerade = false }},
 		{"internal", func(n *model.Network) { n.Internal = true }},
 		{"ipv6", func(n *model.Network) { n.IPv6 = v6 }},
+		{"nat-unprotected", func(n *model.Network) { n.Unprotected4 = true }},
+		{"nat-unprotected-ipv6-only", func(n *model.Network) { n.IPv6, n.Unprotected6 = v6, true }},
+		{"nat-unprotected-internal", func(n *model.Network) { n.Internal, n.Unprotected4 = true, true }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			withDataplane(t, "", func(d *Dataplane) {

@@ -121,7 +121,7 @@ func (f *iptablesFirewall) ownLines() ([]string, error) {
 	}
 	prefix := strings.TrimSuffix(f.chains.Forward, "FORWARD")
 	var out []string
-	for _, table := range []string{model.TableFilter, model.TableNAT} {
+	for _, table := range []string{model.TableFilter, model.TableNAT, model.TableMangle} {
 		raw, err := exec.Command(bin, "-t", table).Output()
 		if err != nil {
 			return nil, fmt.Errorf("%s -t %s: %w", bin, table, err)

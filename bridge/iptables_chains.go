@@ -39,6 +39,11 @@ func (f *iptablesFirewall) ensureChains(undo *netutil.Undo) error {
 	if err := f.ensureEgress(); err != nil {
 		return err
 	}
+	for _, r := range f.lanRules() {
+		if err := f.ensure(r, undo); err != nil {
+			return err
+		}
+	}
 	return f.ensureHooks(undo)
 }
 
@@ -58,6 +63,7 @@ func (f *iptablesFirewall) hooks(forwardFrom string) []rule {
 		{table: model.TableNAT, chain: "POSTROUTING", args: concat(c, []string{"-j", f.chains.Postrouting}), top: true},
 		{table: model.TableNAT, chain: "PREROUTING", args: concat(local, c, []string{"-j", f.chains.DNAT}), top: true},
 		{table: model.TableNAT, chain: "OUTPUT", args: concat(output, c, []string{"-j", f.chains.DNAT}), top: true},
+		{table: model.TableMangle, chain: "PREROUTING", args: concat(c, []string{"-j", f.chains.Direct}), top: true},
 	}
 }
 
@@ -162,6 +168,21 @@ func (f *iptablesFirewall) ensureEgress() error {
 		}
 	}
 	return nil
+}
+
+// dockerBridges match the bridges of Docker's networks by their default
+// names; a bridge named with com.docker.network.bridge.name is not known.
+var dockerBridges = []string{"docker0", "br-+"}
+
+// lanRules are the LAN chain's fixed rules, after the networks' returns
+// (which are inserted at its top): Docker's bridges return too, anything
+// else is from outside the host's bridges and accepted.
+func (f *iptablesFirewall) lanRules() []rule {
+	var rules []rule
+	for _, br := range dockerBridges {
+		rules = append(rules, rule{table: model.TableFilter, chain: f.chains.LAN, args: []string{"-i", br, "-j", "RETURN"}})
+	}
+	return append(rules, rule{table: model.TableFilter, chain: f.chains.LAN, args: []string{"-j", "ACCEPT"}})
 }
 
 // removeChains unhooks and deletes all of mynet's chains.

@@ -56,6 +56,8 @@ func (f *iptablesFirewall) networkRules(n model.Network) []rule {
 		return append(rules, rule{table: model.TableFilter, chain: f.chains.Isolation, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", "DROP"})})
 	}
 	rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Forward, args: concat([]string{"-i", br, "!", "-o", br}, c, []string{"-j", f.chains.Egress})})
+	rules = append(rules, rule{table: model.TableFilter, chain: f.chains.LAN, top: true, args: concat([]string{"-i", br}, c, []string{"-j", "RETURN"})})
+	rules = append(rules, f.directRoutingRules(n, subnets, c)...)
 	if n.Masquerade {
 		for _, s := range subnets {
 			rules = append(rules, rule{table: model.TableNAT, chain: f.chains.Postrouting, args: concat([]string{"-s", s.Pool.String(), "!", "-o", br}, c, []string{"-j", "MASQUERADE"})})
@@ -63,6 +65,46 @@ func (f *iptablesFirewall) networkRules(n model.Network) []rule {
 	}
 	if !f.v6 {
 		rules = append(rules, rule{table: model.TableNAT, chain: f.chains.Postrouting, args: concat([]string{"-s", "127.0.0.0/8", "-o", br}, c, []string{"-j", "MASQUERADE"})})
+	}
+	return rules
+}
+
+// directRoutingRules decide whether a host on the LAN, with a route to the
+// network's subnet via this host, may reach the containers' addresses.
+//
+//	nat:             no. New connections to the subnet that did not come
+//	                 in on the bridge are dropped in the mangle table,
+//	                 before DNAT and before any filter rule (an operator's
+//	                 ACCEPT in DOCKER-USER or FORWARD) could let them in,
+//	                 so published ports stay reachable through the host's
+//	                 addresses only. The gateway is the host's own address
+//	                 and stays reachable, as without the bridge.
+//	nat-unprotected: yes, all ports, as Docker's bridge driver allows: new
+//	                 connections into the bridge from outside it go to
+//	                 the LAN chain ahead of the isolation drop, which
+//	                 accepts them unless they come from a bridge, of
+//	                 mynet (each network's return) or of Docker.
+//
+// Docker 28 drops in the raw table, one rule per container address, which
+// also drops the replies of the containers' own connections when
+// enable_ip_masquerade is false: they come back addressed to the container
+// from outside the bridge. mynet's drop spares replies (conntrack has seen
+// the packet by mangle), and covers the subnet, so it is a network rule
+// that needs no endpoint.
+func (f *iptablesFirewall) directRoutingRules(n model.Network, subnets []model.Subnet, c []string) []rule {
+	var rules []rule
+	for _, s := range subnets {
+		pool := s.Pool.String()
+		if n.Unprotected(f.v6) {
+			rules = append(rules, rule{table: model.TableFilter, chain: f.chains.Isolation, top: true, args: concat([]string{"-d", pool, "!", "-i", n.Bridge, "-o", n.Bridge}, c, []string{"-j", f.chains.LAN})})
+			continue
+		}
+		if s.Gateway.IsValid() {
+			gw := netip.PrefixFrom(s.Gateway.Addr(), s.Gateway.Addr().BitLen()).String()
+			rules = append(rules, rule{table: model.TableMangle, chain: f.chains.Direct, top: true, args: concat([]string{"-d", gw}, c, []string{"-j", "RETURN"})})
+		}
+		notReply := []string{"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED"}
+		rules = append(rules, rule{table: model.TableMangle, chain: f.chains.Direct, args: concat([]string{"-d", pool, "!", "-i", n.Bridge}, notReply, c, []string{"-j", "DROP"})})
 	}
 	return rules
 }

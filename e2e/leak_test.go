@@ -119,8 +119,7 @@ func mynetRules(tool, out string) ([]string, error) {
 	var rules, own []string
 	comment := ""
 	if env.plugin != nil {
-		filter, nat := model.ChainsFor(env.plugin.name).ByTable()
-		own, comment = append(filter, nat...), `"mynet `+env.plugin.name+`"`
+		own, comment = model.ChainsFor(env.plugin.name).All(), `"mynet `+env.plugin.name+`"`
 	}
 	table := ""
 	for _, line := range strings.Split(out, "\n") {

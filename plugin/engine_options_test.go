@@ -63,3 +63,43 @@ func TestEndpointOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestGatewayModes: nat and nat-unprotected reach the dataplane as the
+// family's protection from direct routing, and survive a restart; the
+// modes that change the gateway itself are refused by name.
+func TestGatewayModes(t *testing.T) {
+	h := newHarness(t)
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptGatewayMode4: "nat-unprotected"}))
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('c'), "10.2.0.0/24", "10.2.0.1/24", map[string]any{OptGatewayMode4: "nat", OptGatewayMode6: "nat-unprotected"}))
+	h.createNetwork(id('e'), "10.3.0.0/24")
+	check := func(when string) {
+		t.Helper()
+		for _, tc := range []struct {
+			n      byte
+			u4, u6 bool
+		}{{'a', true, false}, {'c', false, true}, {'e', false, false}} {
+			if n := h.dp.networks[id(tc.n)]; n.Unprotected4 != tc.u4 || n.Unprotected6 != tc.u6 {
+				t.Errorf("%s: network %c unprotected (v4, v6) = (%v, %v), want (%v, %v)", when, tc.n, n.Unprotected4, n.Unprotected6, tc.u4, tc.u6)
+			}
+		}
+	}
+	check("created")
+	h.restart()
+	check("after a restart")
+	// A repeat with another mode is another configuration.
+	h.fails("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptGatewayMode4: "nat"}), 400)
+
+	for _, tc := range []struct{ opt, mode, want string }{
+		{OptGatewayMode4, "routed", "not supported yet"},
+		{OptGatewayMode6, "isolated", "not supported yet"},
+		{OptGatewayMode4, "NAT", "not a gateway mode"},
+		{OptGatewayMode6, "", "not a gateway mode"},
+	} {
+		req := createNetworkReq(id('f'), "10.4.0.0/24", "10.4.0.1/24", map[string]any{tc.opt: tc.mode})
+		if msg := h.fails("NetworkDriver.CreateNetwork", req, 400); !strings.Contains(msg, tc.want) || !strings.Contains(msg, tc.opt) {
+			t.Errorf("%s=%q: error %q, want it to name the option and contain %q", tc.opt, tc.mode, msg, tc.want)
+		}
+		gw := map[string]any{"Options": map[string]any{optGeneric: map[string]any{tc.opt: tc.mode}}}
+		h.fails("NetworkDriver.GwAllocCheck", gw, 400)
+	}
+}

@@ -22,12 +22,14 @@ const (
 	optEnableIPv4 = "com.docker.network.enable_ipv4" // Docker 28+
 	optInternal   = "com.docker.network.internal"
 
-	OptBridgeName  = driver.OptBridgeName
-	OptMTU         = "com.docker.network.driver.mtu"
-	OptICC         = "com.docker.network.bridge.enable_icc"
-	OptMasquerade  = "com.docker.network.bridge.enable_ip_masquerade"
-	OptHostBinding = "com.docker.network.bridge.host_binding_ipv4"
-	OptIfacePrefix = "com.docker.network.container_iface_prefix"
+	OptBridgeName   = driver.OptBridgeName
+	OptMTU          = "com.docker.network.driver.mtu"
+	OptICC          = "com.docker.network.bridge.enable_icc"
+	OptMasquerade   = "com.docker.network.bridge.enable_ip_masquerade"
+	OptHostBinding  = "com.docker.network.bridge.host_binding_ipv4"
+	OptIfacePrefix  = "com.docker.network.container_iface_prefix"
+	OptGatewayMode4 = "com.docker.network.bridge.gateway_mode_ipv4"
+	OptGatewayMode6 = "com.docker.network.bridge.gateway_mode_ipv6"
 	// OptAntiSpoofing is mynet's own: Docker's bridge has no such filter.
 	OptAntiSpoofing = "mynet.anti_spoofing"
 )
@@ -40,6 +42,8 @@ var supportedOptions = map[string]string{
 	OptMasquerade:   "masquerade egress to the host's address: true or false (default true)",
 	OptHostBinding:  "default host IPv4 address for published ports (default: all)",
 	OptIfacePrefix:  "prefix of the interface name in containers, letters and digits (default eth)",
+	OptGatewayMode4: "nat (default): only published ports are reachable from outside the host, through the host's addresses; nat-unprotected: containers' IPv4 addresses may also be routed to directly",
+	OptGatewayMode6: "as gateway_mode_ipv4, for the containers' IPv6 addresses",
 	OptAntiSpoofing: "containers may send only from their own MAC and addresses: true or false (default true)",
 }
 
@@ -222,6 +226,16 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 				return badRequestf("option %s: %s %w", k, a, err)
 			}
 			cfg.HostBinding = a
+		case OptGatewayMode4, OptGatewayMode6:
+			mode, err := gatewayMode(k, v)
+			if err != nil {
+				return err
+			}
+			if k == OptGatewayMode4 {
+				cfg.GatewayMode4 = mode
+			} else {
+				cfg.GatewayMode6 = mode
+			}
 		case OptIfacePrefix:
 			if err := model.ValidateIfacePrefix(v); err != nil {
 				return badRequestf("option %s: %w", k, err)
@@ -232,6 +246,21 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 		}
 	}
 	return nil
+}
+
+// gatewayMode accepts Docker's nat and nat-unprotected, which differ only
+// in the protection from direct routing; routed and isolated, which change
+// what the gateway does, are refused rather than built as nat.
+func gatewayMode(k, v string) (string, error) {
+	switch v {
+	case "nat":
+		return "", nil
+	case driver.GatewayNATUnprotected:
+		return v, nil
+	case "routed", "isolated":
+		return "", badRequestf("option %s: %q is not supported yet; use nat or nat-unprotected", k, v)
+	}
+	return "", badRequestf("option %s: %q is not a gateway mode; use nat or nat-unprotected", k, v)
 }
 
 func supportedList() string {

@@ -54,6 +54,10 @@ type Network struct {
 	ICC        bool
 	Masquerade bool
 	Internal   bool `json:",omitempty"`
+	// GatewayMode4 and GatewayMode6 are gateway_mode_ipv4/_ipv6; empty is
+	// nat, as for records written before the option existed.
+	GatewayMode4 string `json:",omitempty"`
+	GatewayMode6 string `json:",omitempty"`
 	// AntiSpoofing is the anti-spoofing filter (mynet.anti_spoofing). In
 	// JSON it is the inverse "SpoofingAllowed", so that the zero value of
 	// a record written before the option existed protects (see

@@ -318,11 +318,11 @@ func TestDoctorFindsEachProblem(t *testing.T) {
 		{
 			name: "network rules flushed",
 			breakIt: func(h *docHarness) {
-				filter, nat := model.ChainsFor(docInst).ByTable()
-				for _, c := range filter[:2] {
+				chains := model.ChainsFor(docInst)
+				for _, c := range []string{chains.Forward, chains.Isolation, chains.LAN} {
 					h.sh("iptables -w -t filter -F " + c)
 				}
-				h.sh("iptables -w -t nat -F " + nat[0])
+				h.sh("iptables -w -t nat -F " + chains.Postrouting)
 			},
 			check: "missing_rules", msgPart: "network d0c000000001 has no iptables rules", fixPart: "kill -HUP",
 			others: []string{"missing_rules"}, // the jump from the isolation chain went too

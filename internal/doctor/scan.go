@@ -164,9 +164,8 @@ func isDockerChain(name string) bool { return name == "DOCKER" || strings.HasPre
 
 // instanceChains is the set of chain names of the instance.
 func instanceChains(instance string) map[string]bool {
-	filter, nat := model.ChainsFor(instance).ByTable()
 	m := map[string]bool{}
-	for _, c := range append(filter, nat...) {
+	for _, c := range model.ChainsFor(instance).All() {
 		m[c] = true
 	}
 	return m

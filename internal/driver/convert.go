@@ -11,6 +11,7 @@ func toBridgeNetwork(n *state.Network) model.Network {
 	return model.Network{
 		ID: n.ID, Bridge: n.Bridge, MTU: n.MTU, IPv4: toBridgeSubnets(n.IPv4), IPv6: toBridgeSubnets(n.IPv6),
 		ICC: n.ICC, Masquerade: n.Masquerade, Internal: n.Internal,
+		Unprotected4: n.GatewayMode4 == GatewayNATUnprotected, Unprotected6: n.GatewayMode6 == GatewayNATUnprotected,
 	}
 }
 

@@ -12,6 +12,10 @@ import (
 	"github.com/mynet/mynet/state"
 )
 
+// GatewayNATUnprotected is gateway mode nat-unprotected: containers'
+// addresses are not protected from being routed to from outside the host.
+const GatewayNATUnprotected = "nat-unprotected"
+
 // OptBridgeName is the -o key that names the bridge; errors name it.
 const OptBridgeName = "com.docker.network.bridge.name"
 
@@ -28,6 +32,9 @@ type NetworkConfig struct {
 	HostBinding  netip.Addr // invalid: all host addresses
 	AntiSpoofing bool
 	IfacePrefix  string // "": the engine's default, eth
+	// GatewayMode4 and GatewayMode6 are "" (nat) or GatewayNATUnprotected.
+	GatewayMode4 string
+	GatewayMode6 string
 	IPv4         []SubnetConfig
 	IPv6         []SubnetConfig
 }
@@ -46,7 +53,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, cfg NetworkConfig) error {
 		ID: cfg.ID, Bridge: cfg.BridgeName, MTU: cfg.MTU,
 		IPv4: fromSubnets(cfg.IPv4), IPv6: fromSubnets(cfg.IPv6), Created: now(),
 		ICC: cfg.ICC, Masquerade: cfg.Masquerade, Internal: cfg.Internal, AntiSpoofing: cfg.AntiSpoofing,
-		IfacePrefix: cfg.IfacePrefix,
+		IfacePrefix: cfg.IfacePrefix, GatewayMode4: cfg.GatewayMode4, GatewayMode6: cfg.GatewayMode6,
 	}
 	if cfg.HostBinding.IsValid() {
 		rec.HostBinding = cfg.HostBinding.String()

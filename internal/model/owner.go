@@ -22,12 +22,21 @@ func InstanceHash(instance string) string {
 // Chains names one instance's iptables chains.
 type Chains struct {
 	Forward, Isolation, Egress, Postrouting, DNAT string
+	// LAN accepts what comes from outside every bridge, and returns what
+	// comes from one: gateway mode nat-unprotected opens a network to the
+	// LAN, not to other networks.
+	LAN string
+	// Direct, in the mangle table's PREROUTING, drops new connections
+	// routed to a container's address from outside its bridge, before
+	// any filter rule can accept them (direct-routing protection).
+	Direct string
 }
 
 // Tables of mynet's chains.
 const (
 	TableFilter = "filter"
 	TableNAT    = "nat"
+	TableMangle = "mangle"
 )
 
 // ChainsFor returns the chains of an instance: MYNET-FORWARD... for the
@@ -43,6 +52,8 @@ func ChainsFor(instance string) Chains {
 		Egress:      p + "-EGRESS",
 		Postrouting: p + "-POSTROUTING",
 		DNAT:        p + "-DNAT",
+		LAN:         p + "-LAN",
+		Direct:      p + "-DIRECT",
 	}
 }
 
@@ -53,8 +64,9 @@ type TableChain struct{ Table, Chain string }
 // jumps to another comes first, so deletion can go in the same order.
 func (c Chains) Tables() []TableChain {
 	return []TableChain{
-		{TableFilter, c.Forward}, {TableFilter, c.Isolation}, {TableFilter, c.Egress},
+		{TableFilter, c.Forward}, {TableFilter, c.Isolation}, {TableFilter, c.Egress}, {TableFilter, c.LAN},
 		{TableNAT, c.Postrouting}, {TableNAT, c.DNAT},
+		{TableMangle, c.Direct},
 	}
 }
 
@@ -67,12 +79,14 @@ func (c Chains) All() []string {
 	return out
 }
 
-// ByTable splits the chains into the filter and the nat table's.
+// ByTable splits the chains into the filter and the nat table's; the
+// mangle table's is c.Direct.
 func (c Chains) ByTable() (filter, nat []string) {
 	for _, tc := range c.Tables() {
-		if tc.Table == TableNAT {
+		switch tc.Table {
+		case TableNAT:
 			nat = append(nat, tc.Chain)
-		} else {
+		case TableFilter:
 			filter = append(filter, tc.Chain)
 		}
 	}

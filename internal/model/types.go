@@ -18,6 +18,19 @@ type Network struct {
 	Masquerade bool
 	// Internal networks have no egress and no published ports.
 	Internal bool
+	// Unprotected4 and Unprotected6 are gateway mode nat-unprotected of
+	// each family: the containers' addresses may be routed to from outside
+	// the host. In the default mode, nat, only published ports are
+	// reachable from outside, and only through the host's addresses.
+	Unprotected4, Unprotected6 bool
+}
+
+// Unprotected reports whether the family's gateway mode is nat-unprotected.
+func (n Network) Unprotected(v6 bool) bool {
+	if v6 {
+		return n.Unprotected6
+	}
+	return n.Unprotected4
 }
 
 // Subnets returns the network's subnets of one family.
