@@ -124,14 +124,14 @@ func TestCallOrders(t *testing.T) {
 				h.ok("NetworkDriver."+method, req)
 				for _, ep := range []string{a, b} {
 					rec := len(h.ports(ids[ep][1])) != 0
-					rules := h.dp.ports[ids[ep][1]] != nil
+					rules := h.dp.Ports[ids[ep][1]] != nil
 					if rec != s.want[ep] || rules != s.want[ep] {
 						t.Fatalf("step %d (%s %s): endpoint %s has ports in its record %v, rules %v; want %v", i, s.call, s.ep, ep, rec, rules, s.want[ep])
 					}
 				}
 			}
-			if len(h.dp.ports) != 0 || len(h.dump().Endpoints) != 0 {
-				t.Fatalf("left behind: rules %v, endpoints %+v", h.dp.ports, h.dump().Endpoints)
+			if len(h.dp.Ports) != 0 || len(h.dump().Endpoints) != 0 {
+				t.Fatalf("left behind: rules %v, endpoints %+v", h.dp.Ports, h.dump().Endpoints)
 			}
 			// The host port is free again.
 			h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('1'), "EndpointID": id('c'), "Interface": map[string]any{"Address": "10.1.0.3/24"}})

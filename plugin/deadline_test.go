@@ -68,9 +68,9 @@ func TestDeadlineRollsBack(t *testing.T) {
 			time.Sleep(50 * time.Millisecond) // nothing may come after the work ended either
 			snap, err := h.store.Load()
 			must(t, err)
-			h.dp.mu.Lock()
-			nets, eps := len(h.dp.networks), len(h.dp.endpoints)
-			h.dp.mu.Unlock()
+			h.dp.Mu.Lock()
+			nets, eps := len(h.dp.Networks), len(h.dp.Endpoints)
+			h.dp.Mu.Unlock()
 			if len(snap.Networks) != 1 || len(snap.Endpoints) != 0 || nets != 1 || eps != 0 {
 				t.Fatalf("after the failed call: store %+v; dataplane %d networks, %d endpoints; want only network a", snap, nets, eps)
 			}
@@ -146,9 +146,9 @@ func TestRemovalsFinish(t *testing.T) {
 			h.settle()
 			snap, err := h.store.Load()
 			must(t, err)
-			h.dp.mu.Lock()
-			eps := len(h.dp.endpoints)
-			h.dp.mu.Unlock()
+			h.dp.Mu.Lock()
+			eps := len(h.dp.Endpoints)
+			h.dp.Mu.Unlock()
 			if len(snap.Endpoints) != 0 || eps != 0 {
 				t.Fatalf("the stalled delete did not finish: %d records, %d endpoints in the dataplane", len(snap.Endpoints), eps)
 			}
@@ -172,9 +172,9 @@ func TestPortsPastDeadline(t *testing.T) {
 	}
 	snap, err := h.store.Load()
 	must(t, err)
-	h.dp.mu.Lock()
-	rules := len(h.dp.ports)
-	h.dp.mu.Unlock()
+	h.dp.Mu.Lock()
+	rules := len(h.dp.Ports)
+	h.dp.Mu.Unlock()
 	if len(snap.Endpoints) != 1 || len(snap.Endpoints[0].Ports) != 0 || rules != 0 {
 		t.Fatalf("after the failed call: records %+v, %d endpoints with port rules", snap.Endpoints, rules)
 	}

@@ -78,7 +78,7 @@ func TestGatewayModes(t *testing.T) {
 			n      byte
 			u4, u6 bool
 		}{{'a', true, false}, {'c', false, true}, {'e', false, false}} {
-			if n := h.dp.networks[id(tc.n)]; n.Unprotected4 != tc.u4 || n.Unprotected6 != tc.u6 {
+			if n := h.dp.Networks[id(tc.n)]; n.Unprotected4 != tc.u4 || n.Unprotected6 != tc.u6 {
 				t.Errorf("%s: network %c unprotected (v4, v6) = (%v, %v), want (%v, %v)", when, tc.n, n.Unprotected4, n.Unprotected6, tc.u4, tc.u6)
 			}
 		}

@@ -54,7 +54,7 @@ func FuzzRequests(f *testing.F) {
 	host, ctr := model.VethNames(id('e'))
 	foreign := []string{"lo", "eth0", "docker0", "br0", host, ctr}
 	for _, name := range foreign {
-		h.dp.foreign[name] = true
+		h.dp.Foreign[name] = true
 	}
 	f.Fuzz(func(t *testing.T, m uint8, body []byte) {
 		method := methods[int(m)%len(methods)]
@@ -84,18 +84,18 @@ func FuzzRequests(f *testing.F) {
 // none of them used.
 func (h *harness) matchesDataplane(foreign []string) error {
 	d := h.dump()
-	h.dp.mu.Lock()
-	defer h.dp.mu.Unlock()
+	h.dp.Mu.Lock()
+	defer h.dp.Mu.Unlock()
 	var errs []error
 	var names []string
-	for name := range h.dp.foreign {
+	for name := range h.dp.Foreign {
 		names = append(names, name)
 	}
 	if !slices.Equal(slices.Sorted(slices.Values(names)), slices.Sorted(slices.Values(foreign))) {
 		errs = append(errs, fmt.Errorf("links not created by mynet changed: %v, want %v", names, foreign))
 	}
 	for _, n := range d.Networks {
-		got, ok := h.dp.networks[n.ID]
+		got, ok := h.dp.Networks[n.ID]
 		switch {
 		case !ok:
 			errs = append(errs, fmt.Errorf("network %s is in the state but not in the dataplane", model.Short(n.ID)))
@@ -104,7 +104,7 @@ func (h *harness) matchesDataplane(foreign []string) error {
 		}
 	}
 	for _, e := range d.Endpoints {
-		got, ok := h.dp.endpoints[e.ID]
+		got, ok := h.dp.Endpoints[e.ID]
 		switch {
 		case !ok:
 			errs = append(errs, fmt.Errorf("endpoint %s is in the state but not in the dataplane", model.Short(e.ID)))
@@ -113,19 +113,19 @@ func (h *harness) matchesDataplane(foreign []string) error {
 				model.Short(got.NetworkID), got.HostVeth, got.ContainerVeth, model.Short(e.NetworkID), e.HostVeth, e.ContainerVeth))
 		}
 	}
-	if len(h.dp.networks) != len(d.Networks) {
-		errs = append(errs, fmt.Errorf("%d networks in the dataplane, %d in the state", len(h.dp.networks), len(d.Networks)))
+	if len(h.dp.Networks) != len(d.Networks) {
+		errs = append(errs, fmt.Errorf("%d networks in the dataplane, %d in the state", len(h.dp.Networks), len(d.Networks)))
 	}
-	if len(h.dp.endpoints) != len(d.Endpoints) {
-		errs = append(errs, fmt.Errorf("%d endpoints in the dataplane, %d in the state", len(h.dp.endpoints), len(d.Endpoints)))
+	if len(h.dp.Endpoints) != len(d.Endpoints) {
+		errs = append(errs, fmt.Errorf("%d endpoints in the dataplane, %d in the state", len(h.dp.Endpoints), len(d.Endpoints)))
 	}
-	for _, n := range h.dp.networks {
-		if h.dp.foreign[n.Bridge] {
+	for _, n := range h.dp.Networks {
+		if h.dp.Foreign[n.Bridge] {
 			errs = append(errs, fmt.Errorf("network %s was built on the foreign link %s", model.Short(n.ID), n.Bridge))
 		}
 	}
-	for _, e := range h.dp.endpoints {
-		if h.dp.foreign[e.HostVeth] || h.dp.foreign[e.ContainerVeth] {
+	for _, e := range h.dp.Endpoints {
+		if h.dp.Foreign[e.HostVeth] || h.dp.Foreign[e.ContainerVeth] {
 			errs = append(errs, fmt.Errorf("endpoint %s was built on a foreign link", model.Short(e.ID)))
 		}
 	}

@@ -22,182 +22,15 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/mynet/mynet/internal/driver"
+	"github.com/mynet/mynet/internal/driver/drivertest"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/state"
 )
 
-// fakeDataplane records what the driver asked for; the kernel side is
-// tested for real in bridge/ and e2e/.
-type fakeDataplane struct {
-	mu        sync.Mutex
-	networks  map[string]model.Network
-	endpoints map[string]model.Endpoint
-	ports     map[string][]model.PortMapping
-	failNext  error
-	host      []netip.Prefix
-	// foreign are links mynet did not create: the dataplane refuses to
-	// build on one, as the real one does, and never changes them.
-	foreign map[string]bool
-	// Hooks run outside mu, so they may block: afterEnsure when an
-	// endpoint's objects exist (its error fails the call, which removes
-	// them again), onFingerprint before each fingerprint.
-	afterEnsure   func(model.Endpoint) error
-	onFingerprint func()
-}
-
-func newFake() *fakeDataplane {
-	return &fakeDataplane{networks: map[string]model.Network{}, endpoints: map[string]model.Endpoint{}, ports: map[string][]model.PortMapping{}, foreign: map[string]bool{}}
-}
-
-func (f *fakeDataplane) fail() error {
-	err := f.failNext
-	f.failNext = nil
-	return err
-}
-
-func (f *fakeDataplane) EnsureNetwork(_ context.Context, n model.Network) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.fail(); err != nil {
-		return err
-	}
-	if f.foreign[n.Bridge] {
-		return fmt.Errorf("interface %s already exists and is not mynet's bridge", n.Bridge)
-	}
-	f.networks[n.ID] = n
-	return nil
-}
-
-func (f *fakeDataplane) DeleteNetwork(_ context.Context, n model.Network) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.networks, n.ID)
-	return nil
-}
-
-func (f *fakeDataplane) EnsureEndpoint(_ context.Context, e model.Endpoint) error {
-	f.mu.Lock()
-	if err := f.fail(); err != nil {
-		f.mu.Unlock()
-		return err
-	}
-	if f.foreign[e.HostVeth] || f.foreign[e.ContainerVeth] {
-		f.mu.Unlock()
-		return fmt.Errorf("interface %s already exists and is not mynet's veth", e.HostVeth)
-	}
-	f.endpoints[e.ID] = e
-	hook := f.afterEnsure
-	f.mu.Unlock()
-	if hook == nil {
-		return nil
-	}
-	err := hook(e)
-	if err != nil { // like the real one, undo what this call made
-		f.mu.Lock()
-		delete(f.endpoints, e.ID)
-		f.mu.Unlock()
-	}
-	return err
-}
-
-func (f *fakeDataplane) DeleteEndpoint(_ context.Context, e model.Endpoint) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.endpoints, e.ID)
-	delete(f.ports, e.ID) // as the real one: its port rules go with it
-	return nil
-}
-
-func (f *fakeDataplane) EndpointExists(e model.Endpoint) (bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	_, ok := f.endpoints[e.ID]
-	return ok, nil
-}
-
-func (f *fakeDataplane) Sync() {}
-
-func (f *fakeDataplane) LiveEndpoints() (map[string]bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	live := map[string]bool{}
-	for id := range f.endpoints {
-		live[id] = true
-	}
-	return live, nil
-}
-
-func (f *fakeDataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bool) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for id := range f.networks {
-		if !nets[id] {
-			delete(f.networks, id)
-		}
-	}
-	for id := range f.endpoints {
-		if !eps[id] {
-			delete(f.endpoints, id)
-		}
-	}
-	return nil
-}
-
-func (f *fakeDataplane) HostPrefixes(bool) ([]netip.Prefix, error) { return f.host, nil }
-
-func (f *fakeDataplane) SpoofFingerprint() (model.Digests, error) { return model.Digests{}, nil }
-
-func (f *fakeDataplane) Fingerprint() (model.Digests, error) {
-	f.mu.Lock()
-	hook := f.onFingerprint
-	f.mu.Unlock()
-	if hook != nil {
-		hook()
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := model.Digests{}
-	for id, n := range f.networks {
-		out["net:"+id] = fmt.Sprint(n)
-	}
-	for id, e := range f.endpoints {
-		e.AntiSpoofing = false // the fake has no filters: a repair omits it
-		out["ep:"+id] = fmt.Sprint(e, f.ports[id])
-	}
-	return out, nil
-}
-
-func (f *fakeDataplane) EnsurePorts(_ context.Context, _ model.Network, ep model.Endpoint, ports []model.PortMapping) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.fail(); err != nil {
-		return err
-	}
-	f.ports[ep.ID] = ports
-	return nil
-}
-
-func (f *fakeDataplane) RemovePorts(_ context.Context, ep model.Endpoint, _ []model.PortMapping) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.ports, ep.ID)
-	return nil
-}
-
-// ProbePort pretends a host service listens on 30000.
-func (f *fakeDataplane) ProbePort(_ string, _ netip.Addr, port uint16) error {
-	if port == 30000 {
-		return errors.New("address already in use")
-	}
-	return nil
-}
-
-func (f *fakeDataplane) EphemeralPorts() (uint16, uint16) { return 30000, 30002 }
-
 type harness struct {
 	t     testing.TB
-	dp    *fakeDataplane
+	dp    *drivertest.Dataplane
 	store *state.Store
 	dir   string
 	drv   *driver.Driver
@@ -217,7 +50,7 @@ func newHarness(t testing.TB) *harness { return newHarnessWith(t, nil) }
 // newHarnessWith is newHarness with config adjusting the driver's
 // configuration, also at each restart.
 func newHarnessWith(t testing.TB, config func(*driver.Config)) *harness {
-	h := &harness{t: t, dp: newFake(), dir: t.TempDir(), log: slog.New(slog.DiscardHandler), config: config}
+	h := &harness{t: t, dp: drivertest.New(), dir: t.TempDir(), log: slog.New(slog.DiscardHandler), config: config}
 	h.open()
 	t.Cleanup(h.close)
 	return h
@@ -389,7 +222,7 @@ func TestBadRequests(t *testing.T) {
 			if !strings.Contains(msg, tc.want) {
 				t.Fatalf("error %q does not mention %q", msg, tc.want)
 			}
-			if d := h.dump(); len(d.Networks)+len(d.Pools) != 0 || len(h.dp.networks) != 0 {
+			if d := h.dump(); len(d.Networks)+len(d.Pools) != 0 || len(h.dp.Networks) != 0 {
 				t.Fatalf("a rejected request left state: %+v", d)
 			}
 		})
@@ -405,7 +238,7 @@ func TestNetworkEndpointLifecycle(t *testing.T) {
 	if poolID != "10.1.0.0/24" {
 		t.Fatalf("PoolID %q is not the subnet", poolID)
 	}
-	if n := h.dp.networks[nid]; n.Bridge != "mn-aaaaaaaaaaaa" || n.IPv4[0].Gateway.String() != "10.1.0.1/24" {
+	if n := h.dp.Networks[nid]; n.Bridge != "mn-aaaaaaaaaaaa" || n.IPv4[0].Gateway.String() != "10.1.0.1/24" {
 		t.Fatalf("dataplane network = %+v", n)
 	}
 	// A retried CreateNetwork is a no-op.
@@ -455,8 +288,8 @@ func TestNetworkEndpointLifecycle(t *testing.T) {
 		h.ok("IpamDriver.ReleasePool", map[string]any{"PoolID": poolID})
 		h.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": nid})
 	}
-	if d := h.dump(); len(d.Networks)+len(d.Endpoints)+len(d.Pools) != 0 || len(h.dp.networks)+len(h.dp.endpoints) != 0 {
-		t.Fatalf("leftovers: %+v, dataplane %v %v", d, h.dp.networks, h.dp.endpoints)
+	if d := h.dump(); len(d.Networks)+len(d.Endpoints)+len(d.Pools) != 0 || len(h.dp.Networks)+len(h.dp.Endpoints) != 0 {
+		t.Fatalf("leftovers: %+v, dataplane %v %v", d, h.dp.Networks, h.dp.Endpoints)
 	}
 	snap, _ := h.store.Load()
 	if len(snap.Networks)+len(snap.Endpoints)+len(snap.Pools) != 0 {
@@ -466,16 +299,16 @@ func TestNetworkEndpointLifecycle(t *testing.T) {
 
 func TestFailedCreateLeavesNoRecord(t *testing.T) {
 	h := newHarness(t)
-	h.dp.failNext = errors.New("boom")
+	h.dp.FailNext = errors.New("boom")
 	msg := h.fails("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil), 500)
 	if !strings.Contains(msg, "boom") || !strings.Contains(msg, "aaaaaaaaaaaa") {
 		t.Fatalf("error %q should name the network and the cause", msg)
 	}
 	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil))
-	h.dp.failNext = errors.New("boom")
+	h.dp.FailNext = errors.New("boom")
 	h.fails("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}}, 500)
 	snap, _ := h.store.Load()
-	if len(snap.Networks) != 1 || len(snap.Endpoints) != 0 || len(h.dp.endpoints) != 0 {
+	if len(snap.Networks) != 1 || len(snap.Endpoints) != 0 || len(h.dp.Endpoints) != 0 {
 		t.Fatalf("failed CreateEndpoint left state: %+v", snap)
 	}
 }
@@ -488,26 +321,26 @@ func TestRestoreReconciles(t *testing.T) {
 	// A crash mid-create left a pending network; a reboot took one veth and
 	// every bridge.
 	must(t, h.store.PutNetwork(state.Network{ID: id('d'), Bridge: "mn-dddddddddddd", Pending: true}))
-	delete(h.dp.endpoints, id('c'))
-	delete(h.dp.networks, id('a'))
-	h.dp.networks[id('e')] = model.Network{ID: id('e')} // an orphan
+	delete(h.dp.Endpoints, id('c'))
+	delete(h.dp.Networks, id('a'))
+	h.dp.Networks[id('e')] = model.Network{ID: id('e')} // an orphan
 
 	h.restart()
 	d := h.dump()
 	if len(d.Networks) != 1 || d.Networks[0].ID != id('a') || len(d.Endpoints) != 1 || d.Endpoints[0].ID != id('b') {
 		t.Fatalf("after restore: %+v", d)
 	}
-	if _, ok := h.dp.networks[id('a')]; !ok {
+	if _, ok := h.dp.Networks[id('a')]; !ok {
 		t.Fatal("the lost bridge was not rebuilt")
 	}
-	if len(h.dp.networks) != 1 {
-		t.Fatalf("dataplane networks after restore: %v", h.dp.networks)
+	if len(h.dp.Networks) != 1 {
+		t.Fatalf("dataplane networks after restore: %v", h.dp.Networks)
 	}
 }
 
 func TestIPAM(t *testing.T) {
 	h := newHarness(t)
-	h.dp.host = []netip.Prefix{netip.MustParsePrefix("10.213.0.0/24")} // a host route
+	h.dp.Host = []netip.Prefix{netip.MustParsePrefix("10.213.0.0/24")} // a host route
 	// Dynamic pools skip the host route and every held pool, as the engine's
 	// overlap loop needs.
 	p1 := h.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": "local"})
@@ -649,15 +482,15 @@ func TestReconcileRepairsOutsideDamage(t *testing.T) {
 	}
 	// Someone deletes the bridge and its rules; a container dies and takes
 	// its veth along.
-	h.dp.mu.Lock()
-	delete(h.dp.networks, id('a'))
-	delete(h.dp.endpoints, id('b'))
-	h.dp.mu.Unlock()
+	h.dp.Mu.Lock()
+	delete(h.dp.Networks, id('a'))
+	delete(h.dp.Endpoints, id('b'))
+	h.dp.Mu.Unlock()
 	repaired, err := h.drv.Reconcile(ctx, false)
 	if err != nil || !repaired {
 		t.Fatalf("Reconcile = %v, %v; want a repair", repaired, err)
 	}
-	if _, ok := h.dp.networks[id('a')]; !ok {
+	if _, ok := h.dp.Networks[id('a')]; !ok {
 		t.Fatal("network not re-created")
 	}
 	if d := h.dump(); len(d.Endpoints) != 0 {
@@ -666,7 +499,7 @@ func TestReconcileRepairsOutsideDamage(t *testing.T) {
 	// A deleted network is not resurrected.
 	h.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": id('a')})
 	h.drv.Reconcile(ctx, true)
-	if len(h.dp.networks) != 0 {
+	if len(h.dp.Networks) != 0 {
 		t.Fatal("a deleted network came back")
 	}
 }
@@ -687,20 +520,20 @@ func TestReconcileRepairsDamageBesideOwnChanges(t *testing.T) {
 	// A container starts while someone deletes the bridge (which releases
 	// the first endpoint's veth) and its rules.
 	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('c'), "Interface": map[string]any{"Address": "10.1.0.3/24"}})
-	h.dp.mu.Lock()
-	delete(h.dp.networks, id('a'))
-	h.dp.endpoints[id('b')] = model.Endpoint{ID: id('b')} // detached
-	h.dp.mu.Unlock()
+	h.dp.Mu.Lock()
+	delete(h.dp.Networks, id('a'))
+	h.dp.Endpoints[id('b')] = model.Endpoint{ID: id('b')} // detached
+	h.dp.Mu.Unlock()
 	repaired, err := h.drv.Reconcile(ctx, false)
 	if err != nil || !repaired {
 		t.Fatalf("Reconcile = %v, %v; want a repair", repaired, err)
 	}
-	h.dp.mu.Lock()
-	defer h.dp.mu.Unlock()
-	if _, ok := h.dp.networks[id('a')]; !ok {
+	h.dp.Mu.Lock()
+	defer h.dp.Mu.Unlock()
+	if _, ok := h.dp.Networks[id('a')]; !ok {
 		t.Fatal("network not re-created")
 	}
-	if ep := h.dp.endpoints[id('b')]; ep.NetworkID != id('a') || ep.Bridge == "" {
+	if ep := h.dp.Endpoints[id('b')]; ep.NetworkID != id('a') || ep.Bridge == "" {
 		t.Fatalf("endpoint not ensured again: %+v", ep)
 	}
 }
@@ -714,20 +547,20 @@ func TestReconcileVerifiesOwnChanges(t *testing.T) {
 	h := newHarness(t)
 	h.createNetwork(id('a'), "10.1.0.0/24")
 	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
-	h.dp.mu.Lock()
-	delete(h.dp.networks, id('a'))
-	h.dp.endpoints[id('b')] = model.Endpoint{ID: id('b')} // detached
-	h.dp.mu.Unlock()
+	h.dp.Mu.Lock()
+	delete(h.dp.Networks, id('a'))
+	h.dp.Endpoints[id('b')] = model.Endpoint{ID: id('b')} // detached
+	h.dp.Mu.Unlock()
 	h.drv.Reconcile(ctx, false)
 	if repaired, err := h.drv.Reconcile(ctx, false); err != nil || !repaired {
 		t.Fatalf("second Reconcile = %v, %v; want a repair", repaired, err)
 	}
-	h.dp.mu.Lock()
-	defer h.dp.mu.Unlock()
-	if _, ok := h.dp.networks[id('a')]; !ok {
+	h.dp.Mu.Lock()
+	defer h.dp.Mu.Unlock()
+	if _, ok := h.dp.Networks[id('a')]; !ok {
 		t.Fatal("network not re-created")
 	}
-	if ep := h.dp.endpoints[id('b')]; ep.NetworkID != id('a') || ep.Bridge == "" {
+	if ep := h.dp.Endpoints[id('b')]; ep.NetworkID != id('a') || ep.Bridge == "" {
 		t.Fatalf("endpoint not ensured again: %+v", ep)
 	}
 }
@@ -759,7 +592,7 @@ func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
 		// they would never come.
 		calls := make(chan error, 1)
 		var once sync.Once
-		h.dp.onFingerprint = func() {
+		h.dp.OnFingerprint = func() {
 			once.Do(func() {
 				go func() {
 					create, _ := h.call("NetworkDriver.CreateEndpoint", endpoint('b', "10.1.0.2/24"))
@@ -781,12 +614,12 @@ func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
 			})
 		}
 		pass(t, h, false)
-		h.dp.onFingerprint = nil
+		h.dp.OnFingerprint = nil
 		pass(t, h, false)
 		// Damage from outside is still found.
-		h.dp.mu.Lock()
-		delete(h.dp.networks, id('a'))
-		h.dp.mu.Unlock()
+		h.dp.Mu.Lock()
+		delete(h.dp.Networks, id('a'))
+		h.dp.Mu.Unlock()
 		pass(t, h, true)
 	})
 
@@ -799,13 +632,13 @@ func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
 		// back. A pass that took the veth in as mynet's own would see the
 		// rollback as damage from outside.
 		inEnsure, fail := make(chan struct{}), make(chan struct{})
-		h.dp.afterEnsure = func(model.Endpoint) error {
+		h.dp.AfterEnsure = func(model.Endpoint) error {
 			close(inEnsure)
 			<-fail
 			return errors.New("injected")
 		}
 		fingerprinted := make(chan struct{}, 1)
-		h.dp.onFingerprint = func() {
+		h.dp.OnFingerprint = func() {
 			select {
 			case fingerprinted <- struct{}{}:
 			default:
@@ -838,10 +671,10 @@ func TestReconcileLetsEndpointCallsThrough(t *testing.T) {
 		if err := <-passed; err != nil {
 			t.Fatalf("the pass during the create: %v", err)
 		}
-		h.dp.onFingerprint, h.dp.afterEnsure = nil, nil
+		h.dp.OnFingerprint, h.dp.AfterEnsure = nil, nil
 		pass(t, h, false)
-		if len(h.dp.endpoints) != 0 {
-			t.Fatalf("rolled-back endpoint left in the dataplane: %v", h.dp.endpoints)
+		if len(h.dp.Endpoints) != 0 {
+			t.Fatalf("rolled-back endpoint left in the dataplane: %v", h.dp.Endpoints)
 		}
 	})
 }
@@ -924,8 +757,8 @@ func TestConcurrentEndpoints(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if d := h.dump(); len(d.Endpoints) != 0 || len(h.dp.endpoints) != 0 {
-		t.Fatalf("left after the cycles: %d endpoint records, %d in the dataplane", len(d.Endpoints), len(h.dp.endpoints))
+	if d := h.dump(); len(d.Endpoints) != 0 || len(h.dp.Endpoints) != 0 {
+		t.Fatalf("left after the cycles: %d endpoint records, %d in the dataplane", len(d.Endpoints), len(h.dp.Endpoints))
 	}
 
 	// 30 concurrent creates against a limit of 10: exactly 10 succeed.

@@ -54,7 +54,7 @@ func TestPorts(t *testing.T) {
 	if !strings.Contains(msg, "8001/tcp") || !strings.Contains(msg, "bbbbbbbbbbbb") {
 		t.Fatalf("conflict error %q", msg)
 	}
-	if len(h.ports(id('c'))) != 0 || h.dp.ports[id('c')] != nil {
+	if len(h.ports(id('c'))) != 0 || h.dp.Ports[id('c')] != nil {
 		t.Fatal("a failed program left ports")
 	}
 	// A port held by a host process is refused; a specific host address
@@ -67,13 +67,13 @@ func TestPorts(t *testing.T) {
 
 	// The ports survive a restart and are re-applied.
 	h.restart()
-	if len(h.dp.ports[id('b')]) != 2 {
-		t.Fatalf("ports not restored: %v", h.dp.ports)
+	if len(h.dp.Ports[id('b')]) != 2 {
+		t.Fatalf("ports not restored: %v", h.dp.Ports)
 	}
 	for range 2 {
 		h.ok("NetworkDriver.RevokeExternalConnectivity", map[string]any{"NetworkID": id('a'), "EndpointID": id('b')})
 	}
-	if len(h.ports(id('b'))) != 0 || h.dp.ports[id('b')] != nil {
+	if len(h.ports(id('b'))) != 0 || h.dp.Ports[id('b')] != nil {
 		t.Fatal("revoke left ports")
 	}
 }
@@ -83,7 +83,7 @@ func TestInternalNetwork(t *testing.T) {
 	req := createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", nil)
 	req["Options"].(map[string]any)["com.docker.network.internal"] = true
 	h.ok("NetworkDriver.CreateNetwork", req)
-	if !h.dp.networks[id('a')].Internal {
+	if !h.dp.Networks[id('a')].Internal {
 		t.Fatal("dataplane network is not internal")
 	}
 	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Interface": map[string]any{"Address": "10.1.0.2/24"}})
@@ -101,7 +101,7 @@ func TestNetworkOptions(t *testing.T) {
 	h := newHarness(t)
 	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24",
 		map[string]any{OptICC: "false", OptMasquerade: "false", OptHostBinding: "192.0.2.7"}))
-	n := h.dp.networks[id('a')]
+	n := h.dp.Networks[id('a')]
 	if n.ICC || n.Masquerade {
 		t.Fatalf("options not applied: %+v", n)
 	}
@@ -158,9 +158,9 @@ func TestStaleEndpointReleasesItsPorts(t *testing.T) {
 	}
 	pm := map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Options": portmap(binding(6, "", 8080, 80))}
 	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)
-	h.dp.mu.Lock()
-	delete(h.dp.endpoints, id('b')) // the veth went with the container
-	h.dp.mu.Unlock()
+	h.dp.Mu.Lock()
+	delete(h.dp.Endpoints, id('b')) // the veth went with the container
+	h.dp.Mu.Unlock()
 	pm["EndpointID"] = id('c')
 	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)
 	if _, ok := h.endpoint(id('b')); ok {
@@ -191,9 +191,9 @@ func TestDyingEndpointReleasesItsPorts(t *testing.T) {
 	create('c', 3)
 	go func() {
 		time.Sleep(300 * time.Millisecond)
-		h.dp.mu.Lock()
-		delete(h.dp.endpoints, id('b')) // the namespace is gone, and the veth with it
-		h.dp.mu.Unlock()
+		h.dp.Mu.Lock()
+		delete(h.dp.Endpoints, id('b')) // the namespace is gone, and the veth with it
+		h.dp.Mu.Unlock()
 	}()
 	pm["EndpointID"] = id('c')
 	h.ok("NetworkDriver.ProgramExternalConnectivity", pm)

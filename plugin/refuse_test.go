@@ -161,9 +161,9 @@ func TestEndpointUniquenessIndex(t *testing.T) {
 
 	// c's container dies without the engine telling mynet: the reconcile
 	// drops it, and its addresses are free.
-	h.dp.mu.Lock()
-	delete(h.dp.endpoints, id('c'))
-	h.dp.mu.Unlock()
+	h.dp.Mu.Lock()
+	delete(h.dp.Endpoints, id('c'))
+	h.dp.Mu.Unlock()
 	if _, err := h.drv.Reconcile(t.Context(), true); err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestDuplicateAddressWhileCreating(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	unblock := sync.OnceFunc(func() { close(release) })
 	defer unblock() // even when the test fails, before the server closes
-	h.dp.afterEnsure = func(e model.Endpoint) error {
+	h.dp.AfterEnsure = func(e model.Endpoint) error {
 		if e.ID != id('b') {
 			return nil
 		}
@@ -206,7 +206,7 @@ func TestDuplicateAddressWhileCreating(t *testing.T) {
 	if code := <-done; code != 500 {
 		t.Fatalf("first create answered %d, want its failure", code)
 	}
-	h.dp.afterEnsure = nil
+	h.dp.AfterEnsure = nil
 	h.ok("NetworkDriver.CreateEndpoint", endpointReq(id('a'), id('c'), "10.1.0.2/24", "", ""))
 }
 
@@ -287,16 +287,16 @@ func TestEndpointTakesOverDeadOwner(t *testing.T) {
 	a, b := id('a'), id('b')
 	again := endpointReq(a, id('e'), "10.1.0.2/24", "", "02:42:0a:01:00:02")
 	hasEndpoint := func(eid string) bool {
-		h.dp.mu.Lock()
-		defer h.dp.mu.Unlock()
-		_, ok := h.dp.endpoints[eid]
+		h.dp.Mu.Lock()
+		defer h.dp.Mu.Unlock()
+		_, ok := h.dp.Endpoints[eid]
 		return ok
 	}
 
 	// b's veth is already gone.
-	h.dp.mu.Lock()
-	delete(h.dp.endpoints, b)
-	h.dp.mu.Unlock()
+	h.dp.Mu.Lock()
+	delete(h.dp.Endpoints, b)
+	h.dp.Mu.Unlock()
 	h.ok("NetworkDriver.CreateEndpoint", again)
 	if _, ok := h.endpoint(b); ok || !hasEndpoint(id('e')) {
 		t.Fatalf("endpoint b kept, or e not made: state %v", h.dump().Endpoints)
@@ -310,9 +310,9 @@ func TestEndpointTakesOverDeadOwner(t *testing.T) {
 	h.drv.SetEngineActivated(func() time.Time { return time.Now().Add(time.Hour) })
 	go func() {
 		time.Sleep(300 * time.Millisecond)
-		h.dp.mu.Lock()
-		delete(h.dp.endpoints, id('e'))
-		h.dp.mu.Unlock()
+		h.dp.Mu.Lock()
+		delete(h.dp.Endpoints, id('e'))
+		h.dp.Mu.Unlock()
 	}()
 	h.ok("NetworkDriver.CreateEndpoint", endpointReq(a, id('f'), "10.1.0.2/24", "", "02:42:0a:01:00:02"))
 	if _, ok := h.endpoint(id('e')); ok || !hasEndpoint(id('f')) {

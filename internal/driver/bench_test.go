@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mynet/mynet/internal/driver/drivertest"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/state"
 )
@@ -21,7 +22,7 @@ func newTestDriver(tb testing.TB, cfg Config) *Driver {
 	tb.Cleanup(func() { st.Close() })
 	cfg.Store = st
 	if cfg.Dataplane == nil {
-		cfg.Dataplane = newFake()
+		cfg.Dataplane = drivertest.New()
 	}
 	return New(cfg)
 }

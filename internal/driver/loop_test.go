@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mynet/mynet/internal/driver/drivertest"
 )
 
 type counter struct{ n atomic.Int32 }
@@ -16,7 +18,7 @@ func (c *counter) Inc() { c.n.Add(1) }
 // TestReconcileLoop: each signal on hup runs a full pass, which repairs
 // damage from outside and counts it; the loop ends with its context.
 func TestReconcileLoop(t *testing.T) {
-	fake := newFake()
+	fake := drivertest.New()
 	repairs, errs := &counter{}, &counter{}
 	d := newTestDriver(t, Config{Dataplane: fake, Repairs: repairs, ReconcileErrors: errs})
 	if err := d.Restore(t.Context()); err != nil {
@@ -29,9 +31,9 @@ func TestReconcileLoop(t *testing.T) {
 	if _, err := d.Reconcile(t.Context(), false); err != nil { // take mynet's own change in
 		t.Fatal(err)
 	}
-	fake.mu.Lock()
-	delete(fake.networks, nid) // a bridge deleted from outside
-	fake.mu.Unlock()
+	fake.Mu.Lock()
+	delete(fake.Networks, nid) // a bridge deleted from outside
+	fake.Mu.Unlock()
 
 	ctx, cancel := context.WithCancel(t.Context())
 	hup := make(chan os.Signal, 1)
@@ -44,9 +46,9 @@ func TestReconcileLoop(t *testing.T) {
 	}
 	cancel()
 	<-done
-	fake.mu.Lock()
-	_, restored := fake.networks[nid]
-	fake.mu.Unlock()
+	fake.Mu.Lock()
+	_, restored := fake.Networks[nid]
+	fake.Mu.Unlock()
 	if !restored || repairs.n.Load() != 1 || errs.n.Load() != 0 {
 		t.Fatalf("after SIGHUP: network restored %v, %d repairs and %d errors counted; want true, 1, 0", restored, repairs.n.Load(), errs.n.Load())
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/mynet/mynet/internal/driver/drivertest"
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/state"
 )
@@ -18,8 +19,8 @@ import (
 // kernel objects of the rest as orphans.
 func TestRestoreRefusesUnbuildablePool(t *testing.T) {
 	const nid = "1111111111111111111111111111111111111111111111111111111111111111"
-	fake := newFake()
-	fake.networks[nid] = model.Network{ID: nid, Bridge: "mn-111111111111"}
+	fake := drivertest.New()
+	fake.Networks[nid] = model.Network{ID: nid, Bridge: "mn-111111111111"}
 	d := New(Config{Store: nopStore{}, Dataplane: fake})
 	snap := state.Snapshot{
 		Networks: []state.Network{{ID: nid, Bridge: "mn-111111111111"}},
@@ -32,7 +33,7 @@ func TestRestoreRefusesUnbuildablePool(t *testing.T) {
 	if len(d.networks)+len(d.pools) != 0 {
 		t.Errorf("half a state restored: networks %v, pools %v", slices.Collect(maps.Keys(d.networks)), slices.Collect(maps.Keys(d.pools)))
 	}
-	if _, ok := fake.networks[nid]; !ok {
+	if _, ok := fake.Networks[nid]; !ok {
 		t.Error("the network's kernel objects were removed")
 	}
 }
