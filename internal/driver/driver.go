@@ -93,17 +93,19 @@ type Config struct {
 
 // Driver implements both plugin interfaces over one in-memory view of the
 // state. The engine calls concurrently, and a container start must not
-// wait for another container's veth or fsync, so there are five locks, taken
-// in this order:
+// wait for another container's veth, fsync or port rules, so there are six
+// locks, taken in this order:
 //
 //   - reconMu: one reconcile pass at a time.
-//   - opMu: endpoint operations share it; network operations, ports and
+//   - opMu: endpoint and port operations share it; network operations and
 //     Restore hold it alone, and so does a reconcile pass that repairs or
 //     drops something (its common case, a fingerprint comparison, shares
 //     it). Work on the kernel and the store happens under it, never under
 //     mapMu.
 //   - epLocks: one per endpoint ID in use, so that a retried or
 //     out-of-order request for one endpoint waits for the one in flight.
+//   - portMu: guards reserved; held while a publish chooses host ports
+//     against everyone else's, never while rules are written.
 //   - mapMu: guards the networks and endpoints maps and the records they
 //     point to, and is held only to read or change them. Join needs only
 //     this one, so it answers while endpoints are being built.
@@ -119,6 +121,11 @@ type Driver struct {
 	epLocks keyedLocks
 	mapMu   sync.RWMutex
 	ipamMu  sync.Mutex // guards pools
+
+	portMu sync.Mutex
+	// reserved holds the host ports a publish under way has chosen, by
+	// endpoint ID, until the endpoint's record holds them.
+	reserved map[string][]state.Port
 
 	// changes counts mynet's own changes to its kernel objects, and
 	// inflight the endpoint operations under way, which may be making one.

@@ -87,7 +87,7 @@ func (d *Driver) dropDead(ctx context.Context, networkID, id string) (bool, erro
 	if exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e)); err != nil || exists {
 		return false, err
 	}
-	d.log.Info("dropping an endpoint whose container died, for a new one with its address or MAC", "network_id", model.Short(n.ID), "endpoint_id", model.Short(id))
+	d.log.Info("dropping an endpoint whose container died, for a new one with its address, MAC or host ports", "network_id", model.Short(n.ID), "endpoint_id", model.Short(id))
 	if err := d.forgetEndpoint(e); err != nil {
 		return false, err
 	}

@@ -40,10 +40,26 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, networkID, end
 	// port held by an endpoint created before the engine's last handshake
 	// may be about to be free: look again for a while, without holding up
 	// other calls. A conflict with an endpoint of the running engine is
-	// reported at once.
+	// reported at once, unless its container is gone already: then the
+	// endpoint is dropped (with no lock of this call held) and the ports
+	// are taken over.
 	deadline := time.Now().Add(d.cfg.OwnerGoneWait)
-	for {
+	for drops := 0; ; {
 		err := d.programPorts(ctx, networkID, endpointID, bindings)
+		var held *portHeldError
+		if !errors.As(err, &held) || held.owner == nil {
+			return err
+		}
+		if drops < maxStaleDrops && d.ownerDied(held.owner) {
+			gone, derr := d.dropDead(ctx, held.owner.NetworkID, held.owner.ID)
+			if derr != nil {
+				d.log.Warn("could not drop stale endpoint", "endpoint_id", model.Short(held.owner.ID), "err", derr)
+			}
+			if gone {
+				drops++
+				continue
+			}
+		}
 		if !d.heldByOldEngine(err) || time.Now().After(deadline) {
 			return err
 		}
@@ -54,6 +70,25 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, networkID, end
 		}
 	}
 }
+
+// ownerDied reports whether an endpoint's veth is gone. It is asked
+// before dropDead, which waits for the endpoint's lock: a live owner may
+// hold it for a while, publishing the very port in question.
+func (d *Driver) ownerDied(e *state.Endpoint) bool {
+	d.mapMu.RLock()
+	n := d.networks[e.NetworkID]
+	d.mapMu.RUnlock()
+	if n == nil {
+		return false
+	}
+	exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e))
+	return err == nil && !exists
+}
+
+// maxStaleDrops bounds the stale owners one publish drops before it
+// reports the conflict: each drop removes an endpoint, so the loop ends
+// anyway, but a bound keeps a surprise from turning into a long walk.
+const maxStaleDrops = 16
 
 // heldByOldEngine reports whether err is a host port held by an endpoint
 // created before the engine's last handshake (Created has whole seconds).
@@ -77,11 +112,23 @@ func (e *portHeldError) Error() string {
 	return fmt.Sprintf("host port %s is already published by endpoint %s on network %s", e.port, model.Short(e.owner.ID), model.Short(e.owner.NetworkID))
 }
 
+// programPorts publishes under the shared opMu and the endpoint's lock, so
+// publishing a thousand ports holds up no other container's calls: host
+// ports are chosen and reserved under portMu (reservePorts), which is
+// released before the record and the rules are written.
 func (d *Driver) programPorts(ctx context.Context, networkID, endpointID string, bindings []PortBinding) error {
-	// Exclusive: host ports are chosen against every other endpoint's.
-	d.opMu.Lock()
-	defer d.opMu.Unlock()
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
+	d.inflight.Add(1)
+	defer d.inflight.Add(-1)
+	defer d.epLocks.lock(endpointID)()
+	d.mapMu.RLock()
 	ep, n, err := d.endpointOn(networkID, endpointID, "program ports of")
+	var cur state.Endpoint
+	if err == nil {
+		cur = *ep
+	}
+	d.mapMu.RUnlock()
 	if err != nil {
 		return err
 	}
@@ -91,21 +138,25 @@ func (d *Driver) programPorts(ctx context.Context, networkID, endpointID string,
 	if n.Internal {
 		return BadRequestf("network %s is internal: it cannot publish ports", model.Short(n.ID))
 	}
-	ports := ep.Ports // a repeat (retry, or the gateway moving back) keeps its ports
+	ports := cur.Ports // a repeat (retry, or the gateway moving back) keeps its ports
 	if len(ports) == 0 {
-		if ports, err = d.resolvePorts(n, ep, bindings); err != nil {
-			return fmt.Errorf("publish ports of endpoint %s: %w", model.Short(ep.ID), err)
+		var release func()
+		if ports, release, err = d.reservePorts(n, &cur, bindings); err != nil {
+			return fmt.Errorf("publish ports of endpoint %s: %w", model.Short(cur.ID), err)
 		}
+		// Released once the endpoint's record in the map holds the
+		// ports, or on failure.
+		defer release()
 	}
-	rec := *ep
+	rec := cur
 	rec.Ports = ports
 	if err := ctxErr(ctx); err != nil {
-		return fmt.Errorf("publish ports of endpoint %s: nothing published: %w", model.Short(ep.ID), err)
+		return fmt.Errorf("publish ports of endpoint %s: nothing published: %w", model.Short(cur.ID), err)
 	}
 	if err := d.cfg.Store.PutEndpoint(rec); err != nil {
 		return err
 	}
-	d.touch("endpoint", ep.ID)
+	d.touch("endpoint", cur.ID)
 	if err := failpoint.Inject("ports.record"); err != nil {
 		return err
 	}
@@ -115,30 +166,80 @@ func (d *Driver) programPorts(ctx context.Context, networkID, endpointID string,
 		// repaired); the rules existing commits them.
 		if err = commitPoint(ctx); err != nil {
 			if rerr := d.cfg.Dataplane.RemovePorts(context.WithoutCancel(ctx), toBridgeEndpoint(n, &rec), toBridgePorts(ports)); rerr != nil {
-				d.log.Warn("rollback of port rules failed; the reconcile removes them", "endpoint_id", model.Short(ep.ID), "err", rerr)
+				d.log.Warn("rollback of port rules failed; the reconcile removes them", "endpoint_id", model.Short(cur.ID), "err", rerr)
 			}
 			err = fmt.Errorf("rolled back: %w", err)
 		}
 	}
 	if err != nil {
-		if serr := d.cfg.Store.PutEndpoint(*ep); serr != nil {
-			d.log.Warn("could not revert the endpoint record; the startup reconcile retries the ports", "endpoint_id", model.Short(ep.ID), "err", serr)
+		if serr := d.cfg.Store.PutEndpoint(cur); serr != nil {
+			d.log.Warn("could not revert the endpoint record; the startup reconcile retries the ports", "endpoint_id", model.Short(cur.ID), "err", serr)
 		}
-		return fmt.Errorf("publish ports of endpoint %s: %w", model.Short(ep.ID), err)
+		return fmt.Errorf("publish ports of endpoint %s: %w", model.Short(cur.ID), err)
 	}
 	d.mapMu.Lock()
 	*ep = rec
 	d.mapMu.Unlock()
-	d.log.Info("ports published", "network_id", model.Short(n.ID), "endpoint_id", model.Short(ep.ID), "ports", describePorts(ports))
+	d.log.Info("ports published", "network_id", model.Short(n.ID), "endpoint_id", model.Short(cur.ID), "ports", describePorts(ports))
 	return nil
+}
+
+// reservePorts chooses the host ports of bindings and holds them for ep
+// until release is called: another publish finds them taken, as it would
+// find them once they are in ep's record.
+func (d *Driver) reservePorts(n *state.Network, ep *state.Endpoint, bindings []PortBinding) (ports []state.Port, release func(), err error) {
+	d.portMu.Lock()
+	defer d.portMu.Unlock()
+	if ports, err = d.resolvePorts(n, ep, bindings, d.publishedPorts(ep.ID)); err != nil {
+		return nil, nil, err
+	}
+	if d.reserved == nil {
+		d.reserved = map[string][]state.Port{}
+	}
+	d.reserved[ep.ID] = ports
+	return ports, func() {
+		d.portMu.Lock()
+		delete(d.reserved, ep.ID)
+		d.portMu.Unlock()
+	}, nil
+}
+
+// published is one endpoint's host ports as a publish sees them: those of
+// its record, or those reserved for it by a publish under way.
+type published struct {
+	owner state.Endpoint
+	ports []state.Port
+}
+
+// publishedPorts is every other endpoint's host ports, copied under mapMu
+// so that choosing ports, which probes the host's sockets, does not hold
+// it. The caller holds portMu.
+func (d *Driver) publishedPorts(except string) []published {
+	d.mapMu.RLock()
+	defer d.mapMu.RUnlock()
+	var out []published
+	for id, e := range d.endpoints {
+		if id == except {
+			continue
+		}
+		if ports := append(e.Ports[:len(e.Ports):len(e.Ports)], d.reserved[id]...); len(ports) > 0 {
+			out = append(out, published{owner: *e, ports: ports})
+		}
+	}
+	return out
 }
 
 // RevokeExternalConnectivity unpublishes the ports; the record goes first,
 // so a leftover rule is an orphan the reconcile removes.
 func (d *Driver) RevokeExternalConnectivity(ctx context.Context, endpointID string) error {
-	d.opMu.Lock()
-	defer d.opMu.Unlock()
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
+	d.inflight.Add(1)
+	defer d.inflight.Add(-1)
+	defer d.epLocks.lock(endpointID)()
+	d.mapMu.RLock()
 	ep, ok := d.endpoints[endpointID]
+	d.mapMu.RUnlock()
 	if !ok {
 		return nil
 	}
@@ -154,7 +255,7 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, endpointID stri
 // engines since 27.0.1 replay Leave for stale endpoints at startup.
 func (d *Driver) Leave(ctx context.Context, networkID, endpointID string) error {
 	// Most Leaves find nothing published: they need not wait for the
-	// exclusive lock that publishing takes.
+	// endpoint's lock.
 	d.mapMu.RLock()
 	ep, ok := d.endpoints[endpointID]
 	quick := !ok || ep.NetworkID == networkID && len(ep.Ports) == 0
@@ -165,9 +266,14 @@ func (d *Driver) Leave(ctx context.Context, networkID, endpointID string) error 
 		}
 		return nil
 	}
-	d.opMu.Lock()
-	defer d.opMu.Unlock()
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
+	d.inflight.Add(1)
+	defer d.inflight.Add(-1)
+	defer d.epLocks.lock(endpointID)()
+	d.mapMu.RLock()
 	ep, ok = d.endpoints[endpointID]
+	d.mapMu.RUnlock()
 	if !ok {
 		return nil
 	}
@@ -181,7 +287,7 @@ func (d *Driver) Leave(ctx context.Context, networkID, endpointID string) error 
 }
 
 // unpublish removes an endpoint's port mappings, record first. The caller
-// holds opMu exclusively.
+// holds opMu (shared will do) and the endpoint's lock.
 func (d *Driver) unpublish(ctx context.Context, ep *state.Endpoint) error {
 	if len(ep.Ports) == 0 {
 		return nil
@@ -215,7 +321,7 @@ func (d *Driver) endpointOn(networkID, endpointID, op string) (*state.Endpoint, 
 // against mynet's other mappings and against the host's listening sockets.
 // Consecutive ports with identical host and container numbers, such as
 // -p 8000-8010:8000-8010, become one mapping and so one rule.
-func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []PortBinding) ([]state.Port, error) {
+func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []PortBinding, taken []published) ([]state.Port, error) {
 	hostDefault, _ := netip.ParseAddr(n.HostBinding)
 	var out []state.Port
 	for _, b := range bindings {
@@ -238,7 +344,7 @@ func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []P
 		if len(ctrIPs) == 0 {
 			return nil, BadRequestf("port %d/%s: the container has no address of host IP %s's family", b.Port, proto, hostIP)
 		}
-		hostPort, err := d.pickHostPort(proto, hostIP, b, out)
+		hostPort, err := d.pickHostPort(proto, hostIP, b, out, taken)
 		if err != nil {
 			return nil, err
 		}
@@ -267,14 +373,14 @@ func containerAddrs(ep *state.Endpoint, hostIP netip.Addr) []netip.Addr {
 // pickHostPort returns the binding's host port: the one given, the first
 // free one of a given range, or the first free one of the host's ephemeral
 // range when none is given.
-func (d *Driver) pickHostPort(proto string, hostIP netip.Addr, b PortBinding, pending []state.Port) (uint16, error) {
+func (d *Driver) pickHostPort(proto string, hostIP netip.Addr, b PortBinding, pending []state.Port, taken []published) (uint16, error) {
 	var first, last uint16
 	if b.HostPort == 0 {
 		first, last = d.cfg.Dataplane.EphemeralPorts()
 	}
 	req := portalloc.Request{Proto: proto, Port: b.Port, First: b.HostPort, Last: b.HostPortEnd}
 	port, err := portalloc.Pick(req, first, last, func(port uint16) error {
-		if held, owner := d.portOwner(proto, hostIP, port, pending); held {
+		if held, owner := portOwner(proto, hostIP, port, pending, taken); held {
 			return BadRequest(&portHeldError{port: fmt.Sprintf("%d/%s", port, proto), owner: owner})
 		}
 		if err := d.cfg.Dataplane.ProbePort(proto, hostIP, port); err != nil {
@@ -290,19 +396,20 @@ func (d *Driver) pickHostPort(proto string, hostIP netip.Addr, b PortBinding, pe
 
 // portOwner reports whether proto/port is already published on an
 // overlapping host address, and by which endpoint (nil: by another binding
-// of the same request).
-func (d *Driver) portOwner(proto string, hostIP netip.Addr, port uint16, pending []state.Port) (held bool, owner *state.Endpoint) {
+// of the same request). An owner whose container died still holds its
+// ports here: ProgramExternalConnectivity drops it, with this call's locks
+// released, and tries again.
+func portOwner(proto string, hostIP netip.Addr, port uint16, pending []state.Port, taken []published) (held bool, owner *state.Endpoint) {
 	clash := func(p state.Port) bool { return portalloc.Clashes(portalloc.Mapping(p), proto, hostIP, port) }
 	for _, p := range pending {
 		if clash(p) {
 			return true, nil
 		}
 	}
-	for _, e := range d.endpoints {
-		for _, p := range e.Ports {
-			if clash(p) && !d.dropIfStale(e) {
-				owner := *e // read after opMu is released
-				return true, &owner
+	for i := range taken {
+		for _, p := range taken[i].ports {
+			if clash(p) {
+				return true, &taken[i].owner
 			}
 		}
 	}

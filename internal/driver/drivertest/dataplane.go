@@ -31,6 +31,9 @@ type Dataplane struct {
 	// them again), OnFingerprint before each fingerprint.
 	AfterEnsure   func(model.Endpoint) error
 	OnFingerprint func()
+	// OnPorts runs when EnsurePorts is called, before it does anything;
+	// its error fails the call.
+	OnPorts func(model.Endpoint) error
 }
 
 // New returns an empty fake.
@@ -157,6 +160,14 @@ func (f *Dataplane) Fingerprint() (model.Digests, error) {
 }
 
 func (f *Dataplane) EnsurePorts(_ context.Context, _ model.Network, ep model.Endpoint, ports []model.PortMapping) error {
+	f.Mu.Lock()
+	hook := f.OnPorts
+	f.Mu.Unlock()
+	if hook != nil {
+		if err := hook(ep); err != nil {
+			return err
+		}
+	}
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	if err := f.fail(); err != nil {

@@ -1,0 +1,153 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mynet/mynet/internal/driver/drivertest"
+	"github.com/mynet/mynet/internal/model"
+)
+
+// blockedFor bounds how long a call may stay blocked before the test calls
+// it a deadlock: generous, since it only tells "waits for the publish"
+// from "does not", never how fast anything is.
+const blockedFor = 10 * time.Second
+
+// finishes runs fn and fails the test if it has not returned within
+// blockedFor.
+func finishes(t *testing.T, what string, fn func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(blockedFor):
+		t.Fatalf("%s still blocked after %v: it waits for another endpoint's port rules", what, blockedFor)
+		return nil
+	}
+}
+
+func tcp(hostPort, port uint16) []PortBinding {
+	return []PortBinding{{Proto: 6, Port: port, HostPort: hostPort, HostPortEnd: hostPort}}
+}
+
+// TestPublishHoldsUpNoOtherEndpoint: while one endpoint's port rules are
+// being written, other containers come and go, publish other host ports
+// and leave; only a publish of the same host port is refused, since the
+// port is reserved.
+func TestPublishHoldsUpNoOtherEndpoint(t *testing.T) {
+	ctx := context.Background()
+	fake := drivertest.New()
+	d := newTestDriver(t, Config{Dataplane: fake})
+	n1, n2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
+	for i, n := range []string{n1, n2} {
+		if err := d.CreateNetwork(ctx, testNetwork(n, fmt.Sprintf("10.%d.0.0/24", 200+i), fmt.Sprintf("10.%d.0.1/24", 200+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	epA, epB := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	for i, ep := range []string{epA, epB} {
+		if _, err := d.CreateEndpoint(ctx, n1, ep, Interface{Address: fmt.Sprintf("10.200.0.%d/24", 10+i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	fake.OnPorts = func(ep model.Endpoint) error {
+		if ep.ID == epA {
+			close(entered)
+			<-release
+		}
+		return nil
+	}
+	published := make(chan error, 1)
+	go func() { published <- d.ProgramExternalConnectivity(ctx, n1, epA, tcp(8080, 80)) }()
+	<-entered
+
+	for i, n := range []string{n1, n2} {
+		id := fmt.Sprintf("%064x", 0xc0+i)
+		err := finishes(t, "an endpoint's create, join and delete", func() error {
+			if _, err := d.CreateEndpoint(ctx, n, id, Interface{Address: fmt.Sprintf("10.%d.0.99/24", 200+i)}); err != nil {
+				return err
+			}
+			if _, err := d.Join(n, id); err != nil {
+				return err
+			}
+			return d.DeleteEndpoint(ctx, n, id)
+		})
+		if err != nil {
+			t.Fatalf("network %d: %v", i+1, err)
+		}
+	}
+	err := finishes(t, "a publish of the same host port", func() error {
+		return d.ProgramExternalConnectivity(ctx, n1, epB, tcp(8080, 81))
+	})
+	var held *portHeldError
+	if !errors.As(err, &held) || held.owner == nil || held.owner.ID != epA {
+		t.Fatalf("publish of host port 8080 while endpoint A publishes it: got %v, want a conflict naming endpoint %s", err, model.Short(epA))
+	}
+	if err := finishes(t, "a publish of another host port", func() error {
+		return d.ProgramExternalConnectivity(ctx, n1, epB, tcp(8081, 81))
+	}); err != nil {
+		t.Fatalf("publish of host port 8081: %v", err)
+	}
+	if err := finishes(t, "a leave", func() error { return d.Leave(ctx, n1, epB) }); err != nil {
+		t.Fatalf("leave of endpoint B: %v", err)
+	}
+
+	close(release)
+	if err := <-published; err != nil {
+		t.Fatalf("publish of endpoint A: %v", err)
+	}
+	fake.Mu.Lock()
+	defer fake.Mu.Unlock()
+	if got := fake.Ports[epA]; len(got) != 1 || got[0].HostPort != 8080 {
+		t.Errorf("endpoint A's rules: %v, want host port 8080", got)
+	}
+	if got := fake.Ports[epB]; len(got) != 0 {
+		t.Errorf("endpoint B's rules after its leave: %v, want none", got)
+	}
+	if len(d.reserved) != 0 {
+		t.Errorf("reservations left: %v", d.reserved)
+	}
+}
+
+// TestPublishTakesOverFromDeadOwner: a host port held by an endpoint whose
+// veth is gone (its container died with the engine) goes to the new
+// publish, and the dead endpoint is dropped.
+func TestPublishTakesOverFromDeadOwner(t *testing.T) {
+	ctx := context.Background()
+	fake := drivertest.New()
+	d := newTestDriver(t, Config{Dataplane: fake, OwnerGoneWait: time.Millisecond})
+	n1 := strings.Repeat("1", 64)
+	if err := d.CreateNetwork(ctx, testNetwork(n1, "10.200.0.0/24", "10.200.0.1/24")); err != nil {
+		t.Fatal(err)
+	}
+	epA, epB := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	for i, ep := range []string{epA, epB} {
+		if _, err := d.CreateEndpoint(ctx, n1, ep, Interface{Address: fmt.Sprintf("10.200.0.%d/24", 10+i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.ProgramExternalConnectivity(ctx, n1, epA, tcp(8080, 80)); err != nil {
+		t.Fatal(err)
+	}
+	var held *portHeldError
+	if err := d.ProgramExternalConnectivity(ctx, n1, epB, tcp(8080, 80)); !errors.As(err, &held) {
+		t.Fatalf("positive control: publish of a port a live endpoint holds: got %v, want a conflict", err)
+	}
+	fake.Mu.Lock()
+	delete(fake.Endpoints, epA) // the veth went with the container
+	fake.Mu.Unlock()
+	if err := d.ProgramExternalConnectivity(ctx, n1, epB, tcp(8080, 80)); err != nil {
+		t.Fatalf("publish of a port a dead endpoint holds: %v", err)
+	}
+	if d.committed(epA) {
+		t.Errorf("dead endpoint %s is still in the state", model.Short(epA))
+	}
+}
