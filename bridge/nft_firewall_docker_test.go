@@ -23,13 +23,24 @@ import (
 // drops; egress and published ports of both; direct-routing protection.
 // In gateway mode nat-unprotected Docker's table accepts every connection
 // into its bridge: only mynet's drop keeps mynet's containers out.
+//
+// mynet's network runs in gateway mode nat and nat-unprotected: in nat
+// its direct-routing drop already stops every new connection from outside
+// the bridge, in nat-unprotected only the network's ingress chain keeps
+// Docker's containers out (the LAN gets in).
 func TestNFTBesideDocker29(t *testing.T) {
 	for _, layout := range []string{"docker29-bridges-ip", "docker29-bridges-unprotected-ip"} {
-		t.Run(layout, func(t *testing.T) { testNFTBesideDocker(t, "testdata/nft/"+layout+".nft") })
+		for _, unprotected := range []bool{false, true} {
+			name := layout + "/mynet-nat"
+			if unprotected {
+				name = layout + "/mynet-nat-unprotected"
+			}
+			t.Run(name, func(t *testing.T) { testNFTBesideDocker(t, "testdata/nft/"+layout+".nft", unprotected) })
+		}
 	}
 }
 
-func testNFTBesideDocker(t *testing.T, dockerTable string) {
+func testNFTBesideDocker(t *testing.T, dockerTable string, unprotected bool) {
 	withNFTDataplane(t, func(d *Dataplane) {
 		ctx := context.Background()
 		run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -39,6 +50,7 @@ func testNFTBesideDocker(t *testing.T, dockerTable string) {
 		before := nftRuleset(t)
 
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		n.Unprotected4 = unprotected
 		if err := d.EnsureNetwork(ctx, n); err != nil {
 			t.Fatal(err)
 		}
@@ -80,8 +92,8 @@ func testNFTBesideDocker(t *testing.T, dockerTable string) {
 			{"LAN to Docker's published port", lan, "198.18.0.1:8080", true},
 			{"Docker container to mynet's published port", dockerCtr, "198.18.0.1:8081", true},
 			// Direct routing to mynet's subnet from the LAN.
-			{"LAN to mynet container directly, published port", lan, "10.1.0.2:80", false},
-			{"LAN to mynet container directly, unpublished port", lan, "10.1.0.2:81", false},
+			{"LAN to mynet container directly, published port", lan, "10.1.0.2:80", unprotected},
+			{"LAN to mynet container directly, unpublished port", lan, "10.1.0.2:81", unprotected},
 		} {
 			if got := dialFrom(t, c.from, c.addr); got != c.want {
 				t.Errorf("%s (%s): connected=%v, want %v", c.name, c.addr, got, c.want)
