@@ -133,3 +133,68 @@ func TestNFTKernelGolden(t *testing.T) {
 		golden(t, "nft/kernel-ip6", nftList(t, "ip6", table))
 	})
 }
+
+// TestNFTFingerprintAndOrphans checks what the reconcile relies on: the
+// fingerprint keys each network's and endpoint's objects by their names
+// and comments, so an outside change shows in that network's digest only,
+// and orphan removal finds networks and endpoints by the same.
+func TestNFTFingerprintAndOrphans(t *testing.T) {
+	withNFTDataplane(t, func(d *Dataplane) {
+		ctx := context.Background()
+		n1, n2 := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24"), testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24")
+		for _, n := range []model.Network{n1, n2} {
+			if err := d.EnsureNetwork(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ep, ports := nftTestPorts(n1)
+		if err := d.EnsurePorts(ctx, n1, ep, ports); err != nil {
+			t.Fatal(err)
+		}
+		if has, err := d.HasRules(); err != nil || !has {
+			t.Fatalf("HasRules = %v, %v; want true", has, err)
+		}
+		before, err := d.Fingerprint()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{"net:" + nid1, "net:" + nid2, "ep:" + eid1} {
+			if before[k] == "" {
+				t.Errorf("fingerprint has no %s: %v", k, before)
+			}
+		}
+		table := model.NFTTableName("mynet-test")
+		run(t, "nft", "flush", "chain", "ip", table, model.NFTNetworkChain(nid1, model.NFTChainIn))
+		after, err := d.Fingerprint()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range before {
+			if changed := after[k] != before[k]; changed != (k == "net:"+nid1) {
+				t.Errorf("after flushing network 1's ingress chain, %s changed=%v", k, changed)
+			}
+		}
+		if err := d.EnsureNetwork(ctx, n1); err != nil {
+			t.Fatal(err)
+		}
+		if repaired, _ := d.Fingerprint(); repaired["net:"+nid1] != before["net:"+nid1] {
+			t.Errorf("EnsureNetwork did not restore network 1's chain")
+		}
+
+		if err := d.RemoveOrphans(ctx, map[string]bool{nid2: true}, map[string]bool{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := nftList(t, "ip", table); strings.Contains(got, nid1) || strings.Contains(got, eid1) || !strings.Contains(got, nid2) {
+			t.Fatalf("after removing network 1 and its endpoint as orphans:\n%s", got)
+		}
+		if got := nftList(t, "ip6", table); got != "" {
+			t.Fatalf("the ip6 table, which held only network 1's endpoint's port, is left:\n%s", got)
+		}
+		if err := d.RemoveOrphans(ctx, map[string]bool{}, map[string]bool{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := nftRuleset(t); got != "" {
+			t.Fatalf("ruleset left after removing every network:\n%s", got)
+		}
+	})
+}
