@@ -78,6 +78,8 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil"
@@ -97,13 +99,40 @@ type nftFirewall struct {
 
 func newNFTFirewall(instance string, v6 bool, log *slog.Logger) *nftFirewall {
 	f := &nftFirewall{instance: instance, v6: v6, log: log}
-	c, err := nftables.New(nftables.AsLasting())
+	c, err := nftables.New(nftables.AsLasting(), nftables.WithSockOptions(nftBigSendBuffer))
 	if err != nil {
 		f.err = fmt.Errorf("open nftables netlink socket: %w", err)
 		return f
 	}
 	f.conn = c
 	return f
+}
+
+// nftSendBuffer is the socket's send buffer: a batch goes to the kernel
+// in one sendmsg, which fails with EMSGSIZE beyond the buffer, and the
+// default (net.core.wmem_default, 208 KiB) holds about 1,000 elements.
+// 32 MiB holds a publish of 80,000 ports; memory is used only while a
+// batch is in flight.
+const nftSendBuffer = 32 << 20
+
+// nftBigSendBuffer sets the send buffer past net.core.wmem_max with
+// SO_SNDBUFFORCE (CAP_NET_ADMIN, which mynet has), as nft does for its
+// batches; without the capability, as large as wmem_max allows.
+func nftBigSendBuffer(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, nftSendBuffer)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return c.SetWriteBuffer(nftSendBuffer)
+	}
+	return nil
 }
 
 func (f *nftFirewall) close() {
@@ -274,8 +303,9 @@ func (f *nftFirewall) removeElems(elems []nftElem, ep model.Endpoint) error {
 		if e.set != nsPublished || still[nftPublishedTarget(e.key)] {
 			continue
 		}
-		if have, ok := st.elem(e); ok && have.Comment == e.comment && !slices.ContainsFunc(gone, func(g nftElem) bool { return g.set == e.set && string(g.key) == string(e.key) }) {
+		if have, ok := st.elem(e); ok && have.Comment == e.comment && !goneKeys[e.set+string(e.key)] {
 			gone = append(gone, e)
+			goneKeys[e.set+string(e.key)] = true
 		}
 	}
 	if len(gone) == 0 {

@@ -62,6 +62,10 @@ func (f *nftFirewall) read(o nftObjs, sets []string) (nftState, error) {
 	return st, nil
 }
 
+// nftElemsPerMessage keeps a message's element list (about 200 bytes an
+// element with its comment) under the 64 KiB of a netlink attribute.
+const nftElemsPerMessage = 256
+
 // nftBatch queues objects onto a connection's batch and records each as
 // a line of nft-like text; with no connection it only records (golden
 // files).
@@ -146,8 +150,13 @@ func (b *nftBatch) elems(add bool, elems []nftElem) {
 		if len(bySet[set]) == 0 {
 			continue
 		}
-		if err := op(b.c, b.o.sets[set], bySet[set]); err != nil {
-			b.errs = append(b.errs, fmt.Errorf("%s elements of %s: %w", verb, set, err))
+		// A message's element list is one netlink attribute, whose length
+		// is 16 bits: a few hundred elements per message, all of them in
+		// the same batch.
+		for chunk := range slices.Chunk(bySet[set], nftElemsPerMessage) {
+			if err := op(b.c, b.o.sets[set], chunk); err != nil {
+				b.errs = append(b.errs, fmt.Errorf("%s elements of %s: %w", verb, set, err))
+			}
 		}
 	}
 }

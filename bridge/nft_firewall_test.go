@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -196,5 +197,47 @@ func TestNFTFingerprintAndOrphans(t *testing.T) {
 		if got := nftRuleset(t); got != "" {
 			t.Fatalf("ruleset left after removing every network:\n%s", got)
 		}
+	})
+}
+
+// TestNFTPortScale publishes 10,000 host ports of one endpoint (a range,
+// as docker run -p A-B:C-D sends it) in one batch and unpublishes them,
+// and logs the time each took (issue 13's target: 2 s each).
+func TestNFTPortScale(t *testing.T) {
+	withNFTDataplane(t, func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		if err := d.EnsureNetwork(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		ep := testEndpoint(n, eid1)
+		ports := []model.PortMapping{{Proto: "tcp", HostPort: 20000, HostPortEnd: 29999, ContainerIP: netip.MustParseAddr("10.1.0.2"), Port: 30000}}
+		start := time.Now()
+		if err := d.EnsurePorts(ctx, n, ep, ports); err != nil {
+			t.Fatal(err)
+		}
+		published := time.Since(start)
+		fw := d.fw4.(*nftFirewall)
+		st, err := fw.read(fw.objs(), []string{nsPortsAny, nsPublished})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.elems[nsPortsAny]) != 10000 || len(st.elems[nsPublished]) != 10000 {
+			t.Fatalf("%d port elements and %d published, want 10000 each", len(st.elems[nsPortsAny]), len(st.elems[nsPublished]))
+		}
+		start = time.Now()
+		if err := d.EnsurePorts(ctx, n, ep, ports); err != nil {
+			t.Fatal(err)
+		}
+		again := time.Since(start)
+		start = time.Now()
+		if err := d.RemovePorts(ctx, ep, ports); err != nil {
+			t.Fatal(err)
+		}
+		unpublished := time.Since(start)
+		if st, err = fw.read(fw.objs(), []string{nsPortsAny, nsPublished}); err != nil || len(st.elems[nsPortsAny])+len(st.elems[nsPublished]) != 0 {
+			t.Fatalf("after RemovePorts: %d elements left, %v", len(st.elems[nsPortsAny])+len(st.elems[nsPublished]), err)
+		}
+		t.Logf("10,000 ports: publish %v, publish again (nothing to do) %v, unpublish %v", published, again, unpublished)
 	})
 }
