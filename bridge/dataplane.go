@@ -30,6 +30,10 @@ type Config struct {
 	// ip6tables binaries on PATH, the ones dockerd uses. Without ip6tables,
 	// IPv6 traffic is not filtered, and networks with IPv6 are refused.
 	IPv4, IPv6 IPTables
+	// Firewall is the backend of the rules: model.FirewallIPTables ("" too)
+	// or model.FirewallNFTables (nft_firewall.go), which uses neither
+	// binary nor IPv4 and IPv6.
+	Firewall string
 }
 
 // Dataplane builds networks and endpoints in one network namespace.
@@ -94,6 +98,15 @@ func New(cfg Config) (*Dataplane, error) {
 			job(nlJanitor)
 		}
 	}()
+	switch cfg.Firewall {
+	case model.FirewallNFTables:
+		d.fw4, d.fw6 = newNFTFirewall(cfg.Instance, false, cfg.Log), newNFTFirewall(cfg.Instance, true, cfg.Log)
+		return d, nil
+	case "", model.FirewallIPTables:
+	default:
+		d.Close()
+		return nil, fmt.Errorf("unknown firewall backend %q: use %s or %s", cfg.Firewall, model.FirewallIPTables, model.FirewallNFTables)
+	}
 	ipt4 := cfg.IPv4
 	if ipt4 == nil {
 		var err error
@@ -123,6 +136,11 @@ func (d *Dataplane) Close() {
 	d.nl.Close()
 	d.rtnl.Close()
 	d.spoof.close()
+	for _, fw := range []firewall{d.fw4, d.fw6} {
+		if c, ok := fw.(interface{ close() }); ok {
+			c.close()
+		}
+	}
 	d.reaper.close()
 	if d.packetFD >= 0 {
 		unix.Close(d.packetFD)

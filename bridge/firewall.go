@@ -11,10 +11,11 @@ import (
 // firewall is one address family's packet filter as the Dataplane uses
 // it: the rules of networks and of published ports, ensured with an undo
 // for what the call added and removed by ID, and read back for the
-// fingerprint and the startup claim. iptablesFirewall is the only one in
-// production; tests use a fake.
+// fingerprint and the startup claim. iptablesFirewall and nftFirewall
+// (serve --firewall) are the production ones; tests use a fake.
 type firewall interface {
-	// family names the family in fingerprints: iptables or ip6tables.
+	// family names the family in fingerprints: iptables or ip6tables, or
+	// nftables ip or nftables ip6.
 	family() string
 	ensureNetwork(ctx context.Context, n model.Network, undo *netutil.Undo) error
 	removeNetwork(id string) error

@@ -21,6 +21,7 @@ import (
 	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/internal/cli"
 	"github.com/mynet/mynet/internal/driver"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/ipam"
 	"github.com/mynet/mynet/metrics"
 	"github.com/mynet/mynet/netutil/failpoint"
@@ -40,6 +41,7 @@ type serveFlags struct {
 	metricsSocket, metricsAddr string
 	pprof                      bool
 	discardOrphans             bool
+	firewall                   string
 }
 
 func parseServeFlags(args []string) (serveFlags, error) {
@@ -61,6 +63,7 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	fs.StringVar(&f.metricsSocket, "metrics-socket", "", "serve Prometheus metrics on this unix socket (mode 0660, group --socket-group); off by default")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this loopback address, 127.0.0.1:PORT or [::1]:PORT; off by default")
 	fs.BoolVar(&f.discardOrphans, "discard-orphans", false, "at startup, delete the links and rules tagged by this instance that the state does not know, even those of another state file (a lost or replaced one), instead of refusing to start")
+	fs.StringVar(&f.firewall, "firewall", model.FirewallAuto, "where mynet keeps its rules: iptables, nftables, or auto, which follows dockerd (Docker's nftables table present: nftables; Docker's iptables chains: iptables; neither: iptables when the binary works)")
 	fs.BoolVar(&f.pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the metrics listener")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -75,6 +78,9 @@ func parseServeFlags(args []string) (serveFlags, error) {
 		if err := metrics.CheckAddr(f.metricsAddr); err != nil {
 			return f, err
 		}
+	}
+	if _, _, err := bridge.ChooseFirewall(f.firewall, bridge.FirewallUse{IPTablesWorks: true}); err != nil {
+		return f, err
 	}
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("serve takes no arguments, got %q", fs.Args())
@@ -137,6 +143,7 @@ func serve(args []string) error {
 		log.Error("restore incomplete", "err", err)
 	}
 
+	checkEngineFirewall(ctx, log, dp.FirewallBackend())
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)
@@ -182,7 +189,12 @@ func newDataplane(f serveFlags, store *state.Store, snap state.Snapshot, log *sl
 	} else {
 		log.Info("host checked", "ip_forward", st.IPForward, "br_netfilter_loaded", st.BrNetfilterLoaded, "bridge_nf_call_iptables", st.BrNetfilter)
 	}
-	dp, err := bridge.New(bridge.Config{Instance: f.name, Generation: store.Generation(), Log: log})
+	backend, why, err := bridge.ChooseFirewall(f.firewall, bridge.DetectFirewalls(f.name))
+	if err != nil {
+		return nil, err
+	}
+	log.Info("firewall backend", "backend", backend, "why", why)
+	dp, err := bridge.New(bridge.Config{Instance: f.name, Generation: store.Generation(), Log: log, Firewall: backend})
 	if err != nil {
 		return nil, err
 	}
@@ -192,6 +204,11 @@ func newDataplane(f serveFlags, store *state.Store, snap state.Snapshot, log *sl
 			return nil, stateError{err}
 		}
 		return nil, err
+	}
+	// The state is this instance's: rules it left in the other backend
+	// are stale.
+	if err := dp.RemoveOtherFirewall(); err != nil {
+		log.Warn("rules left in the firewall backend mynet no longer uses", "err", err)
 	}
 	return dp, nil
 }

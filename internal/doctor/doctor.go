@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/mynet/mynet/internal/cli"
+	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/plugin"
 )
 
@@ -144,8 +145,14 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 		d.add("links", statusSkipped, "list links: "+sc1.linkErr.Error(), "")
 	}
 	d.detectInstance(st1, sc1)
-	rules := d.checkBackend(ctx, sc1)
+	fw := d.checkFirewall()
+	rules := ""
+	if fw != model.FirewallNFTables {
+		rules = d.checkBackend(ctx, sc1)
+	}
 	switch {
+	case fw == model.FirewallNFTables:
+		d.add("iptables", statusInfo, "mynet's rules are in nftables: the iptables checks do not apply, and doctor does not compare mynet's nftables table with the state yet (nft list table ip "+model.NFTTableName(d.t.Instance)+")", "")
 	case rules != "":
 	case os.Geteuid() != 0:
 		d.add("iptables", statusSkipped, "reading iptables needs root: run mynet doctor as root", "")

@@ -117,9 +117,10 @@ func RuleComment(networkID, endpointID string) string {
 // HookComment marks the jumps from built-in chains into an instance's.
 func HookComment(instance string) string { return "mynet " + instance }
 
-var ruleCommentRE = regexp.MustCompile(`--comment "?mynet net=([0-9a-f]+)(?: ep=([0-9a-f]+))?`)
+var ruleCommentRE = regexp.MustCompile(`(?:--)?comment "?mynet net=([0-9a-f]+)(?: ep=([0-9a-f]+))?`)
 
-// ParseRuleComment finds a RuleComment in a rule as iptables -S prints it.
+// ParseRuleComment finds a RuleComment in a rule as iptables -S prints it,
+// or in an nftables element or chain as nft lists it (comment "...").
 func ParseRuleComment(rule string) (networkID, endpointID string, ok bool) {
 	m := ruleCommentRE.FindStringSubmatch(rule)
 	if m == nil {
