@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/mynet/mynet/internal/model"
@@ -238,11 +239,16 @@ func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []P
 		if len(ctrIPs) == 0 {
 			return nil, BadRequestf("port %d/%s: the container has no address of host IP %s's family", b.Port, proto, hostIP)
 		}
+		natIPs, routed := splitRouted(n, ctrIPs)
+		out = appendRouted(out, proto, b.Port, routed)
+		if len(natIPs) == 0 {
+			continue
+		}
 		hostPort, err := d.pickHostPort(proto, hostIP, b, out)
 		if err != nil {
 			return nil, err
 		}
-		for _, c := range ctrIPs {
+		for _, c := range natIPs {
 			p := state.Port{Proto: proto, HostPort: hostPort, HostPortEnd: hostPort, ContainerIP: c.String(), Port: b.Port}
 			if hostIP.IsValid() {
 				p.HostIP = hostIP.String()
@@ -251,6 +257,40 @@ func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []P
 		}
 	}
 	return coalesce(out), nil
+}
+
+// splitRouted separates the container addresses whose family is in
+// gateway mode routed from those that get a host port.
+func splitRouted(n *state.Network, ctrIPs []netip.Addr) (nat, routed []netip.Addr) {
+	for _, c := range ctrIPs {
+		mode := n.GatewayMode4
+		if c.Is6() {
+			mode = n.GatewayMode6
+		}
+		if mode == GatewayRouted {
+			routed = append(routed, c)
+		} else {
+			nat = append(nat, c)
+		}
+	}
+	return nat, routed
+}
+
+// appendRouted adds the mappings of a binding's routed families: as in
+// Docker's bridge (moby libnetwork/drivers/bridge/port_mapping_linux.go,
+// configurePortBindingIPv4/6 and attemptBindHostPorts with disableNAT),
+// the host port and host address are ignored, no host port is reserved,
+// and the container port is opened at the container's address (HostPort
+// 0). Two bindings of the same container port (-p 8080:80 -p 8081:80)
+// open it once.
+func appendRouted(out []state.Port, proto string, port uint16, routed []netip.Addr) []state.Port {
+	for _, c := range routed {
+		p := state.Port{Proto: proto, ContainerIP: c.String(), Port: port}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func containerAddrs(ep *state.Endpoint, hostIP netip.Addr) []netip.Addr {
