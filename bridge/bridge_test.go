@@ -407,6 +407,9 @@ func TestRuleOptions(t *testing.T) {
 		{"nat-unprotected", func(n *model.Network) { n.Unprotected4 = true }},
 		{"nat-unprotected-ipv6-only", func(n *model.Network) { n.IPv6, n.Unprotected6 = v6, true }},
 		{"nat-unprotected-internal", func(n *model.Network) { n.Internal, n.Unprotected4 = true, true }},
+		{"routed", func(n *model.Network) { n.Routed4 = true }},
+		{"ipv4-nat-ipv6-routed", func(n *model.Network) { n.IPv6, n.Routed6 = v6, true }},
+		{"trusted-interfaces", func(n *model.Network) { n.IPv6, n.Routed6, n.TrustedInterfaces = v6, true, []string{"eth3", "vx+"} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			withDataplane(t, "", func(d *Dataplane) {

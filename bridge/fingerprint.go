@@ -87,6 +87,9 @@ func (d *Dataplane) Fingerprint() (model.Digests, error) {
 		}
 		for _, l := range lines {
 			key := ""
+			if strings.HasPrefix(l, "-A "+dockerIsolationStage1+" ") {
+				key = model.DigestDocker
+			}
 			if nid, eid, ok := model.ParseRuleComment(l); ok {
 				key = "net:" + nid
 				if eid != "" {
@@ -110,9 +113,11 @@ func sysctlValue(key string) string {
 }
 
 // ownLines returns the lines of iptables-save that mention this instance's
-// chains, in order, and the declarations of the Docker chains that decide
+// chains, in order, the declarations of the Docker chains that decide
 // where its hooks and egress checks go (ensureHooks, ensureEgress): Docker
-// started or restarted after mynet creates them.
+// started or restarted after mynet creates them, and the rules of the
+// chain that names Docker's bridges (ensureLAN): they change as Docker's
+// networks come and go.
 func (f *iptablesFirewall) ownLines() ([]string, error) {
 	dockerChains := append([]string{dockerUserChain}, dockerIsolationChains...)
 	bin := "iptables-save"
@@ -138,7 +143,7 @@ func (f *iptablesFirewall) ownLines() ([]string, error) {
 					continue
 				}
 			}
-			if strings.Contains(l, prefix) {
+			if strings.Contains(l, prefix) || table == model.TableFilter && strings.HasPrefix(l, "-A "+dockerIsolationStage1+" ") {
 				out = append(out, l)
 			}
 		}

@@ -6,6 +6,7 @@ package bridge
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/mynet/mynet/internal/model"
@@ -39,10 +40,8 @@ func (f *iptablesFirewall) ensureChains(undo *netutil.Undo) error {
 	if err := f.ensureEgress(); err != nil {
 		return err
 	}
-	for _, r := range f.lanRules() {
-		if err := f.ensure(r, undo); err != nil {
-			return err
-		}
+	if err := f.ensureLAN(); err != nil {
+		return err
 	}
 	return f.ensureHooks(undo)
 }
@@ -170,19 +169,103 @@ func (f *iptablesFirewall) ensureEgress() error {
 	return nil
 }
 
-// dockerBridges match the bridges of Docker's networks by their default
-// names; a bridge named with com.docker.network.bridge.name is not known.
-var dockerBridges = []string{"docker0", "br-+"}
+// dockerIsolationStage1 is the chain where Docker, from 20.10 to 28 at
+// least, names each of its bridges as an input interface: `-i BR ! -o BR
+// -j DOCKER-ISOLATION-STAGE-2` for a network with egress, `-i BR ! -d
+// SUBNET -j DROP` for an internal one (moby v28.5.2 iptabler/network.go,
+// setINC and setupInternalNetworkRules; the same rules in 20.10).
+const dockerIsolationStage1 = "DOCKER-ISOLATION-STAGE-1"
 
-// lanRules are the LAN chain's fixed rules, after the networks' returns
+// dockerBridges are the bridges of Docker's networks, as Docker's own
+// rules name them, whatever their names (com.docker.network.bridge.name
+// may give any): the input interfaces of DOCKER-ISOLATION-STAGE-1's rules,
+// sorted, each once. None when Docker has no such chain.
+func (f *iptablesFirewall) dockerBridges() ([]string, error) {
+	ok, err := f.ipt.ChainExists(model.TableFilter, dockerIsolationStage1)
+	if err != nil || !ok {
+		return nil, err
+	}
+	lines, err := f.ipt.List(model.TableFilter, dockerIsolationStage1)
+	if err != nil {
+		return nil, fmt.Errorf("list chain %s: %w", dockerIsolationStage1, err)
+	}
+	var out []string
+	for _, l := range lines {
+		fields := strings.Fields(l)
+		for i := 1; i+1 < len(fields); i++ {
+			if fields[i] == "-i" && fields[i-1] != "!" && model.ValidateIfName(fields[i+1]) == nil {
+				out = append(out, fields[i+1])
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// lanTail is the LAN chain's fixed part, after the networks' returns
 // (which are inserted at its top): Docker's bridges return too, anything
 // else is from outside the host's bridges and accepted.
-func (f *iptablesFirewall) lanRules() []rule {
-	var rules []rule
-	for _, br := range dockerBridges {
-		rules = append(rules, rule{table: model.TableFilter, chain: f.chains.LAN, args: []string{"-i", br, "-j", "RETURN"}})
+func (f *iptablesFirewall) lanTail() ([]string, error) {
+	bridges, err := f.dockerBridges()
+	if err != nil {
+		return nil, err
 	}
-	return append(rules, rule{table: model.TableFilter, chain: f.chains.LAN, args: []string{"-j", "ACCEPT"}})
+	var tail []string
+	for _, br := range bridges {
+		tail = append(tail, "-A "+f.chains.LAN+" -i "+br+" -j RETURN")
+	}
+	return append(tail, "-A "+f.chains.LAN+" -j ACCEPT"), nil
+}
+
+// ensureLAN makes the LAN chain the networks' returns followed by lanTail,
+// in that order. Checking each rule for its presence is not enough: a fixed
+// rule deleted from outside would be appended after the ACCEPT, where it
+// matches nothing, and Docker's bridges change as its networks come and
+// go. When the order is wrong the fixed rules are deleted from the bottom
+// up and appended again; the ACCEPT goes first and comes back last, so
+// meanwhile the chain lets nothing more in than it did (an unknown source
+// falls through to the isolation drop). The networks' returns, which
+// carry their network's comment, stay. A rewrite is not undone, as in
+// ensureEgress.
+func (f *iptablesFirewall) ensureLAN() error {
+	want, err := f.lanTail()
+	if err != nil {
+		return err
+	}
+	have, err := f.ipt.List(model.TableFilter, f.chains.LAN)
+	if err != nil {
+		return fmt.Errorf("list chain %s: %w", f.chains.LAN, err)
+	}
+	var fixed []int // rule numbers of the fixed rules
+	inOrder := true
+	for i := 1; i < len(have); i++ {
+		if _, _, ok := model.ParseRuleComment(have[i]); ok {
+			inOrder = inOrder && len(fixed) == 0
+			continue
+		}
+		fixed = append(fixed, i)
+	}
+	if inOrder && len(fixed) == len(want) {
+		for j, i := range fixed {
+			inOrder = inOrder && have[i] == want[j]
+		}
+		if inOrder {
+			return nil
+		}
+	}
+	for _, i := range slices.Backward(fixed) {
+		if err := f.ipt.DeleteById(model.TableFilter, f.chains.LAN, i); err != nil {
+			return fmt.Errorf("reset chain %s: %w", f.chains.LAN, err)
+		}
+	}
+	for _, l := range want {
+		args := strings.Fields(strings.TrimPrefix(l, "-A "+f.chains.LAN+" "))
+		if err := f.ipt.Append(model.TableFilter, f.chains.LAN, args...); err != nil {
+			return fmt.Errorf("fill chain %s: %w", f.chains.LAN, err)
+		}
+	}
+	f.log.Debug("chain rebuilt", "family", f.family(), "chain", f.chains.LAN, "docker_bridges", len(want)-1)
+	return nil
 }
 
 // removeChains unhooks and deletes all of mynet's chains.

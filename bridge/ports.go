@@ -98,6 +98,10 @@ func (d *Dataplane) RemovePorts(ctx context.Context, ep model.Endpoint, ports []
 		for p := uint32(m.HostPort); p <= uint32(max(m.HostPortEnd, m.HostPort)); p++ {
 			hostPorts = append(hostPorts, uint16(p))
 		}
+		if m.Routed() {
+			// No host port: flows were addressed to the container port.
+			hostPorts = []uint16{m.Port}
+		}
 		d.later(func(h *netlink.Handle) { d.flushConntrack(h, []netip.Addr{m.ContainerIP}, hostPorts) })
 	}
 	return err

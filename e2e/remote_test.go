@@ -22,6 +22,7 @@ import (
 type remoteHost struct {
 	ns       string
 	hostAddr netip.Addr // host end of the veth
+	hostIf   string     // the host end's name
 	addr     netip.Addr // remote end
 }
 
@@ -37,6 +38,7 @@ func newRemoteHost(t *testing.T) *remoteHost {
 	// Not "mn...": links of that name are mynet's, and the leak check
 	// counts them.
 	hostIf, remoteIf := "e2e-h"+id, "e2e-r"+id
+	r.hostIf = hostIf
 
 	ip := func(args ...string) {
 		t.Helper()

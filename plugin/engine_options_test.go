@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -64,22 +65,26 @@ func TestEndpointOptions(t *testing.T) {
 	}
 }
 
-// TestGatewayModes: nat and nat-unprotected reach the dataplane as the
-// family's protection from direct routing, and survive a restart; the
-// modes that change the gateway itself are refused by name.
+// TestGatewayModes: nat, nat-unprotected and routed reach the dataplane
+// per family, and survive a restart; isolated, which changes the gateway
+// itself, is refused by name.
 func TestGatewayModes(t *testing.T) {
 	h := newHarness(t)
 	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptGatewayMode4: "nat-unprotected"}))
 	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('c'), "10.2.0.0/24", "10.2.0.1/24", map[string]any{OptGatewayMode4: "nat", OptGatewayMode6: "nat-unprotected"}))
 	h.createNetwork(id('e'), "10.3.0.0/24")
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('1'), "10.5.0.0/24", "10.5.0.1/24", map[string]any{OptGatewayMode4: "routed"}))
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('2'), "10.6.0.0/24", "10.6.0.1/24", map[string]any{OptGatewayMode6: "routed", OptGatewayMode4: "nat-unprotected"}))
 	check := func(when string) {
 		t.Helper()
 		for _, tc := range []struct {
-			n      byte
-			u4, u6 bool
-		}{{'a', true, false}, {'c', false, true}, {'e', false, false}} {
-			if n := h.dp.Networks[id(tc.n)]; n.Unprotected4 != tc.u4 || n.Unprotected6 != tc.u6 {
-				t.Errorf("%s: network %c unprotected (v4, v6) = (%v, %v), want (%v, %v)", when, tc.n, n.Unprotected4, n.Unprotected6, tc.u4, tc.u6)
+			n              byte
+			u4, u6, r4, r6 bool
+		}{{'a', true, false, false, false}, {'c', false, true, false, false}, {'e', false, false, false, false}, {'1', false, false, true, false}, {'2', true, false, false, true}} {
+			n := h.dp.Networks[id(tc.n)]
+			if n.Unprotected4 != tc.u4 || n.Unprotected6 != tc.u6 || n.Routed4 != tc.r4 || n.Routed6 != tc.r6 {
+				t.Errorf("%s: network %c unprotected (v4, v6) = (%v, %v), routed (%v, %v); want (%v, %v), (%v, %v)", when, tc.n,
+					n.Unprotected4, n.Unprotected6, n.Routed4, n.Routed6, tc.u4, tc.u6, tc.r4, tc.r6)
 			}
 		}
 	}
@@ -90,8 +95,8 @@ func TestGatewayModes(t *testing.T) {
 	h.fails("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptGatewayMode4: "nat"}), 400)
 
 	for _, tc := range []struct{ opt, mode, want string }{
-		{OptGatewayMode4, "routed", "not supported yet"},
 		{OptGatewayMode6, "isolated", "not supported yet"},
+		{OptGatewayMode4, "Routed", "not a gateway mode"},
 		{OptGatewayMode4, "NAT", "not a gateway mode"},
 		{OptGatewayMode6, "", "not a gateway mode"},
 	} {
@@ -101,5 +106,41 @@ func TestGatewayModes(t *testing.T) {
 		}
 		gw := map[string]any{"Options": map[string]any{optGeneric: map[string]any{tc.opt: tc.mode}}}
 		h.fails("NetworkDriver.GwAllocCheck", gw, 400)
+	}
+}
+
+// TestTrustedHostInterfaces: the names reach the dataplane as a set (split
+// at ':' as Docker splits them, empty names skipped), survive a restart and
+// are part of the configuration; a name iptables or the kernel would read
+// otherwise is refused with the option and the name.
+func TestTrustedHostInterfaces(t *testing.T) {
+	h := newHarness(t)
+	h.ok("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptTrustedIfaces: "vxlan.1:eth3::eth3:wg+"}))
+	want := []string{"eth3", "vxlan.1", "wg+"}
+	for _, when := range []string{"created", "after a restart"} {
+		if when != "created" {
+			h.restart()
+		}
+		if got := h.dp.Networks[id('a')].TrustedInterfaces; !slices.Equal(got, want) {
+			t.Errorf("%s: trusted interfaces %q, want %q", when, got, want)
+		}
+	}
+	h.fails("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptTrustedIfaces: "eth3"}), 400)
+	for _, tc := range []struct{ value, want string }{
+		{"eth0:a-name-far-too-long", `"a-name-far-too-long" is 19 bytes`},
+		{"eth0:!eth1", `"!eth1" starts with "!"`},
+		{"-j", `"-j" starts with "-"`},
+		{"eth 0", `contains ' '`},
+		{"+", "every interface"},
+		{"eth0:+", "every interface"},
+		{"a/b", `contains '/'`},
+	} {
+		req := createNetworkReq(id('f'), "10.4.0.0/24", "10.4.0.1/24", map[string]any{OptTrustedIfaces: tc.value})
+		if msg := h.fails("NetworkDriver.CreateNetwork", req, 400); !strings.Contains(msg, tc.want) || !strings.Contains(msg, OptTrustedIfaces) {
+			t.Errorf("%q: error %q, want it to name the option and contain %q", tc.value, msg, tc.want)
+		}
+	}
+	if _, ok := h.dp.Networks[id('f')]; ok {
+		t.Fatal("a refused network reached the dataplane")
 	}
 }

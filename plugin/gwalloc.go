@@ -34,10 +34,10 @@ type gwAllocCheckResponse struct {
 // checked as CreateNetwork checks them, so that a mistake is reported
 // before the engine allocates anything for the network.
 //
-// It answers true for a family once gateway modes exist: with
-// gateway_mode_ipv4/_ipv6 "routed" or "isolated" (the latter for internal
-// networks) the bridge needs no address of that family, as in Docker's
-// bridge driver (moby daemon/libnetwork/drivers/bridge, GetSkipGwAlloc).
+// Gateway mode routed keeps the gateway: the containers route through
+// it. Docker's bridge skips a family only in gateway mode isolated (and
+// IPv4 with inhibit_ipv4 on an internal network): moby v28.5.2
+// libnetwork/drivers/bridge/bridge_linux.go, GetSkipGwAlloc.
 func gwAllocCheck(_ context.Context, req *gwAllocCheckRequest) (*gwAllocCheckResponse, error) {
 	var cfg NetworkConfig
 	if err := parseTopLevel(req.Options, &cfg); err != nil {

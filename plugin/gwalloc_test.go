@@ -13,7 +13,10 @@ func TestGwAllocCheck(t *testing.T) {
 	opts := func(generic map[string]any) map[string]any {
 		return map[string]any{"Options": map[string]any{"com.docker.network.enable_ipv6": true, optGeneric: generic}}
 	}
-	for _, req := range []map[string]any{{}, {"Options": nil}, opts(nil), opts(map[string]any{OptICC: "false", OptIfacePrefix: "en"})} {
+	for _, req := range []map[string]any{{}, {"Options": nil}, opts(nil), opts(map[string]any{OptICC: "false", OptIfacePrefix: "en"}),
+		// routed keeps the gateway: containers route through it, and
+		// Docker's bridge skips only for isolated (GetSkipGwAlloc).
+		opts(map[string]any{OptGatewayMode4: "routed", OptGatewayMode6: "routed"})} {
 		out := h.ok("NetworkDriver.GwAllocCheck", req)
 		if out["SkipIPv4"] != false || out["SkipIPv6"] != false {
 			t.Fatalf("GwAllocCheck(%v) = %v, want no skip for either family: the bridge holds both gateways", req, out)

@@ -22,29 +22,31 @@ const (
 	optEnableIPv4 = "com.docker.network.enable_ipv4" // Docker 28+
 	optInternal   = "com.docker.network.internal"
 
-	OptBridgeName   = driver.OptBridgeName
-	OptMTU          = "com.docker.network.driver.mtu"
-	OptICC          = "com.docker.network.bridge.enable_icc"
-	OptMasquerade   = "com.docker.network.bridge.enable_ip_masquerade"
-	OptHostBinding  = "com.docker.network.bridge.host_binding_ipv4"
-	OptIfacePrefix  = "com.docker.network.container_iface_prefix"
-	OptGatewayMode4 = "com.docker.network.bridge.gateway_mode_ipv4"
-	OptGatewayMode6 = "com.docker.network.bridge.gateway_mode_ipv6"
+	OptBridgeName    = driver.OptBridgeName
+	OptMTU           = "com.docker.network.driver.mtu"
+	OptICC           = "com.docker.network.bridge.enable_icc"
+	OptMasquerade    = "com.docker.network.bridge.enable_ip_masquerade"
+	OptHostBinding   = "com.docker.network.bridge.host_binding_ipv4"
+	OptIfacePrefix   = "com.docker.network.container_iface_prefix"
+	OptGatewayMode4  = "com.docker.network.bridge.gateway_mode_ipv4"
+	OptGatewayMode6  = "com.docker.network.bridge.gateway_mode_ipv6"
+	OptTrustedIfaces = "com.docker.network.bridge.trusted_host_interfaces" // Docker 28.2+
 	// OptAntiSpoofing is mynet's own: Docker's bridge has no such filter.
 	OptAntiSpoofing = "mynet.anti_spoofing"
 )
 
 // supportedOptions are the -o keys mynet accepts, with their documentation.
 var supportedOptions = map[string]string{
-	OptBridgeName:   "bridge interface name (default mn-<first 12 characters of the network ID>)",
-	OptMTU:          "MTU of the bridge and of every veth, 68-65535 (default: kernel default, 1500)",
-	OptICC:          "containers of the network may reach each other: true or false (default true)",
-	OptMasquerade:   "masquerade egress to the host's address: true or false (default true)",
-	OptHostBinding:  "default host IPv4 address for published ports (default: all)",
-	OptIfacePrefix:  "prefix of the interface name in containers, letters and digits (default eth)",
-	OptGatewayMode4: "nat (default): only published ports are reachable from outside the host, through the host's addresses; nat-unprotected: containers' IPv4 addresses may also be routed to directly",
-	OptGatewayMode6: "as gateway_mode_ipv4, for the containers' IPv6 addresses",
-	OptAntiSpoofing: "containers may send only from their own MAC and addresses: true or false (default true)",
+	OptBridgeName:    "bridge interface name (default mn-<first 12 characters of the network ID>)",
+	OptMTU:           "MTU of the bridge and of every veth, 68-65535 (default: kernel default, 1500)",
+	OptICC:           "containers of the network may reach each other: true or false (default true)",
+	OptMasquerade:    "masquerade egress to the host's address: true or false (default true)",
+	OptHostBinding:   "default host IPv4 address for published ports (default: all)",
+	OptIfacePrefix:   "prefix of the interface name in containers, letters and digits (default eth)",
+	OptGatewayMode4:  "nat (default): only published ports are reachable from outside the host, through the host's addresses; nat-unprotected: containers' IPv4 addresses may also be routed to directly, all ports; routed: no NAT, published container ports (and ICMP) open at the containers' IPv4 addresses, host ports ignored",
+	OptGatewayMode6:  "as gateway_mode_ipv4, for the containers' IPv6 addresses",
+	OptTrustedIfaces: "host interfaces, separated by ':', from which published container ports are reachable at the containers' addresses in gateway mode nat (a trailing + matches as in iptables)",
+	OptAntiSpoofing:  "containers may send only from their own MAC and addresses: true or false (default true)",
 }
 
 // NetworkConfig is a CreateNetwork request parsed and validated: everything
@@ -236,6 +238,12 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 			} else {
 				cfg.GatewayMode6 = mode
 			}
+		case OptTrustedIfaces:
+			names, err := trustedInterfaces(k, v)
+			if err != nil {
+				return err
+			}
+			cfg.TrustedInterfaces = names
 		case OptIfacePrefix:
 			if err := model.ValidateIfacePrefix(v); err != nil {
 				return badRequestf("option %s: %w", k, err)
@@ -248,19 +256,35 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 	return nil
 }
 
-// gatewayMode accepts Docker's nat and nat-unprotected, which differ only
-// in the protection from direct routing; routed and isolated, which change
-// what the gateway does, are refused rather than built as nat.
+// gatewayMode accepts Docker's nat, nat-unprotected and routed; isolated,
+// which changes what the gateway does, is refused rather than built as nat.
 func gatewayMode(k, v string) (string, error) {
 	switch v {
 	case "nat":
 		return "", nil
-	case driver.GatewayNATUnprotected:
+	case driver.GatewayNATUnprotected, driver.GatewayRouted:
 		return v, nil
-	case "routed", "isolated":
-		return "", badRequestf("option %s: %q is not supported yet; use nat or nat-unprotected", k, v)
+	case "isolated":
+		return "", badRequestf("option %s: %q is not supported yet; use nat, nat-unprotected or routed", k, v)
 	}
-	return "", badRequestf("option %s: %q is not a gateway mode; use nat or nat-unprotected", k, v)
+	return "", badRequestf("option %s: %q is not a gateway mode; use nat, nat-unprotected or routed", k, v)
+}
+
+// trustedInterfaces splits trusted_host_interfaces at ':' as Docker's
+// bridge does (strings.FieldsFunc: empty names between colons are
+// skipped) and checks each name, since each becomes an iptables -i.
+func trustedInterfaces(k, v string) ([]string, error) {
+	names := strings.FieldsFunc(v, func(r rune) bool { return r == ':' })
+	for _, name := range names {
+		if err := model.ValidateTrustedInterface(name); err != nil {
+			return nil, badRequestf("option %s: %w; give interface names separated by ':', e.g. eth1:vxlan.1", k, err)
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
 }
 
 func supportedList() string {

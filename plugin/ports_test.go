@@ -244,3 +244,41 @@ func describePorts(ports []state.Port) string {
 	}
 	return portalloc.Describe(m)
 }
+
+// TestRoutedPorts: in a family of gateway mode routed, as in Docker's
+// bridge, a binding's host port and host address are ignored and no host
+// port is reserved: the mapping opens the container port (HostPort 0), once
+// however many bindings name it; the nat family of the same network gets
+// its host port as before. A host port held by another endpoint, or by a
+// host process, is no conflict in the routed family.
+func TestRoutedPorts(t *testing.T) {
+	h := newHarness(t)
+	req := createNetworkReqV6(id('a'))
+	req["Options"].(map[string]any)[optGeneric] = map[string]any{OptGatewayMode6: "routed"}
+	h.ok("NetworkDriver.CreateNetwork", req)
+	routed4 := createNetworkReq(id('e'), "10.3.0.0/24", "10.3.0.1/24", map[string]any{OptGatewayMode4: "routed"})
+	h.ok("NetworkDriver.CreateNetwork", routed4)
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'),
+		"Interface": map[string]any{"Address": "10.2.0.2/24", "AddressIPv6": "fd00:1::2/64"}})
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('e'), "EndpointID": id('c'),
+		"Interface": map[string]any{"Address": "10.3.0.2/24"}})
+	program := func(nid, eid string, opts map[string]any) {
+		t.Helper()
+		h.ok("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": nid, "EndpointID": eid, "Options": opts})
+	}
+	program(id('a'), id('b'), portmap(binding(6, "", 8080, 80), binding(6, "", 8081, 80), binding(17, "", 0, 53)))
+	want := "*:8080->10.2.0.2:80/tcp, *:8081->10.2.0.2:80/tcp, fd00:1::2:80/tcp (routed), *:30001->10.2.0.2:53/udp, fd00:1::2:53/udp (routed)"
+	if got := describePorts(h.ports(id('b'))); got != want {
+		t.Fatalf("mixed network: ports = %s, want %s", got, want)
+	}
+	// 8080 is mynet's on every address, 30000 a host process's (the fake
+	// dataplane's): neither matters without a host port.
+	program(id('e'), id('c'), portmap(binding(6, "10.9.9.9", 8080, 80), binding(6, "", 30000, 81)))
+	want = "10.3.0.2:80/tcp (routed), 10.3.0.2:81/tcp (routed)"
+	if got := describePorts(h.ports(id('c'))); got != want {
+		t.Fatalf("routed network: ports = %s, want %s", got, want)
+	}
+	if got := h.dp.Ports[id('c')]; len(got) != 2 || !got[0].Routed() || got[0].HostIP.IsValid() {
+		t.Fatalf("dataplane mappings %v, want two without host port or address", got)
+	}
+}

@@ -58,6 +58,8 @@ type Network struct {
 	// nat, as for records written before the option existed.
 	GatewayMode4 string `json:",omitempty"`
 	GatewayMode6 string `json:",omitempty"`
+	// TrustedInterfaces are trusted_host_interfaces, split at ':'.
+	TrustedInterfaces []string `json:",omitempty"`
 	// AntiSpoofing is the anti-spoofing filter (mynet.anti_spoofing). In
 	// JSON it is the inverse "SpoofingAllowed", so that the zero value of
 	// a record written before the option existed protects (see

@@ -46,6 +46,11 @@ func (n *Network) validate(key string) error {
 			return fmt.Errorf("HostBinding: %w", err)
 		}
 	}
+	for _, name := range n.TrustedInterfaces {
+		if err := model.ValidateTrustedInterface(name); err != nil {
+			return fmt.Errorf("TrustedInterfaces: %w", err)
+		}
+	}
 	if n.IfacePrefix != "" {
 		if err := model.ValidateIfacePrefix(n.IfacePrefix); err != nil {
 			return fmt.Errorf("IfacePrefix: %w", err)

@@ -12,6 +12,8 @@ func toBridgeNetwork(n *state.Network) model.Network {
 		ID: n.ID, Bridge: n.Bridge, MTU: n.MTU, IPv4: toBridgeSubnets(n.IPv4), IPv6: toBridgeSubnets(n.IPv6),
 		ICC: n.ICC, Masquerade: n.Masquerade, Internal: n.Internal,
 		Unprotected4: n.GatewayMode4 == GatewayNATUnprotected, Unprotected6: n.GatewayMode6 == GatewayNATUnprotected,
+		Routed4: n.GatewayMode4 == GatewayRouted, Routed6: n.GatewayMode6 == GatewayRouted,
+		TrustedInterfaces: n.TrustedInterfaces,
 	}
 }
 
@@ -28,7 +30,7 @@ func toBridgeSubnets(in []state.Subnet) []model.Subnet {
 
 func toBridgeEndpoint(n *state.Network, e *state.Endpoint) model.Endpoint {
 	mac, _ := parseMAC(e.MAC)
-	ep := model.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU, Ports: toBridgePorts(e.Ports), AntiSpoofing: n.AntiSpoofing}
+	ep := model.Endpoint{NetworkID: n.ID, ID: e.ID, Bridge: n.Bridge, HostVeth: e.HostVeth, ContainerVeth: e.ContainerVeth, MAC: mac, MTU: n.MTU, Ports: toBridgePorts(e.Ports), AntiSpoofing: n.AntiSpoofing, TrustedInterfaces: n.TrustedInterfaces}
 	for _, a := range []string{e.IPv4, e.IPv6} {
 		if p, err := netip.ParsePrefix(a); err == nil {
 			ep.Addresses = append(ep.Addresses, p.Addr())

@@ -16,6 +16,10 @@ import (
 // addresses are not protected from being routed to from outside the host.
 const GatewayNATUnprotected = "nat-unprotected"
 
+// GatewayRouted is gateway mode routed: no NAT for the family; published
+// container ports are opened at the containers' addresses instead.
+const GatewayRouted = "routed"
+
 // OptBridgeName is the -o key that names the bridge; errors name it.
 const OptBridgeName = "com.docker.network.bridge.name"
 
@@ -32,11 +36,14 @@ type NetworkConfig struct {
 	HostBinding  netip.Addr // invalid: all host addresses
 	AntiSpoofing bool
 	IfacePrefix  string // "": the engine's default, eth
-	// GatewayMode4 and GatewayMode6 are "" (nat) or GatewayNATUnprotected.
+	// GatewayMode4 and GatewayMode6 are "" (nat), GatewayNATUnprotected
+	// or GatewayRouted.
 	GatewayMode4 string
 	GatewayMode6 string
-	IPv4         []SubnetConfig
-	IPv6         []SubnetConfig
+	// TrustedInterfaces are trusted_host_interfaces (nil: none).
+	TrustedInterfaces []string
+	IPv4              []SubnetConfig
+	IPv6              []SubnetConfig
 }
 
 // SubnetConfig is one IPAM entry of the request.
@@ -54,6 +61,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, cfg NetworkConfig) error {
 		IPv4: fromSubnets(cfg.IPv4), IPv6: fromSubnets(cfg.IPv6), Created: now(),
 		ICC: cfg.ICC, Masquerade: cfg.Masquerade, Internal: cfg.Internal, AntiSpoofing: cfg.AntiSpoofing,
 		IfacePrefix: cfg.IfacePrefix, GatewayMode4: cfg.GatewayMode4, GatewayMode6: cfg.GatewayMode6,
+		TrustedInterfaces: cfg.TrustedInterfaces,
 	}
 	if cfg.HostBinding.IsValid() {
 		rec.HostBinding = cfg.HostBinding.String()

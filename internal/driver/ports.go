@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/mynet/mynet/internal/model"
@@ -184,51 +185,6 @@ func (d *Driver) programPorts(ctx context.Context, networkID, endpointID string,
 	return nil
 }
 
-// reservePorts chooses the host ports of bindings and holds them for ep
-// until release is called: another publish finds them taken, as it would
-// find them once they are in ep's record.
-func (d *Driver) reservePorts(n *state.Network, ep *state.Endpoint, bindings []PortBinding) (ports []state.Port, release func(), err error) {
-	d.portMu.Lock()
-	defer d.portMu.Unlock()
-	if ports, err = d.resolvePorts(n, ep, bindings, d.publishedPorts(ep.ID)); err != nil {
-		return nil, nil, err
-	}
-	if d.reserved == nil {
-		d.reserved = map[string][]state.Port{}
-	}
-	d.reserved[ep.ID] = ports
-	return ports, func() {
-		d.portMu.Lock()
-		delete(d.reserved, ep.ID)
-		d.portMu.Unlock()
-	}, nil
-}
-
-// published is one endpoint's host ports as a publish sees them: those of
-// its record, or those reserved for it by a publish under way.
-type published struct {
-	owner state.Endpoint
-	ports []state.Port
-}
-
-// publishedPorts is every other endpoint's host ports, copied under mapMu
-// so that choosing ports, which probes the host's sockets, does not hold
-// it. The caller holds portMu.
-func (d *Driver) publishedPorts(except string) []published {
-	d.mapMu.RLock()
-	defer d.mapMu.RUnlock()
-	var out []published
-	for id, e := range d.endpoints {
-		if id == except {
-			continue
-		}
-		if ports := append(e.Ports[:len(e.Ports):len(e.Ports)], d.reserved[id]...); len(ports) > 0 {
-			out = append(out, published{owner: *e, ports: ports})
-		}
-	}
-	return out
-}
-
 // RevokeExternalConnectivity unpublishes the ports; the record goes first,
 // so a leftover rule is an orphan the reconcile removes.
 func (d *Driver) RevokeExternalConnectivity(ctx context.Context, endpointID string) error {
@@ -344,11 +300,16 @@ func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []P
 		if len(ctrIPs) == 0 {
 			return nil, BadRequestf("port %d/%s: the container has no address of host IP %s's family", b.Port, proto, hostIP)
 		}
+		natIPs, routed := splitRouted(n, ctrIPs)
+		out = appendRouted(out, proto, b.Port, routed)
+		if len(natIPs) == 0 {
+			continue
+		}
 		hostPort, err := d.pickHostPort(proto, hostIP, b, out, taken)
 		if err != nil {
 			return nil, err
 		}
-		for _, c := range ctrIPs {
+		for _, c := range natIPs {
 			p := state.Port{Proto: proto, HostPort: hostPort, HostPortEnd: hostPort, ContainerIP: c.String(), Port: b.Port}
 			if hostIP.IsValid() {
 				p.HostIP = hostIP.String()
@@ -357,6 +318,40 @@ func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []P
 		}
 	}
 	return coalesce(out), nil
+}
+
+// splitRouted separates the container addresses whose family is in
+// gateway mode routed from those that get a host port.
+func splitRouted(n *state.Network, ctrIPs []netip.Addr) (nat, routed []netip.Addr) {
+	for _, c := range ctrIPs {
+		mode := n.GatewayMode4
+		if c.Is6() {
+			mode = n.GatewayMode6
+		}
+		if mode == GatewayRouted {
+			routed = append(routed, c)
+		} else {
+			nat = append(nat, c)
+		}
+	}
+	return nat, routed
+}
+
+// appendRouted adds the mappings of a binding's routed families: as in
+// Docker's bridge (moby libnetwork/drivers/bridge/port_mapping_linux.go,
+// configurePortBindingIPv4/6 and attemptBindHostPorts with disableNAT),
+// the host port and host address are ignored, no host port is reserved,
+// and the container port is opened at the container's address (HostPort
+// 0). Two bindings of the same container port (-p 8080:80 -p 8081:80)
+// open it once.
+func appendRouted(out []state.Port, proto string, port uint16, routed []netip.Addr) []state.Port {
+	for _, c := range routed {
+		p := state.Port{Proto: proto, ContainerIP: c.String(), Port: port}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func containerAddrs(ep *state.Endpoint, hostIP netip.Addr) []netip.Addr {
@@ -392,28 +387,6 @@ func (d *Driver) pickHostPort(proto string, hostIP netip.Addr, b PortBinding, pe
 		err = BadRequest(err) // the range's error names the last refusal
 	}
 	return port, err
-}
-
-// portOwner reports whether proto/port is already published on an
-// overlapping host address, and by which endpoint (nil: by another binding
-// of the same request). An owner whose container died still holds its
-// ports here: ProgramExternalConnectivity drops it, with this call's locks
-// released, and tries again.
-func portOwner(proto string, hostIP netip.Addr, port uint16, pending []state.Port, taken []published) (held bool, owner *state.Endpoint) {
-	clash := func(p state.Port) bool { return portalloc.Clashes(portalloc.Mapping(p), proto, hostIP, port) }
-	for _, p := range pending {
-		if clash(p) {
-			return true, nil
-		}
-	}
-	for i := range taken {
-		for _, p := range taken[i].ports {
-			if clash(p) {
-				return true, &taken[i].owner
-			}
-		}
-	}
-	return false, nil
 }
 
 // dropIfStale removes an endpoint whose veth is gone and reports whether it

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -156,6 +157,12 @@ func (s repairScope) network(id string) bool {
 	return s.all || s.damaged[""] || s.damaged["net:"+id]
 }
 
+// followsDocker reports whether the network is to be ensured again because
+// Docker's bridges changed: its LAN chain lists them (nat-unprotected).
+func (s repairScope) followsDocker(n *state.Network) bool {
+	return s.damaged[model.DigestDocker] && (n.GatewayMode4 == GatewayNATUnprotected || n.GatewayMode6 == GatewayNATUnprotected)
+}
+
 // endpoint reports whether the endpoint is to be ensured again, and with
 // its anti-spoofing filter. A bridge deleted and re-created has released
 // its ports, so the endpoints of a damaged network are ensured too.
@@ -182,7 +189,9 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 		}
 		return false, d.adoptOwnChanges(fp, sfp)
 	}
-	// Only a change nobody in this process made counts as a repair.
+	// Only a change nobody in this process made counts as a repair; Docker's
+	// networks coming and going does not (model.DigestDocker).
+	damaged = slices.DeleteFunc(damaged, func(k string) bool { return k == model.DigestDocker })
 	repaired = !rechecking && len(damaged) > 0
 	// What mynet changed since the last pass is ensured too: a firewall
 	// reload right after a container started flushed its port rules with
@@ -193,7 +202,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	}
 	var errs []error
 	for _, n := range d.networks {
-		if !scope.network(n.ID) {
+		if !scope.network(n.ID) && !scope.followsDocker(n) {
 			continue
 		}
 		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {

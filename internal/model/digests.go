@@ -12,9 +12,17 @@ import "slices"
 //	"spoof"     the anti-spoofing table's rules (SpoofFingerprint)
 //	""          everything else: chains, hooks, the Docker chains they
 //	            depend on, IPv4 forwarding
+//	"docker"    Docker's bridges as its rules name them (DigestDocker)
 //
 // Values are opaque; an object that is gone has no key.
 type Digests map[string]string
+
+// DigestDocker is the key of Docker's bridges: the LAN chain of gateway
+// mode nat-unprotected follows them. They change with every Docker network
+// created or removed, which is no damage to mynet's rules: only the
+// networks in nat-unprotected are ensured again, and it is not reported
+// as a repair.
+const DigestDocker = "docker"
 
 // Changed returns the keys whose values differ between d and o, including
 // keys only one of them has.

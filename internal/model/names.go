@@ -67,6 +67,25 @@ func ValidateIfName(name string) error {
 	return nil
 }
 
+// ValidateTrustedInterface checks one name of trusted_host_interfaces:
+// an interface name (ValidateIfName), or a prefix of one ending in '+',
+// which iptables matches as a wildcard (eth+: every eth interface); Docker's
+// bridge hands the names to iptables as they are. '+' alone, which would
+// trust every interface, is refused.
+func ValidateTrustedInterface(name string) error {
+	prefix, wildcard := strings.CutSuffix(name, "+")
+	if wildcard && prefix == "" {
+		return errors.New("'+' alone would match every interface; name the interfaces, or use gateway mode nat-unprotected")
+	}
+	if err := ValidateIfName(prefix); err != nil {
+		return err
+	}
+	if wildcard && len(name) >= IFNAMSIZ {
+		return fmt.Errorf("interface name %q is %d bytes; the kernel allows at most %d", name, len(name), IFNAMSIZ-1)
+	}
+	return nil
+}
+
 // MaxIfacePrefix is the longest container interface prefix accepted: the
 // engine appends the interface's index to it, and prefix and a number up
 // to 999 must fit the kernel's IFNAMSIZ-1 bytes.

@@ -23,6 +23,22 @@ type Network struct {
 	// the host. In the default mode, nat, only published ports are
 	// reachable from outside, and only through the host's addresses.
 	Unprotected4, Unprotected6 bool
+	// Routed4 and Routed6 are gateway mode routed of each family: no NAT
+	// (neither masquerade nor DNAT); published container ports, and ICMP,
+	// are open at the containers' own addresses to whoever routes to them.
+	Routed4, Routed6 bool
+	// TrustedInterfaces (trusted_host_interfaces) are host interfaces from
+	// which the containers' published ports may be reached at the
+	// containers' addresses in gateway mode nat, as from the bridge.
+	TrustedInterfaces []string
+}
+
+// Routed reports whether the family's gateway mode is routed.
+func (n Network) Routed(v6 bool) bool {
+	if v6 {
+		return n.Routed6
+	}
+	return n.Routed4
 }
 
 // Unprotected reports whether the family's gateway mode is nat-unprotected.
@@ -66,10 +82,15 @@ type Endpoint struct {
 	// AntiSpoofing filters what the container may send: only its own MAC
 	// and addresses, no router advertisements, no other ethertypes.
 	AntiSpoofing bool
+	// TrustedInterfaces are the network's (Network.TrustedInterfaces):
+	// its published ports are open to them at the container's address.
+	TrustedInterfaces []string
 }
 
 // PortMapping publishes container ports on the host: HostPort..HostPortEnd
-// to Port..Port+(HostPortEnd-HostPort) of ContainerIP.
+// to Port..Port+(HostPortEnd-HostPort) of ContainerIP. HostPort 0 is a
+// mapping of a family in gateway mode routed: no host port, the container
+// port opened at ContainerIP (see Routed).
 type PortMapping struct {
 	Proto       string     // tcp, udp or sctp
 	HostIP      netip.Addr // invalid: every address of the host
@@ -78,3 +99,7 @@ type PortMapping struct {
 	ContainerIP netip.Addr
 	Port        uint16
 }
+
+// Routed reports whether the mapping opens the container port directly,
+// with no host port: the family's gateway mode is routed.
+func (m PortMapping) Routed() bool { return m.HostPort == 0 }

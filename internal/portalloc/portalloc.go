@@ -91,6 +91,11 @@ func Describe(ports []Mapping) string {
 		if host == "" {
 			host = "*"
 		}
+		if p.HostPort == 0 {
+			// Gateway mode routed: the container port itself is open.
+			parts = append(parts, fmt.Sprintf("%s:%d/%s (routed)", p.ContainerIP, p.Port, p.Proto))
+			continue
+		}
 		hp, cp := fmt.Sprint(p.HostPort), fmt.Sprint(p.Port)
 		if p.HostPortEnd > p.HostPort {
 			hp += fmt.Sprint("-", p.HostPortEnd)
