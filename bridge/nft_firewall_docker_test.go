@@ -44,7 +44,7 @@ func testNFTBesideDocker(t *testing.T, dockerTable string, unprotected bool) {
 	withNFTDataplane(t, func(d *Dataplane) {
 		ctx := context.Background()
 		run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-		lan := lanHost(t, d, "10.1.0.0/24")
+		lan := lanHost(t, d, "10.1.0.0/24", 0)
 		dockerCtr := dockerBridge(t, d)
 		run(t, "nft", "-f", dockerTable)
 		before := nftRuleset(t)
@@ -168,20 +168,6 @@ func TestNFTFailedBatchChangesNothing(t *testing.T) {
 }
 
 const dialBound = 2 * time.Second
-
-func defaultRoute(t *testing.T, ns netns.NsHandle, gw string) {
-	t.Helper()
-	inNetns(t, ns, func() {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer h.Close()
-		if err := h.RouteAdd(&netlink.Route{Gw: net.ParseIP(gw)}); err != nil {
-			t.Fatalf("default route via %s: %v", gw, err)
-		}
-	})
-}
 
 // dockerBridge makes what Docker's bridge driver would for the network of
 // the Docker table: bridge br-dummy with 192.168.0.1/24 and a container
