@@ -91,7 +91,7 @@ func TestGatewayModes(t *testing.T) {
 
 	for _, tc := range []struct{ opt, mode, want string }{
 		{OptGatewayMode4, "routed", "not supported yet"},
-		{OptGatewayMode6, "isolated", "not supported yet"},
+		{OptGatewayMode6, "isolated", "only be used for an internal network"},
 		{OptGatewayMode4, "NAT", "not a gateway mode"},
 		{OptGatewayMode6, "", "not a gateway mode"},
 	} {

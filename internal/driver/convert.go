@@ -12,6 +12,7 @@ func toBridgeNetwork(n *state.Network) model.Network {
 		ID: n.ID, Bridge: n.Bridge, MTU: n.MTU, IPv4: toBridgeSubnets(n.IPv4), IPv6: toBridgeSubnets(n.IPv6),
 		ICC: n.ICC, Masquerade: n.Masquerade, Internal: n.Internal,
 		Unprotected4: n.GatewayMode4 == GatewayNATUnprotected, Unprotected6: n.GatewayMode6 == GatewayNATUnprotected,
+		NoBridgeIPv4: n.InhibitIPv4 || n.GatewayMode4 == GatewayIsolated, NoBridgeIPv6: n.GatewayMode6 == GatewayIsolated,
 	}
 }
 

@@ -16,15 +16,23 @@ import (
 // addresses are not protected from being routed to from outside the host.
 const GatewayNATUnprotected = "nat-unprotected"
 
+// GatewayIsolated is gateway mode isolated, for internal networks only:
+// the bridge has no address of the family, so the containers have no way
+// to the host in it, only to each other.
+const GatewayIsolated = "isolated"
+
 // OptBridgeName is the -o key that names the bridge; errors name it.
 const OptBridgeName = "com.docker.network.bridge.name"
 
 // NetworkConfig is a CreateNetwork request parsed and validated: nothing
 // here reads Docker's option maps.
 type NetworkConfig struct {
-	ID           string
-	BridgeName   string
-	MTU          int
+	ID         string
+	BridgeName string
+	MTU        int
+	// EnableIPv4 is false for an IPv6-only network (Docker 28's
+	// --ipv4=false), which then has no IPv4 subnet.
+	EnableIPv4   bool
 	EnableIPv6   bool
 	Internal     bool
 	ICC          bool
@@ -32,11 +40,14 @@ type NetworkConfig struct {
 	HostBinding  netip.Addr // invalid: all host addresses
 	AntiSpoofing bool
 	IfacePrefix  string // "": the engine's default, eth
-	// GatewayMode4 and GatewayMode6 are "" (nat) or GatewayNATUnprotected.
+	// GatewayMode4 and GatewayMode6 are "" (nat), GatewayNATUnprotected
+	// or GatewayIsolated.
 	GatewayMode4 string
 	GatewayMode6 string
-	IPv4         []SubnetConfig
-	IPv6         []SubnetConfig
+	// InhibitIPv4 leaves the bridge without its IPv4 address.
+	InhibitIPv4 bool
+	IPv4        []SubnetConfig
+	IPv6        []SubnetConfig
 }
 
 // SubnetConfig is one IPAM entry of the request.
@@ -54,6 +65,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, cfg NetworkConfig) error {
 		IPv4: fromSubnets(cfg.IPv4), IPv6: fromSubnets(cfg.IPv6), Created: now(),
 		ICC: cfg.ICC, Masquerade: cfg.Masquerade, Internal: cfg.Internal, AntiSpoofing: cfg.AntiSpoofing,
 		IfacePrefix: cfg.IfacePrefix, GatewayMode4: cfg.GatewayMode4, GatewayMode6: cfg.GatewayMode6,
+		InhibitIPv4: cfg.InhibitIPv4,
 	}
 	if cfg.HostBinding.IsValid() {
 		rec.HostBinding = cfg.HostBinding.String()

@@ -23,6 +23,12 @@ type Network struct {
 	// the host. In the default mode, nat, only published ports are
 	// reachable from outside, and only through the host's addresses.
 	Unprotected4, Unprotected6 bool
+	// NoBridgeIPv4: the bridge carries no IPv4 address, with
+	// inhibit_ipv4 (the operator manages it) or gateway mode isolated.
+	// NoBridgeIPv6: IPv6 is off on the bridge (gateway mode isolated), so
+	// it has no link-local address either. Containers of the network still
+	// reach each other: the bridge forwards frames without an address.
+	NoBridgeIPv4, NoBridgeIPv6 bool
 }
 
 // Unprotected reports whether the family's gateway mode is nat-unprotected.
