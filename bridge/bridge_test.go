@@ -406,6 +406,7 @@ func TestRuleOptions(t *testing.T) {
 		{"ipv6", func(n *model.Network) { n.IPv6 = v6 }},
 		{"nat-unprotected", func(n *model.Network) { n.Unprotected4 = true }},
 		{"nat-unprotected-ipv6-only", func(n *model.Network) { n.IPv6, n.Unprotected6 = v6, true }},
+		{"ipv6-only", func(n *model.Network) { n.IPv4, n.IPv6 = nil, v6 }},
 		{"nat-unprotected-internal", func(n *model.Network) { n.Internal, n.Unprotected4 = true, true }},
 		{"routed", func(n *model.Network) { n.Routed4 = true }},
 		{"ipv4-nat-ipv6-routed", func(n *model.Network) { n.IPv6, n.Routed6 = v6, true }},

@@ -67,7 +67,7 @@ func (d *Dataplane) Fingerprint() (model.Digests, error) {
 		g.add(key, fmt.Sprintf("%d %s %s %d %d %v", a.Index, a.Name, a.Alias, a.MTU, a.MasterIndex, a.Flags&^net.FlagRunning))
 		if kind == "net" {
 			// bridgeSysctls' switches: no link dump carries them.
-			for _, s := range []string{"net/ipv4/conf/%s/route_localnet", "net/ipv6/conf/%s/accept_ra"} {
+			for _, s := range []string{"net/ipv4/conf/%s/route_localnet", "net/ipv6/conf/%s/accept_ra", "net/ipv6/conf/%s/disable_ipv6"} {
 				g.add(key, sysctlValue(fmt.Sprintf(s, a.Name)))
 			}
 		}

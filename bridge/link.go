@@ -70,6 +70,25 @@ func (d *Dataplane) ensureBridge(n model.Network) (created bool, err error) {
 // ensureAddrs puts each gateway address on the bridge, and pushes the
 // removal of those that were missing onto undo.
 // Equivalent to: ip addr add GATEWAY/LEN dev BRIDGE.
+// bridgeGateways are the subnets whose gateway the bridge carries: those
+// that have one, except in a family the network keeps off the bridge
+// (inhibit_ipv4, gateway mode isolated). Docker's bridge does the same
+// (moby libnetwork/drivers/bridge, setupBridgeIPv4, setupBridgeIPv6).
+func bridgeGateways(n model.Network) []model.Subnet {
+	var out []model.Subnet
+	for _, fam := range []struct {
+		subnets []model.Subnet
+		off     bool
+	}{{n.IPv4, n.NoBridgeIPv4}, {n.IPv6, n.NoBridgeIPv6}} {
+		for _, s := range fam.subnets {
+			if s.Gateway.IsValid() && !fam.off {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
 func (d *Dataplane) ensureAddrs(n model.Network, undo *netutil.Undo) error {
 	l, err := d.nl.LinkByName(n.Bridge)
 	if err != nil {
@@ -79,10 +98,7 @@ func (d *Dataplane) ensureAddrs(n model.Network, undo *netutil.Undo) error {
 	if err != nil {
 		return fmt.Errorf("list addresses of bridge %s: %w", n.Bridge, err)
 	}
-	for _, s := range append(append([]model.Subnet(nil), n.IPv4...), n.IPv6...) {
-		if !s.Gateway.IsValid() {
-			continue
-		}
+	for _, s := range bridgeGateways(n) {
 		addr := &netlink.Addr{IPNet: netutil.IPNet(s.Gateway)}
 		if s.Gateway.Addr().Is6() {
 			// The gateway must answer at once; duplicate address detection

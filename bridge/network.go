@@ -61,9 +61,16 @@ func (d *Dataplane) bridgeSysctls(n model.Network) error {
 		if d.fw6 == nil {
 			return fmt.Errorf("network %s has IPv6 but ip6tables is not available to isolate it; install ip6tables", model.Short(n.ID))
 		}
-		// A container must not be able to become the host's IPv6 router
-		// (CVE-2020-10749).
-		if err := ignoreRouterAdvertisements(n.Bridge); err != nil {
+		if n.NoBridgeIPv6 {
+			// Gateway mode isolated: not even a link-local address, so
+			// the host is out of the containers' reach over IPv6, as with
+			// Docker's bridge. Frames between the containers still pass.
+			if err := writeSysctl("net/ipv6/conf/"+n.Bridge+"/disable_ipv6", "1"); err != nil {
+				return fmt.Errorf("disable IPv6 on bridge %s of network %s for gateway mode isolated: %w", n.Bridge, model.Short(n.ID), err)
+			}
+		} else if err := ignoreRouterAdvertisements(n.Bridge); err != nil {
+			// A container must not be able to become the host's IPv6
+			// router (CVE-2020-10749).
 			return err
 		}
 	}

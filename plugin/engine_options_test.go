@@ -95,7 +95,7 @@ func TestGatewayModes(t *testing.T) {
 	h.fails("NetworkDriver.CreateNetwork", createNetworkReq(id('a'), "10.1.0.0/24", "10.1.0.1/24", map[string]any{OptGatewayMode4: "nat"}), 400)
 
 	for _, tc := range []struct{ opt, mode, want string }{
-		{OptGatewayMode6, "isolated", "not supported yet"},
+		{OptGatewayMode6, "isolated", "only be used for an internal network"},
 		{OptGatewayMode4, "Routed", "not a gateway mode"},
 		{OptGatewayMode4, "NAT", "not a gateway mode"},
 		{OptGatewayMode6, "", "not a gateway mode"},

@@ -1,6 +1,10 @@
 package plugin
 
-import "context"
+import (
+	"context"
+
+	"github.com/mynet/mynet/internal/driver"
+)
 
 // The types below are those of moby's remote driver API that
 // go-plugins-helpers lacks (moby daemon/libnetwork/drivers/remote/api/api.go:
@@ -29,15 +33,16 @@ type gwAllocCheckResponse struct {
 }
 
 // gwAllocCheck answers whether a network created with these options needs
-// gateway addresses. Every mynet network puts the gateways on its bridge
-// today, so the answer is no skip for both families. The options are
-// checked as CreateNetwork checks them, so that a mistake is reported
-// before the engine allocates anything for the network.
-//
-// Gateway mode routed keeps the gateway: the containers route through
-// it. Docker's bridge skips a family only in gateway mode isolated (and
-// IPv4 with inhibit_ipv4 on an internal network): moby v28.5.2
-// libnetwork/drivers/bridge/bridge_linux.go, GetSkipGwAlloc.
+// gateway addresses, as Docker's bridge driver does (moby v28.5.2
+// libnetwork/drivers/bridge/bridge_linux.go, GetSkipGwAlloc): none of a
+// family in gateway mode isolated, and no IPv4 one on an internal network
+// with inhibit_ipv4, whose bridge gets no IPv4 address and whose
+// containers get no default route. The engine then sends CreateNetwork
+// without a Gateway of that family, unless the user gave --gateway.
+// Engines before 28.0 never ask, and send a gateway anyway, which mynet
+// then keeps off the bridge. The options are checked as CreateNetwork
+// checks them, so that a mistake is reported before the engine allocates
+// anything for the network.
 func gwAllocCheck(_ context.Context, req *gwAllocCheckRequest) (*gwAllocCheckResponse, error) {
 	var cfg NetworkConfig
 	if err := parseTopLevel(req.Options, &cfg); err != nil {
@@ -50,5 +55,11 @@ func gwAllocCheck(_ context.Context, req *gwAllocCheckRequest) (*gwAllocCheckRes
 	if err := parseGeneric(generic, &cfg); err != nil {
 		return nil, err
 	}
-	return &gwAllocCheckResponse{}, nil
+	if err := checkOptions(cfg); err != nil {
+		return nil, err
+	}
+	return &gwAllocCheckResponse{
+		SkipIPv4: cfg.GatewayMode4 == driver.GatewayIsolated || (cfg.InhibitIPv4 && cfg.Internal),
+		SkipIPv6: cfg.GatewayMode6 == driver.GatewayIsolated,
+	}, nil
 }

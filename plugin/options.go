@@ -31,6 +31,7 @@ const (
 	OptGatewayMode4  = "com.docker.network.bridge.gateway_mode_ipv4"
 	OptGatewayMode6  = "com.docker.network.bridge.gateway_mode_ipv6"
 	OptTrustedIfaces = "com.docker.network.bridge.trusted_host_interfaces" // Docker 28.2+
+	OptInhibitIPv4   = "com.docker.network.bridge.inhibit_ipv4"
 	// OptAntiSpoofing is mynet's own: Docker's bridge has no such filter.
 	OptAntiSpoofing = "mynet.anti_spoofing"
 )
@@ -43,9 +44,10 @@ var supportedOptions = map[string]string{
 	OptMasquerade:    "masquerade egress to the host's address: true or false (default true)",
 	OptHostBinding:   "default host IPv4 address for published ports (default: all)",
 	OptIfacePrefix:   "prefix of the interface name in containers, letters and digits (default eth)",
-	OptGatewayMode4:  "nat (default): only published ports are reachable from outside the host, through the host's addresses; nat-unprotected: containers' IPv4 addresses may also be routed to directly, all ports; routed: no NAT, published container ports (and ICMP) open at the containers' IPv4 addresses, host ports ignored",
+	OptGatewayMode4:  "nat (default): only published ports are reachable from outside the host, through the host's addresses; nat-unprotected: containers' IPv4 addresses may also be routed to directly, all ports; routed: no NAT, published container ports (and ICMP) open at the containers' IPv4 addresses, host ports ignored; isolated (internal networks only): no address of the family on the bridge",
 	OptGatewayMode6:  "as gateway_mode_ipv4, for the containers' IPv6 addresses",
 	OptTrustedIfaces: "host interfaces, separated by ':', from which published container ports are reachable at the containers' addresses in gateway mode nat (a trailing + matches as in iptables)",
+	OptInhibitIPv4:   "the bridge gets no IPv4 address, the operator manages it: true or false (default false)",
 	OptAntiSpoofing:  "containers may send only from their own MAC and addresses: true or false (default true)",
 }
 
@@ -76,11 +78,14 @@ func ParseCreateNetwork(req *network.CreateNetworkRequest) (NetworkConfig, error
 	if cfg.BridgeName == "" {
 		cfg.BridgeName = model.BridgeName(req.NetworkID)
 	}
+	if err := checkOptions(cfg); err != nil {
+		return cfg, err
+	}
 	if cfg.IPv4, err = parseIPAMData("IPv4Data", req.IPv4Data, false); err != nil {
 		return cfg, err
 	}
-	if len(cfg.IPv4) == 0 {
-		return cfg, badRequest(fmt.Errorf("network has no IPv4 subnet: mynet needs an IPAM driver that assigns one (not --ipam-driver null)"))
+	if err := checkIPv4(cfg); err != nil {
+		return cfg, err
 	}
 	if cfg.EnableIPv6 {
 		if cfg.IPv6, err = parseIPAMData("IPv6Data", req.IPv6Data, true); err != nil {
@@ -91,6 +96,40 @@ func ParseCreateNetwork(req *network.CreateNetworkRequest) (NetworkConfig, error
 		}
 	}
 	return cfg, nil
+}
+
+// checkIPv4 checks the IPv4 side against enable_ipv4 (Docker 28's
+// --ipv4=false, an IPv6-only network), as Docker's bridge does in
+// CreateNetwork: a network needs one of the families, and the IPv4 subnet
+// the engine sends must agree with the flag.
+func checkIPv4(cfg NetworkConfig) error {
+	switch {
+	case cfg.EnableIPv4 && len(cfg.IPv4) == 0:
+		return badRequestf("network has no IPv4 subnet: mynet needs an IPAM driver that assigns one (not --ipam-driver null), or, with Docker 28 or later, an IPv6-only network (--ipv4=false --ipv6)")
+	case !cfg.EnableIPv4 && len(cfg.IPv4) > 0:
+		return badRequestf("option %s is false but IPv4Data has the subnet %s: the engine and the option disagree; leave --ipv4 on to use the subnet, or give no IPv4 subnet", optEnableIPv4, cfg.IPv4[0].Pool)
+	}
+	return nil
+}
+
+// checkOptions checks the options against each other, before any IPAM
+// data is looked at, so GwAllocCheck refuses what CreateNetwork would.
+// Gateway mode isolated is refused on a network with a way out, as
+// Docker's bridge does (parseNetworkOptions): isolated takes the gateway
+// away, which only an internal network does without.
+func checkOptions(cfg NetworkConfig) error {
+	switch {
+	case !cfg.EnableIPv4 && !cfg.EnableIPv6:
+		return badRequestf("options %s and %s are both false: a network needs IPv4 or IPv6; add --ipv6, or leave --ipv4 on", optEnableIPv4, optEnableIPv6)
+	case !cfg.EnableIPv4 && cfg.HostBinding.IsValid():
+		return badRequestf("option %s is %s but the network has no IPv4 (--ipv4=false): no port could be published on it; leave the option out, or --ipv4 on", OptHostBinding, cfg.HostBinding)
+	}
+	for _, m := range []struct{ key, mode string }{{OptGatewayMode4, cfg.GatewayMode4}, {OptGatewayMode6, cfg.GatewayMode6}} {
+		if m.mode == driver.GatewayIsolated && !cfg.Internal {
+			return badRequestf("option %s: isolated can only be used for an internal network; add --internal, or use nat", m.key)
+		}
+	}
+	return nil
 }
 
 // checkIPv6 refuses an IPv6 network mynet could only half build. IPv6
@@ -162,14 +201,10 @@ func parseTopLevel(opts map[string]any, cfg *NetworkConfig) error {
 	if cfg.Internal, err = boolOption(opts, optInternal, false); err != nil {
 		return err
 	}
-	ipv4, err := boolOption(opts, optEnableIPv4, true)
-	if err != nil {
-		return err
-	}
-	if !ipv4 {
-		return badRequest(fmt.Errorf("IPv6-only networks (--ipv4=false) are not supported by this version of mynet"))
-	}
-	return nil
+	// Docker 28 sends enable_ipv4 always, false for --ipv4=false; older
+	// engines never, and every network of theirs has IPv4.
+	cfg.EnableIPv4, err = boolOption(opts, optEnableIPv4, true)
+	return err
 }
 
 func genericOptions(opts map[string]any) (map[string]string, error) {
@@ -206,7 +241,7 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 				return badRequest(fmt.Errorf("option %s: %q is not an MTU; use a number from 68 to 65535", k, v))
 			}
 			cfg.MTU = mtu
-		case OptICC, OptMasquerade, OptAntiSpoofing:
+		case OptICC, OptMasquerade, OptAntiSpoofing, OptInhibitIPv4:
 			b, err := strconv.ParseBool(v)
 			if err != nil {
 				return badRequest(fmt.Errorf("option %s: %q is not a boolean; use true or false", k, v))
@@ -216,6 +251,8 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 				cfg.ICC = b
 			case OptMasquerade:
 				cfg.Masquerade = b
+			case OptInhibitIPv4:
+				cfg.InhibitIPv4 = b
 			default:
 				cfg.AntiSpoofing = b
 			}
@@ -256,18 +293,17 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 	return nil
 }
 
-// gatewayMode accepts Docker's nat, nat-unprotected and routed; isolated,
-// which changes what the gateway does, is refused rather than built as nat.
+// gatewayMode accepts Docker's four modes: nat and nat-unprotected, which
+// differ only in the protection from direct routing, routed, and isolated
+// (internal networks only, see checkModes).
 func gatewayMode(k, v string) (string, error) {
 	switch v {
 	case "nat":
 		return "", nil
-	case driver.GatewayNATUnprotected, driver.GatewayRouted:
+	case driver.GatewayNATUnprotected, driver.GatewayRouted, driver.GatewayIsolated:
 		return v, nil
-	case "isolated":
-		return "", badRequestf("option %s: %q is not supported yet; use nat, nat-unprotected or routed", k, v)
 	}
-	return "", badRequestf("option %s: %q is not a gateway mode; use nat, nat-unprotected or routed", k, v)
+	return "", badRequestf("option %s: %q is not a gateway mode; use nat, nat-unprotected, routed or isolated (internal networks)", k, v)
 }
 
 // trustedInterfaces splits trusted_host_interfaces at ':' as Docker's

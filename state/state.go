@@ -60,6 +60,9 @@ type Network struct {
 	GatewayMode6 string `json:",omitempty"`
 	// TrustedInterfaces are trusted_host_interfaces, split at ':'.
 	TrustedInterfaces []string `json:",omitempty"`
+	// InhibitIPv4 is the bridge driver's inhibit_ipv4: no IPv4 address
+	// on the bridge.
+	InhibitIPv4 bool `json:",omitempty"`
 	// AntiSpoofing is the anti-spoofing filter (mynet.anti_spoofing). In
 	// JSON it is the inverse "SpoofingAllowed", so that the zero value of
 	// a record written before the option existed protects (see

@@ -48,9 +48,7 @@ func (d *doctor) ownedRules(sc scan, backend string) []ownedRule {
 func (d *doctor) checkRules(st1, st2 *plugin.Dump, sc1, sc2 scan, backend string) {
 	withRules := d.checkOrphanRules(st2, sc1, sc2, backend)
 	d.checkMissingRules(st1, st2, sc2, backend, withRules)
-	if len(st2.Networks) > 0 {
-		d.checkHook(sc2, backend)
-	}
+	d.checkHook(st2, sc2, backend)
 }
 
 // checkOrphanRules reports the rules, present in both reads, of networks
@@ -128,15 +126,22 @@ func (d *doctor) checkMissingRules(st1, st2 *plugin.Dump, sc scan, backend strin
 }
 
 // checkHook reports a missing jump from FORWARD or DOCKER-USER into
-// mynet's forward chain.
-func (d *doctor) checkHook(sc scan, backend string) {
+// mynet's forward chain, in each family some network of the state has a
+// subnet of: an IPv6-only network has no rule, and so no hook, in
+// iptables.
+func (d *doctor) checkHook(st *plugin.Dump, sc scan, backend string) {
 	filterChains, _ := model.ChainsFor(d.t.Instance).ByTable()
 	if len(filterChains) == 0 {
 		return
 	}
 	fwd := filterChains[0]
+	families := map[string]bool{}
+	for _, n := range st.Networks {
+		families["iptables"] = families["iptables"] || len(n.IPv4) > 0
+		families["ip6tables"] = families["ip6tables"] || len(n.IPv6) > 0
+	}
 	for _, td := range sc.dumps {
-		if td.backend != backend || td.family != "iptables" || td.table != "filter" {
+		if td.backend != backend || !families[td.family] || td.table != "filter" {
 			continue
 		}
 		hooked := false
@@ -146,7 +151,7 @@ func (d *doctor) checkHook(sc scan, backend string) {
 			}
 		}
 		if !hooked {
-			d.add("missing_rules", statusProblem, "no jump from FORWARD or DOCKER-USER into "+fwd+": mynet's accepts are never reached, so with a DROP policy its containers cannot reach anything", d.reconcileFix(rebuilds))
+			d.add("missing_rules", statusProblem, "no jump from FORWARD or DOCKER-USER into "+fwd+" in "+td.family+": mynet's accepts are never reached, so with a DROP policy its containers cannot reach anything", d.reconcileFix(rebuilds))
 		}
 	}
 }

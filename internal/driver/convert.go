@@ -14,6 +14,7 @@ func toBridgeNetwork(n *state.Network) model.Network {
 		Unprotected4: n.GatewayMode4 == GatewayNATUnprotected, Unprotected6: n.GatewayMode6 == GatewayNATUnprotected,
 		Routed4: n.GatewayMode4 == GatewayRouted, Routed6: n.GatewayMode6 == GatewayRouted,
 		TrustedInterfaces: n.TrustedInterfaces,
+		NoBridgeIPv4:      n.InhibitIPv4 || n.GatewayMode4 == GatewayIsolated, NoBridgeIPv6: n.GatewayMode6 == GatewayIsolated,
 	}
 }
 

@@ -20,15 +20,23 @@ const GatewayNATUnprotected = "nat-unprotected"
 // container ports are opened at the containers' addresses instead.
 const GatewayRouted = "routed"
 
+// GatewayIsolated is gateway mode isolated, for internal networks only:
+// the bridge has no address of the family, so the containers have no way
+// to the host in it, only to each other.
+const GatewayIsolated = "isolated"
+
 // OptBridgeName is the -o key that names the bridge; errors name it.
 const OptBridgeName = "com.docker.network.bridge.name"
 
 // NetworkConfig is a CreateNetwork request parsed and validated: nothing
 // here reads Docker's option maps.
 type NetworkConfig struct {
-	ID           string
-	BridgeName   string
-	MTU          int
+	ID         string
+	BridgeName string
+	MTU        int
+	// EnableIPv4 is false for an IPv6-only network (Docker 28's
+	// --ipv4=false), which then has no IPv4 subnet.
+	EnableIPv4   bool
 	EnableIPv6   bool
 	Internal     bool
 	ICC          bool
@@ -37,13 +45,15 @@ type NetworkConfig struct {
 	AntiSpoofing bool
 	IfacePrefix  string // "": the engine's default, eth
 	// GatewayMode4 and GatewayMode6 are "" (nat), GatewayNATUnprotected
-	// or GatewayRouted.
+	// or GatewayRouted or GatewayIsolated.
 	GatewayMode4 string
 	GatewayMode6 string
 	// TrustedInterfaces are trusted_host_interfaces (nil: none).
 	TrustedInterfaces []string
-	IPv4              []SubnetConfig
-	IPv6              []SubnetConfig
+	// InhibitIPv4 leaves the bridge without its IPv4 address.
+	InhibitIPv4 bool
+	IPv4        []SubnetConfig
+	IPv6        []SubnetConfig
 }
 
 // SubnetConfig is one IPAM entry of the request.
@@ -62,6 +72,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, cfg NetworkConfig) error {
 		ICC: cfg.ICC, Masquerade: cfg.Masquerade, Internal: cfg.Internal, AntiSpoofing: cfg.AntiSpoofing,
 		IfacePrefix: cfg.IfacePrefix, GatewayMode4: cfg.GatewayMode4, GatewayMode6: cfg.GatewayMode6,
 		TrustedInterfaces: cfg.TrustedInterfaces,
+		InhibitIPv4:       cfg.InhibitIPv4,
 	}
 	if cfg.HostBinding.IsValid() {
 		rec.HostBinding = cfg.HostBinding.String()

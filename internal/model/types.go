@@ -31,6 +31,12 @@ type Network struct {
 	// which the containers' published ports may be reached at the
 	// containers' addresses in gateway mode nat, as from the bridge.
 	TrustedInterfaces []string
+	// NoBridgeIPv4: the bridge carries no IPv4 address, with
+	// inhibit_ipv4 (the operator manages it) or gateway mode isolated.
+	// NoBridgeIPv6: IPv6 is off on the bridge (gateway mode isolated), so
+	// it has no link-local address either. Containers of the network still
+	// reach each other: the bridge forwards frames without an address.
+	NoBridgeIPv4, NoBridgeIPv6 bool
 }
 
 // Routed reports whether the family's gateway mode is routed.
