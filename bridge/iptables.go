@@ -104,7 +104,8 @@ func (f *iptablesFirewall) removeWhere(what string, drop func(networkID, endpoin
 		return fmt.Errorf("remove %s: %w", what, err)
 	}
 	var t tx
-	networksLeft, chainsFound, removed := 0, false, 0
+	var dels []txRule
+	networksLeft, chainsFound := 0, false
 	for _, tc := range f.chains.Tables() {
 		tr := rs.table(tc.Table)
 		if !tr.hasChain(tc.Chain) {
@@ -116,15 +117,20 @@ func (f *iptablesFirewall) removeWhere(what string, drop func(networkID, endpoin
 			switch {
 			case !ok:
 			case drop(nid, eid):
-				t.line(tc.Table, "-D "+tc.Chain+" "+spec)
-				removed++
+				dels = append(dels, txRule{tc.Table, tc.Chain, spec})
 			case eid == "":
 				networksLeft++
 			}
 		}
 	}
-	if networksLeft == 0 && chainsFound {
+	removeChains := networksLeft == 0 && chainsFound
+	if removeChains {
+		// Flushing the chains deletes their rules.
 		f.planRemoveChains(rs, &t)
+	} else {
+		for _, d := range dels {
+			t.line(d.table, "-D "+d.chain+" "+d.spec)
+		}
 	}
 	if t.empty() {
 		return nil
@@ -132,7 +138,7 @@ func (f *iptablesFirewall) removeWhere(what string, drop func(networkID, endpoin
 	if err := f.ipt.Restore(t.render()); err != nil {
 		return fmt.Errorf("remove %s: %w", what, err)
 	}
-	f.log.Debug("rules removed", "family", f.family(), "of", what, "rules", removed, "chains_removed", networksLeft == 0 && chainsFound)
+	f.log.Debug("rules removed", "family", f.family(), "of", what, "rules", len(dels), "chains_removed", removeChains)
 	return nil
 }
 
