@@ -87,7 +87,7 @@ func (f *iptablesFirewall) planHooks(rs ruleset, t *tx) {
 			}
 		}
 		t.line(fwd.table, fmt.Sprintf("-I %s %d %s", fwd.chain, pos, spec))
-		filter.add(fwd.chain, spec, false) // its place matters to no later step
+		filter.add(fwd.chain, spec)
 		t.added = append(t.added, txRule{fwd.table, fwd.chain, spec})
 	}
 	if !hasUser {
@@ -127,7 +127,7 @@ func (f *iptablesFirewall) planEgress(rs ruleset, t *tx) {
 	filter.chains[f.chains.Egress] = nil
 	for _, spec := range want {
 		t.line(model.TableFilter, "-A "+f.chains.Egress+" "+spec)
-		filter.add(f.chains.Egress, spec, false)
+		filter.add(f.chains.Egress, spec)
 	}
 }
 

@@ -38,13 +38,12 @@ func (t *tableRules) hasChain(chain string) bool {
 
 func (t *tableRules) has(chain, spec string) bool { return t.present[chain+" "+spec] > 0 }
 
-// add records a rule as present, at the chain's end or its top.
-func (t *tableRules) add(chain, spec string, top bool) {
-	if top {
-		t.chains[chain] = append([]string{spec}, t.chains[chain]...)
-	} else {
-		t.chains[chain] = append(t.chains[chain], spec)
-	}
+// add records a rule as present. It goes at the chain's end even when
+// the transaction inserts it at the top: moving a chain of thousands of
+// port rules for each would cost more than the restore, and no step that
+// plans after it depends on the order of the rules a transaction adds.
+func (t *tableRules) add(chain, spec string) {
+	t.chains[chain] = append(t.chains[chain], spec)
 	t.present[chain+" "+spec]++
 }
 
@@ -65,7 +64,7 @@ func parseSave(out string) ruleset {
 			}
 		case strings.HasPrefix(l, "-A "):
 			chain, spec, _ := strings.Cut(l[3:], " ")
-			t.add(chain, canonical(splitRule(spec)), false)
+			t.add(chain, canonical(splitRule(spec)))
 		}
 	}
 	return rs
@@ -109,8 +108,10 @@ func quoteArg(a string) string {
 	if a != "" && !strings.ContainsAny(a, " \t\"\\'") {
 		return a
 	}
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a) + `"`
+	return `"` + quoteEscapes.Replace(a) + `"`
 }
+
+var quoteEscapes = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 
 // baseOptions are the options iptables-save prints first, in its order,
 // each with its long name.

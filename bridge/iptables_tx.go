@@ -160,7 +160,7 @@ func (f *iptablesFirewall) planRule(rs ruleset, t *tx, r rule) {
 	} else {
 		t.line(r.table, "-A "+r.chain+" "+spec)
 	}
-	tr.add(r.chain, spec, r.top)
+	tr.add(r.chain, spec)
 	t.added = append(t.added, txRule{r.table, r.chain, spec})
 }
 

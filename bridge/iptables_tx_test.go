@@ -129,7 +129,7 @@ func (m *memIPTables) apply(t *tableRules, l string) error {
 			delete(t.chains, chain)
 		}
 	case "-A":
-		t.add(chain, f[2], false)
+		t.add(chain, f[2])
 	case "-I":
 		pos, spec, _ := strings.Cut(f[2], " ")
 		n, err := strconv.Atoi(pos)
