@@ -40,19 +40,34 @@ func (f *iptablesFirewall) family() string {
 // adds (chains, hooks, rules) goes onto undo, and only that: the caller may
 // be repairing a network whose other rules are live.
 func (f *iptablesFirewall) ensureNetwork(ctx context.Context, n model.Network, undo *netutil.Undo) error {
-	return f.ensureRules(ctx, f.networkRules(n), "network "+model.Short(n.ID), undo)
+	return f.ensureRules(ctx, f.networkRules(n), "network "+model.Short(n.ID), nil, undo)
 }
 
 // ensurePorts adds the rules of an endpoint's published ports that are
 // missing, and pushes what it adds onto undo.
 func (f *iptablesFirewall) ensurePorts(ctx context.Context, n model.Network, ep model.Endpoint, ports []model.PortMapping, undo *netutil.Undo) error {
-	return f.ensureRules(ctx, f.allPortRules(ep, ports), "ports of endpoint "+model.Short(ep.ID), undo)
+	return f.ensureRules(ctx, f.allPortRules(ep, ports), "ports of endpoint "+model.Short(ep.ID), nil, undo)
+}
+
+// ensureAll adds whichever rules of the networks and of the endpoints'
+// ports are missing, in one transaction.
+func (f *iptablesFirewall) ensureAll(ctx context.Context, networks []model.Network, endpoints []model.Endpoint, undo *netutil.Undo) (int, error) {
+	var rules []rule
+	for _, n := range networks {
+		rules = append(rules, f.networkRules(n)...)
+	}
+	for _, ep := range endpoints {
+		rules = append(rules, f.allPortRules(ep, ep.Ports)...)
+	}
+	added := 0
+	err := f.ensureRules(ctx, rules, "all networks and ports", func(t *tx) { added = len(t.added) }, undo)
+	return added, err
 }
 
 // ensureRules adds whichever of rules are missing, with mynet's chains
 // and hooks, in one transaction, and pushes its undo. No rules: nothing,
 // not even the chains.
-func (f *iptablesFirewall) ensureRules(ctx context.Context, rules []rule, what string, undo *netutil.Undo) error {
+func (f *iptablesFirewall) ensureRules(ctx context.Context, rules []rule, what string, planned func(*tx), undo *netutil.Undo) error {
 	if len(rules) == 0 {
 		return nil
 	}
@@ -69,6 +84,9 @@ func (f *iptablesFirewall) ensureRules(ctx context.Context, rules []rule, what s
 	f.planChains(rs, &t)
 	for _, r := range rules {
 		f.planRule(rs, &t, r)
+	}
+	if planned != nil {
+		planned(&t)
 	}
 	return f.commit(ctx, &t, what, undo)
 }

@@ -20,6 +20,7 @@ import (
 // input, as iptables-restore does.
 type memIPTables struct {
 	rs       ruleset
+	saves    int
 	restores []string
 	// fail, when set, fails a line it selects.
 	fail func(line string) bool
@@ -48,6 +49,7 @@ func newMemIPTables(extra ...string) *memIPTables {
 }
 
 func (m *memIPTables) Save() (string, error) {
+	m.saves++
 	var b strings.Builder
 	for _, table := range tableOrder {
 		t := m.rs.table(table)
@@ -283,5 +285,61 @@ func TestCanonical(t *testing.T) {
 		if got := canonical(splitRule(tc.want)); got != tc.want {
 			t.Errorf("canonical(splitRule(%q)) = %q", tc.want, got)
 		}
+	}
+}
+
+// TestEnsureAllRepairsWithOneReadAndOneWrite: the reconcile's check reads
+// the ruleset once and writes only what is missing (rules of several
+// networks and endpoints deleted from outside) in one restore, reports
+// how many rules that is, and writes nothing when nothing is missing.
+func TestEnsureAllRepairsWithOneReadAndOneWrite(t *testing.T) {
+	n1, n2 := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24"), testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24")
+	ep := testEndpoint(n1, eid1)
+	for i := range 100 {
+		ep.Ports = append(ep.Ports, model.PortMapping{Proto: "tcp", HostPort: uint16(8000 + 2*i), HostPortEnd: uint16(8000 + 2*i), ContainerIP: netip.MustParseAddr("10.1.0.2"), Port: 80})
+	}
+	m := newMemIPTables(dockerChains...)
+	fw := memFirewall(m, false)
+	for _, n := range []model.Network{n1, n2} {
+		if err := fw.ensureNetwork(t.Context(), n, &netutil.Undo{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fw.ensurePorts(t.Context(), n1, ep, ep.Ports, &netutil.Undo{}); err != nil {
+		t.Fatal(err)
+	}
+	good := mustSave(t, m)
+	// Damage: a port's DNAT, n2's masquerade and the nat hooks.
+	var damage tx
+	nat := m.rs.table(model.TableNAT)
+	for _, chain := range []string{fw.chains.DNAT, fw.chains.Postrouting, "PREROUTING", "POSTROUTING"} {
+		for _, spec := range nat.chains[chain] {
+			if strings.Contains(spec, "--dport 8010 ") || strings.Contains(spec, "10.2.0.0/24") || strings.Contains(spec, "mynet mynet-test") {
+				damage.line(model.TableNAT, "-D "+chain+" "+spec)
+			}
+		}
+	}
+	if err := m.Restore(damage.render()); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name                 string
+		wantAdded, wantWrite int
+	}{{"damaged", damage.size(), 1}, {"intact", 0, 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			m.saves, m.restores = 0, nil
+			added, err := fw.ensureAll(t.Context(), []model.Network{n1, n2}, []model.Endpoint{ep}, &netutil.Undo{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if added != tc.wantAdded || m.saves != 1 || len(m.restores) != tc.wantWrite {
+				t.Errorf("added %d rules with %d reads and %d restores, want %d with 1 and %d:\n%s", added, m.saves, len(m.restores), tc.wantAdded, tc.wantWrite, strings.Join(m.restores, "--\n"))
+			}
+			// A rule appended again comes after the chain's others: only
+			// the order may differ.
+			if got := mustSave(t, m); sortedLines(got) != sortedLines(good) {
+				t.Errorf("after the repair:\n%s\nwant:\n%s", got, good)
+			}
+		})
 	}
 }

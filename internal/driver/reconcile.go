@@ -192,18 +192,30 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 		scope.damaged[k] = true
 	}
 	var errs []error
+	// The rules of all networks and ports in scope are compared with the
+	// ruleset at once, after the links: one read and one transaction per
+	// family, not one per object.
+	var ruleNets []model.Network
+	var ruleEps []model.Endpoint
 	for _, n := range d.networks {
 		if !scope.network(n.ID) {
 			continue
 		}
-		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
+		bn := toBridgeNetwork(n)
+		ruleNets = append(ruleNets, bn)
+		if err := d.cfg.Dataplane.EnsureBridge(ctx, bn); err != nil {
 			errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(n.ID), err))
 		}
 	}
 	for _, e := range d.endpoints {
 		if ensure, respoof := scope.endpoint(e); ensure {
-			errs = append(errs, d.reconcileEndpoint(ctx, e, respoof))
+			errs = append(errs, d.reconcileEndpoint(ctx, e, respoof, &ruleEps))
 		}
+	}
+	if added, err := d.cfg.Dataplane.EnsureRules(ctx, ruleNets, ruleEps); err != nil {
+		errs = append(errs, fmt.Errorf("restore rules: %w", err))
+	} else if len(added) > 0 {
+		d.log.Info("firewall rules restored", "added", added, "networks", len(ruleNets), "endpoints_with_ports", len(ruleEps))
 	}
 	keepNets, keepEps := map[string]bool{}, map[string]bool{}
 	for id := range d.networks {
@@ -259,8 +271,9 @@ func (d *Driver) adoptOwnChanges(fp, sfp model.Digests) error {
 // its host veth is gone, so its container died without the engine telling
 // mynet (a legacy plugin gets no DeleteEndpoint for containers that died
 // with the engine, protocol.md section 5). Its address is the engine's to
-// release.
-func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respoof bool) error {
+// release. A live endpoint with ports goes onto withPorts, whose rules the
+// caller ensures with the others; without withPorts they are ensured here.
+func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respoof bool, withPorts *[]model.Endpoint) error {
 	n := d.networks[e.NetworkID]
 	if n != nil {
 		ep := toBridgeEndpoint(n, e)
@@ -279,6 +292,10 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respo
 				return fmt.Errorf("restore endpoint %s: %w", model.Short(e.ID), err)
 			}
 			if len(e.Ports) == 0 {
+				return nil
+			}
+			if withPorts != nil {
+				*withPorts = append(*withPorts, ep)
 				return nil
 			}
 			return d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), ep, toBridgePorts(e.Ports))
