@@ -392,8 +392,9 @@ func TestHostPrefixes(t *testing.T) {
 	})
 }
 
-// TestRuleOptions keeps a golden ruleset for each option combination and
-// checks that deleting the network restores the baseline.
+// TestRuleOptions keeps a golden ruleset for each option combination,
+// checks that ensuring it again changes nothing and that deleting the
+// network restores the baseline.
 func TestRuleOptions(t *testing.T) {
 	v6 := []model.Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
 	for _, tc := range []struct {
@@ -417,7 +418,16 @@ func TestRuleOptions(t *testing.T) {
 				if err := d.EnsureNetwork(ctx, n); err != nil {
 					t.Fatal(err)
 				}
-				golden(t, "options-"+tc.name, iptablesSave(t))
+				rules := iptablesSave(t)
+				golden(t, "options-"+tc.name, rules)
+				// Each rule read back compares equal to the one built: a
+				// second ensure finds nothing missing and adds nothing.
+				if err := d.EnsureNetwork(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+				if again := iptablesSave(t); again != rules {
+					t.Fatalf("a second ensure changed the rules:\n--- first\n%s--- second\n%s", rules, again)
+				}
 				if err := d.DeleteNetwork(ctx, n); err != nil {
 					t.Fatal(err)
 				}
