@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -57,6 +58,53 @@ func BenchmarkEndpointCycle(b *testing.B) {
 				b.StopTimer()
 				b.ReportMetric(float64(ensure.Microseconds())/float64(b.N), "ensure-µs/op")
 				b.ReportMetric(float64(del.Microseconds())/float64(b.N), "delete-µs/op")
+				if err := d.DeleteNetwork(ctx, n); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkPorts publishes and unpublishes many mappings on one endpoint,
+// each a separate rule pair (host ports not consecutive, so none merge),
+// in a scratch namespace: the firewall's cost at the scale users publish.
+func BenchmarkPorts(b *testing.B) {
+	for _, count := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("%d-mappings", count), func(b *testing.B) {
+			withDataplane(b, "", func(d *Dataplane) {
+				ctx := context.Background()
+				n := testNetwork(nid1, "10.20.0.0/16", "10.20.0.1/16")
+				if err := d.EnsureNetwork(ctx, n); err != nil {
+					b.Fatal(err)
+				}
+				ep := testEndpoint(n, eid1)
+				ctr := netip.MustParseAddr("10.20.0.2")
+				var ports []model.PortMapping
+				for i := range count {
+					hp := uint16(20000 + 2*(i%20000))
+					proto := "tcp"
+					if i >= 20000 {
+						proto = "udp"
+					}
+					ports = append(ports, model.PortMapping{Proto: proto, HostPort: hp, HostPortEnd: hp, ContainerIP: ctr, Port: uint16(1000 + i%60000)})
+				}
+				var publish, unpublish time.Duration
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					t0 := time.Now()
+					if err := d.EnsurePorts(ctx, n, ep, ports); err != nil {
+						b.Fatal(err)
+					}
+					t1 := time.Now()
+					if err := d.RemovePorts(ctx, ep, ports); err != nil {
+						b.Fatal(err)
+					}
+					publish, unpublish = publish+t1.Sub(t0), unpublish+time.Since(t1)
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(publish.Milliseconds())/float64(b.N), "publish-ms/op")
+				b.ReportMetric(float64(unpublish.Milliseconds())/float64(b.N), "unpublish-ms/op")
 				if err := d.DeleteNetwork(ctx, n); err != nil {
 					b.Fatal(err)
 				}

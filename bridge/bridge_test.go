@@ -392,8 +392,9 @@ func TestHostPrefixes(t *testing.T) {
 	})
 }
 
-// TestRuleOptions keeps a golden ruleset for each option combination and
-// checks that deleting the network restores the baseline.
+// TestRuleOptions keeps a golden ruleset for each option combination,
+// checks that ensuring it again changes nothing and that deleting the
+// network restores the baseline.
 func TestRuleOptions(t *testing.T) {
 	v6 := []model.Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
 	for _, tc := range []struct {
@@ -421,7 +422,16 @@ func TestRuleOptions(t *testing.T) {
 				if err := d.EnsureNetwork(ctx, n); err != nil {
 					t.Fatal(err)
 				}
-				golden(t, "options-"+tc.name, iptablesSave(t))
+				rules := iptablesSave(t)
+				golden(t, "options-"+tc.name, rules)
+				// Each rule read back compares equal to the one built: a
+				// second ensure finds nothing missing and adds nothing.
+				if err := d.EnsureNetwork(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+				if again := iptablesSave(t); again != rules {
+					t.Fatalf("a second ensure changed the rules:\n--- first\n%s--- second\n%s", rules, again)
+				}
 				if err := d.DeleteNetwork(ctx, n); err != nil {
 					t.Fatal(err)
 				}
@@ -766,28 +776,39 @@ func TestRemovePortsFlushesUDPFlows(t *testing.T) {
 	})
 }
 
-// failingIPT fails the calls that fail selects, as iptables does now and
-// then (say, right after a firewall reload, or with the xtables lock held
-// past its timeout).
+// failingIPT fails a restore whose table selected by fail holds a line
+// that fail selects, as iptables does now and then (say, right after a
+// firewall reload, or with the xtables lock held past its timeout): the
+// tables before it are committed, as iptables-restore commits each table
+// at its COMMIT.
 type failingIPT struct {
 	IPTables
-	fail func(op string, args []string) bool
+	fail func(line string) bool
 }
 
 var errInjectedIPT = errors.New("injected iptables failure")
 
-func (f *failingIPT) Exists(table, chain string, args ...string) (bool, error) {
-	if f.fail("exists", args) {
-		return false, errInjectedIPT
+func (f *failingIPT) Restore(input string) error {
+	tables := strings.SplitAfter(input, "COMMIT\n")
+	for i, table := range tables {
+		if slices.ContainsFunc(strings.Split(table, "\n"), f.fail) {
+			if before := strings.Join(tables[:i], ""); before != "" {
+				if err := f.IPTables.Restore(before); err != nil {
+					return err
+				}
+			}
+			return errInjectedIPT
+		}
 	}
-	return f.IPTables.Exists(table, chain, args...)
+	return f.IPTables.Restore(input)
 }
 
 // TestFailedRepairKeepsWhatWorked: a repair (an ensure of a network or of
-// ports that exist, with one rule and the gateway deleted from outside)
-// that fails at a later step returns the error and leaves the kernel as it
-// found it: it removes only what it added, never the rules and chains that
-// were there before the call.
+// ports that exist, with rules in two tables and the gateway deleted from
+// outside) whose transaction fails in its second table returns the error
+// and leaves the kernel as it found it: it removes what the committed
+// first table added, and never the rules and chains that were there
+// before the call.
 func TestFailedRepairKeepsWhatWorked(t *testing.T) {
 	n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 	ep := testEndpoint(n, eid1)
@@ -796,20 +817,23 @@ func TestFailedRepairKeepsWhatWorked(t *testing.T) {
 		{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: c4, Port: 80},
 		{Proto: "udp", HostPort: 5353, HostPortEnd: 5353, ContainerIP: c4, Port: 53},
 	}
+	chains := model.ChainsFor("mynet-test")
+	epComment := "mynet net=" + nid1 + " ep=" + eid1
 	for _, tc := range []struct {
 		name   string
 		damage [][]string
-		fail   func(op string, args []string) bool
+		fail   func(line string) bool
 		repair func(ctx context.Context, d *Dataplane) error
 	}{
 		{
 			name: "network",
 			damage: [][]string{
-				{"iptables", "-D", model.ChainsFor("mynet-test").Isolation, "!", "-i", n.Bridge, "-o", n.Bridge, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "mynet net=" + nid1, "-j", "DROP"},
+				{"iptables", "-D", chains.Isolation, "!", "-i", n.Bridge, "-o", n.Bridge, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "mynet net=" + nid1, "-j", "DROP"},
+				{"iptables", "-t", "nat", "-D", chains.Postrouting, "-s", "10.1.0.0/24", "!", "-o", n.Bridge, "-m", "comment", "--comment", "mynet net=" + nid1, "-j", "MASQUERADE"},
 				{"ip", "addr", "del", "10.1.0.1/24", "dev", n.Bridge},
 			},
-			// The masquerade rule comes after the deleted drop.
-			fail: func(op string, args []string) bool { return slices.Contains(args, "10.1.0.0/24") },
+			// The nat table comes after the filter table's drop.
+			fail: func(line string) bool { return strings.Contains(line, "MASQUERADE") },
 			repair: func(ctx context.Context, d *Dataplane) error {
 				return d.EnsureNetwork(ctx, n)
 			},
@@ -817,10 +841,11 @@ func TestFailedRepairKeepsWhatWorked(t *testing.T) {
 		{
 			name: "ports",
 			damage: [][]string{
-				{"iptables", "-t", "nat", "-D", model.ChainsFor("mynet-test").DNAT, "-p", "tcp", "-m", "tcp", "--dport", "8080", "-m", "comment", "--comment", "mynet net=" + nid1 + " ep=" + eid1, "-j", "DNAT", "--to-destination", "10.1.0.2:80"},
+				{"iptables", "-t", "nat", "-D", chains.DNAT, "-p", "tcp", "-m", "tcp", "--dport", "8080", "-m", "comment", "--comment", epComment, "-j", "DNAT", "--to-destination", "10.1.0.2:80"},
+				{"iptables", "-D", chains.Isolation, "-d", "10.1.0.2/32", "-o", n.Bridge, "-p", "tcp", "-m", "tcp", "--dport", "80", "-m", "conntrack", "--ctstate", "DNAT", "-m", "comment", "--comment", epComment, "-j", "ACCEPT"},
 			},
-			// The UDP mapping comes after the deleted TCP one.
-			fail: func(op string, args []string) bool { return slices.Contains(args, "udp") },
+			// The nat table's DNAT comes after the filter table's accept.
+			fail: func(line string) bool { return strings.Contains(line, "--to-destination") },
 			repair: func(ctx context.Context, d *Dataplane) error {
 				return d.EnsurePorts(ctx, n, ep, ports)
 			},

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,8 +17,8 @@ import (
 )
 
 // cancelOnRule is the real iptables, which cancels a context once a given
-// number of mynet's rules have been added: a deadline that passes in the
-// middle of a firewall loop.
+// number of transactions that add mynet's rules have been committed: a
+// deadline that passes between the families of one operation.
 type cancelOnRule struct {
 	IPTables
 	mu     sync.Mutex
@@ -33,33 +32,25 @@ func (c *cancelOnRule) arm(n int, cancel func()) {
 	c.left, c.cancel = n, cancel
 }
 
-func (c *cancelOnRule) added(spec []string) {
+func (c *cancelOnRule) Restore(input string) error {
+	err := c.IPTables.Restore(input)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cancel == nil || !slices.ContainsFunc(spec, func(s string) bool { return strings.HasPrefix(s, "mynet net=") }) {
-		return
+	if c.cancel == nil || !strings.Contains(input, "-A ") || !strings.Contains(input, "mynet net=") {
+		return err
 	}
 	if c.left--; c.left == 0 {
 		c.cancel()
 		c.cancel = nil
 	}
-}
-
-func (c *cancelOnRule) Append(table, chain string, spec ...string) error {
-	defer c.added(spec)
-	return c.IPTables.Append(table, chain, spec...)
-}
-
-func (c *cancelOnRule) Insert(table, chain string, pos int, spec ...string) error {
-	defer c.added(spec)
-	return c.IPTables.Insert(table, chain, pos, spec...)
+	return err
 }
 
 // TestDeadlineStopsEnsure: the ensure methods stop at the first step after
 // their context is done, with an error that wraps its cause, and leave the
 // namespace as it was before the call: when a kernel step outlasts the
 // deadline (a stalled failpoint), and when the deadline passes in the
-// middle of the rules.
+// middle of an operation, between its families.
 func TestDeadlineStopsEnsure(t *testing.T) {
 	nstest.RequireCommand(t, "iptables")
 	stop := errors.New("the test's deadline")
@@ -71,20 +62,22 @@ func TestDeadlineStopsEnsure(t *testing.T) {
 		{"network, bridge step stalled", "bridge.network.bridge=sleep(300ms)", func(ctx context.Context, d *Dataplane, _ *cancelOnRule, _ func()) error {
 			return d.EnsureNetwork(ctx, testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24"))
 		}},
-		{"network, deadline among the rules", "", func(ctx context.Context, d *Dataplane, ipt *cancelOnRule, cancel func()) error {
+		{"network, deadline between the families", "", func(ctx context.Context, d *Dataplane, ipt *cancelOnRule, cancel func()) error {
 			ipt.arm(1, cancel)
-			return d.EnsureNetwork(ctx, testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24"))
+			n := testNetwork(nid2, "10.2.0.0/24", "10.2.0.1/24")
+			n.IPv6 = []model.Subnet{{Pool: netip.MustParsePrefix("fd00:2::/64"), Gateway: netip.MustParsePrefix("fd00:2::1/64")}}
+			return d.EnsureNetwork(ctx, n)
 		}},
 		{"endpoint, veth step stalled", "bridge.endpoint.veth=sleep(300ms)", func(ctx context.Context, d *Dataplane, _ *cancelOnRule, _ func()) error {
 			return d.EnsureEndpoint(ctx, testEndpoint(testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24"), eid1))
 		}},
-		{"ports, deadline among the rules", "", func(ctx context.Context, d *Dataplane, ipt *cancelOnRule, cancel func()) error {
+		{"ports, deadline between the families", "", func(ctx context.Context, d *Dataplane, ipt *cancelOnRule, cancel func()) error {
 			n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 			c := testEndpoint(n, eid1)
 			ipt.arm(1, cancel)
 			return d.EnsurePorts(ctx, n, c, []model.PortMapping{
 				{Proto: "tcp", HostPort: 8080, HostPortEnd: 8080, ContainerIP: c4(), Port: 80},
-				{Proto: "udp", HostPort: 5353, HostPortEnd: 5353, ContainerIP: c4(), Port: 53},
+				{Proto: "udp", HostPort: 5353, HostPortEnd: 5353, ContainerIP: netip.MustParseAddr("fd00:1::2"), Port: 53},
 			})
 		}},
 	} {

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
-	"os/exec"
 	"slices"
 	"strings"
 
@@ -114,38 +113,36 @@ func sysctlValue(key string) string {
 
 // ownLines returns the lines of iptables-save that mention this instance's
 // chains, in order, the declarations of the Docker chains that decide
-// where its hooks and egress checks go (ensureHooks, ensureEgress): Docker
+// where its hooks and egress checks go (planHooks, planEgress): Docker
 // started or restarted after mynet creates them, and the rules of the
-// chain that names Docker's bridges (ensureLAN): they change as Docker's
-// networks come and go.
+// chain that names Docker's bridges (the LAN chain's returns): they change
+// as Docker's networks come and go. One iptables-save of all tables, as
+// the firewall's own read.
 func (f *iptablesFirewall) ownLines() ([]string, error) {
 	dockerChains := append([]string{dockerUserChain}, dockerIsolationChains...)
-	bin := "iptables-save"
-	if f.v6 {
-		bin = "ip6tables-save"
+	raw, err := f.ipt.Save()
+	if err != nil {
+		return nil, fmt.Errorf("read the %s rules: %w", f.family(), err)
 	}
 	prefix := strings.TrimSuffix(f.chains.Forward, "FORWARD")
 	var out []string
-	for _, table := range []string{model.TableFilter, model.TableNAT, model.TableMangle} {
-		raw, err := exec.Command(bin, "-t", table).Output()
-		if err != nil {
-			return nil, fmt.Errorf("%s -t %s: %w", bin, table, err)
-		}
-		for _, l := range strings.Split(string(raw), "\n") {
-			if strings.HasPrefix(l, "#") {
+	table := ""
+	for _, l := range strings.Split(raw, "\n") {
+		switch {
+		case strings.HasPrefix(l, "#"):
+			continue
+		case strings.HasPrefix(l, "*"):
+			table = l[1:]
+		case strings.HasPrefix(l, ":"):
+			// Chain lines carry packet counters: drop them.
+			l, _, _ = strings.Cut(l, " ")
+			if table == model.TableFilter && slices.Contains(dockerChains, l[1:]) {
+				out = append(out, l)
 				continue
 			}
-			if strings.HasPrefix(l, ":") {
-				// Chain lines carry packet counters: drop them.
-				l, _, _ = strings.Cut(l, " ")
-				if table == model.TableFilter && slices.Contains(dockerChains, l[1:]) {
-					out = append(out, l)
-					continue
-				}
-			}
-			if strings.Contains(l, prefix) || table == model.TableFilter && strings.HasPrefix(l, "-A "+dockerIsolationStage1+" ") {
-				out = append(out, l)
-			}
+		}
+		if strings.Contains(l, prefix) || table == model.TableFilter && strings.HasPrefix(l, "-A "+dockerIsolationStage1+" ") {
+			out = append(out, l)
 		}
 	}
 	return out, nil

@@ -57,18 +57,16 @@ func DetectFirewalls(instance string) FirewallUse {
 	if err != nil {
 		return u
 	}
-	if _, err := ipt.List(model.TableFilter, "FORWARD"); err != nil {
+	out, err := ipt.Save()
+	if err != nil {
 		return u
 	}
 	u.IPTablesWorks = true
+	filter := parseSave(out).table(model.TableFilter)
 	for _, c := range dockerIPTablesChains {
-		if ok, err := ipt.ChainExists(model.TableFilter, c); err == nil && ok {
-			u.DockerIPTables = true
-		}
+		u.DockerIPTables = u.DockerIPTables || filter.hasChain(c)
 	}
-	if ok, err := ipt.ChainExists(model.TableFilter, model.ChainsFor(instance).Forward); err == nil && ok {
-		u.OwnIPTables = true
-	}
+	u.OwnIPTables = filter.hasChain(model.ChainsFor(instance).Forward)
 	return u
 }
 

@@ -58,6 +58,21 @@ func (f *fakeFirewall) removePorts(ep model.Endpoint, _ []model.PortMapping) err
 	return f.del("ports:" + ep.ID)
 }
 
+func (f *fakeFirewall) ensureAll(_ context.Context, networks []model.Network, endpoints []model.Endpoint, undo *netutil.Undo) (int, error) {
+	before := len(f.rules)
+	for _, n := range networks {
+		if err := f.add("net:"+n.ID, undo); err != nil {
+			return 0, err
+		}
+	}
+	for _, ep := range endpoints {
+		if err := f.add("ports:"+ep.ID, undo); err != nil {
+			return 0, err
+		}
+	}
+	return len(f.rules) - before, nil
+}
+
 func (f *fakeFirewall) removeOrphans(networks, endpoints map[string]bool) error { return nil }
 
 func (f *fakeFirewall) hasRules() (bool, error) { return len(f.rules) > 0, f.fail }

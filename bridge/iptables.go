@@ -2,55 +2,27 @@ package bridge
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-
-	"github.com/coreos/go-iptables/iptables"
+	"sync"
 
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil"
 )
 
-// IPTables is the part of *iptables.IPTables mynet uses; tests run the real
-// binary in a throwaway namespace, wrapped only to inject failures.
-type IPTables interface {
-	Exists(table, chain string, rulespec ...string) (bool, error)
-	Insert(table, chain string, pos int, rulespec ...string) error
-	Append(table, chain string, rulespec ...string) error
-	Delete(table, chain string, rulespec ...string) error
-	DeleteIfExists(table, chain string, rulespec ...string) error
-	DeleteById(table, chain string, id int) error
-	List(table, chain string) ([]string, error)
-	ChainExists(table, chain string) (bool, error)
-	NewChain(table, chain string) error
-	ClearAndDeleteChain(table, chain string) error
-}
-
-// newIPTables uses the iptables (or ip6tables) binary first on PATH, as
-// dockerd does, so mynet's rules land in the same backend (nft or legacy) as
-// Docker's, and passes --wait so concurrent writers queue on the xtables
-// lock instead of failing.
-func newIPTables(v6 bool) (IPTables, error) {
-	proto, bin := iptables.ProtocolIPv4, "iptables"
-	if v6 {
-		proto, bin = iptables.ProtocolIPv6, "ip6tables"
-	}
-	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(30))
-	if err != nil {
-		return nil, fmt.Errorf("find %s: %w; install the iptables package", bin, err)
-	}
-	return ipt, nil
-}
-
-// iptablesFirewall keeps one address family's rules with the iptables
-// (or ip6tables) binary.
+// iptablesFirewall keeps one address family's rules with iptables-save and
+// iptables-restore (or ip6tables-): each operation reads the ruleset once
+// and writes what differs in one transaction (iptables_tx.go).
 type iptablesFirewall struct {
 	instance string
 	chains   model.Chains
 	ipt      IPTables
 	v6       bool
 	log      *slog.Logger
+	// mu makes each read-compare-write one step: two operations that read
+	// the same ruleset would both add what it lacks. The driver serialises
+	// rule changes already; this keeps the firewall correct on its own.
+	mu sync.Mutex
 }
 
 func newIPTablesFirewall(instance string, ipt IPTables, v6 bool, log *slog.Logger) *iptablesFirewall {
@@ -64,48 +36,59 @@ func (f *iptablesFirewall) family() string {
 	return "iptables"
 }
 
-// ensureNetwork adds whichever of the network's rules are missing. Each
-// chain, hook and rule it adds goes onto undo, and only those: the caller
-// may be repairing a network whose other rules are live.
+// ensureNetwork adds whichever of the network's rules are missing. What it
+// adds (chains, hooks, rules) goes onto undo, and only that: the caller may
+// be repairing a network whose other rules are live.
 func (f *iptablesFirewall) ensureNetwork(ctx context.Context, n model.Network, undo *netutil.Undo) error {
-	return f.ensureRules(ctx, f.networkRules(n), "network "+model.Short(n.ID), undo)
+	return f.ensureRules(ctx, f.networkRules(n), "network "+model.Short(n.ID), nil, undo)
 }
 
 // ensurePorts adds the rules of an endpoint's published ports that are
 // missing, and pushes what it adds onto undo.
 func (f *iptablesFirewall) ensurePorts(ctx context.Context, n model.Network, ep model.Endpoint, ports []model.PortMapping, undo *netutil.Undo) error {
-	return f.ensureRules(ctx, f.allPortRules(ep, ports), "ports of endpoint "+model.Short(ep.ID), undo)
+	return f.ensureRules(ctx, f.allPortRules(ep, ports), "ports of endpoint "+model.Short(ep.ID), nil, undo)
+}
+
+// ensureAll adds whichever rules of the networks and of the endpoints'
+// ports are missing, in one transaction.
+func (f *iptablesFirewall) ensureAll(ctx context.Context, networks []model.Network, endpoints []model.Endpoint, undo *netutil.Undo) (int, error) {
+	var rules []rule
+	for _, n := range networks {
+		rules = append(rules, f.networkRules(n)...)
+	}
+	for _, ep := range endpoints {
+		rules = append(rules, f.allPortRules(ep, ep.Ports)...)
+	}
+	added := 0
+	err := f.ensureRules(ctx, rules, "all networks and ports", func(t *tx) { added = len(t.added) }, undo)
+	return added, err
 }
 
 // ensureRules adds whichever of rules are missing, with mynet's chains
-// and hooks, and pushes what it adds onto undo. No rules: nothing, not
-// even the chains.
-func (f *iptablesFirewall) ensureRules(ctx context.Context, rules []rule, what string, undo *netutil.Undo) error {
+// and hooks, in one transaction, and pushes its undo. No rules: nothing,
+// not even the chains.
+func (f *iptablesFirewall) ensureRules(ctx context.Context, rules []rule, what string, planned func(*tx), undo *netutil.Undo) error {
 	if len(rules) == 0 {
 		return nil
 	}
-	if err := stopped(ctx, f.family()+" chains for "+what); err != nil {
+	if err := stopped(ctx, "reading the "+f.family()+" rules for "+what); err != nil {
 		return err
 	}
-	if err := f.ensureChains(undo); err != nil {
-		return err
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rs, err := f.read()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
-	return f.ensureAll(ctx, rules, what, undo)
-}
-
-// ensureAll checks ctx before each rule: the iptables wrapper cannot cancel
-// a running iptables, but no new one starts once ctx is done. What it adds
-// goes onto undo.
-func (f *iptablesFirewall) ensureAll(ctx context.Context, rules []rule, what string, undo *netutil.Undo) error {
+	var t tx
+	f.planChains(rs, &t)
 	for _, r := range rules {
-		if err := stopped(ctx, f.family()+" rule "+r.String()+" of "+what); err != nil {
-			return err
-		}
-		if err := f.ensure(r, undo); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
+		f.planRule(rs, &t, r)
 	}
-	return nil
+	if planned != nil {
+		planned(&t)
+	}
+	return f.commit(ctx, &t, what, undo)
 }
 
 // removeNetwork deletes every rule whose comment names the network, found
@@ -113,91 +96,78 @@ func (f *iptablesFirewall) ensureAll(ctx context.Context, rules []rule, what str
 // of a network whose config is lost. When no network is left, mynet's chains
 // and the jumps into them go too.
 func (f *iptablesFirewall) removeNetwork(id string) error {
-	return f.removeWhere(func(nid, _ string) bool { return nid == id })
+	return f.removeWhere("network "+model.Short(id), func(nid, _ string) bool { return nid == id })
 }
 
-// removePorts deletes the rules of the given ports of one endpoint, one
-// iptables call per rule; leftovers of ports the state lost are orphans
-// that removeOrphans finds by comment.
-func (f *iptablesFirewall) removePorts(ep model.Endpoint, ports []model.PortMapping) error {
-	var errs []error
-	for _, r := range f.allPortRules(ep, ports) {
-		err := f.ipt.Delete(r.table, r.chain, r.args...)
-		var ierr *iptables.Error
-		if errors.As(err, &ierr) && ierr.IsNotExist() {
-			err = nil
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("delete %s rule %s: %w", f.family(), r, err))
-			continue
-		}
-		f.log.Debug("rule removed", "family", f.family(), "rule", r.String())
-	}
-	return errors.Join(errs...)
+// removePorts deletes the rules whose comment names the endpoint: the
+// driver unpublishes an endpoint's ports all at once, so these are the
+// given ports' rules and any the state lost.
+func (f *iptablesFirewall) removePorts(ep model.Endpoint, _ []model.PortMapping) error {
+	return f.removeWhere("ports of endpoint "+model.Short(ep.ID), func(_, eid string) bool { return eid == ep.ID })
 }
 
 // removeOrphans deletes rules of networks and endpoints not in keep.
 func (f *iptablesFirewall) removeOrphans(networks, endpoints map[string]bool) error {
-	return f.removeWhere(func(nid, eid string) bool { return !networks[nid] || (eid != "" && !endpoints[eid]) })
+	return f.removeWhere("orphaned rules", func(nid, eid string) bool { return !networks[nid] || (eid != "" && !endpoints[eid]) })
 }
 
-func (f *iptablesFirewall) removeWhere(drop func(networkID, endpointID string) bool) error {
+// removeWhere deletes the rules of mynet's chains that drop selects by
+// their comment, and the chains and hooks when no network's rule is left,
+// with one read and one transaction. A removal is not undone.
+func (f *iptablesFirewall) removeWhere(what string, drop func(networkID, endpointID string) bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rs, err := f.read()
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", what, err)
+	}
+	var t tx
+	var dels []txRule
 	networksLeft, chainsFound := 0, false
 	for _, tc := range f.chains.Tables() {
-		exists, err := f.ipt.ChainExists(tc.Table, tc.Chain)
-		if err != nil {
-			return fmt.Errorf("check chain %s: %w", tc.Chain, err)
-		}
-		if !exists {
+		tr := rs.table(tc.Table)
+		if !tr.hasChain(tc.Chain) {
 			continue
 		}
 		chainsFound = true
-		lines, err := f.ipt.List(tc.Table, tc.Chain)
-		if err != nil {
-			return fmt.Errorf("list chain %s: %w", tc.Chain, err)
-		}
-		// lines[0] is the chain's "-N" line, so lines[i] is rule number i.
-		// Delete from the bottom so the numbers above stay valid.
-		for i := len(lines) - 1; i >= 1; i-- {
-			nid, eid, ok := model.ParseRuleComment(lines[i])
-			if !ok {
-				continue
+		for _, spec := range tr.chains[tc.Chain] {
+			nid, eid, ok := model.ParseRuleComment(spec)
+			switch {
+			case !ok:
+			case drop(nid, eid):
+				dels = append(dels, txRule{tc.Table, tc.Chain, spec})
+			case eid == "":
+				networksLeft++
 			}
-			if !drop(nid, eid) {
-				if eid == "" {
-					networksLeft++
-				}
-				continue
-			}
-			if err := f.ipt.DeleteById(tc.Table, tc.Chain, i); err != nil {
-				return fmt.Errorf("delete rule %d of %s (%s): %w", i, tc.Chain, lines[i], err)
-			}
-			f.log.Debug("rule removed", "family", f.family(), "rule", lines[i])
 		}
 	}
-	if networksLeft == 0 && chainsFound {
-		return f.removeChains()
+	removeChains := networksLeft == 0 && chainsFound
+	if removeChains {
+		// Flushing the chains deletes their rules.
+		f.planRemoveChains(rs, &t)
+	} else {
+		planDeletes(rs, &t, dels)
 	}
+	if t.empty() {
+		return nil
+	}
+	if err := f.ipt.Restore(t.render()); err != nil {
+		return fmt.Errorf("remove %s: %w", what, err)
+	}
+	f.log.Debug("rules removed", "family", f.family(), "of", what, "rules", len(dels), "chains_removed", removeChains)
 	return nil
 }
 
 // hasRules reports whether any of this instance's chains holds a rule
 // naming a network.
 func (f *iptablesFirewall) hasRules() (bool, error) {
+	rs, err := f.read()
+	if err != nil {
+		return false, err
+	}
 	for _, tc := range f.chains.Tables() {
-		exists, err := f.ipt.ChainExists(tc.Table, tc.Chain)
-		if err != nil {
-			return false, fmt.Errorf("check chain %s: %w", tc.Chain, err)
-		}
-		if !exists {
-			continue
-		}
-		lines, err := f.ipt.List(tc.Table, tc.Chain)
-		if err != nil {
-			return false, fmt.Errorf("list chain %s: %w", tc.Chain, err)
-		}
-		for _, l := range lines {
-			if _, _, ok := model.ParseRuleComment(l); ok {
+		for _, spec := range rs.table(tc.Table).chains[tc.Chain] {
+			if _, _, ok := model.ParseRuleComment(spec); ok {
 				return true, nil
 			}
 		}
@@ -205,34 +175,45 @@ func (f *iptablesFirewall) hasRules() (bool, error) {
 	return false, nil
 }
 
-// ensure adds r if it is missing, and then pushes its deletion onto undo.
-func (f *iptablesFirewall) ensure(r rule, undo *netutil.Undo) error {
-	ok, err := f.ipt.Exists(r.table, r.chain, r.args...)
-	if err != nil {
-		return fmt.Errorf("check rule %s: %w", r, err)
-	}
-	if ok {
-		return nil
-	}
-	if r.top {
-		err = f.ipt.Insert(r.table, r.chain, 1, r.args...)
-	} else {
-		err = f.ipt.Append(r.table, r.chain, r.args...)
-	}
-	if err != nil {
-		return fmt.Errorf("add %s rule %s: %w", f.family(), r, err)
-	}
-	f.log.Debug("rule added", "family", f.family(), "rule", r.String())
-	f.pushDelete(undo, r)
-	return nil
-}
-
-// pushDelete pushes the deletion of a rule this call added onto undo.
-func (f *iptablesFirewall) pushDelete(undo *netutil.Undo, r rule) {
-	undo.Push("delete "+f.family()+" rule "+r.String(), func() error {
-		if err := f.ipt.DeleteIfExists(r.table, r.chain, r.args...); err != nil {
-			return fmt.Errorf("delete %s rule %s: %w", f.family(), r, err)
+// planDeletes deletes rules read from rs. A chain that loses more rules
+// than it keeps is written whole instead (flushed, and the rules it keeps
+// appended in their order), in the same table transaction so that no
+// packet sees it half-written: with the nft backend each -D looks its
+// rule up in the whole chain, and deleting 10,000 port rules one by one
+// takes seconds.
+func planDeletes(rs ruleset, t *tx, dels []txRule) {
+	type key struct{ table, chain string }
+	byChain := map[key]map[string]int{}
+	var order []key
+	for _, d := range dels {
+		k := key{d.table, d.chain}
+		if byChain[k] == nil {
+			byChain[k] = map[string]int{}
+			order = append(order, k)
 		}
-		return nil
-	})
+		byChain[k][d.spec]++
+	}
+	for _, k := range order {
+		drop, have := byChain[k], rs.table(k.table).chains[k.chain]
+		n := 0
+		for _, c := range drop {
+			n += c
+		}
+		if n <= len(have)-n {
+			for _, d := range dels {
+				if d.table == k.table && d.chain == k.chain {
+					t.line(k.table, "-D "+k.chain+" "+d.spec)
+				}
+			}
+			continue
+		}
+		t.line(k.table, "-F "+k.chain)
+		for _, spec := range have {
+			if drop[spec] > 0 {
+				drop[spec]--
+				continue
+			}
+			t.line(k.table, "-A "+k.chain+" "+spec)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil"
@@ -18,6 +19,29 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n model.Network) (retErr 
 	log := d.log.With("network_id", model.Short(n.ID), "bridge", n.Bridge)
 	var undo netutil.Undo
 	defer undo.Rollback(&retErr, log)
+	if err := d.ensureBridgeSteps(ctx, n, log, &undo); err != nil {
+		return err
+	}
+	for _, fw := range d.firewalls() {
+		if err := fw.ensureNetwork(ctx, n, &undo); err != nil {
+			return err
+		}
+	}
+	return failpoint.Inject("bridge.network.rules")
+}
+
+// EnsureBridge is EnsureNetwork without the rules: the reconcile ensures
+// the rules of all networks at once (EnsureRules).
+func (d *Dataplane) EnsureBridge(ctx context.Context, n model.Network) (retErr error) {
+	log := d.log.With("network_id", model.Short(n.ID), "bridge", n.Bridge)
+	var undo netutil.Undo
+	defer undo.Rollback(&retErr, log)
+	return d.ensureBridgeSteps(ctx, n, log, &undo)
+}
+
+// ensureBridgeSteps makes the bridge, its addresses and its switches
+// exist, and pushes what it creates onto undo.
+func (d *Dataplane) ensureBridgeSteps(ctx context.Context, n model.Network, log *slog.Logger, undo *netutil.Undo) error {
 	what := "network " + model.Short(n.ID)
 	if err := stopped(ctx, "creating "+what); err != nil {
 		return err
@@ -38,21 +62,13 @@ func (d *Dataplane) EnsureNetwork(ctx context.Context, n model.Network) (retErr 
 	if err := stopped(ctx, "the addresses of bridge "+n.Bridge+" of "+what); err != nil {
 		return err
 	}
-	if err := d.ensureAddrs(n, &undo); err != nil {
+	if err := d.ensureAddrs(n, undo); err != nil {
 		return err
 	}
 	if err := stopped(ctx, "the settings of bridge "+n.Bridge+" of "+what); err != nil {
 		return err
 	}
-	if err := d.bridgeSysctls(n); err != nil {
-		return err
-	}
-	for _, fw := range d.firewalls() {
-		if err := fw.ensureNetwork(ctx, n, &undo); err != nil {
-			return err
-		}
-	}
-	return failpoint.Inject("bridge.network.rules")
+	return d.bridgeSysctls(n)
 }
 
 // bridgeSysctls sets the bridge's per-interface switches.

@@ -469,3 +469,23 @@ func (f *nftFirewall) ownLines() ([]string, error) {
 	}
 	return out, nil
 }
+
+// ensureAll ensures each network and each endpoint's ports in turn: a
+// batch per object, not the iptables backend's one read and one
+// transaction for the whole set. ensureNetwork rewrites a network's
+// chains whole, so what was missing is not counted: the count is 0.
+func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, endpoints []model.Endpoint, undo *netutil.Undo) (int, error) {
+	byID := make(map[string]model.Network, len(networks))
+	for _, n := range networks {
+		if err := f.ensureNetwork(ctx, n, undo); err != nil {
+			return 0, err
+		}
+		byID[n.ID] = n
+	}
+	for _, ep := range endpoints {
+		if err := f.ensurePorts(ctx, byID[ep.NetworkID], ep, ep.Ports, undo); err != nil {
+			return 0, err
+		}
+	}
+	return 0, nil
+}

@@ -28,6 +28,12 @@ import (
 type Dataplane interface {
 	EnsureNetwork(context.Context, model.Network) error
 	DeleteNetwork(context.Context, model.Network) error
+	// EnsureBridge is EnsureNetwork without the rules. EnsureRules adds
+	// the missing rules of many networks and endpoints' ports (their
+	// Ports) with one read and one transaction per firewall family, and
+	// says what it added: the reconcile checks the firewall with it.
+	EnsureBridge(context.Context, model.Network) error
+	EnsureRules(ctx context.Context, networks []model.Network, endpoints []model.Endpoint) ([]string, error)
 	EnsureEndpoint(context.Context, model.Endpoint) error
 	DeleteEndpoint(context.Context, model.Endpoint) error
 	// EndpointExists reports whether an endpoint's host veth is present;

@@ -401,7 +401,7 @@ func (d *Driver) dropIfStale(e *state.Endpoint) bool {
 	if exists, err := d.cfg.Dataplane.EndpointExists(toBridgeEndpoint(n, e)); err != nil || exists {
 		return false
 	}
-	if err := d.reconcileEndpoint(context.Background(), e, false); err != nil {
+	if err := d.reconcileEndpoint(context.Background(), e, false, nil); err != nil {
 		d.log.Warn("could not drop stale endpoint", "endpoint_id", model.Short(e.ID), "err", err)
 		return false
 	}

@@ -200,20 +200,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	for _, k := range changed {
 		scope.damaged[k] = true
 	}
-	var errs []error
-	for _, n := range d.networks {
-		if !scope.network(n.ID) && !scope.followsDocker(n) {
-			continue
-		}
-		if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
-			errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(n.ID), err))
-		}
-	}
-	for _, e := range d.endpoints {
-		if ensure, respoof := scope.endpoint(e); ensure {
-			errs = append(errs, d.reconcileEndpoint(ctx, e, respoof))
-		}
-	}
+	errs := d.repairInScope(ctx, scope)
 	keepNets, keepEps := map[string]bool{}, map[string]bool{}
 	for id := range d.networks {
 		keepNets[id] = true
@@ -234,6 +221,36 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 		d.log.Warn("mynet's links or rules were changed from outside; restored them", "objects", damaged)
 	}
 	return repaired, nil
+}
+
+// repairInScope ensures the networks and endpoints in scope: links one by
+// one, then the rules of all of them compared with the ruleset at once,
+// one read and one transaction per family, not one per object.
+func (d *Driver) repairInScope(ctx context.Context, scope repairScope) []error {
+	var errs []error
+	var ruleNets []model.Network
+	var ruleEps []model.Endpoint
+	for _, n := range d.networks {
+		if !scope.network(n.ID) && !scope.followsDocker(n) {
+			continue
+		}
+		bn := toBridgeNetwork(n)
+		ruleNets = append(ruleNets, bn)
+		if err := d.cfg.Dataplane.EnsureBridge(ctx, bn); err != nil {
+			errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(n.ID), err))
+		}
+	}
+	for _, e := range d.endpoints {
+		if ensure, respoof := scope.endpoint(e); ensure {
+			errs = append(errs, d.reconcileEndpoint(ctx, e, respoof, &ruleEps))
+		}
+	}
+	if added, err := d.cfg.Dataplane.EnsureRules(ctx, ruleNets, ruleEps); err != nil {
+		errs = append(errs, fmt.Errorf("restore rules: %w", err))
+	} else if len(added) > 0 {
+		d.log.Info("firewall rules restored", "added", added, "networks", len(ruleNets), "endpoints_with_ports", len(ruleEps))
+	}
+	return errs
 }
 
 // adoptOwnChanges takes in the fingerprints when only mynet itself changed
@@ -268,8 +285,9 @@ func (d *Driver) adoptOwnChanges(fp, sfp model.Digests) error {
 // its host veth is gone, so its container died without the engine telling
 // mynet (a legacy plugin gets no DeleteEndpoint for containers that died
 // with the engine, protocol.md section 5). Its address is the engine's to
-// release.
-func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respoof bool) error {
+// release. A live endpoint with ports goes onto withPorts, whose rules the
+// caller ensures with the others; without withPorts they are ensured here.
+func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respoof bool, withPorts *[]model.Endpoint) error {
 	n := d.networks[e.NetworkID]
 	if n != nil {
 		ep := toBridgeEndpoint(n, e)
@@ -288,6 +306,10 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respo
 				return fmt.Errorf("restore endpoint %s: %w", model.Short(e.ID), err)
 			}
 			if len(e.Ports) == 0 {
+				return nil
+			}
+			if withPorts != nil {
+				*withPorts = append(*withPorts, ep)
 				return nil
 			}
 			return d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), ep, toBridgePorts(e.Ports))

@@ -60,6 +60,26 @@ func (f *Dataplane) EnsureNetwork(_ context.Context, n model.Network) error {
 	return nil
 }
 
+// EnsureBridge is EnsureNetwork: the fake keeps no rules apart.
+func (f *Dataplane) EnsureBridge(ctx context.Context, n model.Network) error {
+	return f.EnsureNetwork(ctx, n)
+}
+
+// EnsureRules restores the endpoints' ports, as EnsurePorts does for one;
+// the networks' rules are part of EnsureBridge in the fake.
+func (f *Dataplane) EnsureRules(_ context.Context, _ []model.Network, endpoints []model.Endpoint) ([]string, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	var added []string
+	for _, ep := range endpoints {
+		if len(f.Ports[ep.ID]) == 0 {
+			added = append(added, "ports of "+ep.ID)
+		}
+		f.Ports[ep.ID] = ep.Ports
+	}
+	return added, nil
+}
+
 func (f *Dataplane) DeleteNetwork(_ context.Context, n model.Network) error {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
