@@ -3,7 +3,11 @@ package bridge
 // What the firewall should hold, for `mynet doctor` to compare with what
 // iptables lists: the rules are defined once, here, for both.
 
-import "github.com/mynet/mynet/internal/model"
+import (
+	"log/slog"
+
+	"github.com/mynet/mynet/internal/model"
+)
 
 // RuleSpec is one iptables rule as mynet adds it: Args are the arguments
 // after "-A CHAIN", unquoted.
@@ -20,8 +24,12 @@ func specs(rules []rule) []RuleSpec {
 	return out
 }
 
+// expectFirewall has no iptables: networkRules, hooks, isolationJump and
+// lanRules must stay pure functions of the instance, the family and the
+// network, which the doctor's tests (healthy setups built by EnsureNetwork
+// must show no missing rule) hold them to.
 func expectFirewall(instance string, v6 bool) *iptablesFirewall {
-	return &iptablesFirewall{instance: instance, chains: model.ChainsFor(instance), v6: v6}
+	return &iptablesFirewall{instance: instance, chains: model.ChainsFor(instance), v6: v6, log: slog.New(slog.DiscardHandler)}
 }
 
 // NetworkRules are the rules EnsureNetwork keeps for n in one family;
