@@ -24,8 +24,8 @@ func specs(rules []rule) []RuleSpec {
 	return out
 }
 
-// expectFirewall has no iptables: networkRules, hooks, isolationJump and
-// lanRules must stay pure functions of the instance, the family and the
+// expectFirewall has no iptables: networkRules, hooks and isolationJump
+// must stay pure functions of the instance, the family and the
 // network, which the doctor's tests (healthy setups built by EnsureNetwork
 // must show no missing rule) hold them to.
 func expectFirewall(instance string, v6 bool) *iptablesFirewall {
