@@ -80,7 +80,8 @@ func TestRuleKey(t *testing.T) {
 }
 
 // TestDoctorRuleVariants: networks of every kind whose rules differ (gateway
-// mode nat-unprotected, IPv6, internal, no ICC, no masquerading) and the
+// modes nat-unprotected, routed with a trusted interface and isolated;
+// IPv6, IPv6-only, inhibit_ipv4, internal, no ICC, no masquerading) and the
 // forward hook in DOCKER-USER are healthy to the doctor; a missing IPv6
 // direct-routing drop is found.
 func TestDoctorRuleVariants(t *testing.T) {
@@ -98,6 +99,14 @@ func TestDoctorRuleVariants(t *testing.T) {
 				IPv4: []state.Subnet{{Pool: "10.233.0.0/24", Gateway: "10.233.0.1/24"}}},
 			state.Network{ID: unknownNet(4), Bridge: model.BridgeName(unknownNet(4)), ICC: true,
 				IPv6: []state.Subnet{{Pool: "fd00:234::/64", Gateway: "fd00:234::1/64"}}},
+			state.Network{ID: unknownNet(5), Bridge: model.BridgeName(unknownNet(5)), ICC: true, GatewayMode4: driver.GatewayRouted,
+				GatewayMode6: driver.GatewayRouted, TrustedInterfaces: []string{"lo"},
+				IPv4: []state.Subnet{{Pool: "10.235.0.0/24", Gateway: "10.235.0.1/24"}},
+				IPv6: []state.Subnet{{Pool: "fd00:235::/64", Gateway: "fd00:235::1/64"}}},
+			state.Network{ID: unknownNet(6), Bridge: model.BridgeName(unknownNet(6)), Internal: true, GatewayMode4: driver.GatewayIsolated,
+				IPv4: []state.Subnet{{Pool: "10.236.0.0/24"}}},
+			state.Network{ID: unknownNet(7), Bridge: model.BridgeName(unknownNet(7)), ICC: true, Masquerade: true, InhibitIPv4: true,
+				IPv4: []state.Subnet{{Pool: "10.237.0.0/24", Gateway: "10.237.0.1/24"}}},
 		)
 		h.srv.dump.Store(d)
 		for i := range d.Networks {
