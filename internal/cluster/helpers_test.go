@@ -117,3 +117,6 @@ func (c counterFunc) Inc() { c() }
 type gaugeFunc func(float64)
 
 func (g gaugeFunc) Set(v float64) { g(v) }
+
+// startOwnEtcd runs an etcd for one test, for tests that stop or compact it.
+func startOwnEtcd(t *testing.T) *etcdtest.Server { return etcdtest.Start(t) }

@@ -145,7 +145,7 @@ func (r *Registration) run(ctx context.Context) {
 			for range ch { // the client closes ch once the lease cannot be renewed
 			}
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || r.s.cli.Ctx().Err() != nil { // Close, or the Store's
 			return
 		}
 		r.setUp(false)

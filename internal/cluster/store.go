@@ -144,8 +144,13 @@ func (s *Store) call(ctx context.Context, op string, fn func(ctx context.Context
 	if errors.Is(err, ErrSpecMismatch) || errors.Is(err, ErrAddressInUse) || errors.Is(err, ErrHostIDClash) {
 		s.metrics.conflict()
 	}
-	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-		err = fmt.Errorf("%w (%w)", err, ctx.Err())
+	if ctx.Err() != nil {
+		if !errors.Is(err, ctx.Err()) { // a gRPC status: keep errors.Is working
+			err = fmt.Errorf("%w (%w)", err, ctx.Err())
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer within %s (is etcd reachable and running?): %w", time.Since(start).Round(time.Millisecond), err)
+		}
 	}
 	return fmt.Errorf("%s: %s: %w", s.where, op, err)
 }
