@@ -63,6 +63,9 @@ func TestRegisterHost(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == int64(first.lease.Load()) {
 		t.Errorf("after the takeover the liveness key is still on the old lease: %v %v", resp, err)
 	}
+	if m.ops["register"] != 4 || m.ops["list"] != 1 {
+		t.Errorf("request durations observed: %v, want register 4, list 1", m.ops)
+	}
 	if m.conflicts != 1 {
 		t.Errorf("conflicts = %d, want 1 (the clash)", m.conflicts)
 	}

@@ -157,7 +157,10 @@ func TestStoreHung(t *testing.T) {
 		name string
 		call func() error
 	}{
-		{"create", func() error { _, err := s.CreateOrJoinNetwork(ctx, spec("db", "10.78.0.0/24", "10.78.0.1"), "a"); return err }},
+		{"create", func() error {
+			_, err := s.CreateOrJoinNetwork(ctx, spec("db", "10.78.0.0/24", "10.78.0.1"), "a")
+			return err
+		}},
 		{"join", func() error { _, err := s.CreateOrJoinNetwork(ctx, app, "b"); return err }},
 		{"claim", func() error { _, err := s.ClaimAddress(ctx, "app", netip.Addr{}, advert("a")); return err }},
 		{"release", func() error { return s.ReleaseAddress(ctx, "app", held, "a") }},

@@ -120,8 +120,8 @@ type ClusterSpec struct {
 func (s ClusterSpec) Diff(o ClusterSpec) []string {
 	var d []string
 	add := func(field string, cluster, here any) {
-		if fmt.Sprint(cluster) != fmt.Sprint(here) {
-			d = append(d, fmt.Sprintf("%s: %v in the cluster, %v here", field, cluster, here))
+		if c, h := show(cluster), show(here); c != h {
+			d = append(d, fmt.Sprintf("%s: %s in the cluster, %s here", field, c, h))
 		}
 	}
 	add("name", s.Name, o.Name)
@@ -132,6 +132,14 @@ func (s ClusterSpec) Diff(o ClusterSpec) []string {
 	add("icc", s.ICC, o.ICC)
 	add("mtu", s.MTU, o.MTU)
 	return d
+}
+
+// show formats a spec field; an unset address or prefix is "none".
+func show(v any) string {
+	if z, ok := v.(interface{ IsValid() bool }); ok && !z.IsValid() {
+		return "none"
+	}
+	return fmt.Sprint(v)
 }
 
 // ClusterNetwork is the record of a cluster network: its spec, its VNI and
