@@ -95,12 +95,18 @@ func (s *Store) dropDeadHost(ctx context.Context, id string) error {
 			continue
 		}
 		for attempt := 0; ; attempt++ {
-			done, _, err := s.tryLeave(ctx, rec.Spec.Name, id)
+			done, _, err := s.tryLeave(ctx, rec.Spec.Name, id, s.deadCmp(id))
 			if err != nil {
 				return err
 			}
 			if done {
 				break
+			}
+			if alive, err := s.cli.Get(ctx, s.keys.Alive(id), clientv3.WithKeysOnly()); err != nil || len(alive.Kvs) > 0 {
+				if err == nil {
+					err = errHostAlive(id) // it came back: it keeps its memberships
+				}
+				return err
 			}
 			if attempt == casAttempts {
 				return ErrContention

@@ -139,7 +139,9 @@ func (s *Store) LeaveNetwork(ctx context.Context, name, host string) (deleted bo
 	return deleted, err
 }
 
-func (s *Store) tryLeave(ctx context.Context, name, host string) (done, deleted bool, err error) {
+// tryLeave is one round of LeaveNetwork; its transaction holds only if
+// the extra compares hold too.
+func (s *Store) tryLeave(ctx context.Context, name, host string, extra ...clientv3.Cmp) (done, deleted bool, err error) {
 	rec, rev, found, err := s.getNetwork(ctx, name)
 	if err != nil || !found || !rec.HasMember(host) {
 		return true, false, err
@@ -147,14 +149,14 @@ func (s *Store) tryLeave(ctx context.Context, name, host string) (done, deleted 
 	rec.Members = slices.DeleteFunc(rec.Members, func(m string) bool { return m == host })
 	key := s.keys.Network(name)
 	if len(rec.Members) > 0 {
-		ok, err := s.casPut(ctx, key, rev, rec)
+		ok, err := s.casPut(ctx, key, rev, rec, extra...)
 		return ok, false, err
 	}
 	// The compare on the record's revision orders this against a join:
 	// either the join lands first (and this round fails and finds a
 	// member), or the join finds no record and creates a new network.
 	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		If(append(extra, clientv3.Compare(clientv3.ModRevision(key), "=", rev))...).
 		Then(clientv3.OpDelete(key),
 			clientv3.OpDelete(s.keys.VNI(rec.VNI)),
 			clientv3.OpDelete(s.keys.Cursor(name)),
@@ -218,14 +220,15 @@ func (s *Store) getNetwork(ctx context.Context, name string) (model.ClusterNetwo
 	return rec, kv.ModRevision, true, nil
 }
 
-// casPut writes v at key if key is still at revision rev.
-func (s *Store) casPut(ctx context.Context, key string, rev int64, v any) (bool, error) {
+// casPut writes v at key if key is still at revision rev (and the extra
+// compares hold).
+func (s *Store) casPut(ctx context.Context, key string, rev int64, v any, extra ...clientv3.Cmp) (bool, error) {
 	val, err := json.Marshal(v)
 	if err != nil {
 		return false, err
 	}
 	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		If(append(extra, clientv3.Compare(clientv3.ModRevision(key), "=", rev))...).
 		Then(clientv3.OpPut(key, string(val))).
 		Commit()
 	if err != nil {

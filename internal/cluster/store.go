@@ -123,7 +123,7 @@ func New(cfg Config) (*Store, error) {
 }
 
 // Close closes the connection. It does not revoke a registration's lease:
-// Registration.Close does.
+// close the Registration first.
 func (s *Store) Close() error { return s.cli.Close() }
 
 // Keys is the store's key layout.
