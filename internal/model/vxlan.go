@@ -125,7 +125,9 @@ type VXLANPeer struct {
 	VTEP netip.Addr
 }
 
-func (p VXLANPeer) String() string { return p.IP.String() + " " + p.MAC.String() + " via " + p.VTEP.String() }
+func (p VXLANPeer) String() string {
+	return p.IP.String() + " " + p.MAC.String() + " via " + p.VTEP.String()
+}
 
 // Validate checks p, naming what is wrong.
 func (p VXLANPeer) Validate() error {
