@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil/nstest"
@@ -230,6 +231,33 @@ func checkNoBroadcast(t *testing.T, a, b *vxHost) {
 	}
 	if ping(t, a.ctr, "10.77.0.99") {
 		t.Error("host a's container reached 10.77.0.99, which only an ARP broadcast crossing hosts could find")
+	}
+	// The device answers ARP itself (proxy) and never forwards it, so
+	// also frames that only an all-zero FDB entry would carry: a
+	// broadcast and an unknown unicast, beside a known unicast that
+	// must arrive.
+	sa, sb := openPacketSocket(t, a.ctr, a.ep.ContainerVeth), openPacketSocket(t, b.ctr, b.ep.ContainerVeth)
+	src, dstB := a.ep.Addresses[0], b.ep.Addresses[0]
+	frames := []struct {
+		what   string
+		dst    net.HardwareAddr
+		ip     netip.Addr
+		marker []byte
+	}{
+		{"a broadcast", net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, netip.MustParseAddr("10.77.0.255"), []byte("vx-broadcast")},
+		{"an unknown unicast", net.HardwareAddr{0x02, 0x42, 0, 0, 0, 0x77}, netip.MustParseAddr("10.77.0.77"), []byte("vx-unknown")},
+		{"a known unicast", b.ep.MAC, dstB, []byte("vx-unicast")},
+	}
+	sb.drain()
+	for _, f := range frames {
+		sa.send(t, ether(f.dst, a.ep.MAC, unix.ETH_P_IP, ipv4UDP(src, f.ip, f.marker)))
+	}
+	got := sb.collectUntil([][]byte{frames[2].marker}, 2*time.Second, 300*time.Millisecond)
+	for _, f := range frames {
+		arrived := slices.ContainsFunc(got, func(g []byte) bool { return bytes.Contains(g, f.marker) })
+		if want := f.what == "a known unicast"; arrived != want {
+			t.Errorf("%s from host a's container arrived at host b's: %v, want %v", f.what, arrived, want)
+		}
 	}
 }
 
