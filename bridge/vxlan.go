@@ -43,7 +43,10 @@ import (
 // differs in what cannot be changed in place (local VTEP, port, learning,
 // proxy) is created again, which drops its peer entries: the caller
 // resyncs them (SyncPeers). On error, a device this call created is
-// deleted again. RemoveVXLAN undoes it.
+// deleted again. RemoveVXLAN undoes it; DeleteNetwork does not (it knows
+// no VNI), so a cluster network's delete calls RemoveVXLAN first, and the
+// orphan sweep removes a device whose network is gone (it carries the
+// network's tag).
 func (d *Dataplane) EnsureVXLAN(ctx context.Context, n model.Network, vx model.VXLAN) (retErr error) {
 	name := model.VXLANName(vx.VNI)
 	if err := vxlanInputs(n, vx); err != nil {
