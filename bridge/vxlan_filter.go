@@ -18,7 +18,8 @@ package bridge
 // A rule per host, not per endpoint: the chain grows with the cluster's
 // hosts only. (ipset would make it one lookup; it is one more binary and
 // kernel module to depend on, and a cluster has tens of hosts, not
-// thousands.)
+// thousands.) The nftables backend keeps the same filter in a table of
+// its own, with a set (vxlan_nft.go).
 
 import (
 	"context"

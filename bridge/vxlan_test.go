@@ -28,6 +28,7 @@ const testVNI = 4242
 // the same gateway), one container, and a VXLAN device.
 type vxHost struct {
 	name      string
+	firewall  string // the backend: model.FirewallIPTables or FirewallNFTables
 	ns        netns.NsHandle
 	d         *Dataplane
 	vtep      netip.Addr
@@ -66,9 +67,9 @@ func underlay(t *testing.T) netlink.Link {
 
 // newVXHost plugs host i into the underlay at 198.19.77.(i+1) and builds
 // its network, container (10.77.0.(10+i)) and VXLAN device.
-func newVXHost(t *testing.T, ul netlink.Link, i int) *vxHost {
+func newVXHost(t *testing.T, ul netlink.Link, i int, firewall string) *vxHost {
 	t.Helper()
-	h := &vxHost{name: string(rune('a' + i)), ns: newNetns(t), vtep: netip.AddrFrom4([4]byte{198, 19, 77, byte(i + 1)})}
+	h := &vxHost{name: string(rune('a' + i)), firewall: firewall, ns: newNetns(t), vtep: netip.AddrFrom4([4]byte{198, 19, 77, byte(i + 1)})}
 	up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul-" + h.name, MasterIndex: ul.Attrs().Index}, PeerName: "under0"}
 	if err := netlink.LinkAdd(up); err != nil {
 		t.Fatal(err)
@@ -103,7 +104,7 @@ func newVXHost(t *testing.T, ul netlink.Link, i int) *vxHost {
 			}
 		}
 		h.before = snapshot(t)
-		if h.d, err = New(Config{Instance: "mynet-test"}); err != nil {
+		if h.d, err = New(Config{Instance: "mynet-test", Firewall: firewall}); err != nil {
 			t.Fatal(err)
 		}
 		h.build(t, i)
@@ -169,10 +170,16 @@ func (h *vxHost) teardown(t *testing.T) {
 func TestVXLANCrossHost(t *testing.T) {
 	nstest.RequireCommand(t, "iptables")
 	nstest.RequireCommand(t, "nft")
+	for _, fw := range []string{model.FirewallIPTables, model.FirewallNFTables} {
+		t.Run(fw, func(t *testing.T) { testVXLANCrossHost(t, fw) })
+	}
+}
+
+func testVXLANCrossHost(t *testing.T, firewall string) {
 	nstest.Run(t, func() {
 		ctx := context.Background()
 		ul := underlay(t)
-		a, b := newVXHost(t, ul, 0), newVXHost(t, ul, 1)
+		a, b := newVXHost(t, ul, 0, firewall), newVXHost(t, ul, 1, firewall)
 		for _, p := range []struct{ h, other *vxHost }{{a, b}, {b, a}} {
 			p.h.do(t, func() {
 				if err := p.h.d.EnsurePeer(ctx, p.h.n, testVNI, p.other.peer()); err != nil {
@@ -375,13 +382,13 @@ func checkVTEPFilter(t *testing.T, a, b *vxHost) {
 				if f.Port != model.DefaultVXLANPort || !slices.Equal(f.VTEPs, want) {
 					t.Fatalf("%s: read back port %d VTEPs %v, want %d %v", tc.name, f.Port, f.VTEPs, model.DefaultVXLANPort, want)
 				}
-				dropsBefore = vtepDrops(t)
+				dropsBefore = vtepDrops(t, a.firewall)
 			})
 			if got := ping(t, b.ctr, a.ep.Addresses[0].String()); got != tc.reach {
 				t.Errorf("%s: host b's container reaches host a's: %v, want %v", tc.name, got, tc.reach)
 			}
 			var drops int
-			a.do(t, func() { drops = vtepDrops(t) - dropsBefore })
+			a.do(t, func() { drops = vtepDrops(t, a.firewall) - dropsBefore })
 			if tc.reach != (drops == 0) {
 				t.Errorf("%s: the filter dropped %d packets from host b", tc.name, drops)
 			}
@@ -389,9 +396,18 @@ func checkVTEPFilter(t *testing.T, a, b *vxHost) {
 	}
 }
 
-// vtepDrops reads the packet count of the filter chain's DROP rule.
-func vtepDrops(t *testing.T) int {
+// vtepDrops reads the packet count of the filter's drop rule.
+func vtepDrops(t *testing.T, firewall string) int {
 	t.Helper()
+	if firewall == model.FirewallNFTables {
+		out := output(t, "nft", "list", "table", "ip", model.VXLANTableName("mynet-test"))
+		_, rest, ok := strings.Cut(out, "counter packets ")
+		n, err := strconv.Atoi(strings.Fields(rest + " x")[0])
+		if !ok || err != nil {
+			t.Fatalf("no drop counter in:\n%s", out)
+		}
+		return n
+	}
 	out, err := exec.Command("iptables", "-w", "-nvxL", model.VXLANChain("mynet-test")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v: %s\n%s", err, out, output(t, "nft", "list", "table", "ip", "filter"))

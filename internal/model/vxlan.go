@@ -149,3 +149,10 @@ func (p VXLANPeer) Validate() error {
 func VXLANChain(instance string) string {
 	return strings.TrimSuffix(ChainsFor(instance).Forward, "FORWARD") + "VXLAN"
 }
+
+// VXLANTableName is the nftables table (families ip and ip6) of the same
+// filter under the nftables backend: "mynet_vxlan" for the default
+// instance, "mynet_<hash>_vxlan" for any other. A table of its own, not a
+// chain of the firewall's: that table goes with the family's last network,
+// the filter with the last cluster network.
+func VXLANTableName(instance string) string { return SpoofTableName(instance) + "_vxlan" }
