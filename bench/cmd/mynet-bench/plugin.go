@@ -113,16 +113,20 @@ func (i *instance) running() bool {
 }
 
 // stop sends SIGTERM (SIGKILL after 10 s) and removes the socket.
-func (i *instance) stop(ctx context.Context) error {
+func (i *instance) stop(ctx context.Context) error { return i.stopWithin(10 * time.Second) }
+
+// stopWithin is stop with grace instead of 10 s: mynet finishes a
+// reconcile pass under way before it exits.
+func (i *instance) stopWithin(grace time.Duration) error {
 	var err error
 	if i.cmd != nil && i.running() {
 		_ = i.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-i.exited:
-		case <-time.After(10 * time.Second):
+		case <-time.After(grace):
 			_ = i.cmd.Process.Kill()
 			<-i.exited
-			err = errors.New("mynet ignored SIGTERM for 10 s; killed")
+			err = fmt.Errorf("mynet ignored SIGTERM for %v; killed", grace)
 		}
 	}
 	i.client.close()

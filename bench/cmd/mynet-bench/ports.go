@@ -22,9 +22,10 @@ type portsResult struct {
 	// HostFirewall is the backend the host instance chose (serve
 	// --firewall auto follows dockerd).
 	HostFirewall string            `json:"host_firewall,omitempty"`
-	Publish      *splitResult      `json:"publish"` // docker run -d -p / docker rm -f
-	RunOwn       *pluginTime       `json:"run_own"` // mynet's requests during its docker runs
-	RmOwn        *pluginTime       `json:"rm_own"`  // and during its docker rm -f
+	Publish      *splitResult      `json:"publish"`  // docker run -d -p / docker rm -f
+	RunOwn       *pluginTime       `json:"run_own"`  // mynet's requests during its docker runs
+	RmOwn        *pluginTime       `json:"rm_own"`   // and during its docker rm -f
+	Busy         int               `json:"http_503"` // mynet's 503 answers during those
 	Failures     []string          `json:"failures,omitempty"`
 	Concurrent   *concurrentResult `json:"concurrent,omitempty"`
 	Backends     []portsBackend    `json:"backends,omitempty"`
@@ -64,6 +65,10 @@ func (b *bench) portsDocker(ctx context.Context, sides []side, plugin, label str
 	res.Publish = newSplit(fmt.Sprintf("docker run -d -p %s", pubArgs(cfg.pubHost, cfg.pubCtr, cfg.pubPorts)), "docker rm -f of it", "run + rm")
 	logf("phase 9: docker run -d -p with %d ports and docker rm -f, %d trial(s) per network", cfg.pubPorts, cfg.pubTrials)
 	runOwn, rmOwn := &pluginTime{Ops: map[string]opTime{}}, &pluginTime{Ops: map[string]opTime{}}
+	busyBefore, err := b.hostMetrics.busy(ctx)
+	if err != nil {
+		return err
+	}
 	for t := range cfg.pubTrials {
 		for _, s := range sides {
 			name := fmt.Sprintf("mnbench-%s-pub%d%s", b.runID, t, s.label[:1])
@@ -87,6 +92,11 @@ func (b *bench) portsDocker(ctx context.Context, sides []side, plugin, label str
 		}
 	}
 	res.Publish.finish()
+	busyAfter, err := b.hostMetrics.busy(ctx)
+	if err != nil {
+		return err
+	}
+	res.Busy = int(busyAfter - busyBefore)
 	res.RunOwn, res.RmOwn = runOwn.per(len(res.Publish.First.Mynet)), rmOwn.per(len(res.Publish.Second.Mynet))
 	if ctx.Err() != nil {
 		return ctx.Err()

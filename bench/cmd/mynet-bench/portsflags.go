@@ -25,7 +25,7 @@ type portsConfig struct {
 type portsLists struct{ pubBase, mapCounts, firewalls string }
 
 func (c *config) definePorts(fs *flag.FlagSet, l *portsLists) {
-	fs.IntVar(&c.pubPorts, "pub-ports", 1000, "phase 9: ports one container publishes with docker run -p (a range, not identity-mapped)")
+	fs.IntVar(&c.pubPorts, "pub-ports", 1000, "phase 9: ports one container publishes with docker run -p (a range, not identity-mapped); 0: no docker part")
 	fs.StringVar(&l.pubBase, "pub-base", "21000:31000", "phase 9: first host port and first container port of docker run -p's range")
 	fs.IntVar(&c.pubTrials, "pub-trials", 1, "phase 9: docker run -p + docker rm -f trials per driver")
 	fs.IntVar(&c.pubRuns, "pub-runs", 5, "phase 9: docker run --rm on a second mynet network, alone and at least as many during port work")
@@ -34,7 +34,7 @@ func (c *config) definePorts(fs *flag.FlagSet, l *portsLists) {
 	fs.IntVar(&c.startNets, "startup-networks", 100, "phase 9: networks in the state mynet restarts on")
 	fs.IntVar(&c.startEps, "startup-endpoints", 1000, "phase 9: endpoints in that state, spread over the networks")
 	fs.IntVar(&c.startPorts, "startup-ports", 1000, "phase 9: published ports in that state, spread over the endpoints (host ports from 40000)")
-	fs.StringVar(&l.firewalls, "ports-firewalls", "iptables,nftables", "phase 9: firewall backends (serve --firewall) of the socket measures")
+	fs.StringVar(&l.firewalls, "ports-firewalls", "iptables,nftables", "phase 9: firewall backends (serve --firewall) of the socket measures; none: no socket part")
 	fs.DurationVar(&c.passWindow, "pass-window", 12*time.Second, "phase 9: how long to watch the periodic passes (1 s apart, so that one of every ten is a recheck)")
 }
 
@@ -63,7 +63,7 @@ func (c *config) parsePorts(l portsLists) error {
 	if !ok || err1 != nil || err2 != nil || c.pubHost < 1 || c.pubCtr < 1 {
 		return fmt.Errorf("-pub-base %q: give HOSTPORT:CONTAINERPORT, such as 21000:31000", l.pubBase)
 	}
-	if c.pubPorts < 1 || c.pubHost+c.pubPorts-1 > 65535 || c.pubCtr+c.pubPorts-1 > 65535 {
+	if c.pubPorts < 0 || c.pubHost+c.pubPorts-1 > 65535 || c.pubCtr+c.pubPorts-1 > 65535 {
 		return fmt.Errorf("-pub-ports %d from -pub-base %s: the range must fit in ports 1-65535", c.pubPorts, l.pubBase)
 	}
 	var err error
@@ -83,6 +83,9 @@ func (c *config) parsePorts(l portsLists) error {
 		return errors.New("-pub-trials and -pub-runs must be at least 1, -pass-window at least 2s")
 	}
 	c.portsFirewalls = nil
+	if l.firewalls == "none" {
+		return nil
+	}
 	for _, f := range strings.Split(l.firewalls, ",") {
 		f = strings.TrimSpace(f)
 		if f != model.FirewallIPTables && f != model.FirewallNFTables {
@@ -92,3 +95,8 @@ func (c *config) parsePorts(l portsLists) error {
 	}
 	return nil
 }
+
+// portsDocker and portsSocket say whether phase 9's part on dockerd and
+// its part on the socket run.
+func (c config) portsDocker() bool { return c.phases["9"] && c.pubPorts > 0 }
+func (c config) portsSocket() bool { return c.phases["9"] && len(c.portsFirewalls) > 0 }

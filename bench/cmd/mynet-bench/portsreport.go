@@ -29,6 +29,9 @@ func portsTargets(ts *targetList, p *portsResult) {
 	if c := p.Concurrent; c != nil {
 		conc, busy = float64(c.Ratio), float64(c.Busy)
 	}
+	if p.Publish != nil {
+		ts.add("9", "no 503 answer to docker run -p / rm -f", float64(p.Busy), fmt.Sprintf("%d answers 503", p.Busy), p.Busy == 0)
+	}
 	ts.add("9", "docker run --rm during port work <= 1.10x alone", conc, fmt.Sprintf("%.3fx", conc), conc <= 1.1)
 	ts.add("9", "no 503 answer during port work", busy, fmt.Sprintf("%.0f answers 503", busy), busy == 0)
 	for _, b := range p.Backends {
@@ -115,7 +118,7 @@ func printPorts(w io.Writer, p *portsResult) {
 		t.pair("9", p.Publish.Second, "%.2f")
 		t.pair("9", p.Publish.Total, "%.2f")
 		t.tw.Flush()
-		fmt.Fprintf(w, "   mynet's own time per docker run -p: %s; per docker rm -f: %s\n", p.RunOwn.describe(), p.RmOwn.describe())
+		fmt.Fprintf(w, "   mynet's own time per docker run -p: %s; per docker rm -f: %s; %d answers 503\n", p.RunOwn.describe(), p.RmOwn.describe(), p.Busy)
 	}
 	for _, f := range p.Failures {
 		fmt.Fprintf(w, "   failed: %s\n", f)
@@ -140,9 +143,9 @@ func printBackend(w io.Writer, b portsBackend) {
 		for _, m := range b.Mappings {
 			switch {
 			case m.Skipped != "":
-				fmt.Fprintf(tw, "   %d\tskipped: %s\t\t\t\n", m.N, m.Skipped)
+				fmt.Fprintf(tw, "   %d\t-\t-\t-\tskipped: %s\n", m.N, m.Skipped)
 			case m.Err != "":
-				fmt.Fprintf(tw, "   %d\t%.2f\t%.2f\tfailed: %s\t\n", m.N, float64(m.PublishS), float64(m.UnpublishS), lastLines(m.Err, 1))
+				fmt.Fprintf(tw, "   %d\t%.2f\t%.2f\t-\tfailed: %s\n", m.N, float64(m.PublishS), float64(m.UnpublishS), lastLines(m.Err, 1))
 			default:
 				fmt.Fprintf(tw, "   %d\t%.2f\t%.2f\t%.0f\t\n", m.N, float64(m.PublishS), float64(m.UnpublishS), float64(m.PublishUs))
 			}
