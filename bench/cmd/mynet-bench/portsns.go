@@ -119,7 +119,7 @@ func (pb *portsBackend) mappings(ctx context.Context) error {
 		case prev != nil && prev.Err != "":
 			p.Skipped = fmt.Sprintf("%d mappings failed", prev.N)
 		case prev != nil && prev.Skipped != "":
-			p.Skipped = prev.Skipped
+			p.Skipped = fmt.Sprintf("%d was skipped", prev.N)
 		case prev != nil && estimate(prev, count) > pb.b.cfg.mapCap.Seconds():
 			p.Skipped = fmt.Sprintf("%d would take about %.0f s (from %d in %.1f s + %.1f s), over -map-cap %v",
 				count, estimate(prev, count), prev.N, float64(prev.PublishS), float64(prev.UnpublishS), pb.b.cfg.mapCap)

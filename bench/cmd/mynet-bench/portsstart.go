@@ -29,7 +29,7 @@ type startTime struct {
 	AnswerS num `json:"answer_s"`
 	// RulesS is when the namespace's ruleset was first seen equal to the
 	// one before the stop: AnswerS if it was at the first look after the
-	// answer, NaN if not within 30 s.
+	// answer, NaN if not within 30 s of the answer.
 	RulesS num `json:"rules_s"`
 	// Missing counts the words of the ruleset before the stop that the
 	// first look after the answer lacked.
@@ -48,6 +48,9 @@ type passResult struct {
 	Periodic  passStats `json:"periodic"`
 	Recheck   passStats `json:"recheck"`
 	Probe     callStats `json:"probe"` // an endpoint call every 20 ms meanwhile
+	// ProbeError is the first error a probe call got (a 503 at the
+	// request's bound when a pass held it up that long).
+	ProbeError string `json:"probe_error,omitempty"`
 }
 
 type passStats struct {
@@ -182,7 +185,7 @@ func (pb *portsBackend) timedRestart(ctx context.Context, label string, before m
 		return t, err
 	}
 	t.AnswerS = num(time.Since(start).Seconds())
-	for first := true; time.Since(start) < 30*time.Second && ctx.Err() == nil; first = false {
+	for first, until := true, time.Now().Add(30*time.Second); first || time.Now().Before(until) && ctx.Err() == nil; first = false {
 		now, err := pb.ruleset(ctx)
 		if err != nil {
 			return t, err
@@ -268,7 +271,7 @@ func (pb *portsBackend) periodic(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	probe, err := probeCalls(ctx, pb.inst.client, pb.nets[0], cfg.passWindow)
+	probe, failed, err := probeCalls(ctx, pb.inst.client, pb.nets[0], cfg.passWindow)
 	if err != nil {
 		return err
 	}
@@ -277,6 +280,9 @@ func (pb *portsBackend) periodic(ctx context.Context) error {
 		return err
 	}
 	pr := &passResult{WindowS: cfg.passWindow.Seconds(), IntervalS: interval.Seconds(), Probe: probe}
+	if failed != nil {
+		pr.ProbeError = failed.Error()
+	}
 	stats := func(kind string) passStats {
 		const name = "mynet_reconcile_pass_seconds"
 		label := `pass="` + kind + `"`
