@@ -32,12 +32,13 @@ func dockerTargets(ts *targetList, p *portsResult) {
 	ts.add("9", fmt.Sprintf("docker run -p with %d ports: mynet's own time <= 0.5 s", p.Ports), run, fmt.Sprintf("%.3f s", run), run <= 0.5)
 	ts.add("9", "docker rm -f of it: mynet's own time <= 0.5 s", rm, fmt.Sprintf("%.3f s", rm), rm <= 0.5)
 	ts.add("9", fmt.Sprintf("docker run -p with %d ports >= 10x faster than bridge", p.Ports), ratio9, fmt.Sprintf("%.3fx bridge's time", ratio9), ratio9 <= 0.1)
-	conc, busy := math.NaN(), math.NaN()
+	conc, busy, mc := math.NaN(), math.NaN(), ""
 	if c := p.Concurrent; c != nil {
-		conc, busy = float64(c.Ratio), float64(c.Busy)
+		conc, busy = float64(c.WorstRatio), float64(c.Busy)
+		mc = fmt.Sprintf("slowest %.2fx (%.2f s), median %.2fx", conc, percentile(c.During, 100), float64(c.Ratio))
 	}
 	ts.add("9", "no 503 answer to docker run -p / rm -f", float64(p.Busy), fmt.Sprintf("%d answers 503", p.Busy), p.Busy == 0)
-	ts.add("9", "docker run --rm during port work <= 1.10x alone", conc, fmt.Sprintf("%.3fx", conc), conc <= 1.1)
+	ts.add("9", "every docker run --rm during port work <= 1.10x alone", conc, mc, conc <= 1.1)
 	ts.add("9", "no 503 answer during port work", busy, fmt.Sprintf("%.0f answers 503", busy), busy == 0)
 }
 
@@ -141,8 +142,8 @@ func printPorts(w io.Writer, p *portsResult) {
 		fmt.Fprintf(w, "   failed: %s\n", f)
 	}
 	if c := p.Concurrent; c != nil {
-		fmt.Fprintf(w, "   docker run --rm on another mynet network: alone %.3f s (median of %d), during port work %.3f s (median of %d, %d port cycles of %s s): %.3fx; %d answers 503, %d failures\n",
-			float64(c.AloneMedian), len(c.Alone), float64(c.DuringMedian), len(c.During), c.PortCycles, fmtList(c.PortCycleS), float64(c.Ratio), c.Busy, c.FailedRuns)
+		fmt.Fprintf(w, "   docker run --rm on another mynet network: alone %.3f s (median of %d), during port work %.3f s (median of %d, slowest %.2f s; %d port cycles of %s s): %.3fx; %d answers 503, %d failures\n",
+			float64(c.AloneMedian), len(c.Alone), float64(c.DuringMedian), len(c.During), percentile(c.During, 100), c.PortCycles, fmtList(c.PortCycleS), float64(c.Ratio), c.Busy, c.FailedRuns)
 		if c.FirstFailure != "" {
 			fmt.Fprintf(w, "   first failure: %s\n", lastLines(c.FirstFailure, 3))
 		}
