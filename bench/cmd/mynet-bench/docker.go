@@ -66,15 +66,7 @@ func (b *bench) dockerPhases(ctx context.Context) error {
 		return err
 	}
 	name := "mynet-bench-" + b.runID
-	args := []string{"--default-address-pool", "base=10.231.0.0/16,size=24"}
-	if b.cfg.portsDocker() {
-		// Phase 9 counts the 503 answers; the other phases run without
-		// the metrics middleware, as before.
-		sock := filepath.Join(b.workDir, name+"-metrics.sock")
-		args = append(args, "--metrics-socket", sock)
-		b.hostMetrics = newMetricsClient(sock)
-	}
-	inst, err := startInstance(ctx, b.mynetBin, name, "", b.workDir, args...)
+	inst, err := startInstance(ctx, b.mynetBin, name, "", b.workDir, b.hostArgs(name)...)
 	if err != nil {
 		return err
 	}
@@ -119,6 +111,19 @@ func (b *bench) dockerPhases(ctx context.Context) error {
 		phase("9", func() error { return b.portsDocker(ctx, sides, name, label) })
 	}
 	return errors.Join(errs...)
+}
+
+// hostArgs are the host instance's serve flags beyond its name and state.
+func (b *bench) hostArgs(name string) []string {
+	args := []string{"--default-address-pool", "base=10.231.0.0/16,size=24"}
+	if b.cfg.portsDocker() {
+		// Phase 9 counts the 503 answers; the other phases run without
+		// the metrics middleware, as before.
+		sock := filepath.Join(b.workDir, name+"-metrics.sock")
+		args = append(args, "--metrics-socket", sock)
+		b.hostMetrics = newMetricsClient(sock)
+	}
+	return args
 }
 
 // lifecycle is phase 1: docker run --rm IMAGE true, alternating networks,
