@@ -130,7 +130,7 @@ func serve(args []string) error {
 	}
 	defer dp.Close()
 	drv := driver.New(driver.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation(),
-		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors})
+		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors, ObservePass: metrics.ObserveReconcilePass})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// A signal during the restore stops mynet after it, not halfway.

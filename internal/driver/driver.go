@@ -95,6 +95,9 @@ type Config struct {
 	// Repairs and ReconcileErrors count the ReconcileLoop's passes that
 	// repaired something and that failed; either may be nil.
 	Repairs, ReconcileErrors Counter
+	// ObservePass, if set, gets the kind ("periodic", "recheck", "full")
+	// and duration of each ReconcileLoop pass.
+	ObservePass func(kind string, d time.Duration)
 }
 
 // Driver implements both plugin interfaces over one in-memory view of the
