@@ -60,6 +60,7 @@ var rules = map[string][]string{
 	"bench/cmd/mynet-bench":      {"internal/model"},
 	"bench/cmd/netbench":         nil,
 	"e2e":                        {"internal/model"},
+	"e2e/cluster":                {"internal/model"},
 }
 
 // utilities may be imported by any package and import nothing of ours.
