@@ -70,6 +70,7 @@ func runSuite(m *testing.M) int {
 			return 1
 		}
 	}
+	hadPluginSocket = exists("/run/docker/plugins/mynet.sock") // a developer's own mynet
 	start := time.Now()
 	out, err := harness("up", strconv.Itoa(hosts))
 	if err == nil {
@@ -148,6 +149,10 @@ func harness(args ...string) (string, error) {
 	return string(out), nil
 }
 
+// hadPluginSocket: this machine's plugin directory had a mynet.sock
+// before up.
+var hadPluginSocket bool
+
 var (
 	hostLine = regexp.MustCompile(`^host ([a-z]): DOCKER_HOST=(unix:///\S+) netns=(\S+)$`)
 	etcdLine = regexp.MustCompile(`^etcd: (\S+) pid=([0-9]+)$`)
@@ -208,6 +213,18 @@ func leftovers() []string {
 		}
 	} else {
 		left = append(left, err.Error())
+	}
+	// The underlay's veths (ul0 in each namespace, ul-X on the bridge) live
+	// and die with the namespaces; one here would have been made in ours.
+	if out, err := run("ip", "-o", "link", "show"); err == nil {
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) > 1 && (strings.HasPrefix(f[1], "ul0") || strings.HasPrefix(f[1], "ul-")) {
+				left = append(left, "link in this namespace: "+l)
+			}
+		}
+	}
+	if !hadPluginSocket && exists("/run/docker/plugins/mynet.sock") {
+		left = append(left, "/run/docker/plugins/mynet.sock, which a host's mynet should have made in its own plugin directory")
 	}
 	cgs, _ := filepath.Glob("/sys/fs/cgroup/*/" + prefix + "-*")
 	more, _ := filepath.Glob("/sys/fs/cgroup/" + prefix + "-*")
