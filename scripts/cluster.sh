@@ -343,7 +343,8 @@ host_up() {
 		start_mynet "$h" "$args"
 		return 0
 	fi
-	[[ -e $d ]] && host_down "$h" # half started or partly dead: afresh
+	# Half started, partly dead, or left by a killed down: afresh.
+	if [[ -e $d || -e /run/netns/$ns ]]; then host_down "$h"; fi
 	local t0
 	t0=$(date +%s%3N)
 	ensure_member "$ns" "$(host_addr "$h")" "$h"
