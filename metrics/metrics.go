@@ -67,6 +67,13 @@ func ObserveReconcilePass(kind string, d time.Duration) {
 	ReconcilePass.WithLabelValues(kind).Observe(d.Seconds())
 }
 
+// FirewallSwitches counts reconcile passes that moved mynet's rules to the
+// firewall backend dockerd was restarted with (serve --firewall auto).
+var FirewallSwitches = prometheus.NewCounter(prometheus.CounterOpts{
+	Namespace: namespace, Name: "firewall_switches_total",
+	Help: "Reconcile passes that moved mynet's rules to the firewall backend dockerd now uses.",
+})
+
 // OtherMethod labels requests to paths that are not plugin methods (answered
 // 404 or 405), so that arbitrary paths cannot create label values.
 const OtherMethod = "other"
@@ -118,7 +125,7 @@ func New(snapshot func() state.Snapshot, log *slog.Logger) *Metrics {
 			Help: "Plugin API requests waiting for a slot of the request limit; after 30 s they are refused with a 503.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.errors, m.latency, m.inFlight, m.waiting, ReconcileRepairs, ReconcileErrors, ReconcilePass,
+	m.reg.MustRegister(m.requests, m.errors, m.latency, m.inFlight, m.waiting, ReconcileRepairs, ReconcileErrors, ReconcilePass, FirewallSwitches,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if snapshot != nil {
 		m.reg.MustRegister(&stateCollector{snapshot: snapshot})

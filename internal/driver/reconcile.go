@@ -213,9 +213,19 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 		return false, d.adoptOwnChanges(fp, sfp)
 	}
 	// Only a change nobody in this process made counts as a repair; Docker's
-	// networks coming and going does not (model.DigestDocker).
-	damaged = slices.DeleteFunc(damaged, func(k string) bool { return k == model.DigestDocker })
+	// networks coming and going does not (model.DigestDocker), nor Docker's
+	// rules moving to another backend (model.DigestFirewall).
+	damaged = slices.DeleteFunc(damaged, func(k string) bool { return k == model.DigestDocker || k == model.DigestFirewall })
 	repaired = !rechecking && len(damaged) > 0
+	var errs []error
+	// Following dockerd to its new backend is mynet's own change; what
+	// Docker's switch did to the old backend's chains is moot once mynet's
+	// rules left it. The links are checked all the same.
+	switched, err := d.followFirewall(ctx)
+	errs = append(errs, err)
+	if switched {
+		full, repaired = true, false
+	}
 	// What mynet changed since the last pass is ensured too: a firewall
 	// reload right after a container started flushed its port rules with
 	// the others.
@@ -223,7 +233,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	for _, k := range changed {
 		scope.damaged[k] = true
 	}
-	errs := d.repairInScope(ctx, scope)
+	errs = append(errs, d.repairInScope(ctx, scope)...)
 	keepNets, keepEps := map[string]bool{}, map[string]bool{}
 	for id := range d.networks {
 		keepNets[id] = true
