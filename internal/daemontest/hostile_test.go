@@ -34,7 +34,7 @@ func TestHostileInput(t *testing.T) {
 		{"malformed JSON", "NetworkDriver.CreateNetwork", `{"NetworkID": "ab`, "decode"},
 		{"empty body", "NetworkDriver.CreateNetwork", "", "empty request body"},
 		{"trailing bytes", "NetworkDriver.CreateNetwork", `{}garbage`, "trailing"},
-		{"10 MiB body", "NetworkDriver.CreateNetwork", `{"NetworkID":"` + strings.Repeat("a", 10<<20) + `"}`, "exceeds"},
+		{"33 MiB body", "NetworkDriver.CreateNetwork", `{"NetworkID":"` + strings.Repeat("a", 33<<20) + `"}`, "exceeds"}, // the limit is 32 MiB
 		{"wrong type", "NetworkDriver.CreateEndpoint", `{"NetworkID":[1,2]}`, "NetworkID"},
 		{"missing ID", "NetworkDriver.CreateNetwork", `{"IPv4Data":[]}`, "network ID"},
 		{"short ID", "NetworkDriver.Join", `{"NetworkID":"abc","EndpointID":"def"}`, "64 hex"},
