@@ -188,28 +188,7 @@ func (d *Driver) programPorts(ctx context.Context, networkID, endpointID string,
 // RevokeExternalConnectivity unpublishes the ports; the record goes first,
 // so a leftover rule is an orphan the reconcile removes.
 func (d *Driver) RevokeExternalConnectivity(ctx context.Context, endpointID string) error {
-	// Most containers publish nothing: their Revoke need not queue for
-	// opMu, where it would wait behind a reconcile pass that waits in turn
-	// for another container's port rules.
-	d.mapMu.RLock()
-	ep, ok := d.endpoints[endpointID]
-	quick := !ok || len(ep.Ports) == 0
-	d.mapMu.RUnlock()
-	if quick {
-		return nil
-	}
-	d.opMu.RLock()
-	defer d.opMu.RUnlock()
-	d.inflight.Add(1)
-	defer d.inflight.Add(-1)
-	defer d.epLocks.lock(endpointID)()
-	d.mapMu.RLock()
-	ep, ok = d.endpoints[endpointID]
-	d.mapMu.RUnlock()
-	if !ok {
-		return nil
-	}
-	return d.unpublish(ctx, ep)
+	return d.unpublishByID(ctx, "", endpointID)
 }
 
 // Leave unpublishes what the endpoint still publishes: out of its sandbox
@@ -220,15 +199,26 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, endpointID stri
 // daemon restart Leave may come without it. An unknown endpoint succeeds:
 // engines since 27.0.1 replay Leave for stale endpoints at startup.
 func (d *Driver) Leave(ctx context.Context, networkID, endpointID string) error {
-	// Most Leaves find nothing published: they need not wait for the
-	// endpoint's lock.
+	if err := d.unpublishByID(ctx, networkID, endpointID); err != nil {
+		return fmt.Errorf("leave endpoint %s: %w", model.Short(endpointID), err)
+	}
+	return nil
+}
+
+// unpublishByID unpublishes an endpoint's ports, checking that it is on
+// networkID unless that is "". Most containers publish nothing: their
+// calls return at once, without queueing for opMu, where they would wait
+// behind a reconcile pass that waits in turn for another container's port
+// rules. An unknown endpoint has nothing published.
+func (d *Driver) unpublishByID(ctx context.Context, networkID, endpointID string) error {
+	onNetwork := func(ep *state.Endpoint) bool { return networkID == "" || ep.NetworkID == networkID }
 	d.mapMu.RLock()
 	ep, ok := d.endpoints[endpointID]
-	quick := !ok || ep.NetworkID == networkID && len(ep.Ports) == 0
+	quick := !ok || onNetwork(ep) && len(ep.Ports) == 0
 	d.mapMu.RUnlock()
 	if quick {
 		if !ok {
-			d.log.Debug("leave of unknown endpoint", "endpoint_id", model.Short(endpointID))
+			d.log.Debug("unpublish of unknown endpoint", "endpoint_id", model.Short(endpointID))
 		}
 		return nil
 	}
@@ -243,13 +233,10 @@ func (d *Driver) Leave(ctx context.Context, networkID, endpointID string) error 
 	if !ok {
 		return nil
 	}
-	if ep.NetworkID != networkID {
+	if !onNetwork(ep) {
 		return BadRequestf("endpoint %s is on network %s, not on the NetworkID %s of the request; nothing was changed", model.Short(ep.ID), model.Short(ep.NetworkID), model.Short(networkID))
 	}
-	if err := d.unpublish(ctx, ep); err != nil {
-		return fmt.Errorf("leave endpoint %s: %w", model.Short(ep.ID), err)
-	}
-	return nil
+	return d.unpublish(ctx, ep)
 }
 
 // unpublish removes an endpoint's port mappings, record first. The caller

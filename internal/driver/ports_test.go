@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,6 +37,29 @@ func tcp(hostPort, port uint16) []PortBinding {
 	return []PortBinding{{Proto: 6, Port: port, HostPort: hostPort, HostPortEnd: hostPort}}
 }
 
+// publishBlocked starts a publish of host port 8080 on epA that stays in
+// its EnsurePorts until release is called; published gets its result.
+func publishBlocked(t *testing.T, d *Driver, fake *drivertest.Dataplane, networkID, epA string) (release func(), published <-chan error) {
+	t.Helper()
+	entered, unblock := make(chan struct{}), make(chan struct{})
+	fake.Mu.Lock()
+	fake.OnPorts = func(ep model.Endpoint) error {
+		if ep.ID == epA {
+			close(entered)
+			<-unblock
+		}
+		return nil
+	}
+	fake.Mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- d.ProgramExternalConnectivity(context.Background(), networkID, epA, tcp(8080, 80)) }()
+	<-entered
+	var once sync.Once
+	release = func() { once.Do(func() { close(unblock) }) }
+	t.Cleanup(release)
+	return release, done
+}
+
 // TestPublishHoldsUpNoOtherEndpoint: while one endpoint's port rules are
 // being written, other containers come and go, publish other host ports
 // and leave; only a publish of the same host port is refused, since the
@@ -57,17 +81,7 @@ func TestPublishHoldsUpNoOtherEndpoint(t *testing.T) {
 		}
 	}
 
-	entered, release := make(chan struct{}), make(chan struct{})
-	fake.OnPorts = func(ep model.Endpoint) error {
-		if ep.ID == epA {
-			close(entered)
-			<-release
-		}
-		return nil
-	}
-	published := make(chan error, 1)
-	go func() { published <- d.ProgramExternalConnectivity(ctx, n1, epA, tcp(8080, 80)) }()
-	<-entered
+	release, published := publishBlocked(t, d, fake, n1, epA)
 
 	for i, n := range []string{n1, n2} {
 		id := fmt.Sprintf("%064x", 0xc0+i)
@@ -100,7 +114,7 @@ func TestPublishHoldsUpNoOtherEndpoint(t *testing.T) {
 		t.Fatalf("leave of endpoint B: %v", err)
 	}
 
-	close(release)
+	release()
 	if err := <-published; err != nil {
 		t.Fatalf("publish of endpoint A: %v", err)
 	}
@@ -170,17 +184,7 @@ func TestRevokeWithoutPortsWaitsForNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	entered, release := make(chan struct{}), make(chan struct{})
-	fake.OnPorts = func(ep model.Endpoint) error {
-		if ep.ID == epA {
-			close(entered)
-			<-release
-		}
-		return nil
-	}
-	published := make(chan error, 1)
-	go func() { published <- d.ProgramExternalConnectivity(ctx, n1, epA, tcp(8080, 80)) }()
-	<-entered
+	release, published := publishBlocked(t, d, fake, n1, epA)
 	passDone := make(chan struct{})
 	go func() { // a writer of opMu, as a pass was before lockForPass
 		d.opMu.Lock()
@@ -193,7 +197,7 @@ func TestRevokeWithoutPortsWaitsForNothing(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	close(release)
+	release()
 	if err := <-published; err != nil {
 		t.Fatal(err)
 	}
@@ -217,17 +221,7 @@ func TestPassDoesNotStopEndpointCalls(t *testing.T) {
 	if _, err := d.CreateEndpoint(ctx, n1, epA, Interface{Address: "10.200.0.10/24"}); err != nil {
 		t.Fatal(err)
 	}
-	entered, release := make(chan struct{}), make(chan struct{})
-	fake.OnPorts = func(ep model.Endpoint) error {
-		if ep.ID == epA {
-			close(entered)
-			<-release
-		}
-		return nil
-	}
-	published := make(chan error, 1)
-	go func() { published <- d.ProgramExternalConnectivity(ctx, n1, epA, tcp(8080, 80)) }()
-	<-entered
+	release, published := publishBlocked(t, d, fake, n1, epA)
 	passed := make(chan error, 1)
 	go func() { _, err := d.pass(ctx, true); passed <- err }()
 	time.Sleep(50 * time.Millisecond) // the pass is trying for the lock
@@ -239,7 +233,7 @@ func TestPassDoesNotStopEndpointCalls(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	close(release)
+	release()
 	if err := <-published; err != nil {
 		t.Fatal(err)
 	}
