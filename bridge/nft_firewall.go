@@ -74,7 +74,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -94,7 +93,8 @@ type nftFirewall struct {
 
 	mu   sync.Mutex
 	conn *nftables.Conn
-	err  error // why the socket could not be opened
+	raw  *netlink.Conn // for the one dump of all the table's rules
+	err  error         // why the socket could not be opened
 }
 
 func newNFTFirewall(instance string, v6 bool, log *slog.Logger) *nftFirewall {
@@ -105,6 +105,10 @@ func newNFTFirewall(instance string, v6 bool, log *slog.Logger) *nftFirewall {
 		return f
 	}
 	f.conn = c
+	if f.raw, err = netlink.Dial(unix.NETLINK_NETFILTER, nil); err != nil {
+		c.CloseLasting()
+		f.conn, f.err = nil, fmt.Errorf("open netfilter netlink socket: %w", err)
+	}
 	return f
 }
 
@@ -138,6 +142,7 @@ func nftBigSendBuffer(c *netlink.Conn) error {
 func (f *nftFirewall) close() {
 	if f.conn != nil {
 		f.conn.CloseLasting()
+		f.raw.Close()
 	}
 }
 
@@ -174,7 +179,7 @@ func (f *nftFirewall) ensureNetwork(ctx context.Context, n model.Network, undo *
 	if f.err != nil {
 		return f.err
 	}
-	st, err := f.read(o, nil)
+	st, err := f.read(o, []string{nsDockerBridges})
 	if err != nil {
 		return fmt.Errorf("read %s for network %s: %w", f.tableName(), model.Short(n.ID), err)
 	}
@@ -184,7 +189,9 @@ func (f *nftFirewall) ensureNetwork(ctx context.Context, n model.Network, undo *
 	for _, ch := range chains {
 		b.chain(&nftables.Chain{Name: ch.name, Table: o.table}, ch.rules)
 	}
-	b.elems(true, elems)
+	dockerAdd, dockerGone := dockerBridgeDiff(st)
+	b.elems(false, dockerGone)
+	b.elems(true, append(elems, dockerAdd...))
 	if err := b.flush(); err != nil {
 		return fmt.Errorf("write %s rules of network %s (bridge %s): %w", f.tableName(), model.Short(n.ID), n.Bridge, err)
 	}
@@ -212,7 +219,7 @@ func (f *nftFirewall) ensurePorts(ctx context.Context, n model.Network, ep model
 	if f.err != nil {
 		return f.err
 	}
-	st, err := f.read(o, []string{nsPortsAddr, nsPortsAny, nsPublished})
+	st, err := f.read(o, []string{nsPortsAddr, nsPortsAny, nsPublished, nsRouted})
 	if err != nil {
 		return fmt.Errorf("read %s for the ports of endpoint %s: %w", f.tableName(), model.Short(ep.ID), err)
 	}
@@ -274,7 +281,7 @@ func (f *nftFirewall) removeElems(elems []nftElem, ep model.Endpoint) error {
 	if f.err != nil {
 		return f.err
 	}
-	st, err := f.read(o, []string{nsPortsAddr, nsPortsAny, nsPublished})
+	st, err := f.read(o, []string{nsPortsAddr, nsPortsAny, nsPublished, nsRouted})
 	if err != nil || !st.exists {
 		return err
 	}
@@ -409,8 +416,10 @@ func (f *nftFirewall) hasRules() (bool, error) {
 		}
 	}
 	for _, es := range st.elems {
-		if len(es) > 0 {
-			return true, nil
+		for _, e := range es {
+			if _, _, ok := model.ParseRuleComment(`comment "` + e.Comment + `"`); ok {
+				return true, nil
+			}
 		}
 	}
 	return false, nil
@@ -431,6 +440,10 @@ func (f *nftFirewall) ownLines() ([]string, error) {
 	if err != nil || !st.exists {
 		return nil, err
 	}
+	rules, err := f.dumpRules(o)
+	if err != nil {
+		return nil, err
+	}
 	var out []string
 	names := make([]string, 0, len(st.chains))
 	for name := range st.chains {
@@ -442,17 +455,9 @@ func (f *nftFirewall) ownLines() ([]string, error) {
 		if nid, ok := model.ParseNFTNetworkChain(name); ok {
 			suffix = ` comment "` + model.RuleComment(nid, "") + `"`
 		}
-		rules, err := f.conn.GetRules(o.table, &nftables.Chain{Name: name, Table: o.table})
-		if err != nil {
-			return nil, fmt.Errorf("list chain %s of %s: %w", name, f.tableName(), err)
-		}
 		out = append(out, "chain "+name+suffix)
-		for _, r := range rules {
-			var parts []string
-			for _, e := range r.Exprs {
-				parts = append(parts, fmt.Sprintf("%T%+v", e, e))
-			}
-			out = append(out, "rule "+name+" "+strings.Join(parts, " ")+suffix)
+		for _, r := range rules[name] {
+			out = append(out, "rule "+name+" "+r.exprs+" "+r.tag+suffix)
 		}
 	}
 	for _, set := range nftSetOrder {
@@ -468,24 +473,4 @@ func (f *nftFirewall) ownLines() ([]string, error) {
 		out = append(out, lines...)
 	}
 	return out, nil
-}
-
-// ensureAll ensures each network and each endpoint's ports in turn: a
-// batch per object, not the iptables backend's one read and one
-// transaction for the whole set. ensureNetwork rewrites a network's
-// chains whole, so what was missing is not counted: the count is 0.
-func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, endpoints []model.Endpoint, undo *netutil.Undo) (int, error) {
-	byID := make(map[string]model.Network, len(networks))
-	for _, n := range networks {
-		if err := f.ensureNetwork(ctx, n, undo); err != nil {
-			return 0, err
-		}
-		byID[n.ID] = n
-	}
-	for _, ep := range endpoints {
-		if err := f.ensurePorts(ctx, byID[ep.NetworkID], ep, ep.Ports, undo); err != nil {
-			return 0, err
-		}
-	}
-	return 0, nil
 }

@@ -1,0 +1,351 @@
+package bridge
+
+// Verification by comparison for the nftables backend: the reconcile
+// reads the table once (its chains, one dump of all its rules, the
+// elements of each set), compares it with what the networks and ports
+// want, and writes only the difference in one batch.
+//
+// A rule is recognised by its tag, a comment (rule userdata, as nft's
+// "comment") holding a digest of the rule's text and of the layout
+// version: the expressions the kernel lists back differ in form from the
+// ones built (set IDs, counters), so they are not compared one by one. A
+// chain is right when its rules' tags are the wanted ones, in order: a
+// rule deleted, added, or reordered from outside, a chain flushed, a rule
+// of an older mynet, each changes the list and the chain is written
+// whole. A rule changed in place with its comment kept is not seen here;
+// the fingerprint, which hashes the expressions, sees it and the next
+// EnsureNetwork of that network writes its chains whole.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/mynet/mynet/internal/model"
+	"github.com/mynet/mynet/netutil"
+)
+
+// nftLayout is part of every rule's tag: a release that builds a rule's
+// expressions differently for the same text changes it, so the reconcile
+// rewrites the old rules.
+const nftLayout = "1"
+
+// tag is the rule's comment: "mynet " and 12 hex digits of its digest.
+func (r *nftRule) tag() string {
+	sum := sha256.Sum256([]byte(nftLayout + "\x00" + r.String()))
+	return "mynet " + hex.EncodeToString(sum[:6])
+}
+
+// nftDumpedRule is one rule of a dump: its tag and a digest of its
+// expressions without the counters' values.
+type nftDumpedRule struct {
+	tag, exprs string
+}
+
+// dumpRules lists every rule of the table in one netlink dump, by chain,
+// in the chains' order.
+func (f *nftFirewall) dumpRules(o nftObjs) (map[string][]nftDumpedRule, error) {
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(o.table.Name + "\x00")}})
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := f.raw.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
+		Data:   append([]byte{byte(o.table.Family), unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	out := map[string][]nftDumpedRule{}
+	if errors.Is(err, unix.ENOENT) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dump rules of %s: %w", o.ipName()+" "+o.table.Name, err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		var chain string
+		var r nftDumpedRule
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_RULE_CHAIN:
+				chain = ad.String()
+			case unix.NFTA_RULE_USERDATA:
+				r.tag, _ = userdata.GetString(ad.Bytes(), userdata.TypeComment)
+			case unix.NFTA_RULE_EXPRESSIONS:
+				r.exprs = nftExprsDigest(ad.Bytes())
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, err
+		}
+		out[chain] = append(out[chain], r)
+	}
+	return out, nil
+}
+
+// nftExprsDigest hashes a rule's expression list, leaving out the data
+// of its counters, which traffic changes.
+func nftExprsDigest(b []byte) string {
+	h := sha256.New()
+	list, err := netlink.UnmarshalAttributes(b)
+	if err != nil {
+		h.Write(b)
+	}
+	for _, elem := range list {
+		attrs, err := netlink.UnmarshalAttributes(elem.Data)
+		if err != nil {
+			h.Write(elem.Data)
+			continue
+		}
+		counter := false
+		for _, a := range attrs {
+			if a.Type == unix.NFTA_EXPR_NAME && string(a.Data) == "counter\x00" {
+				counter = true
+			}
+		}
+		for _, a := range attrs {
+			if counter && a.Type == unix.NFTA_EXPR_DATA {
+				continue
+			}
+			fmt.Fprintf(h, "%d:%x;", a.Type, a.Data)
+		}
+		h.Write([]byte{'|'})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+func tagsOf(rules []*nftRule) []string {
+	out := make([]string, len(rules))
+	for i, r := range rules {
+		out[i] = r.tag()
+	}
+	return out
+}
+
+func dumpedTags(rules []nftDumpedRule) []string {
+	out := make([]string, len(rules))
+	for i, r := range rules {
+		out[i] = r.tag
+	}
+	return out
+}
+
+// nftWant is what the networks and ports want of one family's table.
+type nftWant struct {
+	chains []nftNetChain
+	netOf  map[string]string // chain -> network ID
+	elems  []nftElem
+	ports  []nftElem
+}
+
+func (o nftObjs) want(networks []model.Network, endpoints []model.Endpoint) nftWant {
+	w := nftWant{netOf: map[string]string{}}
+	for _, n := range networks {
+		chains, elems := o.networkObjects(n)
+		for _, ch := range chains {
+			w.netOf[ch.name] = n.ID
+		}
+		w.chains = append(w.chains, chains...)
+		w.elems = append(w.elems, elems...)
+	}
+	seen := map[string]bool{}
+	for _, ep := range endpoints {
+		for _, e := range o.portElems(ep, ep.Ports) {
+			if !seen[e.set+string(e.key)] { // a container port several host ports map to
+				seen[e.set+string(e.key)] = true
+				w.ports = append(w.ports, e)
+			}
+		}
+	}
+	return w
+}
+
+// sameElem reports whether the kernel's element is the one wanted.
+func sameElem(have nftables.SetElement, e nftElem) bool {
+	if have.Comment != e.comment || !slices.Equal(have.Val, e.val) {
+		return false
+	}
+	if e.jump == "" {
+		return have.VerdictData == nil
+	}
+	return have.VerdictData != nil && have.VerdictData.Chain == e.jump
+}
+
+// elemDiff are the wanted elements the kernel lacks or has otherwise
+// (stale: to delete before adding them again).
+func elemDiff(st nftState, want []nftElem) (add, stale []nftElem) {
+	for _, e := range want {
+		have, ok := st.elem(e)
+		if ok && sameElem(have, e) {
+			continue
+		}
+		if ok {
+			stale = append(stale, e)
+		}
+		add = append(add, e)
+	}
+	return add, stale
+}
+
+// dockerBridgeDiff brings the docker-bridges set to Docker's bridges as
+// its table names them now.
+func dockerBridgeDiff(st nftState) (add, gone []nftElem) {
+	want := dockerBridgeElems(st.docker)
+	add, _ = elemDiff(st, want)
+	keep := map[string]bool{}
+	for _, e := range want {
+		keep[string(e.key)] = true
+	}
+	for _, have := range st.elems[nsDockerBridges] {
+		if !keep[string(have.Key)] {
+			gone = append(gone, nftElem{set: nsDockerBridges, key: have.Key, text: fmt.Sprintf("%q", string(trimNUL(have.Key)))})
+		}
+	}
+	return add, gone
+}
+
+func trimNUL(b []byte) []byte {
+	if i := slices.Index(b, 0); i >= 0 {
+		return b[:i]
+	}
+	return b
+}
+
+// ensureAll compares the table, read once, with what the networks and
+// the endpoints' ports want, and writes the difference in one batch: the
+// table's fixed objects when any of them is missing or wrong, each chain
+// whose rules are not the wanted ones (whole), the elements missing or
+// wrong, and the docker-bridges set brought up to date. It returns how
+// many rules and elements it wrote; with nothing to repair it writes
+// nothing. Undo removes the networks whose chains it created, the
+// elements it added, and the table if it created it.
+func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, endpoints []model.Endpoint, undo *netutil.Undo) (int, error) {
+	o := f.objs()
+	w := o.want(networks, endpoints)
+	if len(w.chains) == 0 && len(w.ports) == 0 {
+		return 0, nil
+	}
+	if err := stopped(ctx, f.family()+" rules"); err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return 0, f.err
+	}
+	st, err := f.read(o, nftSetOrder)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", f.tableName(), err)
+	}
+	rules := map[string][]nftDumpedRule{}
+	if st.exists {
+		if rules, err = f.dumpRules(o); err != nil {
+			return 0, err
+		}
+	}
+	b := newNFTBatch(f.conn, o)
+	n := 0
+	if base := o.baseRules(); !st.exists || f.baseDiffers(st, rules, base) {
+		b.base()
+		for _, rs := range base {
+			n += len(rs)
+		}
+	}
+	created := map[string]bool{}
+	for _, ch := range w.chains {
+		if st.chains[ch.name] && slices.Equal(dumpedTags(rules[ch.name]), tagsOf(ch.rules)) {
+			continue
+		}
+		if !st.chains[ch.name] {
+			created[w.netOf[ch.name]] = true
+		}
+		b.chain(&nftables.Chain{Name: ch.name, Table: o.table}, ch.rules)
+		n += len(ch.rules)
+	}
+	add, stale := elemDiff(st, append(w.elems, w.ports...))
+	dockerAdd, dockerGone := dockerBridgeDiff(st)
+	b.elems(false, append(stale, dockerGone...))
+	b.elems(true, append(add, dockerAdd...))
+	n += len(add) + len(dockerAdd) + len(dockerGone)
+	if n == 0 {
+		return 0, nil
+	}
+	if err := b.flush(); err != nil {
+		return 0, fmt.Errorf("repair %s (%d rules and elements): %w", f.tableName(), n, err)
+	}
+	f.log.Debug("nftables rules repaired", "table", f.tableName(), "written", n, "networks_created", len(created))
+	f.pushEnsureAllUndo(undo, st.exists, created, add)
+	return n, nil
+}
+
+// baseDiffers reports whether a set or a fixed chain of the table is
+// missing or its rules are not the wanted ones.
+func (f *nftFirewall) baseDiffers(st nftState, rules map[string][]nftDumpedRule, base map[string][]*nftRule) bool {
+	for _, name := range nftSetOrder {
+		if _, ok := st.elems[name]; !ok {
+			return true
+		}
+	}
+	for _, name := range nftChainOrder {
+		if !st.chains[name] || !slices.Equal(dumpedTags(rules[name]), tagsOf(base[name])) {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *nftFirewall) pushEnsureAllUndo(undo *netutil.Undo, existed bool, created map[string]bool, added []nftElem) {
+	if !existed {
+		undo.Push("remove "+f.tableName()+" when empty", func() error {
+			return f.removeWhere(func(string, string) bool { return false })
+		})
+	}
+	for _, id := range slices.Sorted(func(yield func(string) bool) {
+		for id := range created {
+			if !yield(id) {
+				return
+			}
+		}
+	}) {
+		undo.Push("remove "+f.tableName()+" rules of network "+model.Short(id), func() error { return f.removeNetwork(id) })
+	}
+	if len(added) > 0 {
+		undo.Push("remove "+f.tableName()+" elements the repair added", func() error { return f.deleteElems(added) })
+	}
+}
+
+// deleteElems deletes the elements that are still as they were added.
+func (f *nftFirewall) deleteElems(elems []nftElem) error {
+	o := f.objs()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, err := f.read(o, nftSetOrder)
+	if err != nil || !st.exists {
+		return err
+	}
+	var gone []nftElem
+	for _, e := range elems {
+		if have, ok := st.elem(e); ok && sameElem(have, e) {
+			gone = append(gone, e)
+		}
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	b := newNFTBatch(f.conn, o)
+	b.elems(false, gone)
+	return b.flush()
+}
