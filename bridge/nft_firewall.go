@@ -121,20 +121,29 @@ const nftSendBuffer = 32 << 20
 
 // nftBigSendBuffer sets the send buffer past net.core.wmem_max with
 // SO_SNDBUFFORCE (CAP_NET_ADMIN, which mynet has), as nft does for its
-// batches; without the capability, as large as wmem_max allows.
+// batches; without the capability, as large as wmem_max allows. The
+// receive buffer likewise: the kernel acknowledges each message of a
+// batch, and a reconcile that writes a few hundred networks' chains gets
+// thousands of acknowledgements back at once (ENOBUFS at the default).
 func nftBigSendBuffer(c *netlink.Conn) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var serr error
+	var serr, rerr error
 	if err := raw.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, nftSendBuffer)
+		rerr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, nftSendBuffer)
 	}); err != nil {
 		return err
 	}
 	if serr != nil {
-		return c.SetWriteBuffer(nftSendBuffer)
+		if err := c.SetWriteBuffer(nftSendBuffer); err != nil {
+			return err
+		}
+	}
+	if rerr != nil {
+		return c.SetReadBuffer(nftSendBuffer)
 	}
 	return nil
 }
@@ -440,7 +449,7 @@ func (f *nftFirewall) ownLines() ([]string, error) {
 	if err != nil || !st.exists {
 		return nil, err
 	}
-	rules, err := f.dumpRules(o)
+	rules, err := f.dumpRules(o, true)
 	if err != nil {
 		return nil, err
 	}

@@ -19,12 +19,15 @@ package bridge
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -51,8 +54,9 @@ type nftDumpedRule struct {
 }
 
 // dumpRules lists every rule of the table in one netlink dump, by chain,
-// in the chains' order.
-func (f *nftFirewall) dumpRules(o nftObjs) (map[string][]nftDumpedRule, error) {
+// in the chains' order; with exprs, the expressions' digests too (for the
+// fingerprint; the comparison needs the tags only).
+func (f *nftFirewall) dumpRules(o nftObjs, exprs bool) (map[string][]nftDumpedRule, error) {
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(o.table.Name + "\x00")}})
 	if err != nil {
 		return nil, err
@@ -85,6 +89,9 @@ func (f *nftFirewall) dumpRules(o nftObjs) (map[string][]nftDumpedRule, error) {
 			case unix.NFTA_RULE_USERDATA:
 				r.tag, _ = userdata.GetString(ad.Bytes(), userdata.TypeComment)
 			case unix.NFTA_RULE_EXPRESSIONS:
+				if !exprs {
+					continue
+				}
 				r.exprs = nftExprsDigest(ad.Bytes())
 			}
 		}
@@ -175,13 +182,42 @@ func (o nftObjs) want(networks []model.Network, endpoints []model.Endpoint) nftW
 
 // sameElem reports whether the kernel's element is the one wanted.
 func sameElem(have nftables.SetElement, e nftElem) bool {
-	if have.Comment != e.comment || !slices.Equal(have.Val, e.val) {
+	if have.Comment != e.comment {
 		return false
 	}
 	if e.jump == "" {
-		return have.VerdictData == nil
+		return slices.Equal(have.Val, e.val)
 	}
-	return have.VerdictData != nil && have.VerdictData.Chain == e.jump
+	return nftJump(have) == e.jump
+}
+
+// nftJump is the chain a verdict map's element jumps to. The library
+// lists the verdict as it came, NFTA_DATA_VERDICT's attributes in Val
+// (NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN).
+func nftJump(e nftables.SetElement) string {
+	if e.VerdictData != nil {
+		return e.VerdictData.Chain
+	}
+	inner, err := netlink.UnmarshalAttributes(e.Val)
+	if err != nil {
+		return ""
+	}
+	var code uint32
+	chain := ""
+	for _, a := range inner {
+		switch a.Type {
+		case unix.NFTA_VERDICT_CODE:
+			if len(a.Data) == 4 {
+				code = binary.BigEndian.Uint32(a.Data)
+			}
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = strings.TrimRight(string(a.Data), "\x00")
+		}
+	}
+	if int32(code) != int32(expr.VerdictJump) {
+		return ""
+	}
+	return chain
 }
 
 // elemDiff are the wanted elements the kernel lacks or has otherwise
@@ -252,7 +288,7 @@ func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, e
 	}
 	rules := map[string][]nftDumpedRule{}
 	if st.exists {
-		if rules, err = f.dumpRules(o); err != nil {
+		if rules, err = f.dumpRules(o, false); err != nil {
 			return 0, err
 		}
 	}

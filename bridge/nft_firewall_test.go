@@ -18,7 +18,7 @@ import (
 
 // withNFTDataplane runs fn in a fresh network namespace with a Dataplane
 // on the nftables firewall backend.
-func withNFTDataplane(t *testing.T, fn func(d *Dataplane)) {
+func withNFTDataplane(t testing.TB, fn func(d *Dataplane)) {
 	nstest.RequireCommand(t, "nft")
 	nstest.Run(t, func() {
 		nl, err := netlink.NewHandle()
