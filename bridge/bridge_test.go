@@ -82,6 +82,12 @@ func withDataplane(t testing.TB, failAt string, fn func(d *Dataplane)) {
 // own), addresses other than link-local ones, and the ruleset.
 func snapshot(t *testing.T) string {
 	t.Helper()
+	return linksSnapshot(t) + iptablesSave(t)
+}
+
+// linksSnapshot is the namespace's links and their addresses.
+func linksSnapshot(t *testing.T) string {
+	t.Helper()
 	links, err := netlink.LinkList()
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +106,7 @@ func snapshot(t *testing.T) string {
 			}
 		}
 	}
-	return b.String() + iptablesSave(t)
+	return b.String()
 }
 
 var counters = regexp.MustCompile(` \[\d+:\d+\]`)
