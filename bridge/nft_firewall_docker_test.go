@@ -3,10 +3,10 @@ package bridge
 import (
 	"bytes"
 	"context"
-	"os"
-	"path/filepath"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
