@@ -31,10 +31,16 @@ func (f *iptablesFirewall) planChains(rs ruleset, t *tx) {
 	for _, tc := range f.chains.Tables() {
 		f.planChain(rs, t, tc.Table, tc.Chain)
 	}
-	f.planRule(rs, t, rule{table: model.TableFilter, chain: f.chains.Forward, args: []string{"-j", f.chains.Isolation}, top: true})
+	f.planRule(rs, t, f.isolationJump())
 	f.planEgress(rs, t)
 	f.planLAN(rs, t)
 	f.planHooks(rs, t)
+}
+
+// isolationJump sends everything the forward chain sees through the
+// isolation chain's drops first, so that no accept can bypass them.
+func (f *iptablesFirewall) isolationJump() rule {
+	return rule{table: model.TableFilter, chain: f.chains.Forward, args: []string{"-j", f.chains.Isolation}, top: true}
 }
 
 // hooks are the jumps from built-in chains (and Docker's DOCKER-USER) into

@@ -21,8 +21,9 @@
 //	                    /tmp/mynet-docker.lock; "off" disables it)
 //	MYNET_E2E_ENGINES   engines to run the suite against, one after the
 //	                    other, e.g. "host,sid": "host" is the engine the
-//	                    docker CLI reaches; "sid" is Debian sid's, run beside
-//	                    it by scripts/engine.sh (started and stopped by the
+//	                    docker CLI reaches; "sid" is Debian sid's (28.5),
+//	                    "trixie" Debian trixie's (26.1), run beside it by
+//	                    scripts/engine.sh (started and stopped by the
 //	                    suite unless already up). Each run prints
 //	                    "e2e (docker VERSION): N passed, F failed, S skipped"
 //	                    (counted from -v output), and its plugin.log goes

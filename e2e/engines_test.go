@@ -49,10 +49,10 @@ func matrixEngines() ([]string, error) {
 	var engines []string
 	for _, e := range strings.Split(list, ",") {
 		switch e = strings.TrimSpace(e); e {
-		case hostEngine, "sid":
+		case hostEngine, "sid", "trixie":
 			engines = append(engines, e)
 		default:
-			return nil, fmt.Errorf("%s=%q: unknown engine %q (want host or sid)", enginesEnv, list, e)
+			return nil, fmt.Errorf("%s=%q: unknown engine %q (want host, sid or trixie)", enginesEnv, list, e)
 		}
 	}
 	return engines, nil

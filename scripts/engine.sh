@@ -13,7 +13,9 @@
 #   scripts/engine.sh down ENGINE     stops what `up` started, by PID, and
 #                                     removes its namespaces, mounts, cgroups
 #
-# ENGINE is a Debian suite whose docker.io the engine runs: sid (28.5).
+# ENGINE is a Debian suite whose docker.io the engine runs: sid (28.5) or
+# trixie (26.1). Each has its own root filesystem, namespaces, cgroup and
+# /run/mynet-engine/ENGINE, so both may run at once.
 #
 # The engine runs from a debootstrapped root filesystem (cached under
 # $MYNET_ENGINE_CACHE, default /var/cache/mynet/engines) in a network
@@ -44,8 +46,8 @@ SELF=$(readlink -f "$0")
 cmd=$1 engine=$2
 shift 2
 case $engine in
-sid) ;;
-*) die "unknown engine $engine: want sid" ;;
+sid | trixie) ;;
+*) die "unknown engine $engine: want sid or trixie" ;;
 esac
 [[ $EUID -eq 0 ]] || die "must run as root"
 

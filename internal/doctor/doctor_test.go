@@ -323,6 +323,7 @@ func TestDoctorFindsEachProblem(t *testing.T) {
 					h.sh("iptables -w -t filter -F " + c)
 				}
 				h.sh("iptables -w -t nat -F " + chains.Postrouting)
+				h.sh("iptables -w -t mangle -F " + chains.Direct)
 			},
 			check: "missing_rules", msgPart: "network d0c000000001 has no iptables rules", fixPart: "kill -HUP",
 			others: []string{"missing_rules"}, // the jump from the isolation chain went too
@@ -334,6 +335,65 @@ func TestDoctorFindsEachProblem(t *testing.T) {
 				h.sh("iptables -w -D FORWARD -m comment --comment \"mynet " + docInst + "\" -j " + instanceChain(0))
 			},
 			check: "missing_rules", msgPart: "no jump from FORWARD or DOCKER-USER into " + instanceChain(0), fixPart: "kill -HUP",
+			apply: func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name: "direct-routing hook deleted",
+			breakIt: func(h *docHarness) {
+				h.sh("iptables -w -t mangle -D PREROUTING -m comment --comment \"mynet " + docInst + "\" -j " + docChains.Direct)
+			},
+			check: "missing_rules", msgPart: "no jump from mangle PREROUTING into " + docChains.Direct + " (iptables): direct-routing protection is off", fixPart: "kill -HUP",
+			apply: func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name:    "direct-routing drop deleted",
+			breakIt: func(h *docHarness) { h.deleteRules("mangle", docChains.Direct, "-j DROP") },
+			check:   "missing_rules", msgPart: "network d0c000000001 lacks 1 iptables rule of its own: " + docChains.Direct + " (mangle): its direct-routing protection is off", fixPart: "kill -HUP",
+			apply: func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name:    "direct-routing chain flushed",
+			breakIt: func(h *docHarness) { h.sh("iptables -w -t mangle -F " + docChains.Direct) },
+			check:   "missing_rules", msgPart: "network d0c000000001 lacks 2 iptables rules of its own: " + docChains.Direct + " (mangle)", fixPart: "kill -HUP",
+			apply: func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name: "rule in the mangle table naming an unknown network",
+			breakIt: func(h *docHarness) {
+				h.sh("iptables -w -t mangle -A " + docChains.Direct + ` -d 10.99.0.0/24 -m comment --comment "mynet net=` + unknown + `" -j DROP`)
+			},
+			check: "orphan_rule", msgPart: "1 iptables rule in " + docChains.Direct + " name network 0000deadbeef", fixPart: " -t mangle -D " + docChains.Direct + " -d 10.99.0.0/24", runFix: true,
+		},
+		{
+			name: "DNAT hook deleted",
+			breakIt: func(h *docHarness) {
+				h.sh("iptables -w -t nat -D PREROUTING -m addrtype --dst-type LOCAL -m comment --comment \"mynet " + docInst + "\" -j " + docChains.DNAT)
+			},
+			check: "missing_rules", msgPart: "no jump from nat PREROUTING into " + docChains.DNAT + " (iptables): published ports cannot be reached from other hosts", fixPart: "kill -HUP",
+			apply: func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name:    "masquerading hook deleted",
+			breakIt: func(h *docHarness) { h.deleteRules("nat", "POSTROUTING", "-j "+docChains.Postrouting) },
+			check:   "missing_rules", msgPart: "no jump from nat POSTROUTING into " + docChains.Postrouting, fixPart: "kill -HUP",
+			apply: func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name:    "jump into the isolation chain deleted",
+			breakIt: func(h *docHarness) { h.sh("iptables -w -D " + docChains.Forward + " -j " + docChains.Isolation) },
+			check:   "missing_rules", msgPart: "no jump from filter " + docChains.Forward + " into " + docChains.Isolation + " (iptables): no isolation drop is reached", fixPart: "kill -HUP",
+			apply: func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name:    "LAN chain's accept deleted",
+			breakIt: func(h *docHarness) { h.sh("iptables -w -D " + docChains.LAN + " -j ACCEPT") },
+			check:   "missing_rules", msgPart: "rule -A " + docChains.LAN + " -j ACCEPT (filter, iptables) is missing: networks of gateway mode nat-unprotected are closed to the LAN", fixPart: "kill -HUP",
+			apply: func(h *docHarness) { h.reconcile() },
+		},
+		{
+			name:    "network's masquerading deleted",
+			breakIt: func(h *docHarness) { h.deleteRules("nat", docChains.Postrouting, "-s 10.231.0.0/24") },
+			check:   "missing_rules", msgPart: "network d0c000000001 lacks 1 iptables rule of its own: " + docChains.Postrouting + " (nat): its egress", fixPart: "kill -HUP",
 			apply: func(h *docHarness) { h.reconcile() },
 		},
 		{
@@ -504,6 +564,28 @@ func (h *docHarness) reconcile() {
 	}
 	if err := h.dp.EnsureEndpoint(ctx, h.ep1); err != nil {
 		h.t.Fatal(err)
+	}
+}
+
+var docChains = model.ChainsFor(docInst)
+
+// deleteRules deletes the rules of chain whose `iptables -S` line
+// contains match, at least one.
+func (h *docHarness) deleteRules(table, chain, match string) {
+	h.t.Helper()
+	out, err := exec.Command("iptables", "-w", "-t", table, "-S", chain).Output()
+	if err != nil {
+		h.t.Fatalf("iptables -t %s -S %s: %v", table, chain, err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		if rest, ok := strings.CutPrefix(l, "-A "); ok && strings.Contains(l, match) {
+			h.sh("iptables -w -t " + table + " -D " + rest)
+			n++
+		}
+	}
+	if n == 0 {
+		h.t.Fatalf("no rule of %s %s matches %q:\n%s", table, chain, match, out)
 	}
 }
 

@@ -43,12 +43,13 @@ func (d *doctor) ownedRules(sc scan, backend string) []ownedRule {
 }
 
 // checkRules reports rules of networks and endpoints the state does not
-// know, networks of the state without rules, and a missing jump into
-// mynet's chains.
+// know, networks of the state without all their rules, and missing jumps
+// into and between mynet's chains, in all three tables.
 func (d *doctor) checkRules(st1, st2 *plugin.Dump, sc1, sc2 scan, backend string) {
 	withRules := d.checkOrphanRules(st2, sc1, sc2, backend)
 	d.checkMissingRules(st1, st2, sc2, backend, withRules)
-	d.checkHook(st2, sc2, backend)
+	d.checkNetworkRules(st1, st2, sc1, sc2, backend, withRules)
+	d.checkChainRules(sc1, sc2, backend, withRules)
 }
 
 // checkOrphanRules reports the rules, present in both reads, of networks
@@ -121,37 +122,6 @@ func (d *doctor) checkMissingRules(st1, st2 *plugin.Dump, sc scan, backend strin
 				continue
 			}
 			d.add("missing_rules", statusProblem, fmt.Sprintf("network %s has no %s rules in mynet's chains: its isolation, egress and masquerading are gone", d.networkName(n.ID), fam), d.reconcileFix(rebuilds))
-		}
-	}
-}
-
-// checkHook reports a missing jump from FORWARD or DOCKER-USER into
-// mynet's forward chain, in each family some network of the state has a
-// subnet of: an IPv6-only network has no rule, and so no hook, in
-// iptables.
-func (d *doctor) checkHook(st *plugin.Dump, sc scan, backend string) {
-	filterChains, _ := model.ChainsFor(d.t.Instance).ByTable()
-	if len(filterChains) == 0 {
-		return
-	}
-	fwd := filterChains[0]
-	families := map[string]bool{}
-	for _, n := range st.Networks {
-		families["iptables"] = families["iptables"] || len(n.IPv4) > 0
-		families["ip6tables"] = families["ip6tables"] || len(n.IPv6) > 0
-	}
-	for _, td := range sc.dumps {
-		if td.backend != backend || !families[td.family] || td.table != "filter" {
-			continue
-		}
-		hooked := false
-		for _, l := range td.lines {
-			if (strings.HasPrefix(l, "-A FORWARD ") || strings.HasPrefix(l, "-A DOCKER-USER ")) && jumpTarget(l) == fwd {
-				hooked = true
-			}
-		}
-		if !hooked {
-			d.add("missing_rules", statusProblem, "no jump from FORWARD or DOCKER-USER into "+fwd+" in "+td.family+": mynet's accepts are never reached, so with a DROP policy its containers cannot reach anything", d.reconcileFix(rebuilds))
 		}
 	}
 }

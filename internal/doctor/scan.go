@@ -71,7 +71,7 @@ func (d *doctor) scan(ctx context.Context, nl *netlink.Handle) scan {
 			if bin == "" {
 				continue
 			}
-			for _, table := range []string{"filter", "nat"} {
+			for _, table := range []string{model.TableFilter, model.TableNAT, model.TableMangle} {
 				// Listing a legacy table creates it, after which every
 				// iptables-nft call warns about legacy tables: only read
 				// the ones that exist.

@@ -48,6 +48,8 @@ var rules = map[string][]string{
 	"ipam":               {"internal/model"},
 	"state":              {"internal/model"},
 	"bridge":             {"internal/model"},
+	// The cluster store (etcd); ipam's Pool picks the next address.
+	"internal/cluster": {"ipam", "internal/model"},
 	// The state gauges read the state's snapshot type.
 	"metrics":        {"state", "internal/model"},
 	"internal/model": nil,
@@ -60,6 +62,9 @@ var rules = map[string][]string{
 	"bench/cmd/mynet-bench":      {"internal/model"},
 	"bench/cmd/netbench":         nil,
 	"e2e":                        {"internal/model"},
+
+	// A throwaway etcd server for the tests of the cluster store.
+	"internal/cluster/etcdtest": nil,
 }
 
 // utilities may be imported by any package and import nothing of ours.
