@@ -95,6 +95,7 @@ type nftFirewall struct {
 	conn *nftables.Conn
 	raw  *netlink.Conn // for the one dump of all the table's rules
 	err  error         // why the socket could not be opened
+	memo map[string]nftNetMemo
 }
 
 func newNFTFirewall(instance string, v6 bool, log *slog.Logger) *nftFirewall {

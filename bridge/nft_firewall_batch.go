@@ -61,7 +61,7 @@ func (f *nftFirewall) read(o nftObjs, sets []string) (nftState, error) {
 		if !st.exists {
 			break
 		}
-		es, err := f.conn.GetSetElements(o.sets[name])
+		es, err := f.dumpElems(o, name)
 		if err != nil {
 			// A table of an older layout may lack a set; the next
 			// ensureNetwork adds it.

@@ -23,6 +23,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -153,21 +154,44 @@ func dumpedTags(rules []nftDumpedRule) []string {
 // nftWant is what the networks and ports want of one family's table.
 type nftWant struct {
 	chains []nftNetChain
-	netOf  map[string]string // chain -> network ID
+	tags   map[string][]string // chain -> its rules' tags
+	netOf  map[string]string   // chain -> network ID
 	elems  []nftElem
 	ports  []nftElem
 }
 
-func (o nftObjs) want(networks []model.Network, endpoints []model.Endpoint) nftWant {
-	w := nftWant{netOf: map[string]string{}}
+// nftNetMemo is a network's objects as last built, with its chains'
+// tags, and the network they were built from: a pass reuses them while
+// the network is the same, which is most of a periodic pass's cost saved.
+type nftNetMemo struct {
+	sig    string
+	chains []nftNetChain
+	tags   [][]string
+	elems  []nftElem
+}
+
+// want builds what the networks and ports want, under f.mu (the memo).
+func (f *nftFirewall) want(o nftObjs, networks []model.Network, endpoints []model.Endpoint) nftWant {
+	w := nftWant{tags: map[string][]string{}, netOf: map[string]string{}}
+	memo := make(map[string]nftNetMemo, len(networks))
 	for _, n := range networks {
-		chains, elems := o.networkObjects(n)
-		for _, ch := range chains {
-			w.netOf[ch.name] = n.ID
+		sig := fmt.Sprintf("%+v", n)
+		m, ok := f.memo[n.ID]
+		if !ok || m.sig != sig {
+			m = nftNetMemo{sig: sig}
+			m.chains, m.elems = o.networkObjects(n)
+			for _, ch := range m.chains {
+				m.tags = append(m.tags, tagsOf(ch.rules))
+			}
 		}
-		w.chains = append(w.chains, chains...)
-		w.elems = append(w.elems, elems...)
+		memo[n.ID] = m
+		for i, ch := range m.chains {
+			w.netOf[ch.name], w.tags[ch.name] = n.ID, m.tags[i]
+		}
+		w.chains = append(w.chains, m.chains...)
+		w.elems = append(w.elems, m.elems...)
 	}
+	f.memo = memo
 	seen := map[string]bool{}
 	for _, ep := range endpoints {
 		for _, e := range o.portElems(ep, ep.Ports) {
@@ -270,10 +294,6 @@ func trimNUL(b []byte) []byte {
 // elements it added, and the table if it created it.
 func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, endpoints []model.Endpoint, undo *netutil.Undo) (int, error) {
 	o := f.objs()
-	w := o.want(networks, endpoints)
-	if len(w.chains) == 0 && len(w.ports) == 0 {
-		return 0, nil
-	}
 	if err := stopped(ctx, f.family()+" rules"); err != nil {
 		return 0, err
 	}
@@ -281,6 +301,10 @@ func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, e
 	defer f.mu.Unlock()
 	if f.err != nil {
 		return 0, f.err
+	}
+	w := f.want(o, networks, endpoints)
+	if len(w.chains) == 0 && len(w.ports) == 0 {
+		return 0, nil
 	}
 	st, err := f.read(o, nftSetOrder)
 	if err != nil {
@@ -300,13 +324,17 @@ func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, e
 			n += len(rs)
 		}
 	}
+	// Networks none of whose chains were there: undo removes them whole.
 	created := map[string]bool{}
 	for _, ch := range w.chains {
-		if st.chains[ch.name] && slices.Equal(dumpedTags(rules[ch.name]), tagsOf(ch.rules)) {
-			continue
-		}
-		if !st.chains[ch.name] {
-			created[w.netOf[ch.name]] = true
+		created[w.netOf[ch.name]] = created[w.netOf[ch.name]] || !st.chains[ch.name]
+	}
+	for _, ch := range w.chains {
+		if st.chains[ch.name] {
+			created[w.netOf[ch.name]] = false
+			if slices.Equal(dumpedTags(rules[ch.name]), w.tags[ch.name]) {
+				continue
+			}
 		}
 		b.chain(&nftables.Chain{Name: ch.name, Table: o.table}, ch.rules)
 		n += len(ch.rules)
@@ -322,7 +350,7 @@ func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, e
 	if err := b.flush(); err != nil {
 		return 0, fmt.Errorf("repair %s (%d rules and elements): %w", f.tableName(), n, err)
 	}
-	f.log.Debug("nftables rules repaired", "table", f.tableName(), "written", n, "networks_created", len(created))
+	f.log.Debug("nftables rules repaired", "table", f.tableName(), "written", n)
 	f.pushEnsureAllUndo(undo, st.exists, created, add)
 	return n, nil
 }
@@ -349,13 +377,10 @@ func (f *nftFirewall) pushEnsureAllUndo(undo *netutil.Undo, existed bool, create
 			return f.removeWhere(func(string, string) bool { return false })
 		})
 	}
-	for _, id := range slices.Sorted(func(yield func(string) bool) {
-		for id := range created {
-			if !yield(id) {
-				return
-			}
+	for _, id := range slices.Sorted(maps.Keys(created)) {
+		if !created[id] {
+			continue
 		}
-	}) {
 		undo.Push("remove "+f.tableName()+" rules of network "+model.Short(id), func() error { return f.removeNetwork(id) })
 	}
 	if len(added) > 0 {
@@ -384,4 +409,79 @@ func (f *nftFirewall) deleteElems(elems []nftElem) error {
 	b := newNFTBatch(f.conn, o)
 	b.elems(false, gone)
 	return b.flush()
+}
+
+// dumpElems lists a set's elements in one netlink dump, decoding only what
+// the comparison and the fingerprint use: key, data (a verdict's
+// attributes for a verdict map, as the library gives them) and comment.
+// The library's GetSetElements costs several times as much at thousands
+// of elements.
+func (f *nftFirewall) dumpElems(o nftObjs, set string) ([]nftables.SetElement, error) {
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(o.table.Name + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
+	})
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := f.raw.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM), Flags: netlink.Request | netlink.Dump},
+		Data:   append([]byte{byte(o.table.Family), unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dump elements of set %s: %w", set, err)
+	}
+	var out []nftables.SetElement
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		top, err := netlink.UnmarshalAttributes(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		for _, a := range top {
+			if a.Type != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				continue
+			}
+			list, err := netlink.UnmarshalAttributes(a.Data)
+			if err != nil {
+				return nil, err
+			}
+			for _, item := range list {
+				e, err := decodeElem(item.Data)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, e)
+			}
+		}
+	}
+	return out, nil
+}
+
+func decodeElem(b []byte) (nftables.SetElement, error) {
+	var e nftables.SetElement
+	attrs, err := netlink.UnmarshalAttributes(b)
+	if err != nil {
+		return e, err
+	}
+	inner := func(data []byte) []byte {
+		nested, err := netlink.UnmarshalAttributes(data)
+		if err != nil || len(nested) == 0 {
+			return nil
+		}
+		return nested[0].Data // NFTA_DATA_VALUE's bytes, or NFTA_DATA_VERDICT's attributes
+	}
+	for _, a := range attrs {
+		switch a.Type {
+		case unix.NFTA_SET_ELEM_KEY:
+			e.Key = inner(a.Data)
+		case unix.NFTA_SET_ELEM_DATA:
+			e.Val = inner(a.Data)
+		case unix.NFTA_SET_ELEM_USERDATA:
+			e.Comment, _ = userdata.GetString(a.Data, userdata.NFTNL_UDATA_SET_ELEM_COMMENT)
+		}
+	}
+	return e, nil
 }
