@@ -68,3 +68,16 @@ func rulesets() (map[string]string, error) {
 	}
 	return out, nil
 }
+
+// noDockerFirewall says why Docker's own rules are missing on this engine,
+// or "": sid-nft's dockerd writes none, so its bridge driver is no
+// reference for isolation or direct-routing protection, and mynet cannot
+// tell a bridge Docker named with com.docker.network.bridge.name from any
+// other bridge (it knows Docker's bridges from Docker's rules, under
+// either backend, and by their default names).
+func noDockerFirewall() string {
+	if currentEngine() == "sid-nft" {
+		return "dockerd runs with --iptables=false --ip6tables=false and writes no firewall rule"
+	}
+	return ""
+}
