@@ -96,6 +96,10 @@ type nftFirewall struct {
 	raw  *netlink.Conn // for the one dump of all the table's rules
 	err  error         // why the socket could not be opened
 	memo map[string]nftNetMemo
+	// verified lets a reconcile pass skip the read when the ruleset has
+	// not changed since the last pass found it right.
+	verified nftVerified
+	lines    nftLines
 }
 
 func newNFTFirewall(instance string, v6 bool, log *slog.Logger) *nftFirewall {
@@ -406,81 +410,4 @@ func (f *nftFirewall) removeWhere(drop func(networkID, endpointID string) bool) 
 	}
 	f.log.Debug("nftables rules removed", "table", f.tableName(), "elements", n, "chains", len(chains), "table_removed", len(left) == 0)
 	return nil
-}
-
-// hasRules reports whether the table has anything naming a network.
-func (f *nftFirewall) hasRules() (bool, error) {
-	o := f.objs()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return false, nil
-	}
-	st, err := f.read(o, nftSetOrder)
-	if err != nil || !st.exists {
-		return false, err
-	}
-	for name := range st.chains {
-		if _, ok := model.ParseNFTNetworkChain(name); ok {
-			return true, nil
-		}
-	}
-	for _, es := range st.elems {
-		for _, e := range es {
-			if _, _, ok := model.ParseRuleComment(`comment "` + e.Comment + `"`); ok {
-				return true, nil
-			}
-		}
-	}
-	return false, nil
-}
-
-// ownLines are the table's chains with their rules and its elements, one
-// line each, sorted within a chain's or set's lines only where the kernel
-// gives no order (elements); lines of a network's chain or element carry
-// its comment, for the fingerprint's keys.
-func (f *nftFirewall) ownLines() ([]string, error) {
-	o := f.objs()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return nil, nil
-	}
-	st, err := f.read(o, nftSetOrder)
-	if err != nil || !st.exists {
-		return nil, err
-	}
-	rules, err := f.dumpRules(o, true)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	names := make([]string, 0, len(st.chains))
-	for name := range st.chains {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		suffix := ""
-		if nid, ok := model.ParseNFTNetworkChain(name); ok {
-			suffix = ` comment "` + model.RuleComment(nid, "") + `"`
-		}
-		out = append(out, "chain "+name+suffix)
-		for _, r := range rules[name] {
-			out = append(out, "rule "+name+" "+r.exprs+" "+r.tag+suffix)
-		}
-	}
-	for _, set := range nftSetOrder {
-		var lines []string
-		for _, e := range st.elems[set] {
-			v := fmt.Sprintf("%x", e.Val)
-			if e.VerdictData != nil {
-				v = "jump " + e.VerdictData.Chain
-			}
-			lines = append(lines, fmt.Sprintf("element %s %x : %s comment %q", set, e.Key, v, e.Comment))
-		}
-		slices.Sort(lines)
-		out = append(out, lines...)
-	}
-	return out, nil
 }

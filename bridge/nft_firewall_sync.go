@@ -19,19 +19,12 @@ package bridge
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil"
@@ -46,93 +39,6 @@ const nftLayout = "1"
 func (r *nftRule) tag() string {
 	sum := sha256.Sum256([]byte(nftLayout + "\x00" + r.String()))
 	return "mynet " + hex.EncodeToString(sum[:6])
-}
-
-// nftDumpedRule is one rule of a dump: its tag and a digest of its
-// expressions without the counters' values.
-type nftDumpedRule struct {
-	tag, exprs string
-}
-
-// dumpRules lists every rule of the table in one netlink dump, by chain,
-// in the chains' order; with exprs, the expressions' digests too (for the
-// fingerprint; the comparison needs the tags only).
-func (f *nftFirewall) dumpRules(o nftObjs, exprs bool) (map[string][]nftDumpedRule, error) {
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(o.table.Name + "\x00")}})
-	if err != nil {
-		return nil, err
-	}
-	msgs, err := f.raw.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
-		Data:   append([]byte{byte(o.table.Family), unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
-	out := map[string][]nftDumpedRule{}
-	if errors.Is(err, unix.ENOENT) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("dump rules of %s: %w", o.ipName()+" "+o.table.Name, err)
-	}
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-		if err != nil {
-			return nil, err
-		}
-		var chain string
-		var r nftDumpedRule
-		for ad.Next() {
-			switch ad.Type() {
-			case unix.NFTA_RULE_CHAIN:
-				chain = ad.String()
-			case unix.NFTA_RULE_USERDATA:
-				r.tag, _ = userdata.GetString(ad.Bytes(), userdata.TypeComment)
-			case unix.NFTA_RULE_EXPRESSIONS:
-				if !exprs {
-					continue
-				}
-				r.exprs = nftExprsDigest(ad.Bytes())
-			}
-		}
-		if err := ad.Err(); err != nil {
-			return nil, err
-		}
-		out[chain] = append(out[chain], r)
-	}
-	return out, nil
-}
-
-// nftExprsDigest hashes a rule's expression list, leaving out the data
-// of its counters, which traffic changes.
-func nftExprsDigest(b []byte) string {
-	h := sha256.New()
-	list, err := netlink.UnmarshalAttributes(b)
-	if err != nil {
-		h.Write(b)
-	}
-	for _, elem := range list {
-		attrs, err := netlink.UnmarshalAttributes(elem.Data)
-		if err != nil {
-			h.Write(elem.Data)
-			continue
-		}
-		counter := false
-		for _, a := range attrs {
-			if a.Type == unix.NFTA_EXPR_NAME && string(a.Data) == "counter\x00" {
-				counter = true
-			}
-		}
-		for _, a := range attrs {
-			if counter && a.Type == unix.NFTA_EXPR_DATA {
-				continue
-			}
-			fmt.Fprintf(h, "%d:%x;", a.Type, a.Data)
-		}
-		h.Write([]byte{'|'})
-	}
-	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 func tagsOf(rules []*nftRule) []string {
@@ -204,6 +110,26 @@ func (f *nftFirewall) want(o nftObjs, networks []model.Network, endpoints []mode
 	return w
 }
 
+// digest sums up what is wanted: every chain's name and rule tags, every
+// element's set, key, data and comment.
+func (w nftWant) digest() string {
+	h := sha256.New()
+	for _, ch := range w.chains {
+		fmt.Fprintf(h, "chain %s %v\n", ch.name, w.tags[ch.name])
+	}
+	for _, e := range append(w.elems, w.ports...) {
+		fmt.Fprintf(h, "%s %x %x %s %s\n", e.set, e.key, e.val, e.jump, e.comment)
+	}
+	return string(h.Sum(nil))
+}
+
+// nftVerified is the ruleset generation at which a pass last found the
+// table as wanted, and the digest of what it wanted.
+type nftVerified struct {
+	gen uint32
+	sig string
+}
+
 // sameElem reports whether the kernel's element is the one wanted.
 func sameElem(have nftables.SetElement, e nftElem) bool {
 	if have.Comment != e.comment {
@@ -213,35 +139,6 @@ func sameElem(have nftables.SetElement, e nftElem) bool {
 		return slices.Equal(have.Val, e.val)
 	}
 	return nftJump(have) == e.jump
-}
-
-// nftJump is the chain a verdict map's element jumps to. The library
-// lists the verdict as it came, NFTA_DATA_VERDICT's attributes in Val
-// (NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN).
-func nftJump(e nftables.SetElement) string {
-	if e.VerdictData != nil {
-		return e.VerdictData.Chain
-	}
-	inner, err := netlink.UnmarshalAttributes(e.Val)
-	if err != nil {
-		return ""
-	}
-	var code uint32
-	chain := ""
-	for _, a := range inner {
-		switch a.Type {
-		case unix.NFTA_VERDICT_CODE:
-			if len(a.Data) == 4 {
-				code = binary.BigEndian.Uint32(a.Data)
-			}
-		case unix.NFTA_VERDICT_CHAIN:
-			chain = strings.TrimRight(string(a.Data), "\x00")
-		}
-	}
-	if int32(code) != int32(expr.VerdictJump) {
-		return ""
-	}
-	return chain
 }
 
 // elemDiff are the wanted elements the kernel lacks or has otherwise
@@ -306,6 +203,14 @@ func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, e
 	if len(w.chains) == 0 && len(w.ports) == 0 {
 		return 0, nil
 	}
+	// Nothing committed in the namespace's ruleset since the last pass
+	// found the table as wanted, and the same wanted: nothing to read.
+	gen, genErr := f.genID()
+	sig := w.digest()
+	if genErr == nil && gen == f.verified.gen && sig == f.verified.sig {
+		return 0, nil
+	}
+	f.verified = nftVerified{}
 	st, err := f.read(o, nftSetOrder)
 	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", f.tableName(), err)
@@ -345,6 +250,11 @@ func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, e
 	b.elems(true, append(add, dockerAdd...))
 	n += len(add) + len(dockerAdd) + len(dockerGone)
 	if n == 0 {
+		if genErr == nil {
+			// Read before the table: a commit in between shows as
+			// another generation next time, and costs one more read.
+			f.verified = nftVerified{gen: gen, sig: sig}
+		}
 		return 0, nil
 	}
 	if err := b.flush(); err != nil {
@@ -409,79 +319,4 @@ func (f *nftFirewall) deleteElems(elems []nftElem) error {
 	b := newNFTBatch(f.conn, o)
 	b.elems(false, gone)
 	return b.flush()
-}
-
-// dumpElems lists a set's elements in one netlink dump, decoding only what
-// the comparison and the fingerprint use: key, data (a verdict's
-// attributes for a verdict map, as the library gives them) and comment.
-// The library's GetSetElements costs several times as much at thousands
-// of elements.
-func (f *nftFirewall) dumpElems(o nftObjs, set string) ([]nftables.SetElement, error) {
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(o.table.Name + "\x00")},
-		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
-	})
-	if err != nil {
-		return nil, err
-	}
-	msgs, err := f.raw.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM), Flags: netlink.Request | netlink.Dump},
-		Data:   append([]byte{byte(o.table.Family), unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("dump elements of set %s: %w", set, err)
-	}
-	var out []nftables.SetElement
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		top, err := netlink.UnmarshalAttributes(m.Data[4:])
-		if err != nil {
-			return nil, err
-		}
-		for _, a := range top {
-			if a.Type != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-				continue
-			}
-			list, err := netlink.UnmarshalAttributes(a.Data)
-			if err != nil {
-				return nil, err
-			}
-			for _, item := range list {
-				e, err := decodeElem(item.Data)
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, e)
-			}
-		}
-	}
-	return out, nil
-}
-
-func decodeElem(b []byte) (nftables.SetElement, error) {
-	var e nftables.SetElement
-	attrs, err := netlink.UnmarshalAttributes(b)
-	if err != nil {
-		return e, err
-	}
-	inner := func(data []byte) []byte {
-		nested, err := netlink.UnmarshalAttributes(data)
-		if err != nil || len(nested) == 0 {
-			return nil
-		}
-		return nested[0].Data // NFTA_DATA_VALUE's bytes, or NFTA_DATA_VERDICT's attributes
-	}
-	for _, a := range attrs {
-		switch a.Type {
-		case unix.NFTA_SET_ELEM_KEY:
-			e.Key = inner(a.Data)
-		case unix.NFTA_SET_ELEM_DATA:
-			e.Val = inner(a.Data)
-		case unix.NFTA_SET_ELEM_USERDATA:
-			e.Comment, _ = userdata.GetString(a.Data, userdata.NFTNL_UDATA_SET_ELEM_COMMENT)
-		}
-	}
-	return e, nil
 }

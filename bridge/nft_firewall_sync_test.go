@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil"
 )
@@ -150,26 +152,47 @@ func BenchmarkNFTReconcile(b *testing.B) {
 		if _, err := d.EnsureRules(ctx, networks, endpoints); err != nil {
 			b.Fatal(err)
 		}
-		var ensure, fingerprint time.Duration
-		// The sockets stay in the test's namespace; the passes run on a
-		// goroutine of no locked thread, as mynet's reconcile does: on the
-		// test's locked thread each socket wait hands the thread over.
-		done := make(chan struct{})
-		b.ResetTimer()
-		go func() {
-			defer close(done)
-			passes(b, d, networks, endpoints, &ensure, &fingerprint)
-		}()
-		<-done
-		b.StopTimer()
-		b.ReportMetric(float64(ensure.Microseconds())/float64(b.N)/1000, "ensure-ms/op")
-		b.ReportMetric(float64(fingerprint.Microseconds())/float64(b.N)/1000, "fingerprint-ms/op")
+		for _, changed := range []bool{false, true} {
+			b.Run(fmt.Sprintf("ruleset-changed=%v", changed), func(b *testing.B) {
+				var ensure, fingerprint time.Duration
+				// The sockets stay in the test's namespace; the passes run
+				// on a goroutine of no locked thread, as mynet's reconcile
+				// does: on the test's locked thread each socket wait hands
+				// the thread over.
+				done := make(chan struct{})
+				b.ResetTimer()
+				go func() {
+					defer close(done)
+					passes(b, d, networks, endpoints, changed, &ensure, &fingerprint)
+				}()
+				<-done
+				b.StopTimer()
+				b.ReportMetric(float64(ensure.Microseconds())/float64(b.N)/1000, "ensure-ms/op")
+				b.ReportMetric(float64(fingerprint.Microseconds())/float64(b.N)/1000, "fingerprint-ms/op")
+			})
+		}
 	})
 }
 
-func passes(b *testing.B, d *Dataplane, networks []model.Network, endpoints []model.Endpoint, ensure, fingerprint *time.Duration) {
+// passes runs b.N passes; with changed, a commit to another table before
+// each (as Docker's rules change when its containers come and go), so
+// that each pass reads the table whole.
+func passes(b *testing.B, d *Dataplane, networks []model.Network, endpoints []model.Endpoint, changed bool, ensure, fingerprint *time.Duration) {
 	ctx := context.Background()
-	for range b.N {
+	f := d.fw4.(*nftFirewall)
+	other := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "other"}
+	for i := range b.N {
+		if changed {
+			if i%2 == 0 {
+				f.conn.AddTable(other)
+			} else {
+				f.conn.DelTable(other)
+			}
+			if err := f.conn.Flush(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
 		t0 := time.Now()
 		repaired, err := d.EnsureRules(ctx, networks, endpoints)
 		if err != nil || len(repaired) != 0 {
