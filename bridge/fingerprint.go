@@ -86,7 +86,7 @@ func (d *Dataplane) Fingerprint() (model.Digests, error) {
 		}
 		for _, l := range lines {
 			key := ""
-			if strings.HasPrefix(l, "-A "+dockerIsolationStage1+" ") {
+			if strings.HasPrefix(l, "-A "+dockerIsolationStage1+" ") || strings.HasPrefix(l, nftDockerBridgeLine) {
 				key = model.DigestDocker
 			}
 			if nid, eid, ok := model.ParseRuleComment(l); ok {

@@ -322,6 +322,13 @@ func (f *nftFirewall) ownLines() ([]string, error) {
 		slices.Sort(lines)
 		out = append(out, lines...)
 	}
+	// Docker 29's bridges, which the networks in gateway mode
+	// nat-unprotected follow (the docker-bridges set): the fingerprint
+	// keys them apart (model.DigestDocker), as the iptables backend's
+	// DOCKER-ISOLATION-STAGE-1 lines.
+	for _, br := range st.docker {
+		out = append(out, nftDockerBridgeLine+br)
+	}
 	if genErr == nil {
 		f.lines = nftLines{gen: gen, lines: out, ok: true}
 	}
@@ -335,3 +342,7 @@ type nftLines struct {
 	lines []string
 	ok    bool
 }
+
+// nftDockerBridgeLine starts a fingerprint line naming a bridge of Docker
+// 29's table.
+const nftDockerBridgeLine = "docker-bridge "

@@ -89,7 +89,20 @@ func TestNFTEnsureRulesRepairsTheDifference(t *testing.T) {
 
 		// Docker 29's table names a bridge: the reconcile copies it into
 		// the docker-bridges set, and takes it out when Docker's is gone.
+		fpBefore, err := d.Fingerprint()
+		if err != nil {
+			t.Fatal(err)
+		}
 		run(t, "nft", "-f", "testdata/nft/docker29-bridges-ip.nft")
+		fpAfter, err := d.Fingerprint()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The reconcile follows Docker's bridges for the networks in
+		// nat-unprotected when this digest changes.
+		if fpAfter[model.DigestDocker] == fpBefore[model.DigestDocker] {
+			t.Errorf("the fingerprint's %s did not change when Docker's table came", model.DigestDocker)
+		}
 		if repaired, err := d.EnsureRules(ctx, networks, endpoints); err != nil || !slices.Equal(repaired, []string{"nftables ip: 1 rules"}) {
 			t.Errorf("after Docker's table came: EnsureRules = %v, %v; want one element added", repaired, err)
 		}
