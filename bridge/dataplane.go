@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
+
+	"github.com/google/nftables"
 
 	"github.com/vishvananda/netlink"
 	vnl "github.com/vishvananda/netlink/nl"
@@ -34,6 +37,10 @@ type Config struct {
 	// or model.FirewallNFTables (nft_firewall.go), which uses neither
 	// binary nor IPv4 and IPv6.
 	Firewall string
+	// Follow lets FollowFirewall move the rules to the backend Docker's
+	// rules are in (serve --firewall auto); the iptables one then uses the
+	// binaries on PATH, not IPv4 and IPv6.
+	Follow bool
 }
 
 // Dataplane builds networks and endpoints in one network namespace.
@@ -45,6 +52,15 @@ type Dataplane struct {
 	// creation with NLM_F_ECHO (link.go).
 	rtnl     *vnl.SocketHandle
 	fw4, fw6 firewall // fw6 is nil without ip6tables
+	// follow, nftList, seen and leftover are FollowFirewall's
+	// (firewall_follow.go): nftList lists the tables in this namespace
+	// (nil if it could not be opened), seen is what the last Fingerprint
+	// saw of Docker's rules, leftover the firewalls a switch left rules in.
+	follow   bool
+	nftList  *nftables.Conn
+	seenMu   sync.Mutex
+	seen     dockerSeen
+	leftover []firewall
 
 	generation string // in the link tags, see Tag
 
@@ -85,7 +101,10 @@ func New(cfg Config) (*Dataplane, error) {
 		return nil, err
 	}
 	d := &Dataplane{instance: cfg.Instance, generation: cfg.Generation, log: cfg.Log, nl: nl, rtnl: rtnl,
-		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{})}
+		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{}), follow: cfg.Follow}
+	if c, err := nftables.New(nftables.AsLasting()); err == nil {
+		d.nftList = c
+	}
 	d.spoof = newNFTFilter(model.SpoofTableName(cfg.Instance), cfg.Log)
 	if d.packetFD, err = openAnnounceSocket(); err != nil {
 		cfg.Log.Warn("new endpoints will not be announced with a gratuitous ARP", "err", err)
@@ -136,10 +155,9 @@ func (d *Dataplane) Close() {
 	d.nl.Close()
 	d.rtnl.Close()
 	d.spoof.close()
-	for _, fw := range []firewall{d.fw4, d.fw6} {
-		if c, ok := fw.(interface{ close() }); ok {
-			c.close()
-		}
+	closeFirewalls(append([]firewall{d.fw4, d.fw6}, d.leftover...)...)
+	if d.nftList != nil {
+		d.nftList.CloseLasting()
 	}
 	d.reaper.close()
 	if d.packetFD >= 0 {

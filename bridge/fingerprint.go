@@ -29,8 +29,9 @@ func (g digester) digests() model.Digests {
 // Fingerprint digests the links and iptables rules this instance owns:
 // its links with their state, master and addresses, its bridges' switches
 // that EnsureNetwork sets, every iptables line that mentions its chains,
-// the presence of the Docker chains its hooks depend on and IPv4
-// forwarding. The anti-spoofing table has digests of its own,
+// the presence of the Docker chains its hooks depend on, IPv4 forwarding,
+// and where Docker's rules are (DigestFirewall; noted for FollowFirewall
+// too). The anti-spoofing table has digests of its own,
 // SpoofFingerprint, because repairing it costs a netlink transaction per
 // endpoint. Equal digests mean nobody touched the object in between, which
 // lets the periodic reconcile skip its repair; so whatever the repair
@@ -79,15 +80,22 @@ func (d *Dataplane) Fingerprint() (model.Digests, error) {
 		slices.Sort(own)
 		g.add(key, strings.Join(own, " "))
 	}
+	dockerIPT, iptRead := false, false
 	for _, fw := range d.firewalls() {
 		lines, err := fw.ownLines()
 		if err != nil {
 			return nil, err
 		}
+		_, isIPT := fw.(*iptablesFirewall)
+		iptRead = iptRead || isIPT
 		for _, l := range lines {
 			key := ""
-			if strings.HasPrefix(l, "-A "+dockerIsolationStage1+" ") || strings.HasPrefix(l, nftDockerBridgeLine) {
+			switch {
+			case strings.HasPrefix(l, "-A "+dockerIsolationStage1+" "), strings.HasPrefix(l, nftDockerBridgeLine):
 				key = model.DigestDocker
+			case isDockerChainLine(l):
+				key = model.DigestFirewall
+				dockerIPT = true
 			}
 			if nid, eid, ok := model.ParseRuleComment(l); ok {
 				key = "net:" + nid
@@ -98,6 +106,7 @@ func (d *Dataplane) Fingerprint() (model.Digests, error) {
 			g.add(key, fw.family()+" "+l)
 		}
 	}
+	d.seeDocker(g, dockerIPT, iptRead)
 	return g.digests(), nil
 }
 
@@ -114,12 +123,13 @@ func sysctlValue(key string) string {
 // ownLines returns the lines of iptables-save that mention this instance's
 // chains, in order, the declarations of the Docker chains that decide
 // where its hooks and egress checks go (planHooks, planEgress): Docker
-// started or restarted after mynet creates them, and the rules of the
+// started or restarted after mynet creates them, and of the chains that
+// show Docker's iptables backend (for DigestFirewall), and the rules of the
 // chain that names Docker's bridges (the LAN chain's returns): they change
 // as Docker's networks come and go. One iptables-save of all tables, as
 // the firewall's own read.
 func (f *iptablesFirewall) ownLines() ([]string, error) {
-	dockerChains := append([]string{dockerUserChain}, dockerIsolationChains...)
+	dockerChains := slices.Concat([]string{dockerUserChain}, dockerIsolationChains, dockerIPTablesChains)
 	raw, err := f.ipt.Save()
 	if err != nil {
 		return nil, fmt.Errorf("read the %s rules: %w", f.family(), err)

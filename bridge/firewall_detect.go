@@ -6,7 +6,6 @@ package bridge
 import (
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/google/nftables"
 
@@ -40,18 +39,8 @@ type FirewallUse struct {
 func DetectFirewalls(instance string) FirewallUse {
 	var u FirewallUse
 	if c, err := nftables.New(); err == nil {
-		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
-			tables, err := c.ListTablesOfFamily(fam)
-			if err != nil {
-				continue
-			}
-			u.NFTWorks = true
-			has := func(name string) bool {
-				return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == name })
-			}
-			u.DockerNFT = u.DockerNFT || has(dockerNFTTable)
-			u.OwnNFT = u.OwnNFT || has(model.NFTTableName(instance))
-		}
+		u.DockerNFT, u.OwnNFT, err = nftTables(c, instance)
+		u.NFTWorks = err == nil
 	}
 	ipt, err := newIPTables(false)
 	if err != nil {
@@ -68,6 +57,24 @@ func DetectFirewalls(instance string) FirewallUse {
 	}
 	u.OwnIPTables = filter.hasChain(model.ChainsFor(instance).Forward)
 	return u
+}
+
+// nftTables reports whether Docker's tables and this instance's exist, in
+// family ip or ip6, from one dump of the tables: cheap enough for every
+// reconcile pass.
+func nftTables(c *nftables.Conn, instance string) (docker, own bool, err error) {
+	tables, err := c.ListTables()
+	if err != nil {
+		return false, false, err
+	}
+	for _, t := range tables {
+		if t.Family != nftables.TableFamilyIPv4 && t.Family != nftables.TableFamilyIPv6 {
+			continue
+		}
+		docker = docker || t.Name == dockerNFTTable
+		own = own || t.Name == model.NFTTableName(instance)
+	}
+	return docker, own, nil
 }
 
 // Docker returns the backend Docker's rules are in, "" when none shows.
@@ -116,6 +123,27 @@ func ChooseFirewall(flag string, u FirewallUse) (backend, why string, err error)
 		return model.FirewallNFTables, "no Docker rules found and no working iptables binary", nil
 	}
 	return "", "", errors.New("neither iptables nor nftables works here: install the iptables package, or load nf_tables")
+}
+
+// FollowFirewall decides at a reconcile pass whether a running instance
+// moves its rules to another backend, and why: under --firewall auto
+// only, and only when Docker's rules show in the other backend (dockerd
+// was restarted with it). Docker's rules showing nowhere (dockerd stopped,
+// or restarted with --iptables=false) is no reason to move rules that
+// work: ChooseFirewall's fallbacks are for a start from nothing. An
+// explicit --firewall never moves.
+func FollowFirewall(flag, current string, u FirewallUse) (next, why string) {
+	if flag != model.FirewallAuto && flag != "" {
+		return current, ""
+	}
+	switch docker := u.Docker(); {
+	case docker == "" || docker == current:
+		return current, ""
+	case docker == model.FirewallNFTables:
+		return docker, "Docker's rules are now in nftables (table " + dockerNFTTable + ")"
+	default:
+		return docker, "Docker's rules are now in iptables (chain DOCKER) and its nftables table is gone"
+	}
 }
 
 // FirewallBackend is the backend this Dataplane keeps its rules in.

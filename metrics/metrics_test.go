@@ -122,6 +122,17 @@ func TestRequestsAndStateAfterScrape(t *testing.T) {
 	}
 }
 
+func TestReconcilePassHistogram(t *testing.T) {
+	m := New(nil, nil)
+	name := `mynet_reconcile_pass_seconds_count{pass="recheck"}`
+	ObserveReconcilePass("recheck", 3*time.Millisecond) // the series exists once observed
+	before := value(t, scrape(t, m), name)
+	ObserveReconcilePass("recheck", 3*time.Millisecond)
+	if after := value(t, scrape(t, m), name); after != before+1 {
+		t.Fatalf("%s went from %v to %v, want +1", name, before, after)
+	}
+}
+
 func TestReconcileRepairsCounter(t *testing.T) {
 	m := New(nil, nil)
 	before := value(t, scrape(t, m), "mynet_reconcile_repairs_total")

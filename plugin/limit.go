@@ -8,7 +8,7 @@ import (
 )
 
 // bodyReadTimeout is how long a request that got its slot has to send its
-// body (at most 1 MiB, over a local socket).
+// body (at most maxBody, over a local socket).
 const bodyReadTimeout = 10 * time.Second
 
 // Gauge is what Limit reports its queue to; a prometheus.Gauge is one.

@@ -196,7 +196,7 @@ func TestBadRequests(t *testing.T) {
 		{"malformed", "NetworkDriver.CreateNetwork", `{"NetworkID":`, "decode request"},
 		{"empty", "NetworkDriver.CreateNetwork", "", "empty request body"},
 		{"trailing", "NetworkDriver.CreateNetwork", `{"NetworkID":"x"} {}`, "trailing data"},
-		{"huge", "NetworkDriver.CreateNetwork", `{"NetworkID":"` + strings.Repeat("a", 10<<20) + `"}`, "exceeds"},
+		{"huge", "NetworkDriver.CreateNetwork", `{"NetworkID":"` + strings.Repeat("a", maxBody) + `"}`, "exceeds"},
 		{"wrong type", "NetworkDriver.CreateNetwork", `{"NetworkID":5}`, "decode request"},
 		{"short id", "NetworkDriver.CreateNetwork", createNetworkReq("abc", "10.1.0.0/24", "", nil), "64 hex"},
 		{"non-hex id", "NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": id('g')}, "lowercase hex"},

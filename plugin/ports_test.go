@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -280,5 +281,27 @@ func TestRoutedPorts(t *testing.T) {
 	}
 	if got := h.dp.Ports[id('c')]; len(got) != 2 || !got[0].Routed() || got[0].HostIP.IsValid() {
 		t.Fatalf("dataplane mappings %v, want two without host port or address", got)
+	}
+}
+
+// TestPublishManyPorts: a -p A-B:C-D of 12,000 ports arrives as one
+// request of over 1 MiB (a binding each); the body limit must let it in.
+func TestPublishManyPorts(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(id('a'), "10.1.0.0/24")
+	h.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": id('a'), "EndpointID": id('b'),
+		"Interface": map[string]any{"Address": "10.1.0.2/24"}})
+	const n = 12000
+	bindings := make([]map[string]any, n)
+	for i := range bindings {
+		bindings[i] = binding(6, "0.0.0.0", 40000+i, 1000+i) // clear of 30000, which the fake holds
+	}
+	req := map[string]any{"NetworkID": id('a'), "EndpointID": id('b'), "Options": portmap(bindings...)}
+	if body, _ := json.Marshal(req); len(body) <= 1<<20 {
+		t.Fatalf("the request is %d bytes: the test needs one over 1 MiB", len(body))
+	}
+	h.ok("NetworkDriver.ProgramExternalConnectivity", req)
+	if got := len(h.ports(id('b'))); got != n {
+		t.Fatalf("%d mappings published, want %d", got, n)
 	}
 }

@@ -18,9 +18,11 @@ import (
 	"github.com/mynet/mynet/internal/model"
 )
 
-// maxBody bounds request bodies. The engine's largest request, a
-// CreateEndpoint with a port map, is a few kilobytes.
-const maxBody = 1 << 20
+// maxBody bounds request bodies. The engine's largest requests are those
+// with a port map, CreateEndpoint and ProgramExternalConnectivity: about
+// 110 bytes a binding, so 10,000 published ports take 1.1 MB and every
+// port of both protocols (2 x 65,535 bindings) 14 MB.
+const maxBody = 32 << 20
 
 // manifest is the Plugin.Activate answer: one socket serves both APIs.
 const manifest = `{"Implements":["NetworkDriver","IpamDriver"]}`

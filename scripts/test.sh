@@ -16,7 +16,7 @@ die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 
 [[ $EUID -eq 0 ]] || die "must run as root (the tests create bridges, iptables rules and containers): try sudo make test"
 mkdir -p "$LOGDIR"
-rm -f "$LOGDIR"/{build,lint,layout,unit,fuzz,e2e}.log # so the summary never counts an old run
+rm -f "$LOGDIR"/{build,lint,layout,unit,fuzz,e2e,cluster}.log # so the summary never counts an old run
 
 # sudo's secure_path usually leaves out the Go toolchain.
 if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
@@ -164,14 +164,18 @@ if [[ ${result[build]} == ok ]]; then
 	# Root and an engine are ensured above, so the suite must run, not skip.
 	step e2e env MYNET_BIN="$PWD/bin/mynet" MYNET_E2E_LOGDIR="$LOGDIR" MYNET_E2E_REQUIRED=1 \
 		MYNET_E2E_ENGINES="$E2E_ENGINES" go test -count=1 -v -timeout 30m ./e2e/
+	# Several Docker hosts and one etcd on this machine (scripts/cluster.sh).
+	step cluster env MYNET_BIN="$PWD/bin/mynet" MYNET_E2E_REQUIRED=1 \
+		go test -count=1 -v -timeout 10m ./e2e/cluster/
 else
 	result[e2e]="not run (build failed)" took[e2e]=0s
+	result[cluster]="not run (build failed)" took[cluster]=0s
 fi
 
 say "summary (logs in $LOGDIR)"
 status=0
-for name in build lint layout unit fuzz e2e; do
-	printf '  %-6s %-24s %s\n' "$name" "${result[$name]}" "${took[$name]}"
+for name in build lint layout unit fuzz e2e cluster; do
+	printf '  %-7s %-24s %s\n' "$name" "${result[$name]}" "${took[$name]}"
 	[[ ${result[$name]} == ok ]] || status=1
 done
 # One line per engine, e.g. "e2e (docker 28.5.2): 27 passed, 0 failed, 0 skipped".

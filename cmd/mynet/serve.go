@@ -130,7 +130,8 @@ func serve(args []string) error {
 	}
 	defer dp.Close()
 	drv := driver.New(driver.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation(),
-		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors})
+		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors, ObservePass: metrics.ObserveReconcilePass,
+		FirewallSwitches: metrics.FirewallSwitches})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// A signal during the restore stops mynet after it, not halfway.
@@ -194,7 +195,8 @@ func newDataplane(f serveFlags, store *state.Store, snap state.Snapshot, log *sl
 		return nil, err
 	}
 	log.Info("firewall backend", "backend", backend, "why", why)
-	dp, err := bridge.New(bridge.Config{Instance: f.name, Generation: store.Generation(), Log: log, Firewall: backend})
+	dp, err := bridge.New(bridge.Config{Instance: f.name, Generation: store.Generation(), Log: log, Firewall: backend,
+		Follow: f.firewall == model.FirewallAuto})
 	if err != nil {
 		return nil, err
 	}

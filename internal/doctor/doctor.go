@@ -56,8 +56,10 @@ type doctor struct {
 	// procSys and procNet are /proc/sys and the calling thread's
 	// /proc/<tid>/net; tests point procSys elsewhere.
 	procSys, procNet string
-	// stateFetch asks the daemon for its state.
+	// stateFetch asks the daemon for its state; cmdline reads a
+	// process's arguments (the daemon's --firewall).
 	stateFetch func(ctx context.Context, socket string) (*plugin.Dump, error)
+	cmdline    func(pid int) ([]string, error)
 
 	report doctorReport
 	pid    int
@@ -65,7 +67,7 @@ type doctor struct {
 }
 
 func newDoctor(t cli.Target, env *cli.Env) *doctor {
-	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: cli.FetchState}
+	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: cli.FetchState, cmdline: procCmdline}
 }
 
 func (d *doctor) add(check, status, msg, fix string) {

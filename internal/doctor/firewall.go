@@ -36,10 +36,68 @@ func (d *doctor) checkFirewall() string {
 		d.add("firewall_backend", statusProblem, msg+": one set is left over from a run on the other backend and filters with a stale policy",
 			"restart mynet: at startup it removes its rules from the backend it does not use\n"+d.t.Restart)
 	case own != "" && docker != "" && own != docker:
-		d.add("firewall_backend", statusProblem, msg+": a drop of one backend's forward chain is not undone by an accept of the other's, so Docker's and mynet's policies do not combine as documented",
-			"run mynet with --firewall auto (the default), which follows dockerd's backend, then restart it\n"+d.t.Restart)
+		const why = ": a drop of one backend's forward chain is not undone by an accept of the other's, so Docker's and mynet's policies do not combine as documented"
+		switch flag, known := d.daemonFirewallFlag(); {
+		case known && flag != model.FirewallAuto:
+			d.add("firewall_backend", statusProblem, msg+why+"; mynet runs with --firewall "+flag+", which never follows dockerd",
+				"run mynet with --firewall auto (the default), which follows dockerd's backend, or --firewall "+docker+", then restart it\n"+d.t.Restart)
+		case known:
+			// Under auto the next pass moves the rules: a mismatch that
+			// lasts means the move failed.
+			d.add("firewall_backend", statusProblem, msg+why+"; mynet (--firewall auto) moves its rules at its next reconcile pass, so a mismatch that lasts means the move failed",
+				d.reconcileFix("moves them"))
+		default:
+			d.add("firewall_backend", statusProblem, msg+why,
+				"run mynet with --firewall auto (the default), which follows dockerd's backend, then restart it\n"+d.t.Restart)
+		}
 	default:
 		d.add("firewall_backend", statusOK, msg, "")
 	}
 	return own
+}
+
+// daemonFirewallFlag is the daemon's --firewall as its command line says
+// (auto when absent); known is false when the daemon's process is not
+// known or its command line cannot be read.
+func (d *doctor) daemonFirewallFlag() (flag string, known bool) {
+	if d.pid <= 0 {
+		return "", false
+	}
+	args, err := d.cmdline(d.pid)
+	if err != nil {
+		return "", false
+	}
+	return firewallFlag(args), true
+}
+
+// procCmdline reads a process's arguments.
+func procCmdline(pid int) ([]string, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00"), nil
+}
+
+// firewallFlag returns --firewall's value in args as Go's flag package
+// reads it (-firewall or --firewall, with "=" or the next argument; the
+// last one wins; none after "--"), auto when there is none.
+func firewallFlag(args []string) string {
+	flag := model.FirewallAuto
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		name, ok := strings.CutPrefix(a, "-")
+		if !ok {
+			continue
+		}
+		name = strings.TrimPrefix(name, "-")
+		if v, ok := strings.CutPrefix(name, "firewall="); ok {
+			flag = v
+		} else if name == "firewall" && i+1 < len(args) {
+			flag = args[i+1]
+		}
+	}
+	return flag
 }

@@ -21,8 +21,18 @@ func TestCheckFirewall(t *testing.T) {
 				t.Fatalf("%v: %v: %s", args, err, out)
 			}
 		}
+		var daemonArgs []string // the daemon's command line; nil: no daemon answered
 		check := func() finding {
 			d := newDoctor(cli.Target{Instance: "mynet", Restart: "systemctl restart mynet"}, &cli.Env{})
+			if daemonArgs != nil {
+				d.pid = 4242
+				d.cmdline = func(pid int) ([]string, error) {
+					if pid != 4242 {
+						t.Errorf("command line of pid %d read, want the daemon's", pid)
+					}
+					return daemonArgs, nil
+				}
+			}
 			d.checkFirewall()
 			if len(d.report.Findings) != 1 {
 				t.Fatalf("findings: %+v", d.report.Findings)
@@ -37,6 +47,19 @@ func TestCheckFirewall(t *testing.T) {
 		if f := check(); f.Status != statusProblem || !strings.Contains(f.Message, "dockerd's rules: nftables; mynet's: iptables") || !strings.Contains(f.Fix, "--firewall auto") {
 			t.Errorf("Docker on nftables, mynet on iptables: %+v", f)
 		}
+		// A daemon with an explicit --firewall never follows: the
+		// mismatch lasts, and the fix is the flag.
+		daemonArgs = []string{"mynet", "serve", "--firewall", "iptables"}
+		if f := check(); f.Status != statusProblem || !strings.Contains(f.Message, "--firewall iptables, which never follows dockerd") ||
+			!strings.Contains(f.Fix, "--firewall auto") || !strings.Contains(f.Fix, "--firewall nftables") {
+			t.Errorf("Docker on nftables, mynet on iptables by its flag: %+v", f)
+		}
+		// Under auto the next pass moves the rules: the fix is a pass now.
+		daemonArgs = []string{"mynet", "serve", "--name", "mynet"}
+		if f := check(); f.Status != statusProblem || !strings.Contains(f.Message, "--firewall auto") || !strings.Contains(f.Fix, "kill -HUP 4242") {
+			t.Errorf("Docker on nftables, mynet on iptables under auto: %+v", f)
+		}
+		daemonArgs = nil
 		sh("nft", "add", "table", "ip", "mynet")
 		if f := check(); f.Status != statusProblem || !strings.Contains(f.Message, "mynet's: iptables and nftables") {
 			t.Errorf("mynet on both: %+v", f)
@@ -46,4 +69,22 @@ func TestCheckFirewall(t *testing.T) {
 			t.Errorf("both on nftables: %+v", f)
 		}
 	})
+}
+
+func TestFirewallFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"mynet", "serve"}, "auto"},
+		{[]string{"mynet", "serve", "--firewall", "nftables"}, "nftables"},
+		{[]string{"mynet", "serve", "-firewall=iptables"}, "iptables"},
+		{[]string{"mynet", "serve", "--firewall=iptables", "--firewall", "auto"}, "auto"},
+		{[]string{"mynet", "serve", "--", "--firewall", "iptables"}, "auto"},
+		{[]string{"/usr/bin/mynet", "serve", "--name", "firewall", "--log-level", "debug"}, "auto"},
+	} {
+		if got := firewallFlag(tc.args); got != tc.want {
+			t.Errorf("firewallFlag(%q) = %q, want %q", tc.args, got, tc.want)
+		}
+	}
 }

@@ -34,6 +34,12 @@ type Dataplane interface {
 	// says what it added: the reconcile checks the firewall with it.
 	EnsureBridge(context.Context, model.Network) error
 	EnsureRules(ctx context.Context, networks []model.Network, endpoints []model.Endpoint) ([]string, error)
+	// FollowFirewall moves mynet's rules to the firewall backend
+	// Docker's rules are in now, when mynet follows dockerd (serve
+	// --firewall auto) and the last Fingerprint saw them move; rules
+	// gives every network and every endpoint with ports. to is "" when
+	// it moved nothing. No other firewall call may run meanwhile.
+	FollowFirewall(ctx context.Context, rules func() ([]model.Network, []model.Endpoint)) (from, to, why string, err error)
 	EnsureEndpoint(context.Context, model.Endpoint) error
 	DeleteEndpoint(context.Context, model.Endpoint) error
 	// EndpointExists reports whether an endpoint's host veth is present;
@@ -95,6 +101,12 @@ type Config struct {
 	// Repairs and ReconcileErrors count the ReconcileLoop's passes that
 	// repaired something and that failed; either may be nil.
 	Repairs, ReconcileErrors Counter
+	// ObservePass, if set, gets the kind ("periodic", "recheck", "full")
+	// and duration of each ReconcileLoop pass.
+	ObservePass func(kind string, d time.Duration)
+	// FirewallSwitches counts the passes that moved mynet's rules to the
+	// firewall backend dockerd moved to; nil is fine.
+	FirewallSwitches Counter
 }
 
 // Driver implements both plugin interfaces over one in-memory view of the

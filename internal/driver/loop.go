@@ -29,19 +29,24 @@ func (d *Driver) ReconcileLoop(ctx context.Context, interval time.Duration, hup 
 		tick = t.C
 	}
 	for n := 1; ; n++ {
-		full := false
+		full, kind := false, "periodic"
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick:
 			if n%recheckEvery == 0 {
 				d.Recheck()
+				kind = "recheck"
 			}
 		case <-hup:
-			full = true
+			full, kind = true, "full"
 			d.log.Info("SIGHUP: reconciling everything")
 		}
+		start := time.Now()
 		repaired, err := d.Reconcile(context.WithoutCancel(ctx), full)
+		if d.cfg.ObservePass != nil {
+			d.cfg.ObservePass(kind, time.Since(start))
+		}
 		if err != nil {
 			inc(d.cfg.ReconcileErrors)
 			d.log.Error("reconcile", "err", err)

@@ -20,7 +20,14 @@ func (c *counter) Inc() { c.n.Add(1) }
 func TestReconcileLoop(t *testing.T) {
 	fake := drivertest.New()
 	repairs, errs := &counter{}, &counter{}
-	d := newTestDriver(t, Config{Dataplane: fake, Repairs: repairs, ReconcileErrors: errs})
+	var passes atomic.Value // the kind of the last pass observed
+	observe := func(kind string, d time.Duration) {
+		if d <= 0 {
+			kind = "no duration"
+		}
+		passes.Store(kind)
+	}
+	d := newTestDriver(t, Config{Dataplane: fake, Repairs: repairs, ReconcileErrors: errs, ObservePass: observe})
 	if err := d.Restore(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -51,5 +58,8 @@ func TestReconcileLoop(t *testing.T) {
 	fake.Mu.Unlock()
 	if !restored || repairs.n.Load() != 1 || errs.n.Load() != 0 {
 		t.Fatalf("after SIGHUP: network restored %v, %d repairs and %d errors counted; want true, 1, 0", restored, repairs.n.Load(), errs.n.Load())
+	}
+	if got := passes.Load(); got != "full" {
+		t.Fatalf("pass observed: %v, want full, with its duration", got)
 	}
 }

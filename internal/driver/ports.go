@@ -188,13 +188,23 @@ func (d *Driver) programPorts(ctx context.Context, networkID, endpointID string,
 // RevokeExternalConnectivity unpublishes the ports; the record goes first,
 // so a leftover rule is an orphan the reconcile removes.
 func (d *Driver) RevokeExternalConnectivity(ctx context.Context, endpointID string) error {
+	// Most containers publish nothing: their Revoke need not queue for
+	// opMu, where it would wait behind a reconcile pass that waits in turn
+	// for another container's port rules.
+	d.mapMu.RLock()
+	ep, ok := d.endpoints[endpointID]
+	quick := !ok || len(ep.Ports) == 0
+	d.mapMu.RUnlock()
+	if quick {
+		return nil
+	}
 	d.opMu.RLock()
 	defer d.opMu.RUnlock()
 	d.inflight.Add(1)
 	defer d.inflight.Add(-1)
 	defer d.epLocks.lock(endpointID)()
 	d.mapMu.RLock()
-	ep, ok := d.endpoints[endpointID]
+	ep, ok = d.endpoints[endpointID]
 	d.mapMu.RUnlock()
 	if !ok {
 		return nil
@@ -279,6 +289,7 @@ func (d *Driver) endpointOn(networkID, endpointID, op string) (*state.Endpoint, 
 // -p 8000-8010:8000-8010, become one mapping and so one rule.
 func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []PortBinding, taken []published) ([]state.Port, error) {
 	hostDefault, _ := netip.ParseAddr(n.HostBinding)
+	held := newPortIndex(taken)
 	var out []state.Port
 	for _, b := range bindings {
 		proto, ok := protoNames[b.Proto]
@@ -305,7 +316,7 @@ func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []P
 		if len(natIPs) == 0 {
 			continue
 		}
-		hostPort, err := d.pickHostPort(proto, hostIP, b, out, taken)
+		hostPort, err := d.pickHostPort(proto, hostIP, b, held)
 		if err != nil {
 			return nil, err
 		}
@@ -315,6 +326,7 @@ func (d *Driver) resolvePorts(n *state.Network, ep *state.Endpoint, bindings []P
 				p.HostIP = hostIP.String()
 			}
 			out = append(out, p)
+			held.add(p, nil)
 		}
 	}
 	return coalesce(out), nil
@@ -368,14 +380,14 @@ func containerAddrs(ep *state.Endpoint, hostIP netip.Addr) []netip.Addr {
 // pickHostPort returns the binding's host port: the one given, the first
 // free one of a given range, or the first free one of the host's ephemeral
 // range when none is given.
-func (d *Driver) pickHostPort(proto string, hostIP netip.Addr, b PortBinding, pending []state.Port, taken []published) (uint16, error) {
+func (d *Driver) pickHostPort(proto string, hostIP netip.Addr, b PortBinding, held portIndex) (uint16, error) {
 	var first, last uint16
 	if b.HostPort == 0 {
 		first, last = d.cfg.Dataplane.EphemeralPorts()
 	}
 	req := portalloc.Request{Proto: proto, Port: b.Port, First: b.HostPort, Last: b.HostPortEnd}
 	port, err := portalloc.Pick(req, first, last, func(port uint16) error {
-		if held, owner := portOwner(proto, hostIP, port, pending, taken); held {
+		if taken, owner := held.owner(proto, hostIP, port); taken {
 			return BadRequest(&portHeldError{port: fmt.Sprintf("%d/%s", port, proto), owner: owner})
 		}
 		if err := d.cfg.Dataplane.ProbePort(proto, hostIP, port); err != nil {

@@ -151,3 +151,99 @@ func TestPublishTakesOverFromDeadOwner(t *testing.T) {
 		t.Errorf("dead endpoint %s is still in the state", model.Short(epA))
 	}
 }
+
+// TestRevokeWithoutPortsWaitsForNothing: a container that publishes nothing
+// leaves without queueing for opMu, where it would wait behind a pass that
+// waits for another container's port rules (sync.RWMutex lets no reader in
+// while a writer waits).
+func TestRevokeWithoutPortsWaitsForNothing(t *testing.T) {
+	ctx := context.Background()
+	fake := drivertest.New()
+	d := newTestDriver(t, Config{Dataplane: fake})
+	n1 := strings.Repeat("1", 64)
+	if err := d.CreateNetwork(ctx, testNetwork(n1, "10.200.0.0/24", "10.200.0.1/24")); err != nil {
+		t.Fatal(err)
+	}
+	epA, epC := strings.Repeat("a", 64), strings.Repeat("c", 64)
+	for i, ep := range []string{epA, epC} {
+		if _, err := d.CreateEndpoint(ctx, n1, ep, Interface{Address: fmt.Sprintf("10.200.0.%d/24", 10+i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	fake.OnPorts = func(ep model.Endpoint) error {
+		if ep.ID == epA {
+			close(entered)
+			<-release
+		}
+		return nil
+	}
+	published := make(chan error, 1)
+	go func() { published <- d.ProgramExternalConnectivity(ctx, n1, epA, tcp(8080, 80)) }()
+	<-entered
+	passDone := make(chan struct{})
+	go func() { // a writer of opMu, as a pass was before lockForPass
+		d.opMu.Lock()
+		close(passDone)
+		d.opMu.Unlock()
+	}()
+	time.Sleep(50 * time.Millisecond) // let the pass queue for the lock
+	if err := finishes(t, "a revoke of an endpoint without ports", func() error {
+		return d.RevokeExternalConnectivity(ctx, epC)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	<-passDone
+}
+
+// TestPassDoesNotStopEndpointCalls: a reconcile pass that finds a publish
+// under way does not queue for opMu at first, so container starts go on
+// meanwhile instead of waiting behind it.
+func TestPassDoesNotStopEndpointCalls(t *testing.T) {
+	ctx := context.Background()
+	fake := drivertest.New()
+	d := newTestDriver(t, Config{Dataplane: fake})
+	n1, n2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
+	for i, n := range []string{n1, n2} {
+		if err := d.CreateNetwork(ctx, testNetwork(n, fmt.Sprintf("10.%d.0.0/24", 200+i), fmt.Sprintf("10.%d.0.1/24", 200+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	epA := strings.Repeat("a", 64)
+	if _, err := d.CreateEndpoint(ctx, n1, epA, Interface{Address: "10.200.0.10/24"}); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	fake.OnPorts = func(ep model.Endpoint) error {
+		if ep.ID == epA {
+			close(entered)
+			<-release
+		}
+		return nil
+	}
+	published := make(chan error, 1)
+	go func() { published <- d.ProgramExternalConnectivity(ctx, n1, epA, tcp(8080, 80)) }()
+	<-entered
+	passed := make(chan error, 1)
+	go func() { _, err := d.pass(ctx, true); passed <- err }()
+	time.Sleep(50 * time.Millisecond) // the pass is trying for the lock
+	// Well within passLockPatience, after which the pass queues.
+	id := strings.Repeat("c", 64)
+	if err := finishes(t, "an endpoint's create during a pass", func() error {
+		_, err := d.CreateEndpoint(ctx, n2, id, Interface{Address: "10.201.0.10/24"})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-passed; err != nil {
+		t.Fatal(err)
+	}
+}

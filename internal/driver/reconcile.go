@@ -45,10 +45,33 @@ func (d *Driver) pass(ctx context.Context, full bool) (repaired bool, err error)
 			return false, err
 		}
 	}
-	d.opMu.Lock()
+	d.lockForPass(ctx)
 	defer d.opMu.Unlock()
 	return d.reconcile(ctx, full)
 }
+
+// lockForPass takes opMu alone for a pass without queueing for it at
+// first: a writer waiting on a sync.RWMutex holds up every new reader, so
+// a pass blocked behind a long publish would stop every container start
+// and stop with it. It tries for up to passLockPatience, then queues like
+// any writer, so that a steady stream of endpoint calls cannot put the
+// pass off for ever.
+func (d *Driver) lockForPass(ctx context.Context) {
+	deadline := time.Now().Add(passLockPatience)
+	for !d.opMu.TryLock() {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			d.opMu.Lock()
+			return
+		}
+		time.Sleep(passLockRetry)
+	}
+}
+
+// passLockPatience and passLockRetry pace lockForPass.
+const (
+	passLockPatience = 2 * time.Second
+	passLockRetry    = 5 * time.Millisecond
+)
 
 // verify ensures again the networks and endpoints whose change the pass
 // took in as mynet's own. A change from outside to the same object in the
@@ -71,7 +94,7 @@ func (d *Driver) verify(ctx context.Context) error {
 	}
 	var errs []error
 	if len(nets) > 0 {
-		d.opMu.Lock()
+		d.lockForPass(ctx)
 		for _, id := range nets {
 			if n := d.networks[id]; n != nil {
 				if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
@@ -190,9 +213,19 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 		return false, d.adoptOwnChanges(fp, sfp)
 	}
 	// Only a change nobody in this process made counts as a repair; Docker's
-	// networks coming and going does not (model.DigestDocker).
-	damaged = slices.DeleteFunc(damaged, func(k string) bool { return k == model.DigestDocker })
+	// networks coming and going does not (model.DigestDocker), nor Docker's
+	// rules moving to another backend (model.DigestFirewall).
+	damaged = slices.DeleteFunc(damaged, func(k string) bool { return k == model.DigestDocker || k == model.DigestFirewall })
 	repaired = !rechecking && len(damaged) > 0
+	var errs []error
+	// Following dockerd to its new backend is mynet's own change; what
+	// Docker's switch did to the old backend's chains is moot once mynet's
+	// rules left it. The links are checked all the same.
+	switched, err := d.followFirewall(ctx)
+	errs = append(errs, err)
+	if switched {
+		full, repaired = true, false
+	}
 	// What mynet changed since the last pass is ensured too: a firewall
 	// reload right after a container started flushed its port rules with
 	// the others.
@@ -200,7 +233,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	for _, k := range changed {
 		scope.damaged[k] = true
 	}
-	errs := d.repairInScope(ctx, scope)
+	errs = append(errs, d.repairInScope(ctx, scope)...)
 	keepNets, keepEps := map[string]bool{}, map[string]bool{}
 	for id := range d.networks {
 		keepNets[id] = true

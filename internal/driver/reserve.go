@@ -3,7 +3,6 @@ package driver
 import (
 	"net/netip"
 
-	"github.com/mynet/mynet/internal/portalloc"
 	"github.com/mynet/mynet/state"
 )
 
@@ -55,24 +54,64 @@ func (d *Driver) publishedPorts(except string) []published {
 	return out
 }
 
-// portOwner reports whether proto/port is already published on an
-// overlapping host address, and by which endpoint (nil: by another binding
-// of the same request). An owner whose container died still holds its
-// ports here: ProgramExternalConnectivity drops it, with this call's locks
-// released, and tries again.
-func portOwner(proto string, hostIP netip.Addr, port uint16, pending []state.Port, taken []published) (held bool, owner *state.Endpoint) {
-	clash := func(p state.Port) bool { return portalloc.Clashes(portalloc.Mapping(p), proto, hostIP, port) }
-	for _, p := range pending {
-		if clash(p) {
-			return true, nil
-		}
-	}
+// portIndex finds who publishes a host port in one lookup: a publish of
+// 10,000 ports checks each against everyone's, and the request's own,
+// which a scan of lists made quadratic.
+type portIndex map[protoPort][]heldPort
+
+type protoPort struct {
+	proto string
+	port  uint16
+}
+
+// heldPort is one mapping's hold on a host port: on hostIP (invalid: all
+// of the host's addresses), by owner (nil: another binding of the same
+// request).
+type heldPort struct {
+	hostIP netip.Addr
+	owner  *state.Endpoint
+}
+
+// newPortIndex indexes the host ports of taken.
+func newPortIndex(taken []published) portIndex {
+	x := portIndex{}
 	for i := range taken {
 		for _, p := range taken[i].ports {
-			if clash(p) {
-				return true, &taken[i].owner
-			}
+			x.add(p, &taken[i].owner)
 		}
 	}
-	return false, nil
+	return x
+}
+
+// add records p's host ports; a routed family's mapping (host port 0)
+// holds none.
+func (x portIndex) add(p state.Port, owner *state.Endpoint) {
+	if p.HostPort == 0 {
+		return
+	}
+	ip, _ := netip.ParseAddr(p.HostIP)
+	for port := uint32(p.HostPort); port <= uint32(max(p.HostPortEnd, p.HostPort)); port++ {
+		k := protoPort{p.Proto, uint16(port)}
+		x[k] = append(x[k], heldPort{hostIP: ip, owner: owner})
+	}
+}
+
+// owner reports whether proto/port is already published on an address
+// that overlaps hostIP, and by which endpoint (nil: by another binding of
+// the same request, which is reported first). An owner whose container
+// died still holds its ports here: ProgramExternalConnectivity drops it,
+// with this call's locks released, and tries again.
+func (x portIndex) owner(proto string, hostIP netip.Addr, port uint16) (held bool, owner *state.Endpoint) {
+	for _, h := range x[protoPort{proto, port}] {
+		if hostIP.IsValid() && h.hostIP.IsValid() && h.hostIP != hostIP {
+			continue
+		}
+		if h.owner == nil {
+			return true, nil
+		}
+		if !held {
+			held, owner = true, h.owner
+		}
+	}
+	return held, owner
 }

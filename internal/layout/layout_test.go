@@ -65,6 +65,7 @@ var rules = map[string][]string{
 
 	// A throwaway etcd server for the tests of the cluster store.
 	"internal/cluster/etcdtest": nil,
+	"e2e/cluster":               {"internal/model"},
 }
 
 // utilities may be imported by any package and import nothing of ours.

@@ -13,6 +13,7 @@ import "slices"
 //	""          everything else: chains, hooks, the Docker chains they
 //	            depend on, IPv4 forwarding
 //	"docker"    Docker's bridges as its rules name them (DigestDocker)
+//	"firewall"  which backend holds Docker's rules (DigestFirewall)
 //
 // Values are opaque; an object that is gone has no key.
 type Digests map[string]string
@@ -23,6 +24,12 @@ type Digests map[string]string
 // networks in nat-unprotected are ensured again, and it is not reported
 // as a repair.
 const DigestDocker = "docker"
+
+// DigestFirewall is the key of where Docker's rules are: its nftables
+// tables, and under the iptables backend its iptables chains. A change
+// makes the next pass ask whether to follow dockerd to its other backend
+// (serve --firewall auto); it is no damage to mynet's rules.
+const DigestFirewall = "firewall"
 
 // Changed returns the keys whose values differ between d and o, including
 // keys only one of them has.

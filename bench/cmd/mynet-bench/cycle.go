@@ -51,27 +51,49 @@ func (r *recorder) stats() map[string]callStats {
 }
 
 // probeLock runs one endpoint cycle (so that mynet has a change to
-// reconcile), then calls Join on e every 20 ms for dur.
+// reconcile), then probes the endpoint lock for dur (see probeCalls).
 func probeLock(ctx context.Context, c *pluginClient, n benchNet, e endpoint, alive int, dur time.Duration) (lockProbe, error) {
 	if _, err := n.cycle(ctx, c, nil); err != nil {
 		return lockProbe{}, err
 	}
+	st, failed, err := probeCalls(ctx, c, n, dur)
+	if err == nil && failed != nil {
+		err = failed
+	}
+	if err != nil {
+		return lockProbe{}, err
+	}
+	return lockProbe{N: alive, Seconds: dur.Seconds(), Call: st}, nil
+}
+
+// probeCalls makes a DeleteEndpoint of an endpoint mynet does not know on
+// n every 20 ms for dur: it does nothing but take the lock container
+// starts and stops share, so its latency shows what holds them up. A call
+// answered with an error (503 at the request's bound, when something held
+// the lock that long) counts with the time it took, and the first such
+// error is returned in failed; err is for the context ending.
+func probeCalls(ctx context.Context, c *pluginClient, n benchNet, dur time.Duration) (st callStats, failed, err error) {
 	req := map[string]any{"NetworkID": n.id, "EndpointID": strings.Repeat("f", 64)}
 	var ms []float64
 	end := time.Now().Add(dur)
 	for time.Now().Before(end) {
 		start := time.Now()
 		if err := c.call(ctx, "NetworkDriver.DeleteEndpoint", req, nil); err != nil {
-			return lockProbe{}, err
+			if ctx.Err() != nil {
+				return callStats{}, nil, ctx.Err()
+			}
+			if failed == nil {
+				failed = err
+			}
 		}
 		ms = append(ms, millis(time.Since(start)))
 		select {
 		case <-ctx.Done():
-			return lockProbe{}, ctx.Err()
+			return callStats{}, nil, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return lockProbe{N: alive, Seconds: dur.Seconds(), Call: statsOf(ms)}, nil
+	return statsOf(ms), failed, nil
 }
 
 // benchNet is a network created through the socket the way the engine does

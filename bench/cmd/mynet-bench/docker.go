@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -65,7 +66,7 @@ func (b *bench) dockerPhases(ctx context.Context) error {
 		return err
 	}
 	name := "mynet-bench-" + b.runID
-	inst, err := startInstance(ctx, b.mynetBin, name, "", b.workDir, "--default-address-pool", "base=10.231.0.0/16,size=24")
+	inst, err := startInstance(ctx, b.mynetBin, name, "", b.workDir, b.hostArgs(name)...)
 	if err != nil {
 		return err
 	}
@@ -106,7 +107,23 @@ func (b *bench) dockerPhases(ctx context.Context) error {
 	phase("2", func() error { return b.parallelStart(ctx, sides, label) })
 	phase("3", func() error { return b.netCreate(ctx, name, label) })
 	phase("7", func() error { return b.dataPlane(ctx, sides, label) })
+	if b.cfg.portsDocker() {
+		phase("9", func() error { return b.portsDocker(ctx, sides, name, label) })
+	}
 	return errors.Join(errs...)
+}
+
+// hostArgs are the host instance's serve flags beyond its name and state.
+func (b *bench) hostArgs(name string) []string {
+	args := []string{"--default-address-pool", "base=10.231.0.0/16,size=24"}
+	if b.cfg.portsDocker() {
+		// Phase 9 counts the 503 answers; the other phases run without
+		// the metrics middleware, as before.
+		sock := filepath.Join(b.workDir, name+"-metrics.sock")
+		args = append(args, "--metrics-socket", sock)
+		b.hostMetrics = newMetricsClient(sock)
+	}
+	return args
 }
 
 // lifecycle is phase 1: docker run --rm IMAGE true, alternating networks,

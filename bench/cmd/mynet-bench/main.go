@@ -13,6 +13,9 @@
 //	6  iptables rules vs endpoints and published ports
 //	7  data plane: TCP throughput and request/response latency
 //	8  mynet's RSS idle and with 1000 endpoints
+//	9  ports and startup: docker run -p with 1000 ports, a start meanwhile,
+//	   10,000 mappings on the socket, restart on a large state, the
+//	   periodic pass (issue 13)
 //	go Go benchmarks of the hot paths (go test -bench)
 //
 // Phases 1, 2, 3 and 7 use dockerd and a mynet instance of their own on the
@@ -54,12 +57,14 @@ type config struct {
 	dpTrials                                               int
 	gobenchTime                                            string
 	keep, rmImages                                         bool
+	portsConfig
 }
 
 // listFlags are the flags parsed into c after the flag set is done.
 type listFlags struct {
 	phases, conc, points string
 	quick                bool
+	ports                portsLists
 }
 
 func parseFlags(args []string) (config, error) {
@@ -88,7 +93,7 @@ func (c *config) define(fs *flag.FlagSet, l *listFlags) {
 	fs.StringVar(&c.image, "image", "mynet-e2e-busybox:1", "busybox image for phases 1-2: reused when present, else imported the way e2e does")
 	fs.StringVar(&c.dockerLock, "docker-lock", "/tmp/mynet-docker.lock", "file locked (flock) while phases use dockerd; empty: no lock. Under `flock FILE mynet-bench` the inherited lock is used")
 	fs.StringVar(&c.workDir, "work-dir", "", "directory for state and logs (default: a new temporary directory)")
-	fs.StringVar(&l.phases, "phases", "1,2,3,4,5,6,7,8,go", "phases to run, comma-separated")
+	fs.StringVar(&l.phases, "phases", "1,2,3,4,5,6,7,8,9,go", "phases to run, comma-separated")
 	fs.IntVar(&c.trials, "trials", 20, "phase 1: trials per driver")
 	fs.IntVar(&c.netTrials, "net-trials", 20, "phase 3: trials per driver")
 	fs.IntVar(&c.parallel, "parallel", 50, "phase 2: containers started at once")
@@ -106,6 +111,7 @@ func (c *config) define(fs *flag.FlagSet, l *listFlags) {
 	fs.StringVar(&c.pprofDir, "pprof", "", "phase 4: run the namespace instance with --pprof and save its CPU, goroutine, mutex and block profiles of each concurrency level in this directory")
 	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (plugin logs, state) after the run")
 	fs.BoolVar(&c.rmImages, "rm-images", false, "remove the images this run imported (they are kept as a cache by default)")
+	c.definePorts(fs, &l.ports)
 	fs.BoolVar(&l.quick, "quick", false, "a smoke run of every phase in about two minutes: few trials, small scale; figures are not meaningful")
 }
 
@@ -138,6 +144,7 @@ func (c *config) quickDefaults(fs *flag.FlagSet, l *listFlags) {
 	if !set["gobench-time"] {
 		c.gobenchTime = "100ms"
 	}
+	c.quickPorts(set, &l.ports)
 }
 
 // parseLists parses the list flags into c and checks the counts.
@@ -145,10 +152,13 @@ func (c *config) parseLists(l listFlags) error {
 	c.phases = map[string]bool{}
 	for _, p := range strings.Split(l.phases, ",") {
 		p = strings.TrimSpace(p)
-		if !slices.Contains([]string{"1", "2", "3", "4", "5", "6", "7", "8", "go"}, p) {
-			return fmt.Errorf("-phases: unknown phase %q (use 1-8 and go)", p)
+		if !slices.Contains([]string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "go"}, p) {
+			return fmt.Errorf("-phases: unknown phase %q (use 1-9 and go)", p)
 		}
 		c.phases[p] = true
+	}
+	if err := c.parsePorts(l.ports); err != nil {
+		return err
 	}
 	var err error
 	if c.apiConc, err = intList(l.conc); err != nil {
@@ -261,6 +271,8 @@ type bench struct {
 	ownWorkDir bool
 	mynetBin   string
 	hostLog    string // log of the host instance, while phases 1-3 and 7 run
+	// hostMetrics reads the host instance's metrics (phase 9 only).
+	hostMetrics *metricsClient
 }
 
 func (b *bench) fail(phase string, err error) {
@@ -308,9 +320,14 @@ func (b *bench) runPhases(ctx context.Context) {
 			b.fail("4-6,8", err)
 		}
 	}
-	if want("1", "2", "3", "7") && ctx.Err() == nil {
+	if b.cfg.portsSocket() && ctx.Err() == nil {
+		if err := b.portsNetns(ctx); err != nil {
+			b.fail("9 (socket)", err)
+		}
+	}
+	if (want("1", "2", "3", "7") || b.cfg.portsDocker()) && ctx.Err() == nil {
 		if err := b.dockerPhases(ctx); err != nil {
-			b.fail("1-3,7", err)
+			b.fail("1-3,7,9", err)
 		}
 	}
 	if want("go") && ctx.Err() == nil {
@@ -368,6 +385,7 @@ type report struct {
 	Rules     []ruleCount      `json:"rules,omitempty"`      // 6
 	DataPlane *dataPlaneResult `json:"data_plane,omitempty"` // 7
 	Memory    *memoryResult    `json:"memory,omitempty"`     // 8
+	Ports     *portsResult     `json:"ports,omitempty"`      // 9
 	GoBench   []goBenchResult  `json:"go_bench,omitempty"`
 	Targets   []target         `json:"targets"`
 	Notes     []string         `json:"notes,omitempty"`
@@ -386,6 +404,9 @@ func (c config) summary() map[string]any {
 		"api_concurrency": c.apiConc, "scale_points": c.scalePoints, "scale_cycles": c.scaleCycles,
 		"ports": c.ports, "lock_probe_s": c.lockProbe.Seconds(), "dp_duration_s": c.dpDuration.Seconds(), "dp_trials": c.dpTrials,
 		"gobench_time": c.gobenchTime, "goarch": runtime.GOARCH,
+		"pub_ports": c.pubPorts, "pub_base": fmt.Sprintf("%d:%d", c.pubHost, c.pubCtr), "pub_trials": c.pubTrials, "pub_runs": c.pubRuns,
+		"map_counts": c.mapCounts, "map_cap_s": c.mapCap.Seconds(), "startup_networks": c.startNets, "startup_endpoints": c.startEps,
+		"startup_ports": c.startPorts, "ports_firewalls": c.portsFirewalls, "pass_window_s": c.passWindow.Seconds(),
 	}
 }
 

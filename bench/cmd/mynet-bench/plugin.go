@@ -34,7 +34,21 @@ func (i *instance) socket() string { return filepath.Join(pluginSocketDir, i.nam
 // startInstance runs `mynet serve` with a state directory and log under
 // dir and waits until its socket answers.
 func startInstance(ctx context.Context, bin, name, netns, dir string, extra ...string) (*instance, error) {
-	i := &instance{name: name, netns: netns, stateDir: filepath.Join(dir, name+"-state"), logPath: filepath.Join(dir, name+".log")}
+	i, err := launch(bin, name, netns, dir, name+".log", extra...)
+	if err != nil {
+		return nil, err
+	}
+	if err := i.waitReady(ctx, 50*time.Millisecond, 15*time.Second); err != nil {
+		return nil, err
+	}
+	return i, nil
+}
+
+// launch starts `mynet serve` with the state directory of name under dir
+// (an earlier instance's, if there was one) and its output in logName
+// there, without waiting for it.
+func launch(bin, name, netns, dir, logName string, extra ...string) (*instance, error) {
+	i := &instance{name: name, netns: netns, stateDir: filepath.Join(dir, name+"-state"), logPath: filepath.Join(dir, logName)}
 	if err := os.MkdirAll(i.stateDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -61,23 +75,29 @@ func startInstance(ctx context.Context, bin, name, netns, dir string, extra ...s
 	i.exited = make(chan struct{})
 	go func() { i.waitErr = i.cmd.Wait(); close(i.exited) }()
 	i.client = newPluginClient(i.socket())
-	deadline := time.Now().Add(15 * time.Second)
+	return i, nil
+}
+
+// waitReady asks Plugin.Activate every poll until the socket answers; it
+// stops the instance if that takes longer than timeout.
+func (i *instance) waitReady(ctx context.Context, poll, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	for {
 		var resp struct{ Implements []string }
 		err := i.client.call(ctx, "Plugin.Activate", nil, &resp)
 		if err == nil {
-			return i, nil
+			return nil
 		}
 		select {
 		case <-i.exited:
-			return i, fmt.Errorf("mynet exited before serving (%v); log %s:\n%s", i.waitErr, i.logPath, i.logTail(20))
+			return fmt.Errorf("mynet exited before serving (%v); log %s:\n%s", i.waitErr, i.logPath, i.logTail(20))
 		default:
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			i.stop(context.Background())
-			return nil, fmt.Errorf("mynet socket %s not ready: %v; log:\n%s", i.socket(), err, i.logTail(20))
+			return fmt.Errorf("mynet socket %s not ready: %v; log:\n%s", i.socket(), err, i.logTail(20))
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(poll)
 	}
 }
 
@@ -93,16 +113,20 @@ func (i *instance) running() bool {
 }
 
 // stop sends SIGTERM (SIGKILL after 10 s) and removes the socket.
-func (i *instance) stop(ctx context.Context) error {
+func (i *instance) stop(ctx context.Context) error { return i.stopWithin(10 * time.Second) }
+
+// stopWithin is stop with grace instead of 10 s: mynet finishes a
+// reconcile pass under way before it exits.
+func (i *instance) stopWithin(grace time.Duration) error {
 	var err error
 	if i.cmd != nil && i.running() {
 		_ = i.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-i.exited:
-		case <-time.After(10 * time.Second):
+		case <-time.After(grace):
 			_ = i.cmd.Process.Kill()
 			<-i.exited
-			err = errors.New("mynet ignored SIGTERM for 10 s; killed")
+			err = fmt.Errorf("mynet ignored SIGTERM for %v; killed", grace)
 		}
 	}
 	i.client.close()

@@ -49,6 +49,20 @@ func readPluginTime(path string, offset int64, units int) *pluginTime {
 	return parsePluginTime(f, units)
 }
 
+// readPluginTimeRange sums the durations of the requests logged between
+// two offsets of the log.
+func readPluginTimeRange(path string, from, to int64) *pluginTime {
+	f, err := os.Open(path)
+	if err != nil || to < from {
+		return nil
+	}
+	defer f.Close()
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return nil
+	}
+	return parsePluginTime(io.LimitReader(f, to-from), 0)
+}
+
 func parsePluginTime(r io.Reader, units int) *pluginTime {
 	sums := map[string]time.Duration{}
 	calls := map[string]int{}

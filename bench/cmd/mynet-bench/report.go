@@ -73,6 +73,7 @@ func (b *bench) targets() []target {
 	ts.ratio("7", "TCP throughput >= 0.97x bridge", p7a, 0.97, false)
 	ts.ratio("7", "request/response latency (mean) <= 1.03x bridge", p7b, 1.03, true)
 	memoryTarget(&ts, r.Memory)
+	portsTargets(&ts, r.Ports)
 	return ts
 }
 
@@ -156,6 +157,7 @@ func (b *bench) printTable(w io.Writer) {
 	printScaling(w, r.Scaling)
 	printRules(w, r.Rules)
 	printMemory(w, r.Memory)
+	printPorts(w, r.Ports)
 	printGoBench(w, r.GoBench)
 	fmt.Fprintf(w, "\nTargets\n")
 	tw := newTable(w)
@@ -200,6 +202,9 @@ func (t *pairTable) share(phase, unit string, p *pairResult, pt *pluginTime) {
 
 // printPairs prints phases 1, 2, 3 and 7, mynet beside bridge.
 func printPairs(w io.Writer, r *report) {
+	if r.Lifecycle == nil && r.Parallel == nil && r.NetCreate == nil && r.DataPlane == nil {
+		return
+	}
 	t := &pairTable{tw: newTable(w)}
 	fmt.Fprintln(t.tw, "#\tmeasure\tmynet\tbridge\tratio")
 	t.pair("1", r.Lifecycle, "%.3f")

@@ -34,6 +34,11 @@ type Dataplane struct {
 	// OnPorts runs when EnsurePorts is called, before it does anything;
 	// its error fails the call.
 	OnPorts func(model.Endpoint) error
+	// Firewall is the backend the fake's rules are in, DockerFirewall
+	// the one Docker's are in ("": none seen); FollowFirewall moves the
+	// rules when they differ and records what it was given in Moved.
+	Firewall, DockerFirewall string
+	Moved                    []string
 }
 
 // New returns an empty fake.
@@ -176,7 +181,35 @@ func (f *Dataplane) Fingerprint() (model.Digests, error) {
 		e.AntiSpoofing = false // the fake has no filters: a repair omits it
 		out["ep:"+id] = fmt.Sprint(e, f.Ports[id])
 	}
+	out[model.DigestFirewall] = f.DockerFirewall
 	return out, nil
+}
+
+// FollowFirewall moves the fake's rules to DockerFirewall when that is
+// another backend than Firewall, recording the networks and endpoints it
+// got as "net:ID" and "ep:ID".
+func (f *Dataplane) FollowFirewall(_ context.Context, rules func() ([]model.Network, []model.Endpoint)) (from, to, why string, err error) {
+	f.Mu.Lock()
+	docker, from := f.DockerFirewall, f.Firewall
+	f.Mu.Unlock()
+	if docker == "" || docker == from {
+		return "", "", "", nil
+	}
+	nets, eps := rules()
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	if err := f.fail(); err != nil {
+		return "", "", "", err
+	}
+	f.Moved = nil
+	for _, n := range nets {
+		f.Moved = append(f.Moved, "net:"+n.ID)
+	}
+	for _, ep := range eps {
+		f.Moved = append(f.Moved, "ep:"+ep.ID)
+	}
+	f.Firewall = docker
+	return from, docker, "Docker's rules are in " + docker, nil
 }
 
 func (f *Dataplane) EnsurePorts(_ context.Context, _ model.Network, ep model.Endpoint, ports []model.PortMapping) error {
