@@ -229,21 +229,8 @@ func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, e
 			n += len(rs)
 		}
 	}
-	// Networks none of whose chains were there: undo removes them whole.
-	created := map[string]bool{}
-	for _, ch := range w.chains {
-		created[w.netOf[ch.name]] = created[w.netOf[ch.name]] || !st.chains[ch.name]
-	}
-	for _, ch := range w.chains {
-		if st.chains[ch.name] {
-			created[w.netOf[ch.name]] = false
-			if slices.Equal(dumpedTags(rules[ch.name]), w.tags[ch.name]) {
-				continue
-			}
-		}
-		b.chain(&nftables.Chain{Name: ch.name, Table: o.table}, ch.rules)
-		n += len(ch.rules)
-	}
+	written, created := planChains(b, w, st, rules)
+	n += written
 	add, stale := elemDiff(st, append(w.elems, w.ports...))
 	dockerAdd, dockerGone := dockerBridgeDiff(st)
 	b.elems(false, append(stale, dockerGone...))
@@ -263,6 +250,27 @@ func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, e
 	f.log.Debug("nftables rules repaired", "table", f.tableName(), "written", n)
 	f.pushEnsureAllUndo(undo, st.exists, created, add)
 	return n, nil
+}
+
+// planChains writes each network chain whose rules are not the wanted
+// ones, whole, and returns how many rules that is and the networks none of
+// whose chains were there (undo removes those whole).
+func planChains(b *nftBatch, w nftWant, st nftState, rules map[string][]nftDumpedRule) (int, map[string]bool) {
+	n, created := 0, map[string]bool{}
+	for _, ch := range w.chains {
+		created[w.netOf[ch.name]] = created[w.netOf[ch.name]] || !st.chains[ch.name]
+	}
+	for _, ch := range w.chains {
+		if st.chains[ch.name] {
+			created[w.netOf[ch.name]] = false
+			if slices.Equal(dumpedTags(rules[ch.name]), w.tags[ch.name]) {
+				continue
+			}
+		}
+		b.chain(&nftables.Chain{Name: ch.name, Table: b.o.table}, ch.rules)
+		n += len(ch.rules)
+	}
+	return n, created
 }
 
 // baseDiffers reports whether a set or a fixed chain of the table is
