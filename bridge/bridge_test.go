@@ -82,6 +82,12 @@ func withDataplane(t testing.TB, failAt string, fn func(d *Dataplane)) {
 // own), addresses other than link-local ones, and the ruleset.
 func snapshot(t *testing.T) string {
 	t.Helper()
+	return linksSnapshot(t) + iptablesSave(t)
+}
+
+// linksSnapshot is the namespace's links and their addresses.
+func linksSnapshot(t *testing.T) string {
+	t.Helper()
 	links, err := netlink.LinkList()
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +106,7 @@ func snapshot(t *testing.T) string {
 			}
 		}
 	}
-	return b.String() + iptablesSave(t)
+	return b.String()
 }
 
 var counters = regexp.MustCompile(` \[\d+:\d+\]`)
@@ -392,15 +398,17 @@ func TestHostPrefixes(t *testing.T) {
 	})
 }
 
-// TestRuleOptions keeps a golden ruleset for each option combination,
-// checks that ensuring it again changes nothing and that deleting the
-// network restores the baseline.
-func TestRuleOptions(t *testing.T) {
+// ruleOptionCase is an option combination of a network; both firewall
+// backends keep a golden ruleset for each (TestRuleOptions,
+// TestNFTRuleOptions).
+type ruleOptionCase struct {
+	name   string
+	modify func(*model.Network)
+}
+
+func ruleOptionCases() []ruleOptionCase {
 	v6 := []model.Subnet{{Pool: netip.MustParsePrefix("fd00:1::/64"), Gateway: netip.MustParsePrefix("fd00:1::1/64")}}
-	for _, tc := range []struct {
-		name   string
-		modify func(*model.Network)
-	}{
+	return []ruleOptionCase{
 		{"icc-off", func(n *model.Network) { n.ICC = false }},
 		{"masquerade-off", func(n *model.Network) { n.Masquerade = false }},
 		{"internal", func(n *model.Network) { n.Internal = true }},
@@ -412,7 +420,16 @@ func TestRuleOptions(t *testing.T) {
 		{"routed", func(n *model.Network) { n.Routed4 = true }},
 		{"ipv4-nat-ipv6-routed", func(n *model.Network) { n.IPv6, n.Routed6 = v6, true }},
 		{"trusted-interfaces", func(n *model.Network) { n.IPv6, n.Routed6, n.TrustedInterfaces = v6, true, []string{"eth3", "vx+"} }},
-	} {
+		{"isolated", func(n *model.Network) { n.IPv6, n.Internal, n.NoBridgeIPv4, n.NoBridgeIPv6 = v6, true, true, true }},
+		{"inhibit-ipv4", func(n *model.Network) { n.IPv6, n.NoBridgeIPv4 = v6, true }},
+	}
+}
+
+// TestRuleOptions keeps a golden ruleset for each option combination,
+// checks that ensuring it again changes nothing and that deleting the
+// network restores the baseline.
+func TestRuleOptions(t *testing.T) {
+	for _, tc := range ruleOptionCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			withDataplane(t, "", func(d *Dataplane) {
 				ctx := context.Background()

@@ -91,7 +91,7 @@ func (d *Dataplane) Fingerprint() (model.Digests, error) {
 		for _, l := range lines {
 			key := ""
 			switch {
-			case strings.HasPrefix(l, "-A "+dockerIsolationStage1+" "):
+			case strings.HasPrefix(l, "-A "+dockerIsolationStage1+" "), strings.HasPrefix(l, nftDockerBridgeLine):
 				key = model.DigestDocker
 			case isDockerChainLine(l):
 				key = model.DigestFirewall

@@ -74,7 +74,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -94,7 +93,13 @@ type nftFirewall struct {
 
 	mu   sync.Mutex
 	conn *nftables.Conn
-	err  error // why the socket could not be opened
+	raw  *netlink.Conn // for the one dump of all the table's rules
+	err  error         // why the socket could not be opened
+	memo map[string]nftNetMemo
+	// verified lets a reconcile pass skip the read when the ruleset has
+	// not changed since the last pass found it right.
+	verified nftVerified
+	lines    nftLines
 }
 
 func newNFTFirewall(instance string, v6 bool, log *slog.Logger) *nftFirewall {
@@ -105,6 +110,10 @@ func newNFTFirewall(instance string, v6 bool, log *slog.Logger) *nftFirewall {
 		return f
 	}
 	f.conn = c
+	if f.raw, err = netlink.Dial(unix.NETLINK_NETFILTER, nil); err != nil {
+		c.CloseLasting()
+		f.conn, f.err = nil, fmt.Errorf("open netfilter netlink socket: %w", err)
+	}
 	return f
 }
 
@@ -117,20 +126,29 @@ const nftSendBuffer = 32 << 20
 
 // nftBigSendBuffer sets the send buffer past net.core.wmem_max with
 // SO_SNDBUFFORCE (CAP_NET_ADMIN, which mynet has), as nft does for its
-// batches; without the capability, as large as wmem_max allows.
+// batches; without the capability, as large as wmem_max allows. The
+// receive buffer likewise: the kernel acknowledges each message of a
+// batch, and a reconcile that writes a few hundred networks' chains gets
+// thousands of acknowledgements back at once (ENOBUFS at the default).
 func nftBigSendBuffer(c *netlink.Conn) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var serr error
+	var serr, rerr error
 	if err := raw.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, nftSendBuffer)
+		rerr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, nftSendBuffer)
 	}); err != nil {
 		return err
 	}
 	if serr != nil {
-		return c.SetWriteBuffer(nftSendBuffer)
+		if err := c.SetWriteBuffer(nftSendBuffer); err != nil {
+			return err
+		}
+	}
+	if rerr != nil {
+		return c.SetReadBuffer(nftSendBuffer)
 	}
 	return nil
 }
@@ -138,6 +156,7 @@ func nftBigSendBuffer(c *netlink.Conn) error {
 func (f *nftFirewall) close() {
 	if f.conn != nil {
 		f.conn.CloseLasting()
+		f.raw.Close()
 	}
 }
 
@@ -174,7 +193,7 @@ func (f *nftFirewall) ensureNetwork(ctx context.Context, n model.Network, undo *
 	if f.err != nil {
 		return f.err
 	}
-	st, err := f.read(o, nil)
+	st, err := f.read(o, []string{nsDockerBridges})
 	if err != nil {
 		return fmt.Errorf("read %s for network %s: %w", f.tableName(), model.Short(n.ID), err)
 	}
@@ -184,7 +203,9 @@ func (f *nftFirewall) ensureNetwork(ctx context.Context, n model.Network, undo *
 	for _, ch := range chains {
 		b.chain(&nftables.Chain{Name: ch.name, Table: o.table}, ch.rules)
 	}
-	b.elems(true, elems)
+	dockerAdd, dockerGone := dockerBridgeDiff(st)
+	b.elems(false, dockerGone)
+	b.elems(true, append(elems, dockerAdd...))
 	if err := b.flush(); err != nil {
 		return fmt.Errorf("write %s rules of network %s (bridge %s): %w", f.tableName(), model.Short(n.ID), n.Bridge, err)
 	}
@@ -212,7 +233,7 @@ func (f *nftFirewall) ensurePorts(ctx context.Context, n model.Network, ep model
 	if f.err != nil {
 		return f.err
 	}
-	st, err := f.read(o, []string{nsPortsAddr, nsPortsAny, nsPublished})
+	st, err := f.read(o, []string{nsPortsAddr, nsPortsAny, nsPublished, nsRouted})
 	if err != nil {
 		return fmt.Errorf("read %s for the ports of endpoint %s: %w", f.tableName(), model.Short(ep.ID), err)
 	}
@@ -274,7 +295,7 @@ func (f *nftFirewall) removeElems(elems []nftElem, ep model.Endpoint) error {
 	if f.err != nil {
 		return f.err
 	}
-	st, err := f.read(o, []string{nsPortsAddr, nsPortsAny, nsPublished})
+	st, err := f.read(o, []string{nsPortsAddr, nsPortsAny, nsPublished, nsRouted})
 	if err != nil || !st.exists {
 		return err
 	}
@@ -389,103 +410,4 @@ func (f *nftFirewall) removeWhere(drop func(networkID, endpointID string) bool) 
 	}
 	f.log.Debug("nftables rules removed", "table", f.tableName(), "elements", n, "chains", len(chains), "table_removed", len(left) == 0)
 	return nil
-}
-
-// hasRules reports whether the table has anything naming a network.
-func (f *nftFirewall) hasRules() (bool, error) {
-	o := f.objs()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return false, nil
-	}
-	st, err := f.read(o, nftSetOrder)
-	if err != nil || !st.exists {
-		return false, err
-	}
-	for name := range st.chains {
-		if _, ok := model.ParseNFTNetworkChain(name); ok {
-			return true, nil
-		}
-	}
-	for _, es := range st.elems {
-		if len(es) > 0 {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-// ownLines are the table's chains with their rules and its elements, one
-// line each, sorted within a chain's or set's lines only where the kernel
-// gives no order (elements); lines of a network's chain or element carry
-// its comment, for the fingerprint's keys.
-func (f *nftFirewall) ownLines() ([]string, error) {
-	o := f.objs()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return nil, nil
-	}
-	st, err := f.read(o, nftSetOrder)
-	if err != nil || !st.exists {
-		return nil, err
-	}
-	var out []string
-	names := make([]string, 0, len(st.chains))
-	for name := range st.chains {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		suffix := ""
-		if nid, ok := model.ParseNFTNetworkChain(name); ok {
-			suffix = ` comment "` + model.RuleComment(nid, "") + `"`
-		}
-		rules, err := f.conn.GetRules(o.table, &nftables.Chain{Name: name, Table: o.table})
-		if err != nil {
-			return nil, fmt.Errorf("list chain %s of %s: %w", name, f.tableName(), err)
-		}
-		out = append(out, "chain "+name+suffix)
-		for _, r := range rules {
-			var parts []string
-			for _, e := range r.Exprs {
-				parts = append(parts, fmt.Sprintf("%T%+v", e, e))
-			}
-			out = append(out, "rule "+name+" "+strings.Join(parts, " ")+suffix)
-		}
-	}
-	for _, set := range nftSetOrder {
-		var lines []string
-		for _, e := range st.elems[set] {
-			v := fmt.Sprintf("%x", e.Val)
-			if e.VerdictData != nil {
-				v = "jump " + e.VerdictData.Chain
-			}
-			lines = append(lines, fmt.Sprintf("element %s %x : %s comment %q", set, e.Key, v, e.Comment))
-		}
-		slices.Sort(lines)
-		out = append(out, lines...)
-	}
-	return out, nil
-}
-
-// ensureAll ensures each network and each endpoint's ports in turn: a
-// batch per object, not the iptables backend's one read and one
-// transaction for the whole set. ensureNetwork rewrites a network's
-// chains whole, so what was missing is not counted: the count is 0.
-func (f *nftFirewall) ensureAll(ctx context.Context, networks []model.Network, endpoints []model.Endpoint, undo *netutil.Undo) (int, error) {
-	byID := make(map[string]model.Network, len(networks))
-	for _, n := range networks {
-		if err := f.ensureNetwork(ctx, n, undo); err != nil {
-			return 0, err
-		}
-		byID[n.ID] = n
-	}
-	for _, ep := range endpoints {
-		if err := f.ensurePorts(ctx, byID[ep.NetworkID], ep, ep.Ports, undo); err != nil {
-			return 0, err
-		}
-	}
-	return 0, nil
 }

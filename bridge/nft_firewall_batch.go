@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
 )
 
 // nftState is what a read found of the table.
@@ -16,6 +18,9 @@ type nftState struct {
 	chains map[string]bool
 	elems  map[string][]nftables.SetElement
 	index  map[string]map[string]int // set -> key -> index in elems
+	// docker are Docker 29's bridges of the family, from the chains of
+	// its docker-bridges table, sorted.
+	docker []string
 }
 
 func (st nftState) elem(e nftElem) (nftables.SetElement, bool) {
@@ -34,7 +39,7 @@ func (f *nftFirewall) read(o nftObjs, sets []string) (nftState, error) {
 		return st, fmt.Errorf("list tables: %w", err)
 	}
 	st.exists = slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == o.table.Name })
-	if !st.exists {
+	if !st.exists && !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == dockerNFTTable }) {
 		return st, nil
 	}
 	chains, err := f.conn.ListChainsOfTableFamily(o.table.Family)
@@ -42,12 +47,21 @@ func (f *nftFirewall) read(o nftObjs, sets []string) (nftState, error) {
 		return st, fmt.Errorf("list chains: %w", err)
 	}
 	for _, c := range chains {
+		if c.Table.Name == dockerNFTTable {
+			if br, ok := strings.CutPrefix(c.Name, dockerBridgePrefix); ok {
+				st.docker = append(st.docker, br)
+			}
+		}
 		if c.Table.Name == o.table.Name {
 			st.chains[c.Name] = true
 		}
 	}
+	slices.Sort(st.docker)
 	for _, name := range sets {
-		es, err := f.conn.GetSetElements(o.sets[name])
+		if !st.exists {
+			break
+		}
+		es, err := f.dumpElems(o, name)
 		if err != nil {
 			// A table of an older layout may lack a set; the next
 			// ensureNetwork adds it.
@@ -123,7 +137,7 @@ func (b *nftBatch) chain(ch *nftables.Chain, rules []*nftRule) {
 	for _, r := range rules {
 		b.lines = append(b.lines, "add rule "+b.prefix()+" "+ch.Name+" "+r.String())
 		if b.c != nil {
-			b.c.AddRule(&nftables.Rule{Table: b.o.table, Chain: ch, Exprs: r.exprs})
+			b.c.AddRule(&nftables.Rule{Table: b.o.table, Chain: ch, Exprs: r.exprs, UserData: userdata.AppendString(nil, userdata.TypeComment, r.tag())})
 		}
 	}
 }

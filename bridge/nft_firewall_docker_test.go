@@ -1,9 +1,12 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -27,25 +30,37 @@ import (
 // mynet's network runs in gateway mode nat and nat-unprotected: in nat
 // its direct-routing drop already stops every new connection from outside
 // the bridge, in nat-unprotected only the network's ingress chain keeps
-// Docker's containers out (the LAN gets in).
+// Docker's containers out (the LAN gets in). A Docker bridge named with
+// com.docker.network.bridge.name ("apps0", no br- prefix) is known from
+// Docker's table, where its chains name it.
 func TestNFTBesideDocker29(t *testing.T) {
 	for _, layout := range []string{"docker29-bridges-ip", "docker29-bridges-unprotected-ip"} {
-		for _, unprotected := range []bool{false, true} {
-			name := layout + "/mynet-nat"
-			if unprotected {
-				name = layout + "/mynet-nat-unprotected"
+		for _, bridge := range []string{"br-dummy", "apps0"} {
+			for _, unprotected := range []bool{false, true} {
+				name := layout + "/" + bridge + "/mynet-nat"
+				if unprotected {
+					name += "-unprotected"
+				}
+				t.Run(name, func(t *testing.T) { testNFTBesideDocker(t, "testdata/nft/"+layout+".nft", bridge, unprotected) })
 			}
-			t.Run(name, func(t *testing.T) { testNFTBesideDocker(t, "testdata/nft/"+layout+".nft", unprotected) })
 		}
 	}
 }
 
-func testNFTBesideDocker(t *testing.T, dockerTable string, unprotected bool) {
+func testNFTBesideDocker(t *testing.T, dockerTable, bridge string, unprotected bool) {
+	layout, err := os.ReadFile(dockerTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dockerTable = filepath.Join(t.TempDir(), "docker.nft")
+	if err := os.WriteFile(dockerTable, bytes.ReplaceAll(layout, []byte("br-dummy"), []byte(bridge)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	withNFTDataplane(t, func(d *Dataplane) {
 		ctx := context.Background()
 		run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		lan := lanHost(t, d, "10.1.0.0/24", 0)
-		dockerCtr := dockerBridge(t, d)
+		dockerCtr := dockerBridge(t, d, bridge)
 		run(t, "nft", "-f", dockerTable)
 		before := nftRuleset(t)
 
@@ -170,11 +185,11 @@ func TestNFTFailedBatchChangesNothing(t *testing.T) {
 const dialBound = 2 * time.Second
 
 // dockerBridge makes what Docker's bridge driver would for the network of
-// the Docker table: bridge br-dummy with 192.168.0.1/24 and a container
+// the Docker table: bridge name with 192.168.0.1/24 and a container
 // namespace at 192.168.0.2 (test namespaces only).
-func dockerBridge(t *testing.T, d *Dataplane) netns.NsHandle {
+func dockerBridge(t *testing.T, d *Dataplane, name string) netns.NsHandle {
 	t.Helper()
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-dummy"}}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
 	if err := d.nl.LinkAdd(br); err != nil {
 		t.Fatal(err)
 	}

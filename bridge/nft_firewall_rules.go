@@ -9,7 +9,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	"github.com/google/nftables"
@@ -47,9 +46,13 @@ const (
 	nsPortsAddr   = "ports-addr"    // proto . host addr . host port : container addr . port
 	nsPortsAny    = "ports-any"     // proto . host port : container addr . port
 	nsPublished   = "published"     // container addr . proto . port of every published port
+	nsRouted      = "routed"        // container addr . proto . port opened in gateway mode routed
+	// Docker 29's bridges as its nftables tables name them (a chain
+	// filter-forward-in__<bridge> each), copied from its table.
+	nsDockerBridges = "docker-bridges"
 )
 
-var nftSetOrder = []string{nsBridges, nsPortsAddr, nsPortsAny, nsPublished, nsInJumps, nsOutJumps, nsNATOutJumps, nsNATInJumps, nsDirectJumps}
+var nftSetOrder = []string{nsBridges, nsDockerBridges, nsPortsAddr, nsPortsAny, nsPublished, nsRouted, nsInJumps, nsOutJumps, nsNATOutJumps, nsNATInJumps, nsDirectJumps}
 
 // Registers. Single values go in the 128-bit register 1; concatenations
 // are built from the 32-bit register NFT_REG32_00 on, one register per
@@ -59,6 +62,14 @@ const (
 	nrReg32  = 8 // NFT_REG32_00
 	nrVerdic = 0
 )
+
+// ctrPort looks the destination address, protocol and port up in a set
+// of container ports (published, routed).
+func (r *nftRule) ctrPort(o nftObjs, set string) *nftRule {
+	r.add("", o.daddrTo(nrReg32), nrMeta(expr.MetaKeyL4PROTO, nrReg32+o.addrLen()/4),
+		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: nrReg32 + o.addrLen()/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
+	return r.lookup(o, o.ipName()+" daddr . meta l4proto . th dport @"+set, set, false)
+}
 
 // nftObjs are one family's table objects; names are what identify them
 // in the kernel, and a batch that adds the sets fills in their IDs.
@@ -99,12 +110,16 @@ func nftObjsFor(instance string, v6 bool) nftObjs {
 	for _, n := range []string{nsInJumps, nsOutJumps, nsNATOutJumps, nsNATInJumps, nsDirectJumps} {
 		o.sets[n] = vmap(n)
 	}
-	o.sets[nsBridges] = &nftables.Set{Table: t, Name: nsBridges, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	for _, n := range []string{nsBridges, nsDockerBridges} {
+		o.sets[n] = &nftables.Set{Table: t, Name: n, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	}
 	target := nftables.MustConcatSetType(addr, nftables.TypeInetService)
 	o.sets[nsPortsAddr] = &nftables.Set{Table: t, Name: nsPortsAddr, IsMap: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeInetProto, addr, nftables.TypeInetService), DataType: target}
-	o.sets[nsPublished] = &nftables.Set{Table: t, Name: nsPublished, Concatenation: true,
-		KeyType: nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService)}
+	for _, n := range []string{nsPublished, nsRouted} {
+		o.sets[n] = &nftables.Set{Table: t, Name: n, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService)}
+	}
 	o.sets[nsPortsAny] = &nftables.Set{Table: t, Name: nsPortsAny, IsMap: true, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), DataType: target}
 	return o
@@ -288,9 +303,7 @@ func (o nftObjs) baseRules() map[string][]*nftRule {
 	// Translated connections to a published container port only: a
 	// published port does not open the container to direct connections.
 	accept := rule1().ctBits("ct status dnat", expr.CtKeySTATUS, 0x20 /* IPS_DST_NAT */, expr.CmpOpNeq)
-	accept.add("", o.daddrTo(nrReg32), nrMeta(expr.MetaKeyL4PROTO, nrReg32+o.addrLen()/4),
-		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: nrReg32 + o.addrLen()/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
-	accept.lookup(o, ip+" daddr . meta l4proto . th dport @"+nsPublished, nsPublished, false).verdict(expr.VerdictAccept, "")
+	accept.ctrPort(o, nsPublished).verdict(expr.VerdictAccept, "")
 	fibOif := rule1().add("", &expr.Fib{Register: nrReg1, FlagDADDR: true, ResultOIFNAME: true})
 	return map[string][]*nftRule{
 		nftForward: {
@@ -335,124 +348,6 @@ func (e nftElem) element() nftables.SetElement {
 type nftNetChain struct {
 	name  string
 	rules []*nftRule
-}
-
-// dockerBridgeNames are Docker's default bridge names as nft wildcards.
-var dockerBridgeNames = []string{"docker0", "br-*"}
-
-// networkObjects are a network's chains and the elements that lead into
-// them, for one family; none when the network has no subnet of it.
-//
-//	in (forward, out through the bridge): replies accepted; inside the
-//	   bridge accepted with ICC, else dropped; with gateway mode
-//	   nat-unprotected, new connections to the subnet from outside every
-//	   bridge accepted; everything else dropped.
-//	out (forward, in from the bridge, to an interface that is no mynet
-//	   bridge): internal networks drop all; else replies accepted, new
-//	   connections into Docker's bridges dropped, the rest accepted.
-//	nat-out / nat-in (postrouting): masquerade of egress, and of the
-//	   host's loopback sources reaching a published port (IPv4).
-//	direct (prerouting, for packets routed to the bridge): in gateway mode
-//	   nat, new connections from outside the bridge to the subnet are
-//	   dropped, the gateway (the host's own address) excepted.
-func (o nftObjs) networkObjects(n model.Network) (chains []nftNetChain, elems []nftElem) {
-	subnets := n.Subnets(o.v6)
-	if len(subnets) == 0 {
-		return nil, nil
-	}
-	br, c := n.Bridge, model.RuleComment(n.ID, "")
-	chain := func(kind string, rules ...*nftRule) {
-		name := model.NFTNetworkChain(n.ID, kind)
-		chains = append(chains, nftNetChain{name: name, rules: rules})
-		set := map[string]string{model.NFTChainIn: nsInJumps, model.NFTChainOut: nsOutJumps, model.NFTChainNATOut: nsNATOutJumps,
-			model.NFTChainNATIn: nsNATInJumps, model.NFTChainDirect: nsDirectJumps}[kind]
-		elems = append(elems, nftElem{set: set, key: spoofIfnameKey(br), jump: name, comment: c, text: fmt.Sprintf("%q : jump %s", br, name)})
-	}
-	elems = append(elems, nftElem{set: nsBridges, key: spoofIfnameKey(br), comment: c, text: strconv.Quote(br)})
-
-	in := []*nftRule{rule1().ctState(false).verdict(expr.VerdictAccept, "")}
-	if n.ICC {
-		in = append(in, rule1().ifname(false, false, br).verdict(expr.VerdictAccept, ""))
-	} else {
-		in = append(in, rule1().ifname(false, false, br).verdict(expr.VerdictDrop, ""))
-	}
-	if !n.Internal && n.Unprotected(o.v6) {
-		for _, s := range subnets {
-			r := rule1().addr(o, true, s.Pool)
-			r.add("", nrMeta(expr.MetaKeyIIFNAME, nrReg32)).lookup(o, "iifname != @"+nsBridges, nsBridges, true)
-			for _, d := range dockerBridgeNames {
-				r.ifname(false, true, d)
-			}
-			in = append(in, r.verdict(expr.VerdictAccept, ""))
-		}
-	}
-	chain(model.NFTChainIn, append(in, rule1().verdict(expr.VerdictDrop, ""))...)
-	if n.Internal {
-		chain(model.NFTChainOut, rule1().verdict(expr.VerdictDrop, ""))
-		return chains, elems
-	}
-	out := []*nftRule{rule1().ctState(false).verdict(expr.VerdictAccept, "")}
-	for _, d := range dockerBridgeNames {
-		out = append(out, rule1().ifname(true, false, d).verdict(expr.VerdictDrop, ""))
-	}
-	chain(model.NFTChainOut, append(out, rule1().verdict(expr.VerdictAccept, ""))...)
-	if n.Masquerade {
-		var masq []*nftRule
-		for _, s := range subnets {
-			masq = append(masq, rule1().ifname(true, true, br).addr(o, false, s.Pool).add("masquerade", &expr.Masq{}))
-		}
-		chain(model.NFTChainNATOut, masq...)
-	}
-	if !o.v6 {
-		chain(model.NFTChainNATIn, rule1().addr(o, false, netip.MustParsePrefix("127.0.0.0/8")).add("masquerade", &expr.Masq{}))
-	}
-	if !n.Unprotected(o.v6) {
-		direct := []*nftRule{rule1().ifname(false, false, br).verdict(expr.VerdictReturn, ""), rule1().ctState(false).verdict(expr.VerdictReturn, "")}
-		for _, s := range subnets {
-			if s.Gateway.IsValid() {
-				direct = append(direct, rule1().addr(o, true, netip.PrefixFrom(s.Gateway.Addr(), s.Gateway.Addr().BitLen())).verdict(expr.VerdictReturn, ""))
-			}
-		}
-		for _, s := range subnets {
-			direct = append(direct, rule1().addr(o, true, s.Pool).verdict(expr.VerdictDrop, ""))
-		}
-		chain(model.NFTChainDirect, direct...)
-	}
-	return chains, elems
-}
-
-var nftProtoNums = map[string]byte{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "sctp": unix.IPPROTO_SCTP}
-
-// portElems are an endpoint's published ports as map elements, one per
-// host port: a port is an element, not a rule.
-func (o nftObjs) portElems(ep model.Endpoint, ports []model.PortMapping) []nftElem {
-	c := model.RuleComment(ep.NetworkID, ep.ID)
-	var out []nftElem
-	for _, m := range ports {
-		if m.ContainerIP.Is6() != o.v6 || (m.HostIP.IsValid() && m.HostIP.Is6() != o.v6) {
-			continue
-		}
-		proto, ok := nftProtoNums[m.Proto]
-		if !ok {
-			continue
-		}
-		last := max(m.HostPortEnd, m.HostPort)
-		for hp := uint32(m.HostPort); hp <= uint32(last); hp++ {
-			cp := uint16(uint32(m.Port) + hp - uint32(m.HostPort))
-			val := append(m.ContainerIP.AsSlice(), nftPortBytes(cp)...)
-			vtext := fmt.Sprintf("%s . %d", m.ContainerIP, cp)
-			key := []byte{proto, 0, 0, 0}
-			set, ktext := nsPortsAny, fmt.Sprintf("%s . %d", m.Proto, hp)
-			if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
-				key = append(key, m.HostIP.AsSlice()...)
-				set, ktext = nsPortsAddr, fmt.Sprintf("%s . %s . %d", m.Proto, m.HostIP, hp)
-			}
-			key = append(key, nftPortBytes(uint16(hp))...)
-			out = append(out, nftElem{set: set, key: key, val: val, comment: c, text: ktext + " : " + vtext},
-				nftPublishedElem(m.ContainerIP, proto, m.Proto, cp, c))
-		}
-	}
-	return out
 }
 
 // nftPortBytes is a port as a concatenation field: big endian, padded to

@@ -18,7 +18,7 @@ import (
 
 // withNFTDataplane runs fn in a fresh network namespace with a Dataplane
 // on the nftables firewall backend.
-func withNFTDataplane(t *testing.T, fn func(d *Dataplane)) {
+func withNFTDataplane(t testing.TB, fn func(d *Dataplane)) {
 	nstest.RequireCommand(t, "nft")
 	nstest.Run(t, func() {
 		nl, err := netlink.NewHandle()
@@ -240,4 +240,43 @@ func TestNFTPortScale(t *testing.T) {
 		}
 		t.Logf("10,000 ports: publish %v, publish again (nothing to do) %v, unpublish %v", published, again, unpublished)
 	})
+}
+
+// TestNFTRuleOptions keeps, for each option combination of
+// TestRuleOptions (the iptables backend's goldens), nft's listing of both
+// families' tables: a family the network lacks has no table. Ensuring the
+// network again and the reconcile's check change nothing, and deleting
+// the network restores the baseline.
+func TestNFTRuleOptions(t *testing.T) {
+	for _, tc := range ruleOptionCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			withNFTDataplane(t, func(d *Dataplane) {
+				ctx := context.Background()
+				before := linksSnapshot(t) + nftRuleset(t)
+				n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+				tc.modify(&n)
+				if err := d.EnsureNetwork(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+				table := model.NFTTableName("mynet-test")
+				rules := "# ip\n" + nftList(t, "ip", table) + "# ip6\n" + nftList(t, "ip6", table)
+				golden(t, "nft/options-"+tc.name, rules)
+				if err := d.EnsureNetwork(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+				if repaired, err := d.EnsureRules(ctx, []model.Network{n}, nil); err != nil || len(repaired) != 0 {
+					t.Errorf("EnsureRules after EnsureNetwork = %v, %v; want nothing to repair", repaired, err)
+				}
+				if again := "# ip\n" + nftList(t, "ip", table) + "# ip6\n" + nftList(t, "ip6", table); again != rules {
+					t.Fatalf("a second ensure changed the rules:\n--- first\n%s--- second\n%s", rules, again)
+				}
+				if err := d.DeleteNetwork(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+				if after := linksSnapshot(t) + nftRuleset(t); after != before {
+					t.Fatalf("namespace changed:\n--- before\n%s--- after\n%s", before, after)
+				}
+			})
+		})
+	}
 }

@@ -24,7 +24,51 @@ import (
 // container port directly in nat, another LAN interface does not. The
 // container's own connections to the LAN work in every mode, also without
 // masquerading, and in routed the LAN sees the container's own address.
+// Both firewall backends run the same cases.
 func TestDirectRouting(t *testing.T) {
+	for _, b := range firewallBackends() {
+		t.Run(b.name, func(t *testing.T) { testDirectRouting(t, b) })
+	}
+}
+
+// firewallBackend is how a privileged test runs a Dataplane on one
+// firewall backend and looks at what it left.
+type firewallBackend struct {
+	name string
+	with func(t *testing.T, fn func(d *Dataplane))
+	// snapshot is the namespace's links and its whole ruleset.
+	snapshot func(t *testing.T) string
+	// permit adds an operator's rule, evaluated before mynet's, that
+	// accepts everything forwarded from the LAN; the returned func takes
+	// it out.
+	permit func(t *testing.T) func()
+}
+
+func firewallBackends() []firewallBackend {
+	return []firewallBackend{
+		{name: "iptables",
+			with:     func(t *testing.T, fn func(d *Dataplane)) { withDataplane(t, "", fn) },
+			snapshot: snapshot,
+			permit: func(t *testing.T) func() {
+				// Inserted after mynet's hook, so it is evaluated first.
+				permit := []string{"FORWARD", "-s", "198.18.0.0/15", "-j", "ACCEPT"}
+				run(t, append([]string{"iptables", "-I"}, permit...)...)
+				return func() { run(t, append([]string{"iptables", "-D"}, permit...)...) }
+			}},
+		{name: "nftables",
+			with:     func(t *testing.T, fn func(d *Dataplane)) { withNFTDataplane(t, fn) },
+			snapshot: func(t *testing.T) string { return linksSnapshot(t) + nftRuleset(t) },
+			permit: func(t *testing.T) func() {
+				// A table of the operator's at a lower priority than
+				// mynet's forward chain: its accept ends only its own
+				// chain, as an iptables-nft FORWARD accept would.
+				run(t, "nft", "add table ip operator; add chain ip operator forward { type filter hook forward priority -10; policy accept; }; add rule ip operator forward ip saddr 198.18.0.0/15 accept")
+				return func() { run(t, "nft", "delete", "table", "ip", "operator") }
+			}},
+	}
+}
+
+func testDirectRouting(t *testing.T, b firewallBackend) {
 	for _, tc := range []struct {
 		name        string
 		unprotected bool
@@ -51,12 +95,12 @@ func TestDirectRouting(t *testing.T) {
 		{name: "routed-trusted", routed: true, trusted: true, published: true, otherNetwork: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			withDataplane(t, "", func(d *Dataplane) {
+			b.with(t, func(d *Dataplane) {
 				ctx := context.Background()
 				run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 				lan := lanHost(t, d, "10.1.0.0/24", 0)
 				other := lanHost(t, d, "10.1.0.0/24", 1)
-				before := snapshot(t)
+				before := b.snapshot(t)
 				n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
 				n.Unprotected4, n.Routed4, n.Masquerade = tc.unprotected, tc.routed, !tc.noMasquerade
 				if tc.trusted {
@@ -65,10 +109,9 @@ func TestDirectRouting(t *testing.T) {
 				if err := d.EnsureNetwork(ctx, n); err != nil {
 					t.Fatal(err)
 				}
-				// Added after mynet's hook, so it is evaluated first.
-				permit := []string{"FORWARD", "-s", "198.18.0.0/15", "-j", "ACCEPT"}
+				unpermit := func() {}
 				if tc.permissive {
-					run(t, append([]string{"iptables", "-I"}, permit...)...)
+					unpermit = b.permit(t)
 				}
 				ctrIP := netip.MustParseAddr("10.1.0.2")
 				ep := testEndpoint(n, eid1)
@@ -144,9 +187,7 @@ func TestDirectRouting(t *testing.T) {
 					t.Errorf("the LAN host accepted no connection")
 				}
 
-				if tc.permissive {
-					run(t, append([]string{"iptables", "-D"}, permit...)...)
-				}
+				unpermit()
 				if err := d.RemovePorts(ctx, ep, ports); err != nil {
 					t.Fatal(err)
 				}
@@ -161,7 +202,7 @@ func TestDirectRouting(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				if after := snapshot(t); after != before {
+				if after := b.snapshot(t); after != before {
 					t.Fatalf("namespace changed:\n--- before\n%s--- after\n%s", before, after)
 				}
 			})

@@ -29,6 +29,15 @@
 //	                    (counted from -v output), and its plugin.log goes
 //	                    to MYNET_E2E_LOGDIR/ENGINE. Unset: the host's
 //	                    engine, in this process
+//	                    "sid-nft" is sid's engine started with
+//	                    --iptables=false --ip6tables=false (hosts whose
+//	                    firewall is nftables only), with the plugin on
+//	                    --firewall nftables; its summary line says so:
+//	                    "e2e (docker 28.5.2, nftables): ..."
+//	MYNET_E2E_FIREWALL  the plugin's --firewall (iptables, nftables, auto);
+//	                    unset: the plugin's default, or nftables on sid-nft.
+//	                    The leak checks read the backend in use: iptables-save,
+//	                    or the plugin's nftables tables
 //	MYNET_E2E_DRIVER    "bridge" runs the scenarios that do not depend on
 //	                    mynet itself against Docker's bridge driver, without
 //	                    starting the plugin: a reference to tell harness bugs

@@ -506,11 +506,11 @@ func (s *scenario) pluginStateMismatch(members map[string][]string) (allocated i
 		}
 	}
 
-	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-		out, err := run(tool)
-		if err != nil {
-			return -1, nil, err
-		}
+	sets, err := rulesets()
+	if err != nil {
+		return -1, nil, err
+	}
+	for tool, out := range sets {
 		for _, line := range strings.Split(out, "\n") {
 			if m := endpointRule.FindStringSubmatch(line); m != nil && netIDs[m[1]] != "" && !live[m[2]] {
 				problems = append(problems, fmt.Sprintf("%s: a rule of endpoint %.12s, of no live container: %s", tool, m[2], line))

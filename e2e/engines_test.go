@@ -49,10 +49,10 @@ func matrixEngines() ([]string, error) {
 	var engines []string
 	for _, e := range strings.Split(list, ",") {
 		switch e = strings.TrimSpace(e); e {
-		case hostEngine, "sid", "trixie":
+		case hostEngine, "sid", "trixie", "sid-nft":
 			engines = append(engines, e)
 		default:
-			return nil, fmt.Errorf("%s=%q: unknown engine %q (want host, sid or trixie)", enginesEnv, list, e)
+			return nil, fmt.Errorf("%s=%q: unknown engine %q (want host, sid, trixie or sid-nft)", enginesEnv, list, e)
 		}
 	}
 	return engines, nil
@@ -88,6 +88,11 @@ func runOnEngine(engine string) (summary string, err error) {
 		return notRun(err)
 	}
 	environ := append(os.Environ(), engineEnv+"="+engine)
+	firewall := os.Getenv(firewallEnv)
+	if firewall == "" && engineFirewall[engine] != "" {
+		firewall = engineFirewall[engine]
+		environ = append(environ, firewallEnv+"="+firewall)
+	}
 	if dir := os.Getenv("MYNET_E2E_LOGDIR"); dir != "" {
 		environ = append(environ, "MYNET_E2E_LOGDIR="+filepath.Join(dir, engine))
 	}
@@ -135,7 +140,11 @@ func runOnEngine(engine string) (summary string, err error) {
 	n := countResults(io.TeeReader(out, os.Stdout))
 	err = cmd.Wait()
 	fmt.Printf("e2e: engine %s: the suite took %v\n", engine, time.Since(start).Round(time.Second))
-	summary = fmt.Sprintf("e2e (docker %s): %d passed, %d failed, %d skipped", version, n["PASS"], n["FAIL"], n["SKIP"])
+	what := "docker " + version
+	if firewall != "" {
+		what += ", " + firewall
+	}
+	summary = fmt.Sprintf("e2e (%s): %d passed, %d failed, %d skipped", what, n["PASS"], n["FAIL"], n["SKIP"])
 	if err != nil {
 		return summary, fmt.Errorf("the suite: %w", err)
 	}

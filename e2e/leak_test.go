@@ -24,7 +24,8 @@ const leakGrace = 5 * time.Second
 //	plugin Endpoints: {"ID":...}
 type snapshot []string
 
-// takeSnapshot records mynet's links and iptables rules, and p's state
+// takeSnapshot records mynet's links and firewall rules (iptables, or its
+// nftables tables with MYNET_E2E_FIREWALL=nftables), and p's state
 // records unless p is nil.
 func takeSnapshot(p *plugin) (snapshot, error) {
 	var snap snapshot
@@ -47,13 +48,21 @@ func takeSnapshot(p *plugin) (snapshot, error) {
 			snap = append(snap, "link "+name[0])
 		}
 	}
-	for _, tool := range []string{"iptables", "ip6tables"} {
-		// Without -c, rules carry no counters; chain declarations still do.
-		out, err := run(tool + "-save")
-		if err != nil {
-			return nil, err
+	sets, err := rulesets()
+	if err != nil {
+		return nil, err
+	}
+	for source, out := range sets {
+		if usesNFT() {
+			// The plugin's own tables: every line is its.
+			for _, line := range strings.Split(out, "\n") {
+				if strings.TrimSpace(line) != "" {
+					snap = append(snap, source+": "+line)
+				}
+			}
+			continue
 		}
-		rules, err := mynetRules(tool, out)
+		rules, err := mynetRules(source, out)
 		if err != nil {
 			return nil, err
 		}

@@ -99,6 +99,9 @@ func missingPrerequisite(bridgeMode bool) string {
 			return fmt.Sprintf("%s not found on PATH", tool)
 		}
 	}
+	if _, err := exec.LookPath("nft"); err != nil && usesNFT() {
+		return firewallEnv + "=nftables: nft not found on PATH (the leak checks list the plugin's tables with it)"
+	}
 	if err := requireStatic(busyboxPath); err != nil {
 		return err.Error()
 	}

@@ -46,7 +46,7 @@ func (p *plugin) start() error {
 		return err
 	}
 	defer logf.Close() // the child has its own descriptor
-	cmd := exec.Command(p.bin, "serve", "--name", p.name, "--state-dir", p.stateDir, "--log-level", "debug")
+	cmd := exec.Command(p.bin, append([]string{"serve", "--name", p.name, "--state-dir", p.stateDir, "--log-level", "debug"}, firewallArgs()...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// If the test binary dies (say, on a go test -timeout panic), take the
 	// daemon with it rather than leave it serving an orphaned socket.

@@ -150,7 +150,7 @@ func (p *plugin) halt() error {
 func (p *plugin) run() (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, p.bin, "serve", "--name", p.name, "--state-dir", p.stateDir, "--log-level", "debug").CombinedOutput()
+	out, err := exec.CommandContext(ctx, p.bin, append([]string{"serve", "--name", p.name, "--state-dir", p.stateDir, "--log-level", "debug"}, firewallArgs()...)...).CombinedOutput()
 	p.note("refused start:\n%s", out)
 	os.Remove(p.socketPath()) // in case it served after all
 	return string(out), err

@@ -15,7 +15,11 @@
 #
 # ENGINE is a Debian suite whose docker.io the engine runs: sid (28.5) or
 # trixie (26.1). Each has its own root filesystem, namespaces, cgroup and
-# /run/mynet-engine/ENGINE, so both may run at once.
+# /run/mynet-engine/ENGINE, so both may run at once. sid-nft is sid's engine
+# on sid's root filesystem, started with --iptables=false --ip6tables=false
+# as on hosts whose firewall is nftables only (issue 13): it writes no
+# firewall rule, and its own data root (/var/lib/docker-sid-nft in the root
+# filesystem) lets it run beside sid.
 #
 # The engine runs from a debootstrapped root filesystem (cached under
 # $MYNET_ENGINE_CACHE, default /var/cache/mynet/engines) in a network
@@ -45,15 +49,22 @@ SELF=$(readlink -f "$0")
 (($# >= 2)) || usage
 cmd=$1 engine=$2
 shift 2
+# SUITE is the Debian suite of the root filesystem; DOCKERD_FLAGS are the
+# engine's own.
+DOCKERD_FLAGS=()
 case $engine in
-sid | trixie) ;;
-*) die "unknown engine $engine: want sid or trixie" ;;
+sid | trixie) SUITE=$engine ;;
+sid-nft)
+	SUITE=sid
+	DOCKERD_FLAGS=(--iptables=false --ip6tables=false --data-root "/var/lib/docker-$engine")
+	;;
+*) die "unknown engine $engine: want sid, trixie or sid-nft" ;;
 esac
 [[ $EUID -eq 0 ]] || die "must run as root"
 
 CACHE=${MYNET_ENGINE_CACHE:-/var/cache/mynet/engines}
 MIRROR=${MYNET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-ROOT=$CACHE/$engine             # the root filesystem
+ROOT=$CACHE/$SUITE              # the root filesystem
 RUN=/run/mynet-engine/$engine   # pids, socket, plugins; shared with the engine
 NETNS=mynet-$engine             # /run/netns/$NETNS
 CGROUP=mynet-$engine            # --cgroup-parent of the engine's containers
@@ -74,11 +85,11 @@ ensure_rootfs() {
 	command -v debootstrap >/dev/null || die "debootstrap not found (apt-get install debootstrap)"
 	mkdir -p "$CACHE"
 	rm -rf "$ROOT.tmp"
-	say "debootstrap $engine into $ROOT (about a minute; log $CACHE/$engine.debootstrap.log)"
+	say "debootstrap $SUITE into $ROOT (about a minute; log $CACHE/$SUITE.debootstrap.log)"
 	local t0=$SECONDS
-	if ! debootstrap --variant=minbase --include="$PACKAGES" "$engine" "$ROOT.tmp" "$MIRROR" \
-		>"$CACHE/$engine.debootstrap.log" 2>&1; then
-		tail -n 20 "$CACHE/$engine.debootstrap.log" >&2
+	if ! debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOT.tmp" "$MIRROR" \
+		>"$CACHE/$SUITE.debootstrap.log" 2>&1; then
+		tail -n 20 "$CACHE/$SUITE.debootstrap.log" >&2
 		die "debootstrap failed"
 	fi
 	chroot "$ROOT.tmp" apt-get clean
@@ -119,7 +130,7 @@ inner() {
 	cd /
 	export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 	exec dockerd -H "unix://$IN_RUN/docker.sock" --pidfile /run/docker.pid \
-		--cgroup-parent "/$CGROUP" >>"$IN_RUN/dockerd.log" 2>&1
+		--cgroup-parent "/$CGROUP" "${DOCKERD_FLAGS[@]}" >>"$IN_RUN/dockerd.log" 2>&1
 }
 
 up() {
