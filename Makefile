@@ -26,7 +26,8 @@ clean:
 	rm -rf bin
 
 # The end-to-end suite alone, against the running dockerd (as root);
-# MYNET_E2E_ENGINES=host,sid adds Debian sid's engine (scripts/engine.sh).
+# MYNET_E2E_ENGINES=host,sid,sid-nft adds Debian sid's engine, with and without
+# iptables (scripts/engine.sh).
 e2e: build
 	MYNET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 30m ./e2e/
 

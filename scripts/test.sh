@@ -158,8 +158,9 @@ step layout layout
 step unit unit_tests
 step fuzz fuzz_targets
 # The engines the end-to-end suite runs against, one after the other: the
-# host's, then Debian sid's beside it (scripts/engine.sh; e2e/doc.go).
-E2E_ENGINES=${MYNET_E2E_ENGINES:-host,sid}
+# host's, then Debian sid's beside it, then sid's again without iptables,
+# with mynet on nftables (scripts/engine.sh; e2e/doc.go).
+E2E_ENGINES=${MYNET_E2E_ENGINES:-host,sid,sid-nft}
 if [[ ${result[build]} == ok ]]; then
 	# Root and an engine are ensured above, so the suite must run, not skip.
 	step e2e env MYNET_BIN="$PWD/bin/mynet" MYNET_E2E_LOGDIR="$LOGDIR" MYNET_E2E_REQUIRED=1 \
