@@ -2,7 +2,6 @@ package driver
 
 import (
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -26,17 +25,9 @@ func TestReconcileFollowsFirewall(t *testing.T) {
 		t.Fatal(err)
 	}
 	n1, n2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
-	for i, n := range []string{n1, n2} {
-		if err := d.CreateNetwork(ctx, testNetwork(n, fmt.Sprintf("10.%d.0.0/24", 200+i), fmt.Sprintf("10.%d.0.1/24", 200+i))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createNetworks(t, d, n1, n2)
 	epA, epB := strings.Repeat("a", 64), strings.Repeat("b", 64)
-	for i, ep := range []string{epA, epB} {
-		if _, err := d.CreateEndpoint(ctx, n1, ep, Interface{Address: fmt.Sprintf("10.200.0.%d/24", 10+i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createEndpoints(t, d, n1, epA, epB)
 	if err := d.ProgramExternalConnectivity(ctx, n1, epA, tcp(8080, 80)); err != nil {
 		t.Fatal(err)
 	}

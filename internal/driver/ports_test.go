@@ -37,6 +37,28 @@ func tcp(hostPort, port uint16) []PortBinding {
 	return []PortBinding{{Proto: 6, Port: port, HostPort: hostPort, HostPortEnd: hostPort}}
 }
 
+// createNetworks creates networks 10.200.0.0/24, 10.201.0.0/24, ... in
+// the order given.
+func createNetworks(t *testing.T, d *Driver, ids ...string) {
+	t.Helper()
+	for i, n := range ids {
+		if err := d.CreateNetwork(context.Background(), testNetwork(n, fmt.Sprintf("10.%d.0.0/24", 200+i), fmt.Sprintf("10.%d.0.1/24", 200+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// createEndpoints creates endpoints on networkID, the first of
+// createNetworks, at .10, .11, ... in the order given.
+func createEndpoints(t *testing.T, d *Driver, networkID string, ids ...string) {
+	t.Helper()
+	for i, ep := range ids {
+		if _, err := d.CreateEndpoint(context.Background(), networkID, ep, Interface{Address: fmt.Sprintf("10.200.0.%d/24", 10+i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // publishBlocked starts a publish of host port 8080 on epA that stays in
 // its EnsurePorts until release is called; published gets its result.
 func publishBlocked(t *testing.T, d *Driver, fake *drivertest.Dataplane, networkID, epA string) (release func(), published <-chan error) {
@@ -69,17 +91,9 @@ func TestPublishHoldsUpNoOtherEndpoint(t *testing.T) {
 	fake := drivertest.New()
 	d := newTestDriver(t, Config{Dataplane: fake})
 	n1, n2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
-	for i, n := range []string{n1, n2} {
-		if err := d.CreateNetwork(ctx, testNetwork(n, fmt.Sprintf("10.%d.0.0/24", 200+i), fmt.Sprintf("10.%d.0.1/24", 200+i))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createNetworks(t, d, n1, n2)
 	epA, epB := strings.Repeat("a", 64), strings.Repeat("b", 64)
-	for i, ep := range []string{epA, epB} {
-		if _, err := d.CreateEndpoint(ctx, n1, ep, Interface{Address: fmt.Sprintf("10.200.0.%d/24", 10+i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createEndpoints(t, d, n1, epA, epB)
 
 	release, published := publishBlocked(t, d, fake, n1, epA)
 
@@ -139,15 +153,9 @@ func TestPublishTakesOverFromDeadOwner(t *testing.T) {
 	fake := drivertest.New()
 	d := newTestDriver(t, Config{Dataplane: fake, OwnerGoneWait: time.Millisecond})
 	n1 := strings.Repeat("1", 64)
-	if err := d.CreateNetwork(ctx, testNetwork(n1, "10.200.0.0/24", "10.200.0.1/24")); err != nil {
-		t.Fatal(err)
-	}
+	createNetworks(t, d, n1)
 	epA, epB := strings.Repeat("a", 64), strings.Repeat("b", 64)
-	for i, ep := range []string{epA, epB} {
-		if _, err := d.CreateEndpoint(ctx, n1, ep, Interface{Address: fmt.Sprintf("10.200.0.%d/24", 10+i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createEndpoints(t, d, n1, epA, epB)
 	if err := d.ProgramExternalConnectivity(ctx, n1, epA, tcp(8080, 80)); err != nil {
 		t.Fatal(err)
 	}
@@ -175,15 +183,9 @@ func TestRevokeWithoutPortsWaitsForNothing(t *testing.T) {
 	fake := drivertest.New()
 	d := newTestDriver(t, Config{Dataplane: fake})
 	n1 := strings.Repeat("1", 64)
-	if err := d.CreateNetwork(ctx, testNetwork(n1, "10.200.0.0/24", "10.200.0.1/24")); err != nil {
-		t.Fatal(err)
-	}
+	createNetworks(t, d, n1)
 	epA, epC := strings.Repeat("a", 64), strings.Repeat("c", 64)
-	for i, ep := range []string{epA, epC} {
-		if _, err := d.CreateEndpoint(ctx, n1, ep, Interface{Address: fmt.Sprintf("10.200.0.%d/24", 10+i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createEndpoints(t, d, n1, epA, epC)
 	release, published := publishBlocked(t, d, fake, n1, epA)
 	passDone := make(chan struct{})
 	go func() { // a writer of opMu, as a pass was before lockForPass
@@ -212,11 +214,7 @@ func TestPassDoesNotStopEndpointCalls(t *testing.T) {
 	fake := drivertest.New()
 	d := newTestDriver(t, Config{Dataplane: fake})
 	n1, n2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
-	for i, n := range []string{n1, n2} {
-		if err := d.CreateNetwork(ctx, testNetwork(n, fmt.Sprintf("10.%d.0.0/24", 200+i), fmt.Sprintf("10.%d.0.1/24", 200+i))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createNetworks(t, d, n1, n2)
 	epA := strings.Repeat("a", 64)
 	if _, err := d.CreateEndpoint(ctx, n1, epA, Interface{Address: "10.200.0.10/24"}); err != nil {
 		t.Fatal(err)
