@@ -60,6 +60,8 @@ type doctor struct {
 	// process's arguments (the daemon's --firewall).
 	stateFetch func(ctx context.Context, socket string) (*plugin.Dump, error)
 	cmdline    func(pid int) ([]string, error)
+	// forwardRules reads iptables' or ip6tables' FORWARD chain.
+	forwardRules func(cmd string) []string
 
 	report doctorReport
 	pid    int
@@ -67,7 +69,7 @@ type doctor struct {
 }
 
 func newDoctor(t cli.Target, env *cli.Env) *doctor {
-	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: cli.FetchState, cmdline: procCmdline}
+	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: cli.FetchState, cmdline: procCmdline, forwardRules: iptablesForward}
 }
 
 func (d *doctor) add(check, status, msg, fix string) {
@@ -154,6 +156,7 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 	}
 	switch {
 	case fw == model.FirewallNFTables:
+		d.checkNFTForwardPolicy()
 		d.add("iptables", statusInfo, "mynet's rules are in nftables: the iptables checks do not apply, and doctor does not compare mynet's nftables table with the state yet (nft list table ip "+model.NFTTableName(d.t.Instance)+")", "")
 	case rules != "":
 	case os.Geteuid() != 0:
