@@ -157,7 +157,7 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 	switch {
 	case fw == model.FirewallNFTables:
 		d.checkNFTForwardPolicy()
-		d.add("iptables", statusInfo, "mynet's rules are in nftables: the iptables checks do not apply, and doctor does not compare mynet's nftables table with the state yet (nft list table ip "+model.NFTTableName(d.t.Instance)+")", "")
+		d.add("iptables", statusInfo, "mynet's rules are in nftables (table ip/ip6 "+model.NFTTableName(d.t.Instance)+"): the iptables checks do not apply", "")
 	case rules != "":
 	case os.Geteuid() != 0:
 		d.add("iptables", statusSkipped, "reading iptables needs root: run mynet doctor as root", "")
@@ -183,13 +183,21 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 		d.checkMissingLinks(st1, st2, sc1, sc2)
 		d.checkOrphanLinks(st2, sc1, sc2)
 	}
-	if rules != "" {
-		d.checkRules(st1, st2, sc1, sc2, rules)
-	}
+	d.checkOwnRules(fw, rules, st1, st2, sc1, sc2)
 	if d.report.Problems == problems {
 		d.add("state", statusOK, fmt.Sprintf("%d network%s and %d endpoint%s in the state match the kernel", len(st2.Networks), plural(len(st2.Networks)), len(st2.Endpoints), plural(len(st2.Endpoints))), "")
 	}
 	return d.report
+}
+
+// checkOwnRules compares mynet's rules with the state in the backend that
+// holds them.
+func (d *doctor) checkOwnRules(fw, iptablesBackend string, st1, st2 *plugin.Dump, sc1, sc2 scan) {
+	if iptablesBackend != "" {
+		d.checkRules(st1, st2, sc1, sc2, iptablesBackend)
+	} else if fw == model.FirewallNFTables {
+		d.checkNFTRules(st1, st2)
+	}
 }
 
 // reconcileFix is how to make the daemon repair its objects now; does
