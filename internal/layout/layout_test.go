@@ -50,6 +50,9 @@ var rules = map[string][]string{
 	"bridge":             {"internal/model"},
 	// The cluster store (etcd); ipam's Pool picks the next address.
 	"internal/cluster": {"ipam", "internal/model"},
+	// The peers agent: watch -> VXLAN entries, janitor, degraded; the
+	// dataplane and the local copy through its own small interfaces.
+	"internal/peers": {"internal/cluster", "internal/model"},
 	// The state gauges read the state's snapshot type.
 	"metrics":        {"state", "internal/model"},
 	"internal/model": nil,
