@@ -38,9 +38,9 @@ const (
 // The utilities may be imported by anyone and import nothing of ours.
 // Only production imports count: tests may reach further (fakes, nstest).
 var rules = map[string][]string{
-	"cmd/mynet":       {"internal/cli", "internal/doctor", "plugin", "internal/driver", "internal/portalloc", "ipam", "state", "bridge", "metrics", "internal/model"},
-	"internal/cli":    {"plugin", "internal/driver", "ipam", "state", "metrics", "internal/model"},
-	"internal/doctor": {"internal/cli", "plugin", "internal/driver", "ipam", "state", "bridge", "metrics", "internal/model"},
+	"cmd/mynet":       {"internal/peers", "internal/cli", "internal/doctor", "plugin", "internal/driver", "internal/portalloc", "ipam", "state", "bridge", "metrics", "internal/model"},
+	"internal/cli":    {"internal/peers", "plugin", "internal/driver", "ipam", "state", "metrics", "internal/model"},
+	"internal/doctor": {"internal/cli", "internal/peers", "plugin", "internal/driver", "ipam", "state", "bridge", "metrics", "internal/model"},
 	"plugin":          {"internal/driver", "internal/portalloc", "ipam", "state", "metrics", "internal/model"},
 	"internal/driver": {"internal/portalloc", "ipam", "state", "metrics", "internal/model"},
 	// Host-port allocation, a pure package beside ipam if it gets its own.
