@@ -13,6 +13,7 @@ import (
 
 	"github.com/mynet/mynet/internal/cli"
 	"github.com/mynet/mynet/internal/model"
+	"github.com/mynet/mynet/internal/peers"
 	"github.com/mynet/mynet/plugin"
 )
 
@@ -59,7 +60,9 @@ type doctor struct {
 	// stateFetch asks the daemon for its state; cmdline reads a
 	// process's arguments (the daemon's --firewall).
 	stateFetch func(ctx context.Context, socket string) (*plugin.Dump, error)
-	cmdline    func(pid int) ([]string, error)
+	// clusterFetch asks the daemon for its cluster status (cluster mode).
+	clusterFetch func(ctx context.Context, socket string) (*peers.Report, error)
+	cmdline      func(pid int) ([]string, error)
 	// forwardRules reads iptables' or ip6tables' FORWARD chain.
 	forwardRules func(cmd string) []string
 
@@ -69,7 +72,7 @@ type doctor struct {
 }
 
 func newDoctor(t cli.Target, env *cli.Env) *doctor {
-	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: cli.FetchState, cmdline: procCmdline, forwardRules: iptablesForward}
+	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: cli.FetchState, clusterFetch: cli.FetchCluster, cmdline: procCmdline, forwardRules: iptablesForward}
 }
 
 func (d *doctor) add(check, status, msg, fix string) {
@@ -187,6 +190,7 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 	if d.report.Problems == problems {
 		d.add("state", statusOK, fmt.Sprintf("%d network%s and %d endpoint%s in the state match the kernel", len(st2.Networks), plural(len(st2.Networks)), len(st2.Endpoints), plural(len(st2.Endpoints))), "")
 	}
+	d.checkCluster(ctx, nl)
 	return d.report
 }
 
