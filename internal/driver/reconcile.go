@@ -40,14 +40,36 @@ func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err e
 }
 
 func (d *Driver) pass(ctx context.Context, full bool) (repaired bool, err error) {
-	if !full {
-		if done, err := d.quickPass(); err != nil || done {
-			return false, err
+	if d.fingerprint == nil {
+		// Nothing to compare with (the startup pass failed): everything,
+		// under opMu alone.
+		d.lockForPass(ctx)
+		defer d.opMu.Unlock()
+		return d.reconcile(ctx, true)
+	}
+	recheck := full || d.recheckDue
+	done, busy, err := d.quickPass()
+	if err != nil {
+		return false, err
+	}
+	// A call under way leaves the fingerprints to take in for later; a
+	// recheck ensures everything anyway, with calls going on.
+	if !done && !(busy && recheck) {
+		d.lockForPass(ctx)
+		repaired, err = d.reconcile(ctx, false)
+		d.opMu.Unlock()
+		if err != nil {
+			return repaired, err
 		}
 	}
-	d.lockForPass(ctx)
-	defer d.opMu.Unlock()
-	return d.reconcile(ctx, full)
+	if !recheck {
+		return repaired, nil
+	}
+	if err := d.recheck(ctx); err != nil {
+		return repaired, err // and the next pass rechecks again
+	}
+	d.recheckDue = false
+	return repaired, nil
 }
 
 // lockForPass takes opMu alone for a pass without queueing for it at
@@ -155,19 +177,20 @@ func (d *Driver) verifyEndpoint(ctx context.Context, id string) error {
 
 // Recheck makes the next pass compare the kernel with the state, the
 // anti-spoofing filters included, even if the fingerprints have not
-// changed. A change made from outside to a filter, or to the chains, in
-// the interval in which mynet itself changed them ends up in the
-// fingerprint a pass takes in (verify covers bridges, veths and rules of
-// networks and endpoints, not those); the periodic loop calls this now and
-// then so such a change is repaired too.
+// changed. A change made from outside to an object in the interval in
+// which mynet itself changed it ends up in the fingerprint a pass takes
+// in (verify covers bridges, veths and rules of networks and endpoints,
+// not the filters or the chains); the periodic loop calls this now and
+// then so such a change is repaired too. See recheck.
 func (d *Driver) Recheck() {
 	d.reconMu.Lock()
 	defer d.reconMu.Unlock()
-	d.fingerprint = nil
+	d.recheckDue = true
 }
 
-// repairScope is what a pass ensures again: everything on a full pass or a
-// recheck, else the objects whose digests changed since the last pass.
+// repairScope is what a pass under opMu alone ensures again: everything
+// when it has no fingerprint to compare with, else the objects whose
+// digests changed since the last pass.
 type repairScope struct {
 	all     bool
 	damaged map[string]bool // digest keys
@@ -197,7 +220,8 @@ func (s repairScope) endpoint(e *state.Endpoint) (ensure, respoof bool) {
 	return respoof || s.damaged["ep:"+e.ID] || s.damaged["net:"+e.NetworkID], respoof
 }
 
-// reconcile is a pass under opMu alone.
+// reconcile is a pass under opMu alone; with full (at startup, or with no
+// fingerprint to compare with) it ensures everything.
 func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err error) {
 	fp, sfp, err := d.fingerprints()
 	if err != nil {
@@ -348,6 +372,13 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respo
 			return d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), ep, toBridgePorts(e.Ports))
 		}
 	}
+	return d.dropStale(ctx, e, n)
+}
+
+// dropStale deletes the record of an endpoint whose host veth is gone (n
+// is its network, nil if that is gone too), then what is left of its
+// kernel objects. The caller holds opMu alone, or the endpoint's lock.
+func (d *Driver) dropStale(ctx context.Context, e *state.Endpoint, n *state.Network) error {
 	d.log.Info("dropping stale endpoint", "network_id", model.Short(e.NetworkID), "endpoint_id", model.Short(e.ID), "network_known", n != nil)
 	if err := d.forgetEndpoint(e); err != nil {
 		return err
