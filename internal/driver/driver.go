@@ -168,8 +168,9 @@ type Driver struct {
 
 	// reconMu serialises reconcile passes. adopted (changes as of the
 	// fingerprints) and the fingerprints are written either under opMu
-	// alone or under reconMu with opMu shared. A nil fingerprint makes the
-	// next pass compare everything (Recheck).
+	// alone or under reconMu with opMu shared. A nil fingerprint (the
+	// startup pass has not succeeded) makes the next pass ensure
+	// everything under opMu alone.
 	reconMu                 sync.Mutex
 	adopted                 uint64
 	fingerprint, spoofPrint model.Digests

@@ -24,10 +24,12 @@ const stalePoolAge = 10 * time.Minute
 // re-created, endpoints whose veth vanished with their container are
 // dropped, and tagged objects the state does not know are removed; rules of
 // deleted networks never come back, since only the state is re-applied.
-// Unless full is set, it first compares a fingerprint of mynet's kernel
-// objects with the one taken after the last pass and does nothing when they
-// match, so it is cheap to run every few seconds. It reports whether it
-// found something changed from outside.
+// It first compares a fingerprint of mynet's kernel objects with the one
+// taken after the last pass and does nothing more when they match, so it
+// is cheap to run every few seconds. With full set (SIGHUP), or after
+// Recheck, it then compares the whole kernel with the state as well
+// (recheck), while endpoint calls go on. It reports whether the
+// fingerprint comparison found something changed from outside.
 func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err error) {
 	d.reconMu.Lock()
 	defer d.reconMu.Unlock()
@@ -45,7 +47,11 @@ func (d *Driver) pass(ctx context.Context, full bool) (repaired bool, err error)
 		// under opMu alone.
 		d.lockForPass(ctx)
 		defer d.opMu.Unlock()
-		return d.reconcile(ctx, true)
+		repaired, err = d.reconcile(ctx, true)
+		if err == nil {
+			d.recheckDue = false // it compared everything
+		}
+		return repaired, err
 	}
 	recheck := full || d.recheckDue
 	done, busy, err := d.quickPass()
@@ -214,7 +220,7 @@ func (s repairScope) followsDocker(n *state.Network) bool {
 // its ports, so the endpoints of a damaged network are ensured too.
 // Re-applying the anti-spoofing filters costs a netlink transaction per
 // endpoint, so it is done only where they changed from outside (or on a
-// full pass or a recheck), not after every container mynet itself started.
+// full pass), not after every container mynet itself started.
 func (s repairScope) endpoint(e *state.Endpoint) (ensure, respoof bool) {
 	respoof = s.all || s.damaged["spoof"] || s.damaged["veth:"+e.HostVeth]
 	return respoof || s.damaged["ep:"+e.ID] || s.damaged["net:"+e.NetworkID], respoof
@@ -228,9 +234,9 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 		return false, err
 	}
 	dirty := d.changes.Load() != d.adopted
-	rechecking := d.fingerprint == nil
+	blind := d.fingerprint == nil // nothing to compare with
 	changed, damaged := d.changed(fp, sfp)
-	if !full && !rechecking && len(damaged) == 0 {
+	if !full && !blind && len(damaged) == 0 {
 		if !dirty {
 			return false, nil
 		}
@@ -240,7 +246,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	// networks coming and going does not (model.DigestDocker), nor Docker's
 	// rules moving to another backend (model.DigestFirewall).
 	damaged = slices.DeleteFunc(damaged, func(k string) bool { return k == model.DigestDocker || k == model.DigestFirewall })
-	repaired = !rechecking && len(damaged) > 0
+	repaired = !blind && len(damaged) > 0
 	var errs []error
 	// Following dockerd to its new backend is mynet's own change; what
 	// Docker's switch did to the old backend's chains is moot once mynet's
@@ -253,7 +259,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	// What mynet changed since the last pass is ensured too: a firewall
 	// reload right after a container started flushed its port rules with
 	// the others.
-	scope := repairScope{all: full || rechecking, damaged: map[string]bool{}}
+	scope := repairScope{all: full || blind, damaged: map[string]bool{}}
 	for _, k := range changed {
 		scope.damaged[k] = true
 	}
