@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -34,34 +35,45 @@ func (d *Driver) recheck(ctx context.Context) error {
 }
 
 // recheckShared is the recheck under the shared opMu; it returns the
-// digest keys of the orphans it found and did not remove.
+// digest keys of the orphans it found and did not remove. It takes opMu
+// for each network, each endpoint and the rules apart, so that a network
+// operation, which waits for opMu alone, waits for one of them and not
+// for the whole recheck, with every endpoint call queued behind it.
 func (d *Driver) recheckShared(ctx context.Context) (orphans []string, err error) {
-	d.opMu.RLock()
-	defer d.opMu.RUnlock()
 	var errs []error
-	// Read without mapMu: its writers hold opMu alone.
-	nets := make([]model.Network, 0, len(d.networks))
-	for _, n := range d.networks {
-		bn := toBridgeNetwork(n)
-		nets = append(nets, bn)
-		if err := d.cfg.Dataplane.EnsureBridge(ctx, bn); err != nil {
-			errs = append(errs, fmt.Errorf("recheck network %s: %w", model.Short(n.ID), err))
-		}
-	}
 	d.mapMu.RLock()
-	ids := make([]string, 0, len(d.endpoints))
-	for id := range d.endpoints {
-		ids = append(ids, id)
-	}
+	nets := slices.Collect(maps.Keys(d.networks))
+	eps := slices.Collect(maps.Keys(d.endpoints))
 	d.mapMu.RUnlock()
-	for _, id := range ids {
+	for _, id := range nets {
+		errs = append(errs, d.recheckNetwork(ctx, id))
+	}
+	for _, id := range eps {
 		errs = append(errs, d.recheckEndpoint(ctx, id))
 	}
-	errs = append(errs, d.recheckRules(ctx, nets), d.releaseStalePools())
+	errs = append(errs, d.recheckRules(ctx), d.releaseStalePools())
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
 	return d.adoptRecheck()
+}
+
+// recheckNetwork ensures a network's bridge, its addresses and switches
+// again. Under the shared opMu the network cannot change: its operations
+// hold opMu alone.
+func (d *Driver) recheckNetwork(ctx context.Context, id string) error {
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
+	n := d.networks[id] // its writers hold opMu alone
+	if n == nil {
+		return nil // deleted meanwhile
+	}
+	if err := d.cfg.Dataplane.EnsureBridge(ctx, toBridgeNetwork(n)); err != nil {
+		return fmt.Errorf("recheck network %s: %w", model.Short(id), err)
+	}
+	return nil
 }
 
 // recheckEndpoint ensures a live endpoint's veth and anti-spoofing filter
@@ -70,6 +82,8 @@ func (d *Driver) recheckShared(ctx context.Context) (orphans []string, err error
 // after verifies what the call changed (verify): it is left alone rather
 // than waited for, which could take as long as a publish of many ports.
 func (d *Driver) recheckEndpoint(ctx context.Context, id string) error {
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
 	unlock, ok := d.epLocks.tryLock(id)
 	if !ok {
 		return nil
@@ -111,8 +125,14 @@ func (d *Driver) recheckEndpoint(ctx context.Context, id string) error {
 // endpoints that publish are held by their locks until the rules are
 // written, and those a call holds now are left out (see recheckEndpoint);
 // calls on endpoints without ports do not wait.
-func (d *Driver) recheckRules(ctx context.Context, nets []model.Network) error {
+func (d *Driver) recheckRules(ctx context.Context) error {
+	d.opMu.RLock()
+	defer d.opMu.RUnlock()
+	nets := make([]model.Network, 0, len(d.networks))
 	d.mapMu.RLock()
+	for _, n := range d.networks {
+		nets = append(nets, toBridgeNetwork(n))
+	}
 	var publishing []string
 	for id, e := range d.endpoints {
 		if len(e.Ports) > 0 {

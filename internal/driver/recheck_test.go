@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -237,5 +238,53 @@ func TestRecheckRepairsWhatPassesTookIn(t *testing.T) {
 		if repaired, err := d.Reconcile(ctx, false); err != nil || repaired {
 			t.Fatalf("full %v: the pass after the recheck = %v, %v; want no repair", full, repaired, err)
 		}
+	}
+}
+
+// TestRecheckLetsNetworkOperationsIn: a network operation, which needs
+// opMu alone, waits for one step of a recheck (an endpoint's ensure), not
+// for all of it: a writer waiting on opMu holds up every endpoint call
+// behind it, so a recheck that kept opMu shared throughout stopped them
+// all as soon as a network was created or deleted meanwhile.
+func TestRecheckLetsNetworkOperationsIn(t *testing.T) {
+	ctx := context.Background()
+	d, fake, _, epA, _ := settledDriver(t)
+	inEndpoint, inRules := newGate(t), newGate(t)
+	fake.Mu.Lock()
+	fake.AfterEnsure = func(ep model.Endpoint) error {
+		if ep.ID == epA {
+			inEndpoint.hold()
+		}
+		return nil
+	}
+	fake.OnEnsureRules = inRules.hold
+	fake.Mu.Unlock()
+	d.Recheck()
+	passed := make(chan error, 1)
+	go func() { _, err := d.Reconcile(ctx, false); passed <- err }()
+	<-inEndpoint.entered
+	n2 := strings.Repeat("2", 64)
+	created := make(chan error, 1)
+	go func() {
+		created <- d.CreateNetwork(ctx, testNetwork(n2, "10.201.0.0/24", "10.201.0.1/24"))
+	}()
+	for d.opMu.TryRLock() { // until the create waits for opMu alone
+		d.opMu.RUnlock()
+		runtime.Gosched()
+	}
+	inEndpoint.open()
+	<-inRules.entered
+	if err := finishes(t, "a CreateNetwork during a recheck", func() error { return <-created }); err != nil {
+		t.Fatal(err)
+	}
+	if err := finishes(t, "a CreateEndpoint on it during the recheck", func() error {
+		_, err := d.CreateEndpoint(ctx, n2, strings.Repeat("c", 64), Interface{Address: "10.201.0.10/24"})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	inRules.open()
+	if err := <-passed; err != nil {
+		t.Fatal(err)
 	}
 }
