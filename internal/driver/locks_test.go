@@ -47,14 +47,21 @@ func TestKeyedTryLock(t *testing.T) {
 	if !ok {
 		t.Fatal("tryLock of a released key failed")
 	}
-	got := make(chan struct{})
-	go func() { // a waiter makes the key busy for tryLock too
+	held, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() { // lock and tryLock share the keys
+		defer close(done) // after the unlock
 		defer k.lock("b")()
-		close(got)
+		close(held)
+		<-release
 	}()
 	unlockB()
-	<-got
+	<-held
+	if _, ok := k.tryLock("b"); ok {
+		t.Fatal("tryLock got a key lock holds")
+	}
+	close(release)
 	unlockA2()
+	<-done
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if len(k.m) != 0 {
