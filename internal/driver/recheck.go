@@ -17,15 +17,16 @@ import (
 // full pass of SIGHUP. Under opMu alone it held every container start and
 // stop for as long as it took (400 ms at 1000 endpoints and 1000 ports).
 //
-// Under the shared opMu networks cannot change (their operations hold it
-// alone), so their bridges are ensured as they are. An endpoint is ensured
+// Under the shared opMu (taken per step, see recheckShared) networks
+// cannot change, as their operations hold it alone, so their bridges are
+// ensured as they are. An endpoint is ensured
 // (with its anti-spoofing filter), or dropped when its veth is gone, under
 // its own lock, as an endpoint call would. Rules are compared with the
 // ruleset at once (EnsureRules) while the endpoints that publish are held
 // by their locks. Only objects tagged by mynet that the state does not
 // know need opMu alone: only then is one an orphan for sure, rather than
 // the veth of an endpoint whose record is not committed yet. Those are
-// rare, and looked for first.
+// rare; they are looked for in the fingerprint taken after the repairs.
 func (d *Driver) recheck(ctx context.Context) error {
 	orphans, err := d.recheckShared(ctx)
 	if err != nil || len(orphans) == 0 {
