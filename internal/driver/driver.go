@@ -116,12 +116,16 @@ type Config struct {
 //
 //   - reconMu: one reconcile pass at a time.
 //   - opMu: endpoint and port operations share it; network operations and
-//     Restore hold it alone, and so does a reconcile pass that repairs or
-//     drops something (its common case, a fingerprint comparison, shares
-//     it). Work on the kernel and the store happens under it, never under
-//     mapMu.
+//     Restore hold it alone, and so does a reconcile pass that repairs
+//     damage a fingerprint comparison found, or removes orphans. Its
+//     common case, a fingerprint comparison, and the recheck of the whole
+//     kernel share it. Work on the kernel and the store happens under it,
+//     never under mapMu.
 //   - epLocks: one per endpoint ID in use, so that a retried or
-//     out-of-order request for one endpoint waits for the one in flight.
+//     out-of-order request for one endpoint waits for the one in flight,
+//     and the recheck's repair of an endpoint waits for neither. Calls
+//     hold one at a time; only the recheck holds several, each taken
+//     with tryLock, so that it never waits for one while holding others.
 //   - portMu: guards reserved; held while a publish chooses host ports
 //     against everyone else's, never while rules are written.
 //   - mapMu: guards the networks and endpoints maps and the records they
@@ -164,13 +168,16 @@ type Driver struct {
 
 	// reconMu serialises reconcile passes. adopted (changes as of the
 	// fingerprints) and the fingerprints are written either under opMu
-	// alone or under reconMu with opMu shared. A nil fingerprint makes the
-	// next pass compare everything (Recheck).
+	// alone or under reconMu with opMu shared. A nil fingerprint (the
+	// startup pass has not succeeded) makes the next pass ensure
+	// everything under opMu alone.
 	reconMu                 sync.Mutex
 	adopted                 uint64
 	fingerprint, spoofPrint model.Digests
-	networks                map[string]*state.Network
-	endpoints               map[string]*state.Endpoint // by endpoint ID
+	// recheckDue makes the next pass a recheck (Recheck); under reconMu.
+	recheckDue bool
+	networks   map[string]*state.Network
+	endpoints  map[string]*state.Endpoint // by endpoint ID
 	// index holds each network's endpoints, those being created
 	// included, by address and MAC; under mapMu.
 	index endpointIndex

@@ -34,6 +34,11 @@ type Dataplane struct {
 	// OnPorts runs when EnsurePorts is called, before it does anything;
 	// its error fails the call.
 	OnPorts func(model.Endpoint) error
+	// OnEnsureBridge and OnEnsureRules run when EnsureBridge and
+	// EnsureRules are called, before they do anything: a test holds a
+	// reconcile pass there.
+	OnEnsureBridge func(model.Network)
+	OnEnsureRules  func()
 	// Firewall is the backend the fake's rules are in, DockerFirewall
 	// the one Docker's are in ("": none seen); FollowFirewall moves the
 	// rules when they differ and records what it was given in Moved.
@@ -67,12 +72,24 @@ func (f *Dataplane) EnsureNetwork(_ context.Context, n model.Network) error {
 
 // EnsureBridge is EnsureNetwork: the fake keeps no rules apart.
 func (f *Dataplane) EnsureBridge(ctx context.Context, n model.Network) error {
+	f.Mu.Lock()
+	hook := f.OnEnsureBridge
+	f.Mu.Unlock()
+	if hook != nil {
+		hook(n)
+	}
 	return f.EnsureNetwork(ctx, n)
 }
 
 // EnsureRules restores the endpoints' ports, as EnsurePorts does for one;
 // the networks' rules are part of EnsureBridge in the fake.
 func (f *Dataplane) EnsureRules(_ context.Context, _ []model.Network, endpoints []model.Endpoint) ([]string, error) {
+	f.Mu.Lock()
+	hook := f.OnEnsureRules
+	f.Mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	var added []string
@@ -179,6 +196,7 @@ func (f *Dataplane) Fingerprint() (model.Digests, error) {
 	}
 	for id, e := range f.Endpoints {
 		e.AntiSpoofing = false // the fake has no filters: a repair omits it
+		e.Ports = nil          // an ensure of a publishing endpoint passes them; the rules are f.Ports
 		out["ep:"+id] = fmt.Sprint(e, f.Ports[id])
 	}
 	out[model.DigestFirewall] = f.DockerFirewall
