@@ -42,6 +42,7 @@ type serveFlags struct {
 	pprof                      bool
 	discardOrphans             bool
 	firewall                   string
+	cluster                    clusterFlags
 }
 
 func parseServeFlags(args []string) (serveFlags, error) {
@@ -65,7 +66,11 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	fs.BoolVar(&f.discardOrphans, "discard-orphans", false, "at startup, delete the links and rules tagged by this instance that the state does not know, even those of another state file (a lost or replaced one), instead of refusing to start")
 	fs.StringVar(&f.firewall, "firewall", model.FirewallAuto, "where mynet keeps its rules: iptables, nftables, or auto, which follows dockerd (Docker's nftables table present: nftables; Docker's iptables chains: iptables; neither: iptables when the binary works)")
 	fs.BoolVar(&f.pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the metrics listener")
+	f.cluster.register(fs)
 	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if err := f.cluster.check(); err != nil {
 		return f, err
 	}
 	if f.pprof && f.metricsSocket == "" && f.metricsAddr == "" {
@@ -129,11 +134,21 @@ func serve(args []string) error {
 		return err
 	}
 	defer dp.Close()
-	drv := driver.New(driver.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation(),
-		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors, ObservePass: metrics.ObserveReconcilePass,
-		FirewallSwitches: metrics.FirewallSwitches})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	cfg := driver.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation(),
+		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors, ObservePass: metrics.ObserveReconcilePass,
+		FirewallSwitches: metrics.FirewallSwitches}
+	if f.cluster.store != "" {
+		cm, err := startCluster(ctx, f.cluster, f.stateDir, store, log)
+		if err != nil {
+			return err
+		}
+		defer cm.stop(log)
+		cfg.Cluster = cm.cfg
+		// The peers agent plugs in here (see clusterMode).
+	}
+	drv := driver.New(cfg)
 	// A signal during the restore stops mynet after it, not halfway.
 	if err := drv.RestoreSnapshot(context.WithoutCancel(ctx), snap); errors.Is(err, state.ErrUnusable) {
 		return unusableFile(err, store.Path())
@@ -151,6 +166,7 @@ func serve(args []string) error {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
+		go drv.RunClusterQueue(ctx) // returns at once without cluster mode
 		drv.ReconcileLoop(ctx, f.reconcile, hup)
 	}()
 	// A pass under way finishes before the dataplane and the store close
