@@ -181,6 +181,11 @@ func (d *Driver) ensureVXLAN(ctx context.Context, n *state.Network) error {
 	if err := d.cfg.Dataplane.EnsureVXLAN(ctx, toBridgeNetwork(n), d.vxlanOf(n)); err != nil {
 		return fmt.Errorf("restore VXLAN of cluster network %s (%s): %w", n.Cluster, model.Short(n.ID), err)
 	}
+	// A device made again has no peer entries: have the agent write them
+	// now rather than at its next periodic resync.
+	if r, ok := d.cfg.Cluster.Peers.(interface{ Resync() }); ok {
+		r.Resync()
+	}
 	return nil
 }
 
