@@ -132,3 +132,13 @@ func validateIDs(networkID, endpointID string) error {
 	}
 	return nil
 }
+
+// RegisterCluster adds Mynet.Cluster, the cluster's hosts and this host's
+// cluster networks as report gives them (serve passes the peers agent's
+// Report); only in cluster mode, so that a single-host daemon answers 404.
+func RegisterCluster[T any](r *Router, report func(context.Context) T) {
+	handle(r, "Mynet.Cluster", func(ctx context.Context, _ *empty) (*T, error) {
+		v := report(ctx)
+		return &v, nil
+	})
+}

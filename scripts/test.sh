@@ -28,7 +28,7 @@ install_missing() {
 	local missing=() cmd pkg
 	# command:package; -race needs cgo, hence gcc and the libc headers.
 	for pair in docker:docker.io dockerd:docker.io containerd:containerd iptables:iptables \
-		ip:iproute2 make:make gcc:gcc debootstrap:debootstrap; do
+		ip:iproute2 nft:nftables make:make gcc:gcc debootstrap:debootstrap; do
 		cmd=${pair%%:*} pkg=${pair#*:}
 		command -v "$cmd" >/dev/null || missing+=("$pkg")
 	done
@@ -129,7 +129,9 @@ unit_tests() {
 	local all pkgs
 	all=$(go list ./...) || return 1
 	mapfile -t pkgs < <(grep -v -e /e2e -e /internal/layout <<<"$all")
-	go test -race -count=1 "${pkgs[@]}"
+	# A privileged test whose tool is missing fails here instead of
+	# skipping: install_missing has put every tool in place.
+	MYNET_PRIVILEGED_REQUIRED=1 go test -race -count=1 "${pkgs[@]}"
 }
 
 # Each fuzz target for a short, bounded run: enough to catch a regression

@@ -22,23 +22,35 @@ const engineFirewallTimeout = 5 * time.Second
 // and a plugin that waits for it deadlocks (docker-net-dhcp#23, #44).
 // The kernel decides, not this answer: Docker 28.5 with
 // DOCKER_FIREWALL_BACKEND=nftables reports nftables but writes iptables
-// rules.
-func checkEngineFirewall(ctx context.Context, log *slog.Logger, mine string) {
+// rules. dockerRules says whether Docker's rules were found anywhere.
+func checkEngineFirewall(ctx context.Context, log *slog.Logger, mine string, dockerRules bool) {
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, engineFirewallTimeout)
 		defer cancel()
 		got, err := engineFirewall(ctx, dockerSocket())
-		switch {
-		case err != nil:
+		if err != nil {
 			log.Debug("dockerd's firewall backend not asked", "err", err)
-		case got == "":
-			log.Debug("dockerd reports no firewall backend (engines before 28.1)")
-		case got != mine:
-			log.Warn("dockerd reports another firewall backend than the one mynet found its rules in", "dockerd_reports", got, "mynet_uses", mine)
-		default:
-			log.Debug("dockerd reports the same firewall backend", "backend", got)
+			return
 		}
+		level, msg := engineFirewallVerdict(got, mine, dockerRules)
+		log.Log(ctx, level, msg, "dockerd_reports", got, "mynet_uses", mine)
 	}()
+}
+
+// engineFirewallVerdict is what checkEngineFirewall logs of dockerd's
+// answer. A dockerd that keeps no rules (--iptables=false, as on hosts
+// whose firewall is nftables only) still reports the backend it would
+// use: a difference from mynet's then is no conflict.
+func engineFirewallVerdict(got, mine string, dockerRules bool) (slog.Level, string) {
+	switch {
+	case got == "":
+		return slog.LevelDebug, "dockerd reports no firewall backend (engines before 28.1)"
+	case got == mine:
+		return slog.LevelDebug, "dockerd reports the same firewall backend"
+	case !dockerRules:
+		return slog.LevelInfo, "dockerd reports another firewall backend, but keeps no rules in either (--iptables=false?): nothing of Docker's to follow"
+	}
+	return slog.LevelWarn, "dockerd reports another firewall backend than the one mynet found its rules in"
 }
 
 // dockerSocket is the engine's unix socket: DOCKER_HOST when it names one.

@@ -30,6 +30,8 @@ func main() {
 		err = cli.RunLs(os.Args[2:], cli.DefaultEnv())
 	case "inspect":
 		err = cli.RunInspect(os.Args[2:], cli.DefaultEnv())
+	case "cluster":
+		err = cli.RunCluster(os.Args[2:], cli.DefaultEnv())
 	case "doctor":
 		err = doctor.Run(os.Args[2:], cli.DefaultEnv())
 	case "-h", "--help", "help":
@@ -60,8 +62,9 @@ commands:
   ls       list the daemon's networks
   inspect  show a network's endpoints: addresses, MACs, veths, published ports
   doctor   check the host and the daemon's objects; print each problem's fix
+  cluster  hosts|networks: the cluster as this daemon sees it (cluster mode)
 
-ls, inspect and doctor reach the daemon of serve's default flags; --name,
+ls, inspect, cluster and doctor reach the daemon of serve's default flags; --name,
 --socket or --plugin NAME:TAG reach another. --format json for scripts.
 `)
 }

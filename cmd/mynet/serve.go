@@ -159,7 +159,7 @@ func serve(args []string) error {
 		log.Error("restore incomplete", "err", err)
 	}
 
-	checkEngineFirewall(ctx, log, dp.FirewallBackend())
+	checkEngineFirewall(ctx, log, dp.FirewallBackend(), bridge.DetectFirewalls(f.name).Docker() != "")
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)

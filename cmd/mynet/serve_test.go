@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 )
@@ -29,5 +30,26 @@ func TestServeMetricsFlags(t *testing.T) {
 	}
 	if f, err := parseServeFlags(nil); err != nil || f.metricsSocket != "" || f.metricsAddr != "" {
 		t.Errorf("metrics must be off by default: %+v %v", f, err)
+	}
+}
+
+// TestEngineFirewallVerdict: a dockerd without rules of its own reports a
+// backend all the same (sid's 28.5 with --iptables=false says iptables);
+// only a dockerd whose rules are somewhere is warned about.
+func TestEngineFirewallVerdict(t *testing.T) {
+	for _, tc := range []struct {
+		got, mine   string
+		dockerRules bool
+		want        slog.Level
+	}{
+		{"", "iptables", true, slog.LevelDebug},
+		{"iptables", "iptables", true, slog.LevelDebug},
+		{"nftables", "iptables", true, slog.LevelWarn},
+		{"iptables", "nftables", false, slog.LevelInfo},
+		{"iptables", "nftables", true, slog.LevelWarn},
+	} {
+		if got, msg := engineFirewallVerdict(tc.got, tc.mine, tc.dockerRules); got != tc.want {
+			t.Errorf("dockerd %q, mynet %q, Docker's rules found %v: %v (%s), want %v", tc.got, tc.mine, tc.dockerRules, got, msg, tc.want)
+		}
 	}
 }

@@ -245,6 +245,16 @@ func pluginIDCLI(ctx context.Context, ref string) (string, error) {
 
 // FetchState asks the daemon at socket for its state.
 func FetchState(ctx context.Context, socket string) (*plugin.Dump, error) {
+	var d plugin.Dump
+	if err := call(ctx, socket, "Mynet.State", "the state", &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// call posts an empty request to one of the daemon's methods and decodes
+// the answer (what it is, for errors) into out.
+func call(ctx context.Context, socket, method, what string, out any) error {
 	client := http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
@@ -254,31 +264,30 @@ func FetchState(ctx context.Context, socket string) (*plugin.Dump, error) {
 		},
 	}
 	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://mynet/Mynet.State", http.NoBody)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://mynet/"+method, http.NoBody)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	req.Header.Set("Accept", "application/vnd.docker.plugins.v1.2+json")
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, SocketError(socket, err)
+		return SocketError(socket, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
-		return nil, fmt.Errorf("read the state from %s: %w", socket, err)
+		return fmt.Errorf("read %s from %s: %w", what, socket, err)
 	}
 	switch {
 	case resp.StatusCode == http.StatusNotFound:
-		return nil, fmt.Errorf("the daemon on %s does not serve /Mynet.State: it is not mynet, or an older one", socket)
+		return fmt.Errorf("the daemon on %s does not serve /%s: it is not mynet, or an older one", socket, method)
 	case resp.StatusCode != http.StatusOK:
-		return nil, fmt.Errorf("the daemon on %s answered /Mynet.State with %s: %s", socket, resp.Status, bytes.TrimSpace(body))
+		return fmt.Errorf("the daemon on %s answered /%s with %s: %s", socket, method, resp.Status, bytes.TrimSpace(body))
 	}
-	var d plugin.Dump
-	if err := json.Unmarshal(body, &d); err != nil {
-		return nil, fmt.Errorf("decode the state from %s: %w", socket, err)
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("decode %s from %s: %w", what, socket, err)
 	}
-	return &d, nil
+	return nil
 }
 
 // SocketError explains why a socket did not answer.

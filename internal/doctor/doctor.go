@@ -13,6 +13,7 @@ import (
 
 	"github.com/mynet/mynet/internal/cli"
 	"github.com/mynet/mynet/internal/model"
+	"github.com/mynet/mynet/internal/peers"
 	"github.com/mynet/mynet/plugin"
 )
 
@@ -59,7 +60,11 @@ type doctor struct {
 	// stateFetch asks the daemon for its state; cmdline reads a
 	// process's arguments (the daemon's --firewall).
 	stateFetch func(ctx context.Context, socket string) (*plugin.Dump, error)
-	cmdline    func(pid int) ([]string, error)
+	// clusterFetch asks the daemon for its cluster status (cluster mode).
+	clusterFetch func(ctx context.Context, socket string) (*peers.Report, error)
+	cmdline      func(pid int) ([]string, error)
+	// forwardRules reads iptables' or ip6tables' FORWARD chain.
+	forwardRules func(cmd string) []string
 
 	report doctorReport
 	pid    int
@@ -67,7 +72,7 @@ type doctor struct {
 }
 
 func newDoctor(t cli.Target, env *cli.Env) *doctor {
-	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: cli.FetchState, cmdline: procCmdline}
+	return &doctor{t: t, env: env, procSys: "/proc/sys", procNet: "/proc/thread-self/net", stateFetch: cli.FetchState, clusterFetch: cli.FetchCluster, cmdline: procCmdline, forwardRules: iptablesForward}
 }
 
 func (d *doctor) add(check, status, msg, fix string) {
@@ -154,7 +159,8 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 	}
 	switch {
 	case fw == model.FirewallNFTables:
-		d.add("iptables", statusInfo, "mynet's rules are in nftables: the iptables checks do not apply, and doctor does not compare mynet's nftables table with the state yet (nft list table ip "+model.NFTTableName(d.t.Instance)+")", "")
+		d.checkNFTForwardPolicy()
+		d.add("iptables", statusInfo, "mynet's rules are in nftables (table ip/ip6 "+model.NFTTableName(d.t.Instance)+"): the iptables checks do not apply", "")
 	case rules != "":
 	case os.Geteuid() != 0:
 		d.add("iptables", statusSkipped, "reading iptables needs root: run mynet doctor as root", "")
@@ -180,13 +186,22 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 		d.checkMissingLinks(st1, st2, sc1, sc2)
 		d.checkOrphanLinks(st2, sc1, sc2)
 	}
-	if rules != "" {
-		d.checkRules(st1, st2, sc1, sc2, rules)
-	}
+	d.checkOwnRules(fw, rules, st1, st2, sc1, sc2)
 	if d.report.Problems == problems {
 		d.add("state", statusOK, fmt.Sprintf("%d network%s and %d endpoint%s in the state match the kernel", len(st2.Networks), plural(len(st2.Networks)), len(st2.Endpoints), plural(len(st2.Endpoints))), "")
 	}
+	d.checkCluster(ctx, nl)
 	return d.report
+}
+
+// checkOwnRules compares mynet's rules with the state in the backend that
+// holds them.
+func (d *doctor) checkOwnRules(fw, iptablesBackend string, st1, st2 *plugin.Dump, sc1, sc2 scan) {
+	if iptablesBackend != "" {
+		d.checkRules(st1, st2, sc1, sc2, iptablesBackend)
+	} else if fw == model.FirewallNFTables {
+		d.checkNFTRules(st1, st2)
+	}
 }
 
 // reconcileFix is how to make the daemon repair its objects now; does

@@ -64,7 +64,11 @@ func healthyDump() *plugin.Dump {
 }
 
 // withDoctor runs fn in a fresh namespace holding the healthy setup.
-func withDoctor(t *testing.T, fn func(h *docHarness)) {
+func withDoctor(t *testing.T, fn func(h *docHarness)) { withDoctorOn(t, "", fn) }
+
+// withDoctorOn is withDoctor with mynet's rules on a firewall backend of
+// the test's choice ("": the default).
+func withDoctorOn(t *testing.T, firewall string, fn func(h *docHarness)) {
 	nstest.RequireCommand(t, "iptables")
 	nstest.RequireCommand(t, "ip")
 	nstest.Run(t, func() {
@@ -79,7 +83,7 @@ func withDoctor(t *testing.T, fn func(h *docHarness)) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dp, err := bridge.New(bridge.Config{Instance: docInst, Netlink: nl})
+		dp, err := bridge.New(bridge.Config{Instance: docInst, Netlink: nl, Firewall: firewall})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -526,6 +530,30 @@ func TestDoctorForwardDrop(t *testing.T) {
 		rep := h.run()
 		if len(problemsExcept(rep, "br_netfilter")) > 0 || !regexp.MustCompile(`info +forward_policy +FORWARD policy is DROP`).MatchString(findingsText(rep)) {
 			t.Errorf("FORWARD DROP:\n%s", findingsText(rep))
+		}
+	})
+}
+
+// TestDoctorNFTRules: with mynet's rules in nftables, a healthy setup
+// passes the table check, and a network's flushed chain is a problem
+// naming the network, until the network is ensured again.
+func TestDoctorNFTRules(t *testing.T) {
+	nstest.RequireCommand(t, "nft")
+	withDoctorOn(t, model.FirewallNFTables, func(h *docHarness) {
+		rep := h.run()
+		if text := findingsText(rep); len(problemsExcept(rep, "br_netfilter")) > 0 || !regexp.MustCompile(`ok +nftables_rules +mynet's nftables tables hold what 1 network`).MatchString(text) {
+			t.Fatalf("healthy, on nftables:\n%s", text)
+		}
+		h.sh("nft flush chain ip " + model.NFTTableName(docInst) + " " + model.NFTNetworkChain(docNet1, model.NFTChainIn))
+		text := findingsText(h.run())
+		if !regexp.MustCompile(`PROBLEM +nftables_rules +table ip ` + model.NFTTableName(docInst) + `, network ` + model.Short(docNet1) + `: chain \S+ does not hold the rules mynet builds`).MatchString(text) {
+			t.Errorf("flushed chain not reported:\n%s", text)
+		}
+		if err := h.dp.EnsureNetwork(context.Background(), h.net1); err != nil {
+			t.Fatal(err)
+		}
+		if rep := h.run(); len(problemsExcept(rep, "br_netfilter")) > 0 {
+			t.Errorf("after the repair:\n%s", findingsText(rep))
 		}
 	})
 }

@@ -3,6 +3,7 @@ package doctor
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 
 	"github.com/mynet/mynet/bridge"
@@ -100,4 +101,66 @@ func firewallFlag(args []string) string {
 		}
 	}
 	return flag
+}
+
+// checkNFTForwardPolicy reports an iptables FORWARD policy of DROP while
+// mynet's rules are in nftables. Every base chain on the forward hook
+// sees the packet, and a drop in any of them is final: the policy of
+// iptables-nft's FORWARD chain (Docker 20-28 set it to DROP when they
+// turned forwarding on) drops what mynet's nftables chain accepted, so
+// no container of a mynet network reaches anything beyond its bridge.
+// Docker 29's nftables backend leaves the same thing to the operator, and
+// so does mynet: the chain is not mynet's. Accept rules for mynet's
+// bridges ahead of the policy count as the fix.
+func (d *doctor) checkNFTForwardPolicy() {
+	var dropping []string
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		if forwardDrops(d.forwardRules(cmd)) {
+			dropping = append(dropping, cmd)
+		}
+	}
+	if len(dropping) == 0 {
+		d.add("forward_policy", statusOK, "mynet's rules are in nftables and no iptables FORWARD policy drops what they accept", "")
+		return
+	}
+	var fix []string
+	for _, cmd := range dropping {
+		fix = append(fix, cmd+" -I FORWARD -i "+bridgeWildcard+" -j ACCEPT", cmd+" -I FORWARD -o "+bridgeWildcard+" -j ACCEPT")
+	}
+	d.add("forward_policy", statusProblem,
+		"mynet's rules are in nftables, but the FORWARD policy of "+strings.Join(dropping, " and ")+
+			" is DROP: a drop in any forward chain is final, so it drops the traffic of mynet's networks that mynet's own chain accepted "+
+			"(accepting mynet's bridges there only stops the second filter; mynet's chain still drops what it must)",
+		strings.Join(fix, "\n"))
+}
+
+// bridgeWildcard matches every mynet bridge in an iptables rule.
+const bridgeWildcard = model.BridgePrefix + "+"
+
+// forwardDrops reports whether a FORWARD chain, as `iptables -S FORWARD`
+// prints it, drops by policy and lets neither direction of mynet's bridges
+// through before it.
+func forwardDrops(rules []string) bool {
+	drop, in, out := false, false, false
+	for _, l := range rules {
+		switch strings.TrimSpace(l) {
+		case "-P FORWARD DROP":
+			drop = true
+		case "-A FORWARD -i " + bridgeWildcard + " -j ACCEPT":
+			in = true
+		case "-A FORWARD -o " + bridgeWildcard + " -j ACCEPT":
+			out = true
+		}
+	}
+	return drop && !(in && out)
+}
+
+// iptablesForward is the filter table's FORWARD chain as cmd (iptables or
+// ip6tables) prints it with -S; nil when it cannot be read.
+func iptablesForward(cmd string) []string {
+	out, err := exec.Command(cmd, "-w", "-S", "FORWARD").Output()
+	if err != nil {
+		return nil
+	}
+	return strings.Split(string(out), "\n")
 }

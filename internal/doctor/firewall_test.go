@@ -88,3 +88,46 @@ func TestFirewallFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestNFTForwardPolicy: with mynet's rules in nftables, an iptables
+// FORWARD policy of DROP is a problem until mynet's bridges are accepted
+// ahead of it, in each family on its own; the fix printed is the fix.
+func TestNFTForwardPolicy(t *testing.T) {
+	nstest.RequireCommand(t, "iptables")
+	nstest.RequireCommand(t, "ip6tables")
+	nstest.Run(t, func() {
+		check := func() finding {
+			d := newDoctor(cli.Target{Instance: "mynet"}, &cli.Env{})
+			d.checkNFTForwardPolicy()
+			if len(d.report.Findings) != 1 {
+				t.Fatalf("findings: %+v", d.report.Findings)
+			}
+			return d.report.Findings[0]
+		}
+		run := func(line string) {
+			f := strings.Fields(strings.TrimSpace(line))
+			if out, err := exec.Command(f[0], f[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v: %s", line, err, out)
+			}
+		}
+		if f := check(); f.Status != statusOK {
+			t.Errorf("policies ACCEPT: %+v", f)
+		}
+		run("iptables -w -P FORWARD DROP")
+		f := check()
+		if f.Status != statusProblem || !strings.Contains(f.Message, "FORWARD policy of iptables is DROP") || strings.Contains(f.Fix, "ip6tables") {
+			t.Fatalf("iptables DROP: %+v", f)
+		}
+		for _, line := range strings.Split(f.Fix, "\n") {
+			run(line)
+		}
+		if f := check(); f.Status != statusOK {
+			t.Errorf("after the printed fix: %+v", f)
+		}
+		run("ip6tables -w -P FORWARD DROP")
+		run("iptables -w -D FORWARD -o mn-+ -j ACCEPT")
+		if f := check(); f.Status != statusProblem || !strings.Contains(f.Message, "iptables and ip6tables is DROP") {
+			t.Errorf("one direction accepted in iptables, ip6tables DROP: %+v", f)
+		}
+	})
+}

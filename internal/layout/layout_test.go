@@ -38,9 +38,9 @@ const (
 // The utilities may be imported by anyone and import nothing of ours.
 // Only production imports count: tests may reach further (fakes, nstest).
 var rules = map[string][]string{
-	"cmd/mynet":       {"internal/cli", "internal/doctor", "plugin", "internal/driver", "internal/portalloc", "internal/cluster", "ipam", "state", "bridge", "metrics", "internal/model"},
-	"internal/cli":    {"plugin", "internal/driver", "ipam", "state", "metrics", "internal/model"},
-	"internal/doctor": {"internal/cli", "plugin", "internal/driver", "ipam", "state", "bridge", "metrics", "internal/model"},
+	"cmd/mynet":       {"internal/peers", "internal/cli", "internal/doctor", "plugin", "internal/driver", "internal/portalloc", "internal/cluster", "ipam", "state", "bridge", "metrics", "internal/model"},
+	"internal/cli":    {"internal/peers", "plugin", "internal/driver", "ipam", "state", "metrics", "internal/model"},
+	"internal/doctor": {"internal/cli", "internal/peers", "plugin", "internal/driver", "ipam", "state", "bridge", "metrics", "internal/model"},
 	"plugin":          {"internal/driver", "internal/portalloc", "ipam", "state", "metrics", "internal/model"},
 	"internal/driver": {"internal/portalloc", "ipam", "state", "metrics", "internal/model"},
 	// Host-port allocation, a pure package beside ipam if it gets its own.
@@ -50,6 +50,9 @@ var rules = map[string][]string{
 	"bridge":             {"internal/model"},
 	// The cluster store (etcd); ipam's Pool picks the next address.
 	"internal/cluster": {"ipam", "internal/model"},
+	// The peers agent: watch -> VXLAN entries, janitor, degraded; the
+	// dataplane and the local copy through its own small interfaces.
+	"internal/peers": {"internal/cluster", "internal/model"},
 	// The state gauges read the state's snapshot type.
 	"metrics":        {"state", "internal/model"},
 	"internal/model": nil,
