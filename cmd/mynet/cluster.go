@@ -20,9 +20,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mynet/mynet/bridge"
 	"github.com/mynet/mynet/internal/cluster"
 	"github.com/mynet/mynet/internal/driver"
 	"github.com/mynet/mynet/internal/model"
+	"github.com/mynet/mynet/internal/peers"
+	"github.com/mynet/mynet/metrics"
 	"github.com/mynet/mynet/state"
 )
 
@@ -220,23 +223,75 @@ func (c *clusterFlags) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// clusterMode is cluster mode's running parts, for serve to stop. The
-// peers agent (internal/peers) plugs into serve where it builds the
-// driver, before driver.New, as
-//
-//	var drv *driver.Driver
-//	agent := peers.New(peers.Config{Log: log, Store: cm.store, Dataplane: dp, Local: store,
-//	    HostID: cm.cfg.HostID, Port: cm.cfg.VXLAN.PortOrDefault(), Registration: &cm.reg,
-//	    DeadGrace: cm.grace, LocalClaims: func() map[string][]model.EndpointAdvert { return drv.ClusterClaims() }})
-//	cm.cfg.Peers = agent
-//	go agent.Run(ctx)
-//
-// Without it the driver programs no remote endpoint (Peers nil).
+// clusterMode is cluster mode's running parts: the store, the host's
+// registration and the peers agent, which keeps the remote endpoints of
+// the driver's cluster networks programmed (driver.ClusterConfig.Peers).
 type clusterMode struct {
-	cfg   *driver.ClusterConfig
-	store *cluster.Store
-	reg   lateRegistration
-	grace time.Duration
+	cfg       *driver.ClusterConfig
+	store     *cluster.Store
+	reg       lateRegistration
+	agent     *peers.Agent
+	agentDone chan struct{}
+	// drv gives the agent the driver's claims; metrics the counters of
+	// the metrics listener, when there is one. Both come after the store.
+	drv     atomic.Pointer[driver.Driver]
+	metrics atomic.Pointer[metrics.Cluster]
+}
+
+// claims are the driver's, once it exists.
+func (m *clusterMode) claims() map[string][]model.EndpointAdvert {
+	if d := m.drv.Load(); d != nil {
+		return d.ClusterClaims()
+	}
+	return nil
+}
+
+// storeMetrics and agentMetrics reach the metrics listener's counters once
+// startMetrics has registered them (lateCounter); until then, and without
+// a listener, they count nothing.
+func (m *clusterMode) storeMetrics() cluster.Metrics {
+	return cluster.Metrics{
+		RequestDuration: func(op string) cluster.Histogram {
+			if c := m.metrics.Load(); c != nil {
+				return c.StoreRequest(op)
+			}
+			return nil
+		},
+		Conflicts: lateCounter(func() cluster.Counter {
+			if c := m.metrics.Load(); c != nil {
+				return c.Conflicts
+			}
+			return nil
+		}),
+	}
+}
+
+func (m *clusterMode) agentMetrics() peers.Metrics {
+	return peers.Metrics{Repairs: lateCounter(func() cluster.Counter {
+		if c := m.metrics.Load(); c != nil {
+			return c.Repairs
+		}
+		return nil
+	})}
+}
+
+// lateCounter counts on the counter it returns, if any.
+type lateCounter func() cluster.Counter
+
+func (f lateCounter) Inc() {
+	if c := f(); c != nil {
+		c.Inc()
+	}
+}
+
+// sample is what the cluster gauges show, from the agent's status.
+func (m *clusterMode) sample() metrics.ClusterSample {
+	st := m.agent.Status()
+	out := metrics.ClusterSample{StoreUp: !st.Degraded}
+	for _, n := range st.Networks {
+		out.Networks = append(out.Networks, metrics.ClusterNetworkSample{Name: n.Name, Peers: len(n.Peers), FDBEntries: n.FDBEntries})
+	}
+	return out
 }
 
 // lateRegistration is the host's registration, which comes when the
@@ -255,7 +310,7 @@ func (r *lateRegistration) Up() bool {
 // startCluster builds the store and the driver's cluster configuration
 // and registers the host, retrying in the background while the store does
 // not answer. A host ID in use by another machine stops mynet.
-func startCluster(ctx context.Context, c clusterFlags, stateDir string, st *state.Store, log *slog.Logger) (*clusterMode, error) {
+func startCluster(ctx context.Context, c clusterFlags, stateDir string, st *state.Store, dp *bridge.Dataplane, log *slog.Logger) (*clusterMode, error) {
 	vtep, mtu, err := c.resolveVTEP()
 	if err != nil {
 		return nil, err
@@ -268,12 +323,16 @@ func startCluster(ctx context.Context, c clusterFlags, stateDir string, st *stat
 	if err != nil {
 		return nil, err
 	}
-	store, err := cluster.New(cluster.Config{Endpoints: c.endpoints, TLS: tc, Logger: log})
+	m := &clusterMode{agentDone: make(chan struct{})}
+	store, err := cluster.New(cluster.Config{Endpoints: c.endpoints, TLS: tc, Logger: log, Metrics: m.storeMetrics()})
 	if err != nil {
 		return nil, err
 	}
 	vx := model.VXLAN{Local: vtep, Port: c.vxlanPort, UnderlayMTU: mtu}
-	m := &clusterMode{store: store, grace: c.deadGrace, cfg: &driver.ClusterConfig{Store: store, HostID: id, VXLAN: vx, Queue: st}}
+	m.store = store
+	m.agent = peers.New(peers.Config{Log: log, Store: store, Dataplane: dp, Local: st, HostID: id, Port: vx.PortOrDefault(),
+		Registration: &m.reg, DeadGrace: c.deadGrace, LocalClaims: m.claims, Metrics: m.agentMetrics()})
+	m.cfg = &driver.ClusterConfig{Store: store, Peers: m.agent, HostID: id, VXLAN: vx, Queue: st}
 	host := model.ClusterHost{ID: id, VTEP: vtep}
 	reg, err := store.RegisterHost(ctx, host)
 	switch {
@@ -311,9 +370,23 @@ func (m *clusterMode) registerLater(ctx context.Context, host model.ClusterHost,
 	}
 }
 
-// stop ends the registration (its liveness key goes at once) and closes
-// the store.
+// run runs the peers agent until ctx ends; serve calls it once the
+// driver has restored its networks (and handed them to the agent).
+func (m *clusterMode) run(ctx context.Context, drv *driver.Driver) {
+	m.drv.Store(drv)
+	defer close(m.agentDone)
+	m.agent.Run(ctx)
+}
+
+// stop waits for the agent (it writes its local copies as it ends), ends
+// the registration (its liveness key goes at once) and closes the store;
+// serve's context has ended.
 func (m *clusterMode) stop(log *slog.Logger) {
+	select {
+	case <-m.agentDone:
+	case <-time.After(10 * time.Second):
+		log.Warn("the peers agent did not stop in time")
+	}
 	if reg := m.reg.p.Load(); reg != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

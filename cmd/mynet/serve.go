@@ -139,14 +139,13 @@ func serve(args []string) error {
 	cfg := driver.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation(),
 		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors, ObservePass: metrics.ObserveReconcilePass,
 		FirewallSwitches: metrics.FirewallSwitches}
+	var cm *clusterMode
 	if f.cluster.store != "" {
-		cm, err := startCluster(ctx, f.cluster, f.stateDir, store, log)
-		if err != nil {
+		if cm, err = startCluster(ctx, f.cluster, f.stateDir, store, dp, log); err != nil {
 			return err
 		}
 		defer cm.stop(log)
 		cfg.Cluster = cm.cfg
-		// The peers agent plugs in here (see clusterMode).
 	}
 	drv := driver.New(cfg)
 	// A signal during the restore stops mynet after it, not halfway.
@@ -166,7 +165,10 @@ func serve(args []string) error {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
-		go drv.RunClusterQueue(ctx) // returns at once without cluster mode
+		if cm != nil {
+			go cm.run(ctx, drv)
+			go drv.RunClusterQueue(ctx)
+		}
 		drv.ReconcileLoop(ctx, f.reconcile, hup)
 	}()
 	// A pass under way finishes before the dataplane and the store close
@@ -175,7 +177,7 @@ func serve(args []string) error {
 		stop()
 		<-loopDone
 	}()
-	return serveRequests(ctx, f, drv, log, store.Path(), dp.Chains())
+	return serveRequests(ctx, f, drv, cm, log, store.Path(), dp.Chains())
 }
 
 // openState opens the state database and reads every record.
@@ -233,13 +235,16 @@ func newDataplane(f serveFlags, store *state.Store, snap state.Snapshot, log *sl
 
 // serveRequests serves the plugin socket (and the metrics listener, if
 // asked) until ctx ends, then shuts the server down.
-func serveRequests(ctx context.Context, f serveFlags, drv *driver.Driver, log *slog.Logger, statePath string, chains []string) error {
+func serveRequests(ctx context.Context, f serveFlags, drv *driver.Driver, cm *clusterMode, log *slog.Logger, statePath string, chains []string) error {
 	deadline, err := requestDeadline()
 	if err != nil {
 		return err
 	}
 	router := plugin.NewRouter(log, deadline)
 	plugin.Register(router, drv)
+	if cm != nil {
+		plugin.RegisterCluster(router, cm.agent.Report)
+	}
 	sock := filepath.Join(cli.PluginDir, f.name+".sock")
 	l, err := listenUnix(sock, f.socketGroup)
 	if err != nil {
@@ -250,7 +255,7 @@ func serveRequests(ctx context.Context, f serveFlags, drv *driver.Driver, log *s
 	// slot, even one stuck in a kernel call: legacy plugins get no client
 	// timeout from the engine. The router bounds each call itself, so that
 	// an answered call never commits afterwards (see plugin.NewRouter).
-	m, stopMetrics, err := startMetrics(ctx, f, drv, log)
+	m, stopMetrics, err := startMetrics(ctx, f, drv, cm, log)
 	if err != nil {
 		return err
 	}
@@ -339,11 +344,14 @@ func requestDeadline() (time.Duration, error) {
 // startMetrics serves the metrics on the opt-in listener until ctx ends and
 // returns them, to measure requests, and a func that removes the metrics
 // socket. Without --metrics-socket or --metrics-addr it returns nil.
-func startMetrics(ctx context.Context, f serveFlags, drv *driver.Driver, log *slog.Logger) (*metrics.Metrics, func(), error) {
+func startMetrics(ctx context.Context, f serveFlags, drv *driver.Driver, cm *clusterMode, log *slog.Logger) (*metrics.Metrics, func(), error) {
 	if f.metricsSocket == "" && f.metricsAddr == "" {
 		return nil, func() {}, nil
 	}
 	m := metrics.New(func() state.Snapshot { return *drv.Dump() }, log)
+	if cm != nil {
+		cm.metrics.Store(m.RegisterCluster(cm.sample))
+	}
 	var l net.Listener
 	var err error
 	where, cleanup := f.metricsSocket, func() {}
