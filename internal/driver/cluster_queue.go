@@ -119,6 +119,10 @@ func (d *Driver) ReplayClusterQueue(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if len(dels) > 0 {
+		// Left by an earlier run: new deletes queue behind them.
+		d.queue.waiting.Store(true)
+	}
 	for _, del := range dels {
 		if !d.superseded(del) {
 			if err := d.replayOne(ctx, del); err != nil {

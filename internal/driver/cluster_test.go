@@ -352,3 +352,43 @@ func TestClusterRestore(t *testing.T) {
 
 // The queue keeps its entries across a restart.
 var _ ClusterQueue = (*state.Store)(nil)
+
+// Deletes left in the queue by an earlier run go first: a release asked
+// for while they wait queues behind them (before, it went to the store at
+// once, ahead of the older ones).
+func TestClusterQueueLeftByEarlierRun(t *testing.T) {
+	ctx := context.Background()
+	store := newFakeCluster()
+	h := newClusterHost(t, store, "a")
+	if err := h.create(t, cnet, "appnet", "10.77.0.0/24", nil); err != nil {
+		t.Fatal(err)
+	}
+	a, err := h.d.RequestAddress(ctx, AddressRequest{PoolID: "10.77.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := state.ClusterDelete{Op: state.OpRelease, Network: "appnet", Host: "a", Addr: netip.MustParseAddr("10.77.0.40")}
+	store.claims["appnet"][old.Addr] = model.EndpointAdvert{Host: "a", IP: old.Addr}
+	if _, err := h.st.QueueClusterDelete(old); err != nil {
+		t.Fatal(err)
+	}
+	store.set(true, false)
+	if err := h.d.ReplayClusterQueue(ctx); err == nil {
+		t.Fatal("replay succeeded with the store down")
+	}
+	store.set(false, false)
+	store.takeWrites()
+	if err := h.d.ReleaseAddress(ctx, "10.77.0.0/24", a.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if w := store.takeWrites(); len(w) != 0 {
+		t.Fatalf("a release went ahead of the queue: %q", w)
+	}
+	if err := h.d.ReplayClusterQueue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"release 10.77.0.40", "release " + a.Addr().String()}
+	if w := store.takeWrites(); !reflect.DeepEqual(w, want) {
+		t.Errorf("replayed %q, want %q", w, want)
+	}
+}
