@@ -85,7 +85,7 @@ func BenchmarkDriverEndpointCycle(b *testing.B) {
 				if err := d.DeleteEndpoint(ctx, nid, eid); err != nil {
 					b.Fatal(err)
 				}
-				if err := d.ReleaseAddress(pool, addr.Addr()); err != nil {
+				if err := d.ReleaseAddress(context.Background(), pool, addr.Addr()); err != nil {
 					b.Fatal(err)
 				}
 			}

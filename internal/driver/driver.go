@@ -42,6 +42,10 @@ type Dataplane interface {
 	FollowFirewall(ctx context.Context, rules func() ([]model.Network, []model.Endpoint)) (from, to, why string, err error)
 	EnsureEndpoint(context.Context, model.Endpoint) error
 	DeleteEndpoint(context.Context, model.Endpoint) error
+	// EnsureVXLAN and RemoveVXLAN build and remove a cluster network's
+	// VXLAN device on its bridge (cluster mode only).
+	EnsureVXLAN(context.Context, model.Network, model.VXLAN) error
+	RemoveVXLAN(ctx context.Context, n model.Network, vni uint32) error
 	// EndpointExists reports whether an endpoint's host veth is present;
 	// LiveEndpoints returns the IDs of all endpoints whose veth is, from
 	// one listing of the links.
@@ -107,6 +111,9 @@ type Config struct {
 	// FirewallSwitches counts the passes that moved mynet's rules to the
 	// firewall backend dockerd moved to; nil is fine.
 	FirewallSwitches Counter
+	// Cluster turns cluster mode on; nil: single-host only, nothing
+	// changes.
+	Cluster *ClusterConfig
 }
 
 // Driver implements both plugin interfaces over one in-memory view of the
@@ -185,6 +192,8 @@ type Driver struct {
 	// engineActivated tells when the engine last (re)started talking to
 	// mynet; see ProgramExternalConnectivity. Under mapMu.
 	engineActivated func() time.Time
+	// queue replays the cluster store deletes made while it was down.
+	queue clusterQueue
 }
 
 // poolEntry is one of mynet's IPAM pools: its record, and its addresses
@@ -192,6 +201,12 @@ type Driver struct {
 type poolEntry struct {
 	rec state.Pool
 	*ipam.Book
+	// cluster is the cluster network the pool is bound to, from its
+	// network's CreateNetwork on: its addresses are claimed in the store.
+	cluster string
+	// explicit: the engine asked for this subnet (--subnet), rather than
+	// the next free one; a cluster network needs that. Not persisted.
+	explicit bool
 }
 
 // lookup returns an endpoint and its network under mapMu.
@@ -225,6 +240,7 @@ func New(cfg Config) *Driver {
 		endpoints: map[string]*state.Endpoint{},
 		index:     endpointIndex{},
 		pools:     map[string]*poolEntry{},
+		queue:     clusterQueue{kick: make(chan struct{}, 1)},
 	}
 }
 

@@ -128,6 +128,7 @@ func (d *Driver) verify(ctx context.Context) error {
 				if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
 					errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(id), err))
 				}
+				errs = append(errs, d.ensureVXLAN(ctx, n))
 				for _, e := range d.endpoints {
 					if e.NetworkID == id {
 						eps = append(eps, e.ID)
@@ -301,6 +302,8 @@ func (d *Driver) repairInScope(ctx context.Context, scope repairScope) []error {
 		ruleNets = append(ruleNets, bn)
 		if err := d.cfg.Dataplane.EnsureBridge(ctx, bn); err != nil {
 			errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(n.ID), err))
+		} else if err := d.ensureVXLAN(ctx, n); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for _, e := range d.endpoints {

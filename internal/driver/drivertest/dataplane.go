@@ -17,8 +17,10 @@ import (
 // driver asked for and refuses what the real one would. Tests read its
 // maps under Mu.
 type Dataplane struct {
-	Mu        sync.Mutex
-	Networks  map[string]model.Network
+	Mu       sync.Mutex
+	Networks map[string]model.Network
+	// VXLANs are the cluster networks' VXLAN devices, by network ID.
+	VXLANs    map[string]model.VXLAN
 	Endpoints map[string]model.Endpoint
 	Ports     map[string][]model.PortMapping
 	FailNext  error
@@ -48,7 +50,7 @@ type Dataplane struct {
 
 // New returns an empty fake.
 func New() *Dataplane {
-	return &Dataplane{Networks: map[string]model.Network{}, Endpoints: map[string]model.Endpoint{}, Ports: map[string][]model.PortMapping{}, Foreign: map[string]bool{}}
+	return &Dataplane{Networks: map[string]model.Network{}, VXLANs: map[string]model.VXLAN{}, Endpoints: map[string]model.Endpoint{}, Ports: map[string][]model.PortMapping{}, Foreign: map[string]bool{}}
 }
 
 func (f *Dataplane) fail() error {
@@ -106,6 +108,32 @@ func (f *Dataplane) DeleteNetwork(_ context.Context, n model.Network) error {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	delete(f.Networks, n.ID)
+	return nil
+}
+
+// EnsureVXLAN needs the network's bridge, as the real one does.
+func (f *Dataplane) EnsureVXLAN(_ context.Context, n model.Network, vx model.VXLAN) error {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	if err := f.fail(); err != nil {
+		return err
+	}
+	if _, ok := f.Networks[n.ID]; !ok {
+		return fmt.Errorf("look up bridge %s of network %s: link not found", n.Bridge, n.ID)
+	}
+	if err := vx.Validate(); err != nil {
+		return err
+	}
+	f.VXLANs[n.ID] = vx
+	return nil
+}
+
+func (f *Dataplane) RemoveVXLAN(_ context.Context, n model.Network, vni uint32) error {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	if vx, ok := f.VXLANs[n.ID]; ok && vx.VNI == vni {
+		delete(f.VXLANs, n.ID)
+	}
 	return nil
 }
 
@@ -169,6 +197,11 @@ func (f *Dataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bool) 
 			delete(f.Networks, id)
 		}
 	}
+	for id := range f.VXLANs { // tagged as their network, as the real ones
+		if !nets[id] {
+			delete(f.VXLANs, id)
+		}
+	}
 	for id := range f.Endpoints {
 		if !eps[id] {
 			delete(f.Endpoints, id)
@@ -192,7 +225,7 @@ func (f *Dataplane) Fingerprint() (model.Digests, error) {
 	defer f.Mu.Unlock()
 	out := model.Digests{}
 	for id, n := range f.Networks {
-		out["net:"+id] = fmt.Sprint(n)
+		out["net:"+id] = fmt.Sprint(n, f.VXLANs[id])
 	}
 	for id, e := range f.Endpoints {
 		e.AntiSpoofing = false // the fake has no filters: a repair omits it
