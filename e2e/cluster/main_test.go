@@ -40,14 +40,14 @@ type host struct {
 
 // env is what TestMain set up for every scenario.
 var env struct {
-	skip  string // why every scenario skips, if set
-	bin   string // the mynet binary
+	skip string // why every scenario skips, if set
+	bin  string // the mynet binary
 	// noCluster is why the cluster scenarios skip: the binary has no
 	// cluster mode (issue 14's serve flags), or the flags were overridden
 	// without it. The harness tests run either way.
 	noCluster string
-	hosts []*host
-	etcd  struct {
+	hosts     []*host
+	etcd      struct {
 		endpoint string
 		pid      int
 	}
