@@ -32,7 +32,7 @@ func (r *clusterRun) revision(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	m := regexp.MustCompile(`"revision":\s*([0-9]+)`).FindStringSubmatch(out)
+	m := regexp.MustCompile(`"revision":\s*"?([0-9]+)`).FindStringSubmatch(out)
 	if m == nil {
 		return 0, fmt.Errorf("no revision in etcdctl endpoint status: %s", out)
 	}
