@@ -354,3 +354,20 @@ func parallel(n int, f func(i int)) {
 	}
 	wg.Wait()
 }
+
+// netLinks lists h's bridges and VXLAN devices (mn-*, mnx*), by name.
+func netLinks(t *testing.T, h *host) []string {
+	t.Helper()
+	var names []string
+	for _, l := range strings.Split(h.ns(t, "ip", "-o", "link", "show"), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		name := strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":")
+		if strings.HasPrefix(name, "mn-") || strings.HasPrefix(name, "mnx") {
+			names = append(names, name)
+		}
+	}
+	return names
+}
