@@ -25,7 +25,7 @@ const (
 	// enough that a partitioned host (whose lease expires after leaseTTL)
 	// is seen degraded and comes back before the others free its claims,
 	// short enough for the dead-host scenario to fit the suite's budget.
-	deadGrace = 10 * time.Second
+	deadGrace = 15 * time.Second
 	// leaseTTL is the liveness lease (internal/cluster DefaultLeaseTTL).
 	leaseTTL = 15 * time.Second
 	// clusterRoot is the store's key root (model.DefaultClusterRoot).
@@ -135,7 +135,7 @@ func removeNetwork(t *testing.T, h *host, name string) {
 	if ids, err := h.dockerErr("ps", "-aq", "--filter", "network="+name); err == nil && ids != "" {
 		_, _ = h.dockerErr(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
 	}
-	if out, err := h.dockerErr("network", "rm", name); err != nil && !strings.Contains(out, "not found") {
+	if out, err := h.dockerErr("network", "rm", name); err != nil && !strings.Contains(out, "not found") && !strings.Contains(out, "No such network") {
 		t.Errorf("cleanup: host %s: %v", h.letter, err)
 	}
 }

@@ -67,22 +67,27 @@ func TestClusterCreateJoin(t *testing.T) {
 		}
 	}
 
-	// Another subnet under the same cluster name.
-	other := &cnet{name: n.name, subnet: netip.MustParsePrefix("10.77.2.0/24"), ids: map[*host]string{}}
-	local := n.name + "-other"
-	out, err := b.dockerErr("network", "create", "-d", "mynet", "--ipam-driver", "mynet",
-		"--subnet", other.subnet.String(), "-o", "mynet.cluster="+n.name, local)
-	if err == nil {
-		removeNetwork(t, b, local)
-		t.Fatalf("host b joined cluster network %s with subnet %s (the cluster's is %s)", n.name, other.subnet, n.subnet)
+	// The same cluster name with another subnet on B: a network of its
+	// own, so that nothing but the spec can be the reason for a refusal.
+	m := &cnet{name: "join2-" + randHex(3), subnet: netip.MustParsePrefix("10.77.2.0/24"), ids: map[*host]string{}}
+	if out, err := m.createOn(t, a); err != nil {
+		t.Fatalf("host a: %v\n%s", err, out)
 	}
-	for _, want := range []string{"subnet", n.subnet.String(), other.subnet.String()} {
+	mrec, _ := record(t, m.name)
+	other := netip.MustParsePrefix("10.77.20.0/24")
+	out, err := b.dockerErr("network", "create", "-d", "mynet", "--ipam-driver", "mynet",
+		"--subnet", other.String(), "-o", "mynet.cluster="+m.name, m.name)
+	if err == nil {
+		removeNetwork(t, b, m.name)
+		t.Fatalf("host b joined cluster network %s with subnet %s (the cluster's is %s)", m.name, other, m.subnet)
+	}
+	for _, want := range []string{"subnet", m.subnet.String(), other.String()} {
 		if !strings.Contains(out, want) {
 			t.Errorf("refusal of a different subnet does not name %q: %s", want, out)
 		}
 	}
-	if again, _ := record(t, n.name); len(again.Members) != len(rec.Members) || again.VNI != rec.VNI {
-		t.Errorf("a refused create changed the record: %+v, was %+v", again, rec)
+	if again, _ := record(t, m.name); !slices.Equal(again.Members, mrec.Members) || again.VNI != mrec.VNI {
+		t.Errorf("a refused create changed the record: %+v, was %+v", again, mrec)
 	}
 	if links := netLinks(t, b); !slices.Equal(links, []string{n.bridge(b), dev}) && !slices.Equal(links, []string{dev, n.bridge(b)}) {
 		t.Errorf("host b has %v after a refused create; want only %s and %s", links, n.bridge(b), dev)
@@ -134,9 +139,10 @@ func TestClusterGatewayAndEgressLocal(t *testing.T) {
 	if err := b.ping(ctr, gw); err != nil {
 		t.Fatalf("B's container does not reach the gateway %s: %v", gw, err)
 	}
+	// "10.77.4.1 dev eth0 lladdr 02:...:01 REACHABLE"
 	f := strings.Fields(b.docker(t, "exec", ctr, "ip", "neigh", "show", gw.String()))
 	macB := linkMAC(t, b, n.bridge(b))
-	if len(f) < 5 || f[3] != macB {
+	if i := slices.Index(f, "lladdr"); i < 0 || i+1 >= len(f) || f[i+1] != macB {
 		t.Errorf("B's container has gateway %s at %q; want B's bridge %s (A's is %s)", gw, f, macB, linkMAC(t, a, n.bridge(a)))
 	}
 
