@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,10 +75,10 @@ type clusterResult struct {
 	VethStream  []float64     `json:"veth_stream_gbps"`  // bare veth floor
 	VethRRMean  []float64     `json:"veth_rr_mean_us"`   // bare veth floor
 	Run         *clusterPair  `json:"docker_run_ms"`     // cluster vs single-host network
-	WritesStart float64       `json:"etcd_writes_start"` // per container
-	WritesStop  float64       `json:"etcd_writes_stop"`  // per container
+	WritesStart num           `json:"etcd_writes_start"` // per container; NaN (null): not measured
+	WritesStop  num           `json:"etcd_writes_stop"`  // per container
 	Propagation *clusterDelay `json:"propagation_ms"`
-	Resync      float64       `json:"resync_1000_ms"`
+	Resync      num           `json:"resync_1000_ms"`
 	RSS         int64         `json:"rss_1000_remote_bytes"`
 	Notes       []string      `json:"notes,omitempty"`
 }
@@ -137,7 +138,8 @@ func (b *bench) clusterPhase(ctx context.Context) error {
 	if err := r.up(ctx); err != nil {
 		return err
 	}
-	res := &clusterResult{}
+	nan := num(math.NaN())
+	res := &clusterResult{WritesStart: nan, WritesStop: nan, Resync: nan}
 	b.rep.Cluster = res
 	steps := []struct {
 		what string

@@ -68,7 +68,7 @@ func (r *clusterRun) etcdWrites(ctx context.Context, res *clusterResult) error {
 	if err != nil {
 		return err
 	}
-	res.WritesStart, res.WritesStop = float64(rev1-rev0)/float64(n), float64(rev2-rev1)/float64(n)
+	res.WritesStart, res.WritesStop = num(float64(rev1-rev0)/float64(n)), num(float64(rev2-rev1)/float64(n))
 	return nil
 }
 
@@ -182,7 +182,7 @@ func (r *clusterRun) resync(ctx context.Context, res *clusterResult) error {
 	if err := r.waitFake(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("after the restart: %w", err)
 	}
-	res.Resync = millis(time.Since(start))
+	res.Resync = num(millis(time.Since(start)))
 	raw, err := os.ReadFile(filepath.Join(r.b2.dir(), "mynet.pid"))
 	if err != nil {
 		return err

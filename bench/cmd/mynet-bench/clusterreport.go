@@ -23,15 +23,12 @@ func clusterTargets(ts *targetList, c *clusterResult) {
 	ts.add("cluster", "docker run on a cluster network <= 1.15x single-host", v, fmt.Sprintf("%.3fx", v), v <= 1.15)
 	start, stop, prop, resync, mem := nan, nan, nan, nan, nan
 	if c != nil {
-		start, stop, resync = c.WritesStart, c.WritesStop, c.Resync
+		start, stop, resync = float64(c.WritesStart), float64(c.WritesStop), float64(c.Resync)
 		if c.Propagation != nil {
 			prop = float64(c.Propagation.P99Return)
 		}
 		if c.RSS > 0 {
 			mem = float64(c.RSS) / (1 << 20)
-		}
-		if c.Resync == 0 {
-			resync = nan
 		}
 	}
 	ts.add("cluster", "etcd writes per container start <= 1", start, fmt.Sprintf("%.2f", start), start <= 1)
