@@ -137,6 +137,7 @@ func newInternet(t *testing.T) *internet {
 		_, _ = run("ip", "netns", "del", i.ns)
 		_, _ = run("ip", "-n", prefix+"-ul", "link", "del", inetPort)
 	})
+	_, _ = run("ip", "netns", "del", i.ns) // left by a killed run
 	steps := [][]string{
 		{"netns", "add", i.ns},
 		{"-n", i.ns, "link", "set", "lo", "up"},
