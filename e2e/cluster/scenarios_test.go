@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -293,4 +294,59 @@ func linkMAC(t *testing.T, h *host, link string) string {
 		t.Fatalf("host %s: %s has no MAC: %q", h.letter, link, f)
 	}
 	return f[i+1]
+}
+
+// TestClusterCLI: `mynet cluster hosts` on B lists both hosts alive at
+// their VTEPs; `mynet cluster networks` on B lists the network with the
+// cluster's VNI and A's container among its peers.
+func TestClusterCLI(t *testing.T) {
+	requireClusterMode(t)
+	a, b := env.hosts[0], env.hosts[1]
+	n := clusterNet(t, "cli-"+randHex(3), "10.77.19.0/24")
+	rec, _ := record(t, n.name)
+	onA, _ := a.start(t, n.name, "a-"+n.name, nil)
+	type hostRow struct {
+		ID    string `json:"id"`
+		VTEP  string `json:"vtep"`
+		Alive bool   `json:"alive"`
+	}
+	var hosts []hostRow
+	mynetJSON(t, b, &hosts, "cluster", "hosts", "--format", "json")
+	for _, h := range env.hosts {
+		want := hostRow{ID: prefix + "-" + h.letter, VTEP: h.vtep(), Alive: true}
+		if !slices.Contains(hosts, want) {
+			t.Errorf("mynet cluster hosts on B: %+v; want %+v among them", hosts, want)
+		}
+	}
+	type peer struct {
+		IP string `json:"ip"`
+	}
+	type netRow struct {
+		Name  string `json:"name"`
+		VNI   uint32 `json:"vni"`
+		Peers []peer `json:"peers"`
+	}
+	var nets []netRow
+	_, ok := eventually(10*time.Second, func() bool {
+		nets = nil
+		mynetJSON(t, b, &nets, "cluster", "networks", "--format", "json")
+		return slices.ContainsFunc(nets, func(x netRow) bool {
+			return x.Name == n.name && x.VNI == rec.VNI && slices.Contains(x.Peers, peer{IP: onA.String()})
+		})
+	})
+	if !ok {
+		t.Errorf("mynet cluster networks on B: %+v; want %s with VNI %d and peer %s", nets, n.name, rec.VNI, onA)
+	}
+}
+
+// mynetJSON runs the mynet CLI in h's namespaces and decodes its output.
+func mynetJSON(t *testing.T, h *host, v any, args ...string) {
+	t.Helper()
+	out, err := run(script, append([]string{"exec", h.letter, env.bin}, args...)...)
+	if err != nil {
+		t.Fatalf("host %s: %v", h.letter, err)
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("host %s: mynet %s: %v:\n%s", h.letter, strings.Join(args, " "), err, out)
+	}
 }
