@@ -162,10 +162,10 @@ func TestClusterGatewayAndEgressLocal(t *testing.T) {
 
 // TestClusterParallelExhaustion: 20 containers started at once on each
 // host of a /26 get 40 distinct addresses; filled up, the next start on
-// either host fails with a readable exhaustion error. A /26 holds 61
-// container addresses (64, less network, broadcast and the gateway), so
-// the "63rd start" counts the gateway and the broadcast address as
-// taken: it is the 62nd container here.
+// either host fails with a readable exhaustion error. A /26 has 62 usable
+// addresses, the gateway one of them, so 61 containers fit: the issue's
+// "63rd start" (counting the gateway's address as the first) is the 62nd
+// container here, tried once on each host.
 func TestClusterParallelExhaustion(t *testing.T) {
 	requireClusterMode(t)
 	const perHost, capacity = 20, 61
