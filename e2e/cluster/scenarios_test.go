@@ -342,7 +342,7 @@ func TestClusterCLI(t *testing.T) {
 // mynetJSON runs the mynet CLI in h's namespaces and decodes its output.
 func mynetJSON(t *testing.T, h *host, v any, args ...string) {
 	t.Helper()
-	out, err := run(script, append([]string{"exec", h.letter, env.bin}, args...)...)
+	out, err := runEnv([]string{"DOCKER_HOST=" + h.dockerHost}, nil, script, append([]string{"exec", h.letter, env.bin}, args...)...)
 	if err != nil {
 		t.Fatalf("host %s: %v", h.letter, err)
 	}

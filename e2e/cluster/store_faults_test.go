@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -313,7 +314,8 @@ func TestClusterPartition(t *testing.T) {
 func doctor(t *testing.T, h *host) string {
 	t.Helper()
 	cmd := exec.Command(script, "exec", h.letter, env.bin, "doctor", "--name", "mynet", "--format", "json")
-	out, _ := cmd.Output() // non-zero with problems
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+h.dockerHost) // the doctor asks h's engine too
+	out, _ := cmd.Output()                                      // non-zero with problems
 	var rep struct {
 		Findings []struct{ Check, Status, Message string }
 	}
