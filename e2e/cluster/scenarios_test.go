@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -342,11 +344,15 @@ func TestClusterCLI(t *testing.T) {
 // mynetJSON runs the mynet CLI in h's namespaces and decodes its output.
 func mynetJSON(t *testing.T, h *host, v any, args ...string) {
 	t.Helper()
-	out, err := runEnv([]string{"DOCKER_HOST=" + h.dockerHost}, nil, script, append([]string{"exec", h.letter, env.bin}, args...)...)
+	cmd := exec.Command(script, append([]string{"exec", h.letter, env.bin}, args...)...)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+h.dockerHost)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("host %s: %v", h.letter, err)
+		t.Fatalf("host %s: mynet %s: %v\n%s", h.letter, strings.Join(args, " "), err, stderr.String())
 	}
-	if err := json.Unmarshal([]byte(out), v); err != nil {
+	if err := json.Unmarshal(out, v); err != nil {
 		t.Fatalf("host %s: mynet %s: %v:\n%s", h.letter, strings.Join(args, " "), err, out)
 	}
 }
