@@ -45,29 +45,21 @@ var defaultServeArgs = strings.Join([]string{
 	"--metrics-socket " + base + "/{host}/metrics.sock",
 }, " ")
 
-// setServeArgs chooses the flags of every host's mynet: the caller's
-// MYNET_CLUSTER_SERVE_ARGS if set, else cluster mode when the binary has
-// it. Without cluster mode the cluster scenarios skip, saying why; the
-// harness tests run either way.
+// setServeArgs puts every host's mynet in cluster mode when the binary has
+// it: defaultServeArgs, then the caller's MYNET_CLUSTER_SERVE_ARGS (a flag
+// given again wins: Go's flag package keeps the last; scripts/cluster.sh
+// may pass the cluster flags itself too). Without cluster mode the cluster
+// scenarios skip, saying why; the harness tests run either way.
 func setServeArgs() error {
-	args, set := os.LookupEnv("MYNET_CLUSTER_SERVE_ARGS")
-	if !set {
-		// `serve -h` lists the flags (and exits non-zero: ErrHelp).
-		help, _ := run(env.bin, "serve", "-h")
-		if !strings.Contains(help, "-cluster-store") {
-			env.noCluster = env.bin + " has no --cluster-store (issue 14's cluster mode): the cluster scenarios need it"
-			return nil
-		}
-		args = defaultServeArgs
-		if err := os.Setenv("MYNET_CLUSTER_SERVE_ARGS", args); err != nil {
-			return err
-		}
+	// `serve -h` lists the flags (and exits non-zero: ErrHelp).
+	help, _ := run(env.bin, "serve", "-h")
+	if !strings.Contains(help, "-cluster-store") {
+		env.noCluster = env.bin + " has no --cluster-store (issue 14's cluster mode): the cluster scenarios need it"
+		return nil
 	}
-	if !strings.Contains(args, "--cluster-store") {
-		env.noCluster = "MYNET_CLUSTER_SERVE_ARGS=" + args + " has no --cluster-store: the cluster scenarios need cluster mode"
-	}
+	args := strings.TrimSpace(defaultServeArgs + " " + os.Getenv("MYNET_CLUSTER_SERVE_ARGS"))
 	fmt.Printf("cluster e2e: mynet serve ... %s\n", args)
-	return nil
+	return os.Setenv("MYNET_CLUSTER_SERVE_ARGS", args)
 }
 
 // requireClusterMode skips t unless every host's mynet runs in cluster

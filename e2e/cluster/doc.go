@@ -22,7 +22,7 @@
 // Every host's mynet runs in cluster mode (issue 14) when the binary has
 // --cluster-store: the suite passes --cluster-store, --vtep-addr, --host-id,
 // a dead grace of 15 s and a metrics socket through
-// MYNET_CLUSTER_SERVE_ARGS, unless that is set already. Without cluster
+// MYNET_CLUSTER_SERVE_ARGS, before the caller's flags there. Without cluster
 // mode the scenarios (scenarios_test.go, policy_test.go,
 // store_faults_test.go) skip, saying why, and the harness tests
 // (local_test.go) run alone. After the scenarios etcd must hold no
