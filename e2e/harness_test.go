@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -207,8 +208,56 @@ func (s *scenario) tryStart(role string, opts []string, cmd ...string) (name, ou
 		cmd = []string{"sleep", "3600"}
 	}
 	args := append(append([]string{"run", "-d", "--pull=never", "--name", name}, opts...), testImage)
-	out, err = run("docker", append(args, cmd...)...)
-	return name, out, err
+	if out, err = run("docker", append(args, cmd...)...); err != nil {
+		return name, out, err
+	}
+	return name, out, waitListening(name, httpdPorts(cmd))
+}
+
+var httpdPort = regexp.MustCompile(`\bhttpd\b[^&;|]*?-p (\d+)`)
+
+// httpdPorts are the ports the httpd servers of a container's command
+// listen on.
+func httpdPorts(cmd []string) []uint16 {
+	var ports []uint16
+	for _, m := range httpdPort.FindAllStringSubmatch(strings.Join(cmd, " "), -1) {
+		p, _ := strconv.ParseUint(m[1], 10, 16)
+		ports = append(ports, uint16(p))
+	}
+	return ports
+}
+
+// waitListening waits until a container listens on each TCP port.
+// docker run -d returns when the process has started, not when its
+// server listens: a request in between is refused by the container
+// itself, which looks just like a missing DNAT (seen on a loaded machine
+// in TestE2EDirectRouting, whose container starts two servers).
+func waitListening(container string, ports []uint16) error {
+	if len(ports) == 0 {
+		return nil
+	}
+	var missing []uint16
+	_, err := eventually(15*time.Second, func() error {
+		out, err := run("docker", "exec", container, "cat", "/proc/net/tcp", "/proc/net/tcp6")
+		if err != nil {
+			return err
+		}
+		missing = missing[:0]
+		for _, p := range ports {
+			// local_address ...:PORT (hex) with st 0A, LISTEN
+			if !regexp.MustCompile(fmt.Sprintf(`:%04X [0-9A-F:]+ 0A `, p)).MatchString(out) {
+				missing = append(missing, p)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("not listening on %v", missing)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("container %s: %w after 15s", container, err)
+	}
+	return nil
 }
 
 // httpd is the command of a container serving the test image's page on

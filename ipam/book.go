@@ -46,6 +46,9 @@ func (b *Book) Owned(owner string) (netip.Addr, bool) {
 	return a, ok
 }
 
+// OwnerOf returns the owner a was allocated for, or "".
+func (b *Book) OwnerOf(a netip.Addr) string { return b.owners[a] }
+
 // Release frees a and forgets its owner.
 func (b *Book) Release(a netip.Addr) {
 	b.Pool.Release(a)

@@ -63,12 +63,12 @@ func registerIPAM(r *Router, d *driver.Driver) {
 		}
 		return &ipamapi.RequestAddressResponse{Address: addr.String(), Data: map[string]string{}}, nil
 	})
-	handleRemoval(r, "IpamDriver.ReleaseAddress", func(_ context.Context, req *ipamapi.ReleaseAddressRequest) (*empty, error) {
+	handleRemoval(r, "IpamDriver.ReleaseAddress", func(ctx context.Context, req *ipamapi.ReleaseAddressRequest) (*empty, error) {
 		addr, err := netip.ParseAddr(req.Address)
 		if err != nil {
 			return nil, badRequestf("address %q: %v", req.Address, err)
 		}
-		return nil, d.ReleaseAddress(req.PoolID, addr.Unmap())
+		return nil, d.ReleaseAddress(context.WithoutCancel(ctx), req.PoolID, addr.Unmap())
 	})
 }
 

@@ -28,7 +28,14 @@ func Register(r *Router, d *driver.Driver) {
 
 func registerNetworkDriver(r *Router, d *driver.Driver) {
 	handle(r, "NetworkDriver.GetCapabilities", func(context.Context, *empty) (*capabilities, error) {
-		return &capabilities{Scope: network.LocalScope, ConnectivityScope: network.LocalScope, GwAllocChecker: true}, nil
+		// Scope stays local: a global scope would make the engine expect
+		// a swarm's network allocator, which legacy plugins never get.
+		// ConnectivityScope global only informs (docker network inspect).
+		conn := network.LocalScope
+		if d.ClusterMode() {
+			conn = network.GlobalScope
+		}
+		return &capabilities{Scope: network.LocalScope, ConnectivityScope: conn, GwAllocChecker: true}, nil
 	})
 	handle(r, "NetworkDriver.GwAllocCheck", gwAllocCheck)
 	handle(r, "NetworkDriver.CreateNetwork", func(ctx context.Context, req *network.CreateNetworkRequest) (*empty, error) {

@@ -34,6 +34,9 @@ const (
 	OptInhibitIPv4   = "com.docker.network.bridge.inhibit_ipv4"
 	// OptAntiSpoofing is mynet's own: Docker's bridge has no such filter.
 	OptAntiSpoofing = "mynet.anti_spoofing"
+	// OptCluster makes the network one of the cluster (mynet serve
+	// --cluster-store): the same name and spec on every host.
+	OptCluster = "mynet.cluster"
 )
 
 // supportedOptions are the -o keys mynet accepts, with their documentation.
@@ -49,6 +52,7 @@ var supportedOptions = map[string]string{
 	OptTrustedIfaces: "host interfaces, separated by ':', from which published container ports are reachable at the containers' addresses in gateway mode nat (a trailing + matches as in iptables)",
 	OptInhibitIPv4:   "the bridge gets no IPv4 address, the operator manages it: true or false (default false)",
 	OptAntiSpoofing:  "containers may send only from their own MAC and addresses: true or false (default true)",
+	OptCluster:       "name of the cluster network this network is on this host (mynet serve --cluster-store): the same name, --subnet and options on every host; needs --ipam-driver mynet",
 }
 
 // NetworkConfig is a CreateNetwork request parsed and validated: everything
@@ -281,6 +285,11 @@ func parseGeneric(opts map[string]string, cfg *NetworkConfig) error {
 				return err
 			}
 			cfg.TrustedInterfaces = names
+		case OptCluster:
+			if err := model.ValidateClusterName("option "+k, v); err != nil {
+				return badRequest(err)
+			}
+			cfg.Cluster = v
 		case OptIfacePrefix:
 			if err := model.ValidateIfacePrefix(v); err != nil {
 				return badRequestf("option %s: %w", k, err)

@@ -330,11 +330,10 @@ serve_args() {
 	extra=${extra//\{host\}/$h}
 	extra=${extra//\{vtep\}/$addr}
 	extra=${extra//\{etcd\}/$ETCD_EP}
-	# Cluster mode (issue 14) is wired here once mynet has the flags:
-	#   --cluster-store etcd://$ETCD_EP --vtep-addr $addr --host-id $PREFIX-$h
-	# Until then they come, if at all, from MYNET_CLUSTER_SERVE_ARGS, e.g.
-	#   '--cluster-store etcd://{etcd} --vtep-addr {vtep} --host-id mynet-cluster-{host}'
-	echo "$MYNET serve --name mynet --state-dir $(host_dir "$h")/state --log-level debug $extra"
+	# Cluster mode (issue 14); MYNET_CLUSTER_SERVE_ARGS adds to it (a flag
+	# given again there wins: Go's flag package keeps the last).
+	echo "$MYNET serve --name mynet --state-dir $(host_dir "$h")/state --log-level debug" \
+		"--cluster-store etcd://$ETCD_EP --vtep-addr $addr --host-id $PREFIX-$h $extra"
 }
 
 host_up() {

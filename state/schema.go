@@ -67,7 +67,7 @@ func (s *Store) init() (err error) {
 		}
 		s.created = meta.Get(keyUnclaimed) != nil
 		s.upgraded = meta.Get(keyLegacyTags) != nil
-		for _, b := range [][]byte{bucketNetworks, bucketEndpoints, bucketPools, bucketAddrs} {
+		for _, b := range [][]byte{bucketNetworks, bucketEndpoints, bucketPools, bucketAddrs, bucketClusterQueue} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
 			}

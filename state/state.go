@@ -24,7 +24,10 @@ var (
 	bucketEndpoints = []byte("endpoints") // key: networkID "/" endpointID
 	bucketPools     = []byte("pools")
 	bucketAddrs     = []byte("addrs") // key: poolID "|" address
-	keySchema       = []byte("schema")
+	// bucketClusterQueue holds the cluster store deletes that could not
+	// be made when they were asked for (see clusterqueue.go).
+	bucketClusterQueue = []byte("clusterqueue") // key: big-endian sequence
+	keySchema          = []byte("schema")
 	// keyGeneration is a random ID created with the file; mynet puts it in
 	// the tags of the links it creates, so that it can tell its own
 	// leftovers from the objects of another state file (one lost, moved
@@ -74,6 +77,12 @@ type Network struct {
 	// at Join (container_iface_prefix); empty means "eth", as for records
 	// written before the option existed.
 	IfacePrefix string `json:",omitempty"`
+	// Cluster is the cluster network's name (mynet.cluster) and VNI its
+	// VXLAN network identifier from the cluster store; empty and zero for
+	// a single-host network. They are kept here so that a restart with
+	// the store down still rebuilds the VXLAN device.
+	Cluster string `json:",omitempty"`
+	VNI     uint32 `json:",omitempty"`
 	// Pending marks a record written before its kernel objects: if mynet
 	// dies before clearing it, the startup reconcile removes the objects the
 	// record names, and the engine's retry (if any) creates them afresh.

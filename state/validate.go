@@ -56,6 +56,14 @@ func (n *Network) validate(key string) error {
 			return fmt.Errorf("IfacePrefix: %w", err)
 		}
 	}
+	if n.Cluster != "" {
+		if err := model.ValidateClusterName("Cluster", n.Cluster); err != nil {
+			return err
+		}
+		if err := model.ValidateVNI(n.VNI); err != nil {
+			return fmt.Errorf("VNI: %w", err)
+		}
+	}
 	return nil
 }
 

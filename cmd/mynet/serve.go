@@ -42,6 +42,7 @@ type serveFlags struct {
 	pprof                      bool
 	discardOrphans             bool
 	firewall                   string
+	cluster                    clusterFlags
 }
 
 func parseServeFlags(args []string) (serveFlags, error) {
@@ -65,7 +66,11 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	fs.BoolVar(&f.discardOrphans, "discard-orphans", false, "at startup, delete the links and rules tagged by this instance that the state does not know, even those of another state file (a lost or replaced one), instead of refusing to start")
 	fs.StringVar(&f.firewall, "firewall", model.FirewallAuto, "where mynet keeps its rules: iptables, nftables, or auto, which follows dockerd (Docker's nftables table present: nftables; Docker's iptables chains: iptables; neither: iptables when the binary works)")
 	fs.BoolVar(&f.pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the metrics listener")
+	f.cluster.register(fs)
 	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if err := f.cluster.check(); err != nil {
 		return f, err
 	}
 	if f.pprof && f.metricsSocket == "" && f.metricsAddr == "" {
@@ -129,11 +134,20 @@ func serve(args []string) error {
 		return err
 	}
 	defer dp.Close()
-	drv := driver.New(driver.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation(),
-		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors, ObservePass: metrics.ObserveReconcilePass,
-		FirewallSwitches: metrics.FirewallSwitches})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	cfg := driver.Config{Log: log, Store: store, Dataplane: dp, DefaultPools: f.pools, Generation: store.Generation(),
+		Repairs: metrics.ReconcileRepairs, ReconcileErrors: metrics.ReconcileErrors, ObservePass: metrics.ObserveReconcilePass,
+		FirewallSwitches: metrics.FirewallSwitches}
+	var cm *clusterMode
+	if f.cluster.store != "" {
+		if cm, err = startCluster(ctx, f.cluster, f.stateDir, store, dp, log); err != nil {
+			return err
+		}
+		defer cm.stop(log)
+		cfg.Cluster = cm.cfg
+	}
+	drv := driver.New(cfg)
 	// A signal during the restore stops mynet after it, not halfway.
 	if err := drv.RestoreSnapshot(context.WithoutCancel(ctx), snap); errors.Is(err, state.ErrUnusable) {
 		return unusableFile(err, store.Path())
@@ -151,6 +165,10 @@ func serve(args []string) error {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
+		if cm != nil {
+			go cm.run(ctx, drv)
+			go drv.RunClusterQueue(ctx)
+		}
 		drv.ReconcileLoop(ctx, f.reconcile, hup)
 	}()
 	// A pass under way finishes before the dataplane and the store close
@@ -159,7 +177,7 @@ func serve(args []string) error {
 		stop()
 		<-loopDone
 	}()
-	return serveRequests(ctx, f, drv, log, store.Path(), dp.Chains())
+	return serveRequests(ctx, f, drv, cm, log, store.Path(), dp.Chains())
 }
 
 // openState opens the state database and reads every record.
@@ -217,13 +235,16 @@ func newDataplane(f serveFlags, store *state.Store, snap state.Snapshot, log *sl
 
 // serveRequests serves the plugin socket (and the metrics listener, if
 // asked) until ctx ends, then shuts the server down.
-func serveRequests(ctx context.Context, f serveFlags, drv *driver.Driver, log *slog.Logger, statePath string, chains []string) error {
+func serveRequests(ctx context.Context, f serveFlags, drv *driver.Driver, cm *clusterMode, log *slog.Logger, statePath string, chains []string) error {
 	deadline, err := requestDeadline()
 	if err != nil {
 		return err
 	}
 	router := plugin.NewRouter(log, deadline)
 	plugin.Register(router, drv)
+	if cm != nil {
+		plugin.RegisterCluster(router, cm.agent.Report)
+	}
 	sock := filepath.Join(cli.PluginDir, f.name+".sock")
 	l, err := listenUnix(sock, f.socketGroup)
 	if err != nil {
@@ -234,7 +255,7 @@ func serveRequests(ctx context.Context, f serveFlags, drv *driver.Driver, log *s
 	// slot, even one stuck in a kernel call: legacy plugins get no client
 	// timeout from the engine. The router bounds each call itself, so that
 	// an answered call never commits afterwards (see plugin.NewRouter).
-	m, stopMetrics, err := startMetrics(ctx, f, drv, log)
+	m, stopMetrics, err := startMetrics(ctx, f, drv, cm, log)
 	if err != nil {
 		return err
 	}
@@ -323,11 +344,14 @@ func requestDeadline() (time.Duration, error) {
 // startMetrics serves the metrics on the opt-in listener until ctx ends and
 // returns them, to measure requests, and a func that removes the metrics
 // socket. Without --metrics-socket or --metrics-addr it returns nil.
-func startMetrics(ctx context.Context, f serveFlags, drv *driver.Driver, log *slog.Logger) (*metrics.Metrics, func(), error) {
+func startMetrics(ctx context.Context, f serveFlags, drv *driver.Driver, cm *clusterMode, log *slog.Logger) (*metrics.Metrics, func(), error) {
 	if f.metricsSocket == "" && f.metricsAddr == "" {
 		return nil, func() {}, nil
 	}
 	m := metrics.New(func() state.Snapshot { return *drv.Dump() }, log)
+	if cm != nil {
+		cm.metrics.Store(m.RegisterCluster(cm.sample))
+	}
 	var l net.Listener
 	var err error
 	where, cleanup := f.metricsSocket, func() {}

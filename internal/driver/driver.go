@@ -42,6 +42,10 @@ type Dataplane interface {
 	FollowFirewall(ctx context.Context, rules func() ([]model.Network, []model.Endpoint)) (from, to, why string, err error)
 	EnsureEndpoint(context.Context, model.Endpoint) error
 	DeleteEndpoint(context.Context, model.Endpoint) error
+	// EnsureVXLAN and RemoveVXLAN build and remove a cluster network's
+	// VXLAN device on its bridge (cluster mode only).
+	EnsureVXLAN(context.Context, model.Network, model.VXLAN) error
+	RemoveVXLAN(ctx context.Context, n model.Network, vni uint32) error
 	// EndpointExists reports whether an endpoint's host veth is present;
 	// LiveEndpoints returns the IDs of all endpoints whose veth is, from
 	// one listing of the links.
@@ -107,6 +111,9 @@ type Config struct {
 	// FirewallSwitches counts the passes that moved mynet's rules to the
 	// firewall backend dockerd moved to; nil is fine.
 	FirewallSwitches Counter
+	// Cluster turns cluster mode on; nil: single-host only, nothing
+	// changes.
+	Cluster *ClusterConfig
 }
 
 // Driver implements both plugin interfaces over one in-memory view of the
@@ -116,12 +123,16 @@ type Config struct {
 //
 //   - reconMu: one reconcile pass at a time.
 //   - opMu: endpoint and port operations share it; network operations and
-//     Restore hold it alone, and so does a reconcile pass that repairs or
-//     drops something (its common case, a fingerprint comparison, shares
-//     it). Work on the kernel and the store happens under it, never under
-//     mapMu.
+//     Restore hold it alone, and so does a reconcile pass that repairs
+//     damage a fingerprint comparison found, or removes orphans. Its
+//     common case, a fingerprint comparison, and the recheck of the whole
+//     kernel share it. Work on the kernel and the store happens under it,
+//     never under mapMu.
 //   - epLocks: one per endpoint ID in use, so that a retried or
-//     out-of-order request for one endpoint waits for the one in flight.
+//     out-of-order request for one endpoint waits for the one in flight,
+//     and the recheck's repair of an endpoint waits for neither. Calls
+//     hold one at a time; only the recheck holds several, each taken
+//     with tryLock, so that it never waits for one while holding others.
 //   - portMu: guards reserved; held while a publish chooses host ports
 //     against everyone else's, never while rules are written.
 //   - mapMu: guards the networks and endpoints maps and the records they
@@ -164,13 +175,16 @@ type Driver struct {
 
 	// reconMu serialises reconcile passes. adopted (changes as of the
 	// fingerprints) and the fingerprints are written either under opMu
-	// alone or under reconMu with opMu shared. A nil fingerprint makes the
-	// next pass compare everything (Recheck).
+	// alone or under reconMu with opMu shared. A nil fingerprint (the
+	// startup pass has not succeeded) makes the next pass ensure
+	// everything under opMu alone.
 	reconMu                 sync.Mutex
 	adopted                 uint64
 	fingerprint, spoofPrint model.Digests
-	networks                map[string]*state.Network
-	endpoints               map[string]*state.Endpoint // by endpoint ID
+	// recheckDue makes the next pass a recheck (Recheck); under reconMu.
+	recheckDue bool
+	networks   map[string]*state.Network
+	endpoints  map[string]*state.Endpoint // by endpoint ID
 	// index holds each network's endpoints, those being created
 	// included, by address and MAC; under mapMu.
 	index endpointIndex
@@ -178,6 +192,8 @@ type Driver struct {
 	// engineActivated tells when the engine last (re)started talking to
 	// mynet; see ProgramExternalConnectivity. Under mapMu.
 	engineActivated func() time.Time
+	// queue replays the cluster store deletes made while it was down.
+	queue clusterQueue
 }
 
 // poolEntry is one of mynet's IPAM pools: its record, and its addresses
@@ -185,6 +201,12 @@ type Driver struct {
 type poolEntry struct {
 	rec state.Pool
 	*ipam.Book
+	// cluster is the cluster network the pool is bound to, from its
+	// network's CreateNetwork on: its addresses are claimed in the store.
+	cluster string
+	// explicit: the engine asked for this subnet (--subnet), rather than
+	// the next free one; a cluster network needs that. Not persisted.
+	explicit bool
 }
 
 // lookup returns an endpoint and its network under mapMu.
@@ -218,6 +240,7 @@ func New(cfg Config) *Driver {
 		endpoints: map[string]*state.Endpoint{},
 		index:     endpointIndex{},
 		pools:     map[string]*poolEntry{},
+		queue:     clusterQueue{kick: make(chan struct{}, 1)},
 	}
 }
 

@@ -126,6 +126,14 @@ func (d *Driver) createEndpoint(ctx context.Context, networkID, endpointID strin
 	if err != nil || existing {
 		return macAnswer(&ep), err
 	}
+	if n.Cluster != "" && len(n.IPv4) > 0 {
+		if err := d.reclaimMAC(ctx, networkView{n.Cluster, n.IPv4[0].Pool}, ep.ID, ep.MAC, ep.IPv4); err != nil {
+			d.mapMu.Lock()
+			d.index.remove(&ep)
+			d.mapMu.Unlock()
+			return "", fmt.Errorf("create endpoint %s: %w", model.Short(ep.ID), err)
+		}
+	}
 	// From here the endpoint holds its address and MAC in the index,
 	// until it is committed or has failed.
 	committed := false

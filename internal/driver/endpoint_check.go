@@ -48,6 +48,14 @@ func (d *Driver) newEndpoint(n *state.Network, id string, iface Interface) (stat
 		}
 		return ep, nil
 	}
+	// In a cluster network every host derives the MAC from the address,
+	// the one the claim published when the engine asked without a MAC.
+	if p, err := netip.ParsePrefix(ep.IPv4); err == nil && n.Cluster != "" {
+		if ep.MAC = ClusterMAC(p.Addr()); d.index.macOwner(n.ID, ep.MAC) == "" {
+			ep.MACGenerated = true
+			return ep, nil
+		}
+	}
 	// A random MAC collides with one of 1000 others once in 10^11 tries;
 	// drawing again is cheaper than explaining it.
 	for {

@@ -84,51 +84,59 @@ func (d *Driver) adopt(fp, sfp model.Digests, n uint64, verify bool) {
 // on: nothing changed, or only mynet itself changed things. Taking the
 // fingerprints (iptables-save and link dumps) under opMu alone held every
 // endpoint call up for 60-90 ms at 1000 endpoints, every interval. It
-// reports false when the pass needs opMu alone after all: something
-// changed from outside, an endpoint's container died, or an endpoint call
-// was under way, so that the fingerprints may hold half of its change.
-func (d *Driver) quickPass() (done bool, err error) {
-	d.opMu.RLock() // network operations and ports hold it alone: they wait
+// reports done false when the pass needs opMu alone after all: something
+// changed from outside, an endpoint's container died, or (busy) an
+// endpoint call was under way, so that the fingerprints may hold half of
+// its change.
+func (d *Driver) quickPass() (done, busy bool, err error) {
+	d.opMu.RLock() // network operations hold it alone: they wait
 	defer d.opMu.RUnlock()
 	if d.fingerprint == nil {
-		return false, nil
+		return false, false, nil
 	}
 	start := d.changes.Load()
 	if d.inflight.Load() != 0 {
-		return false, nil
+		return false, true, nil
 	}
 	fp, sfp, err := d.fingerprints()
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	var live map[string]bool
 	dirty := start != d.adopted
 	if dirty {
 		if live, err = d.cfg.Dataplane.LiveEndpoints(); err != nil {
-			return false, err
+			return false, false, err
 		}
 	}
 	if d.inflight.Load() != 0 || d.changes.Load() != start {
-		return false, nil
+		return false, true, nil
 	}
 	if _, outside := d.changed(fp, sfp); len(outside) > 0 {
-		return false, nil // a repair needs opMu alone
+		return false, false, nil // a repair needs opMu alone
 	}
 	if !dirty {
-		return true, nil
+		return true, false, nil
 	}
 	// Only mynet itself changed things since the last pass: take in the
 	// new fingerprints.
+	if !d.allLive(live) {
+		return false, false, nil // its container died: dropping it needs opMu alone
+	}
+	d.adopt(fp, sfp, start, true)
+	return true, false, nil
+}
+
+// allLive reports whether every committed endpoint is in live.
+func (d *Driver) allLive(live map[string]bool) bool {
 	d.mapMu.RLock()
+	defer d.mapMu.RUnlock()
 	for id := range d.endpoints {
 		if !live[id] {
-			d.mapMu.RUnlock()
-			return false, nil // its container died: dropping it needs opMu alone
+			return false
 		}
 	}
-	d.mapMu.RUnlock()
-	d.adopt(fp, sfp, start, true)
-	return true, nil
+	return true
 }
 
 // fingerprints returns the digests of mynet's links and rules and of its

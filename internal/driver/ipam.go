@@ -59,7 +59,7 @@ func (d *Driver) RequestPool(ctx context.Context, req PoolRequest) (id string, e
 	if err := d.cfg.Store.PutPool(rec); err != nil {
 		return "", err
 	}
-	d.pools[rec.ID] = &poolEntry{rec: rec, Book: ipam.NewBook(pool)}
+	d.pools[rec.ID] = &poolEntry{rec: rec, Book: ipam.NewBook(pool), explicit: req.Subnet.IsValid()}
 	return rec.ID, nil
 }
 
@@ -145,6 +145,10 @@ func (d *Driver) RequestAddress(ctx context.Context, req AddressRequest) (netip.
 		if !p.Wait(&d.ipamMu, prev) {
 			return p.prefixed(prev), nil // a retry for the same endpoint
 		}
+	}
+	if p.cluster != "" && !req.Gateway {
+		// The gateway is the spec's, on every host: never claimed.
+		return d.claimAddress(ctx, p, req)
 	}
 	addr, retry, err := d.takeAddress(p, req)
 	if err != nil || retry {
@@ -237,28 +241,43 @@ func (p *poolEntry) prefixed(a netip.Addr) netip.Prefix {
 
 // ReleaseAddress frees an address; unknown pools and free addresses
 // succeed. The address stays taken until the store has forgotten it, so it
-// cannot be handed out again before.
-func (d *Driver) ReleaseAddress(poolID string, addr netip.Addr) error {
+// cannot be handed out again before. In a cluster network the claim is
+// released in the cluster store after that, or queued for it.
+func (d *Driver) ReleaseAddress(ctx context.Context, poolID string, addr netip.Addr) error {
+	cluster, err := d.releaseAddress(poolID, addr)
+	if err != nil || cluster == "" {
+		return err
+	}
+	d.releaseClaim(ctx, cluster, addr)
+	return nil
+}
+
+// releaseAddress releases an address locally and returns the cluster
+// network whose claim it was, if any.
+func (d *Driver) releaseAddress(poolID string, addr netip.Addr) (cluster string, err error) {
 	d.ipamMu.Lock()
 	defer d.ipamMu.Unlock()
 	p, ok := d.pools[poolID]
 	if !ok {
 		d.log.Debug("release in unknown pool", "pool_id", poolID, "address", addr)
-		return nil
+		return "", nil
 	}
 	for p.Wait(&d.ipamMu, addr) {
+	}
+	if p.rec.Gateway != addr.String() && p.InUse(addr) {
+		cluster = p.cluster
 	}
 	if p.rec.Gateway == addr.String() {
 		rec := p.rec
 		rec.Gateway = ""
 		if err := d.cfg.Store.PutPool(rec); err != nil {
-			return err
+			return "", err
 		}
 		p.rec = rec
 	}
 	if err := p.Write(&d.ipamMu, addr, func() error { return d.cfg.Store.RemoveAddress(p.rec.ID, addr.String()) }); err != nil {
-		return err
+		return "", err
 	}
 	p.Release(addr)
-	return nil
+	return cluster, nil
 }

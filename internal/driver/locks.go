@@ -29,12 +29,33 @@ func (k *keyedLocks) lock(key string) (unlock func()) {
 	l.refs++
 	k.mu.Unlock()
 	l.Lock()
-	return func() {
-		l.Unlock()
-		k.mu.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
+	return func() { k.release(key, l) }
+}
+
+// tryLock locks key's mutex if nobody holds or waits for it, and reports
+// whether it did. The recheck holds many endpoints' locks at once with
+// it: waiting for one while holding others could stop their calls behind
+// a long publish.
+func (k *keyedLocks) tryLock(key string) (unlock func(), ok bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m[key] != nil {
+		return nil, false
 	}
+	if k.m == nil {
+		k.m = map[string]*keyedLock{}
+	}
+	l := &keyedLock{refs: 1}
+	l.Lock()
+	k.m[key] = l
+	return func() { k.release(key, l) }, true
+}
+
+func (k *keyedLocks) release(key string, l *keyedLock) {
+	l.Unlock()
+	k.mu.Lock()
+	if l.refs--; l.refs == 0 {
+		delete(k.m, key)
+	}
+	k.mu.Unlock()
 }

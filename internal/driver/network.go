@@ -54,6 +54,9 @@ type NetworkConfig struct {
 	InhibitIPv4 bool
 	IPv4        []SubnetConfig
 	IPv6        []SubnetConfig
+	// Cluster is the cluster network's name (mynet.cluster); "" for a
+	// single-host network.
+	Cluster string
 }
 
 // SubnetConfig is one IPAM entry of the request.
@@ -73,40 +76,67 @@ func (d *Driver) CreateNetwork(ctx context.Context, cfg NetworkConfig) error {
 		IfacePrefix: cfg.IfacePrefix, GatewayMode4: cfg.GatewayMode4, GatewayMode6: cfg.GatewayMode6,
 		TrustedInterfaces: cfg.TrustedInterfaces,
 		InhibitIPv4:       cfg.InhibitIPv4,
+		Cluster:           cfg.Cluster,
 	}
 	if cfg.HostBinding.IsValid() {
 		rec.HostBinding = cfg.HostBinding.String()
 	}
+	if cfg.Cluster != "" && rec.MTU == 0 && d.cfg.Cluster != nil {
+		// The most the underlay carries: each host's own, so the spec
+		// keeps the MTU the user gave (none).
+		rec.MTU = d.cfg.Cluster.VXLAN.MTU()
+	}
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
-	if old, ok := d.networks[cfg.ID]; ok {
-		old := *old
-		old.Created = rec.Created
-		if reflect.DeepEqual(old, rec) {
-			return nil
-		}
-		return BadRequestf("network %s already exists with a different configuration", model.Short(cfg.ID))
-	}
-	for _, n := range d.networks {
-		if n.Bridge == cfg.BridgeName {
-			return BadRequestf("bridge name %s is already used by mynet network %s; choose another %s", cfg.BridgeName, model.Short(n.ID), OptBridgeName)
-		}
+	if done, err := d.checkNewNetwork(rec); err != nil || done {
+		return err
 	}
 	// A rollback runs to its end, also after the deadline that caused it.
 	bg := context.WithoutCancel(ctx)
+	ensure := func() error { return d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(&rec)) }
+	remove := func() error { return d.cfg.Dataplane.DeleteNetwork(bg, toBridgeNetwork(&rec)) }
+	if cfg.Cluster != "" {
+		vx, err := d.joinCluster(ctx, cfg, &rec)
+		if err != nil {
+			return fmt.Errorf("create network %s: %w", model.Short(rec.ID), err)
+		}
+		ensure, remove = d.clusterEnsure(ctx, &rec, vx)
+	}
 	if err := d.commitCreate(ctx, "network", rec.ID,
 		func(pending bool) error { rec.Pending = pending; return d.cfg.Store.PutNetwork(rec) },
 		func() error { return d.cfg.Store.DeleteNetwork(rec.ID) },
-		func() error { return d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(&rec)) },
-		func() error { return d.cfg.Dataplane.DeleteNetwork(bg, toBridgeNetwork(&rec)) },
+		ensure, remove,
 	); err != nil {
+		if cfg.Cluster != "" {
+			d.leaveCluster(bg, cfg.Cluster)
+		}
 		return fmt.Errorf("create network %s: %w", model.Short(rec.ID), err)
 	}
 	d.mapMu.Lock()
 	d.networks[rec.ID] = &rec
 	d.mapMu.Unlock()
 	d.linkPools(rec)
+	d.addPeers(&rec)
 	return nil
+}
+
+// checkNewNetwork refuses a network whose ID or bridge is taken, and
+// reports a repeat of a create that succeeded as done. Under opMu.
+func (d *Driver) checkNewNetwork(rec state.Network) (done bool, err error) {
+	if old, ok := d.networks[rec.ID]; ok {
+		old := *old
+		old.Created, old.VNI = rec.Created, 0 // the store gave the VNI
+		if reflect.DeepEqual(old, rec) {
+			return true, nil
+		}
+		return false, BadRequestf("network %s already exists with a different configuration", model.Short(rec.ID))
+	}
+	for _, n := range d.networks {
+		if n.Bridge == rec.Bridge {
+			return false, BadRequestf("bridge name %s is already used by mynet network %s; choose another %s", rec.Bridge, model.Short(n.ID), OptBridgeName)
+		}
+	}
+	return false, nil
 }
 
 // linkPools records which network uses which of mynet's IPAM pools, so that
@@ -116,7 +146,11 @@ func (d *Driver) linkPools(n state.Network) {
 	defer d.ipamMu.Unlock()
 	for _, s := range append(append([]state.Subnet(nil), n.IPv4...), n.IPv6...) {
 		p := d.pools[s.Pool]
-		if p == nil || p.rec.NetworkID != "" {
+		if p == nil {
+			continue
+		}
+		p.cluster = n.Cluster
+		if p.rec.NetworkID != "" {
 			continue
 		}
 		p.rec.NetworkID = n.ID
@@ -167,7 +201,11 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	for _, e := range stale {
 		errs = append(errs, d.cfg.Dataplane.DeleteEndpoint(ctx, toBridgeEndpoint(n, e)))
 	}
+	errs = append(errs, d.removeClusterNetwork(ctx, n))
 	errs = append(errs, d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(n)))
+	if n.Cluster != "" {
+		d.leaveCluster(ctx, n.Cluster)
+	}
 	return errors.Join(errs...)
 }
 

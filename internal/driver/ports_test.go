@@ -28,7 +28,7 @@ func finishes(t *testing.T, what string, fn func() error) error {
 	case err := <-done:
 		return err
 	case <-time.After(blockedFor):
-		t.Fatalf("%s still blocked after %v: it waits for another endpoint's port rules", what, blockedFor)
+		t.Fatalf("%s still blocked after %v: it waits for work it must not wait for", what, blockedFor)
 		return nil
 	}
 }

@@ -24,10 +24,12 @@ const stalePoolAge = 10 * time.Minute
 // re-created, endpoints whose veth vanished with their container are
 // dropped, and tagged objects the state does not know are removed; rules of
 // deleted networks never come back, since only the state is re-applied.
-// Unless full is set, it first compares a fingerprint of mynet's kernel
-// objects with the one taken after the last pass and does nothing when they
-// match, so it is cheap to run every few seconds. It reports whether it
-// found something changed from outside.
+// It first compares a fingerprint of mynet's kernel objects with the one
+// taken after the last pass and does nothing more when they match, so it
+// is cheap to run every few seconds. With full set (SIGHUP), or after
+// Recheck, it then compares the whole kernel with the state as well
+// (recheck), while endpoint calls go on. It reports whether the
+// fingerprint comparison found something changed from outside.
 func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err error) {
 	d.reconMu.Lock()
 	defer d.reconMu.Unlock()
@@ -40,14 +42,40 @@ func (d *Driver) Reconcile(ctx context.Context, full bool) (repaired bool, err e
 }
 
 func (d *Driver) pass(ctx context.Context, full bool) (repaired bool, err error) {
-	if !full {
-		if done, err := d.quickPass(); err != nil || done {
-			return false, err
+	if d.fingerprint == nil {
+		// Nothing to compare with (the startup pass failed): everything,
+		// under opMu alone.
+		d.lockForPass(ctx)
+		defer d.opMu.Unlock()
+		repaired, err = d.reconcile(ctx, true)
+		if err == nil {
+			d.recheckDue = false // it compared everything
+		}
+		return repaired, err
+	}
+	recheck := full || d.recheckDue
+	done, busy, err := d.quickPass()
+	if err != nil {
+		return false, err
+	}
+	// A call under way leaves the fingerprints to take in for later; a
+	// recheck ensures everything anyway, with calls going on.
+	if !done && !(busy && recheck) {
+		d.lockForPass(ctx)
+		repaired, err = d.reconcile(ctx, false)
+		d.opMu.Unlock()
+		if err != nil {
+			return repaired, err
 		}
 	}
-	d.lockForPass(ctx)
-	defer d.opMu.Unlock()
-	return d.reconcile(ctx, full)
+	if !recheck {
+		return repaired, nil
+	}
+	if err := d.recheck(ctx); err != nil {
+		return repaired, err // and the next pass rechecks again
+	}
+	d.recheckDue = false
+	return repaired, nil
 }
 
 // lockForPass takes opMu alone for a pass without queueing for it at
@@ -100,6 +128,7 @@ func (d *Driver) verify(ctx context.Context) error {
 				if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
 					errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(id), err))
 				}
+				errs = append(errs, d.ensureVXLAN(ctx, n))
 				for _, e := range d.endpoints {
 					if e.NetworkID == id {
 						eps = append(eps, e.ID)
@@ -155,19 +184,20 @@ func (d *Driver) verifyEndpoint(ctx context.Context, id string) error {
 
 // Recheck makes the next pass compare the kernel with the state, the
 // anti-spoofing filters included, even if the fingerprints have not
-// changed. A change made from outside to a filter, or to the chains, in
-// the interval in which mynet itself changed them ends up in the
-// fingerprint a pass takes in (verify covers bridges, veths and rules of
-// networks and endpoints, not those); the periodic loop calls this now and
-// then so such a change is repaired too.
+// changed. A change made from outside to an object in the interval in
+// which mynet itself changed it ends up in the fingerprint a pass takes
+// in (verify covers bridges, veths and rules of networks and endpoints,
+// not the filters or the chains); the periodic loop calls this now and
+// then so such a change is repaired too. See recheck.
 func (d *Driver) Recheck() {
 	d.reconMu.Lock()
 	defer d.reconMu.Unlock()
-	d.fingerprint = nil
+	d.recheckDue = true
 }
 
-// repairScope is what a pass ensures again: everything on a full pass or a
-// recheck, else the objects whose digests changed since the last pass.
+// repairScope is what a pass under opMu alone ensures again: everything
+// when it has no fingerprint to compare with, else the objects whose
+// digests changed since the last pass.
 type repairScope struct {
 	all     bool
 	damaged map[string]bool // digest keys
@@ -191,22 +221,23 @@ func (s repairScope) followsDocker(n *state.Network) bool {
 // its ports, so the endpoints of a damaged network are ensured too.
 // Re-applying the anti-spoofing filters costs a netlink transaction per
 // endpoint, so it is done only where they changed from outside (or on a
-// full pass or a recheck), not after every container mynet itself started.
+// full pass), not after every container mynet itself started.
 func (s repairScope) endpoint(e *state.Endpoint) (ensure, respoof bool) {
 	respoof = s.all || s.damaged["spoof"] || s.damaged["veth:"+e.HostVeth]
 	return respoof || s.damaged["ep:"+e.ID] || s.damaged["net:"+e.NetworkID], respoof
 }
 
-// reconcile is a pass under opMu alone.
+// reconcile is a pass under opMu alone; with full (at startup, or with no
+// fingerprint to compare with) it ensures everything.
 func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err error) {
 	fp, sfp, err := d.fingerprints()
 	if err != nil {
 		return false, err
 	}
 	dirty := d.changes.Load() != d.adopted
-	rechecking := d.fingerprint == nil
+	blind := d.fingerprint == nil // nothing to compare with
 	changed, damaged := d.changed(fp, sfp)
-	if !full && !rechecking && len(damaged) == 0 {
+	if !full && !blind && len(damaged) == 0 {
 		if !dirty {
 			return false, nil
 		}
@@ -216,7 +247,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	// networks coming and going does not (model.DigestDocker), nor Docker's
 	// rules moving to another backend (model.DigestFirewall).
 	damaged = slices.DeleteFunc(damaged, func(k string) bool { return k == model.DigestDocker || k == model.DigestFirewall })
-	repaired = !rechecking && len(damaged) > 0
+	repaired = !blind && len(damaged) > 0
 	var errs []error
 	// Following dockerd to its new backend is mynet's own change; what
 	// Docker's switch did to the old backend's chains is moot once mynet's
@@ -229,7 +260,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	// What mynet changed since the last pass is ensured too: a firewall
 	// reload right after a container started flushed its port rules with
 	// the others.
-	scope := repairScope{all: full || rechecking, damaged: map[string]bool{}}
+	scope := repairScope{all: full || blind, damaged: map[string]bool{}}
 	for _, k := range changed {
 		scope.damaged[k] = true
 	}
@@ -271,6 +302,8 @@ func (d *Driver) repairInScope(ctx context.Context, scope repairScope) []error {
 		ruleNets = append(ruleNets, bn)
 		if err := d.cfg.Dataplane.EnsureBridge(ctx, bn); err != nil {
 			errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(n.ID), err))
+		} else if err := d.ensureVXLAN(ctx, n); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for _, e := range d.endpoints {
@@ -348,6 +381,13 @@ func (d *Driver) reconcileEndpoint(ctx context.Context, e *state.Endpoint, respo
 			return d.cfg.Dataplane.EnsurePorts(ctx, toBridgeNetwork(n), ep, toBridgePorts(e.Ports))
 		}
 	}
+	return d.dropStale(ctx, e, n)
+}
+
+// dropStale deletes the record of an endpoint whose host veth is gone (n
+// is its network, nil if that is gone too), then what is left of its
+// kernel objects. The caller holds opMu alone, or the endpoint's lock.
+func (d *Driver) dropStale(ctx context.Context, e *state.Endpoint, n *state.Network) error {
 	d.log.Info("dropping stale endpoint", "network_id", model.Short(e.NetworkID), "endpoint_id", model.Short(e.ID), "network_known", n != nil)
 	if err := d.forgetEndpoint(e); err != nil {
 		return err

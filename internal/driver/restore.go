@@ -45,11 +45,15 @@ func (d *Driver) RestoreSnapshot(ctx context.Context, snap state.Snapshot) error
 		if n.Pending {
 			d.log.Info("undoing network creation interrupted by a crash", "network_id", model.Short(n.ID))
 			errs = append(errs, d.cfg.Dataplane.DeleteNetwork(ctx, toBridgeNetwork(&n)), d.cfg.Store.DeleteNetwork(n.ID))
+			d.undoClusterJoin(&n)
 			continue
 		}
 		d.mapMu.Lock()
 		d.networks[n.ID] = &n
 		d.mapMu.Unlock()
+		if n.Cluster != "" {
+			d.linkPools(n)
+		}
 	}
 	for i := range snap.Endpoints {
 		e := snap.Endpoints[i]
@@ -63,8 +67,9 @@ func (d *Driver) RestoreSnapshot(ctx context.Context, snap state.Snapshot) error
 		d.index.add(&e)
 		d.mapMu.Unlock()
 	}
-	_, err := d.reconcile(ctx, true)
+	_, err := d.reconcile(ctx, true) // ensures the VXLAN devices too
 	errs = append(errs, err)
+	d.restorePeers()
 	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(d.endpoints), "pools", len(snap.Pools))
 	return errors.Join(errs...)
 }

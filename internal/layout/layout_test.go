@@ -38,7 +38,7 @@ const (
 // The utilities may be imported by anyone and import nothing of ours.
 // Only production imports count: tests may reach further (fakes, nstest).
 var rules = map[string][]string{
-	"cmd/mynet":       {"internal/peers", "internal/cli", "internal/doctor", "plugin", "internal/driver", "internal/portalloc", "ipam", "state", "bridge", "metrics", "internal/model"},
+	"cmd/mynet":       {"internal/peers", "internal/cli", "internal/doctor", "plugin", "internal/driver", "internal/portalloc", "internal/cluster", "ipam", "state", "bridge", "metrics", "internal/model"},
 	"internal/cli":    {"internal/peers", "plugin", "internal/driver", "ipam", "state", "metrics", "internal/model"},
 	"internal/doctor": {"internal/cli", "internal/peers", "plugin", "internal/driver", "ipam", "state", "bridge", "metrics", "internal/model"},
 	"plugin":          {"internal/driver", "internal/portalloc", "ipam", "state", "metrics", "internal/model"},

@@ -17,8 +17,10 @@ import (
 // driver asked for and refuses what the real one would. Tests read its
 // maps under Mu.
 type Dataplane struct {
-	Mu        sync.Mutex
-	Networks  map[string]model.Network
+	Mu       sync.Mutex
+	Networks map[string]model.Network
+	// VXLANs are the cluster networks' VXLAN devices, by network ID.
+	VXLANs    map[string]model.VXLAN
 	Endpoints map[string]model.Endpoint
 	Ports     map[string][]model.PortMapping
 	FailNext  error
@@ -34,6 +36,11 @@ type Dataplane struct {
 	// OnPorts runs when EnsurePorts is called, before it does anything;
 	// its error fails the call.
 	OnPorts func(model.Endpoint) error
+	// OnEnsureBridge and OnEnsureRules run when EnsureBridge and
+	// EnsureRules are called, before they do anything: a test holds a
+	// reconcile pass there.
+	OnEnsureBridge func(model.Network)
+	OnEnsureRules  func()
 	// Firewall is the backend the fake's rules are in, DockerFirewall
 	// the one Docker's are in ("": none seen); FollowFirewall moves the
 	// rules when they differ and records what it was given in Moved.
@@ -43,7 +50,7 @@ type Dataplane struct {
 
 // New returns an empty fake.
 func New() *Dataplane {
-	return &Dataplane{Networks: map[string]model.Network{}, Endpoints: map[string]model.Endpoint{}, Ports: map[string][]model.PortMapping{}, Foreign: map[string]bool{}}
+	return &Dataplane{Networks: map[string]model.Network{}, VXLANs: map[string]model.VXLAN{}, Endpoints: map[string]model.Endpoint{}, Ports: map[string][]model.PortMapping{}, Foreign: map[string]bool{}}
 }
 
 func (f *Dataplane) fail() error {
@@ -67,12 +74,24 @@ func (f *Dataplane) EnsureNetwork(_ context.Context, n model.Network) error {
 
 // EnsureBridge is EnsureNetwork: the fake keeps no rules apart.
 func (f *Dataplane) EnsureBridge(ctx context.Context, n model.Network) error {
+	f.Mu.Lock()
+	hook := f.OnEnsureBridge
+	f.Mu.Unlock()
+	if hook != nil {
+		hook(n)
+	}
 	return f.EnsureNetwork(ctx, n)
 }
 
 // EnsureRules restores the endpoints' ports, as EnsurePorts does for one;
 // the networks' rules are part of EnsureBridge in the fake.
 func (f *Dataplane) EnsureRules(_ context.Context, _ []model.Network, endpoints []model.Endpoint) ([]string, error) {
+	f.Mu.Lock()
+	hook := f.OnEnsureRules
+	f.Mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	var added []string
@@ -89,6 +108,32 @@ func (f *Dataplane) DeleteNetwork(_ context.Context, n model.Network) error {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	delete(f.Networks, n.ID)
+	return nil
+}
+
+// EnsureVXLAN needs the network's bridge, as the real one does.
+func (f *Dataplane) EnsureVXLAN(_ context.Context, n model.Network, vx model.VXLAN) error {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	if err := f.fail(); err != nil {
+		return err
+	}
+	if _, ok := f.Networks[n.ID]; !ok {
+		return fmt.Errorf("look up bridge %s of network %s: link not found", n.Bridge, n.ID)
+	}
+	if err := vx.Validate(); err != nil {
+		return err
+	}
+	f.VXLANs[n.ID] = vx
+	return nil
+}
+
+func (f *Dataplane) RemoveVXLAN(_ context.Context, n model.Network, vni uint32) error {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	if vx, ok := f.VXLANs[n.ID]; ok && vx.VNI == vni {
+		delete(f.VXLANs, n.ID)
+	}
 	return nil
 }
 
@@ -152,6 +197,11 @@ func (f *Dataplane) RemoveOrphans(_ context.Context, nets, eps map[string]bool) 
 			delete(f.Networks, id)
 		}
 	}
+	for id := range f.VXLANs { // tagged as their network, as the real ones
+		if !nets[id] {
+			delete(f.VXLANs, id)
+		}
+	}
 	for id := range f.Endpoints {
 		if !eps[id] {
 			delete(f.Endpoints, id)
@@ -175,10 +225,11 @@ func (f *Dataplane) Fingerprint() (model.Digests, error) {
 	defer f.Mu.Unlock()
 	out := model.Digests{}
 	for id, n := range f.Networks {
-		out["net:"+id] = fmt.Sprint(n)
+		out["net:"+id] = fmt.Sprint(n, f.VXLANs[id])
 	}
 	for id, e := range f.Endpoints {
 		e.AntiSpoofing = false // the fake has no filters: a repair omits it
+		e.Ports = nil          // an ensure of a publishing endpoint passes them; the rules are f.Ports
 		out["ep:"+id] = fmt.Sprint(e, f.Ports[id])
 	}
 	out[model.DigestFirewall] = f.DockerFirewall
