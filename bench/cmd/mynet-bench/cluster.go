@@ -99,14 +99,16 @@ func (p *clusterPair) finish() {
 	p.Ratio = num(ratio(median(p.A), median(p.B)))
 }
 
-// clusterDelay is the lag of B's entries behind `docker run` on A.
+// clusterDelay is the lag of B's entries behind `docker run` on A: from
+// the start of the command, and from A's claim (the end of A's
+// RequestAddress, from A's log: the claim is written before the answer).
 type clusterDelay struct {
-	FromStart  []float64 `json:"from_run_start"`  // since docker run began
-	FromReturn []float64 `json:"from_run_return"` // since it returned (0 if earlier)
-	P50        num       `json:"p50_from_start"`
-	P99        num       `json:"p99_from_start"`
-	P50Return  num       `json:"p50_from_return"`
-	P99Return  num       `json:"p99_from_return"`
+	FromStart []float64 `json:"from_run_start"`
+	FromClaim []float64 `json:"from_claim"`
+	P50       num       `json:"p50_from_start"`
+	P99       num       `json:"p99_from_start"`
+	P50Claim  num       `json:"p50_from_claim"`
+	P99Claim  num       `json:"p99_from_claim"`
 }
 
 // clusterPhase runs the phase under the docker lock, on a harness of its

@@ -27,7 +27,7 @@ func TestClusterTargets(t *testing.T) {
 		{"every step", &clusterResult{
 			Stream: pair(8, 10), RRMean: pair(12, 10), Run: pair(115, 100),
 			WritesStart: 1, WritesStop: 2,
-			Propagation: &clusterDelay{P99Return: 201},
+			Propagation: &clusterDelay{P99Claim: 201},
 			Resync:      999, RSS: 59 << 20,
 		}, "MISS PASS PASS PASS MISS MISS PASS PASS"},
 	}
