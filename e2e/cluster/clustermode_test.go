@@ -216,6 +216,13 @@ func (h *host) ping(ctr string, to netip.Addr) error {
 	return err
 }
 
+// pingBlocked is ping for a probe expected to fail: one echo, one second
+// (an answer, when it comes, takes well under a millisecond here).
+func (h *host) pingBlocked(ctr string, to netip.Addr) error {
+	_, err := h.dockerErr("exec", ctr, "ping", "-c", "1", "-W", "1", to.String())
+	return err
+}
+
 // httpGet fetches / of addr from ctr on h.
 func (h *host) httpGet(ctr string, addr netip.Addr) (string, error) {
 	return h.dockerErr("exec", ctr, "sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 "+addr.String()+" 80")
