@@ -158,4 +158,8 @@ type Snapshot struct {
 	// Generation is in the tags of the links of this state (model.Tag);
 	// set in the daemon's dump, not by Load.
 	Generation string `json:",omitempty"`
+	// ClusterMode is set in the daemon's dump when it runs with
+	// --cluster-store, so that operators' tools ask for the cluster's
+	// status only then.
+	ClusterMode bool `json:",omitempty"`
 }

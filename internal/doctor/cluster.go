@@ -17,7 +17,7 @@ import (
 // checkCluster checks, for a daemon in cluster mode, the store's
 // reachability and each cluster network's VXLAN device and entries
 // against the peers the daemon's agent keeps from the store's adverts. A
-// daemon not in cluster mode has no Mynet.Cluster: nothing to check.
+// daemon not in cluster mode (its state dump says so) is not asked.
 func (d *doctor) checkCluster(ctx context.Context, nl *netlink.Handle) {
 	r, err := d.clusterFetch(ctx, d.t.Socket)
 	switch {

@@ -190,7 +190,9 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 	if d.report.Problems == problems {
 		d.add("state", statusOK, fmt.Sprintf("%d network%s and %d endpoint%s in the state match the kernel", len(st2.Networks), plural(len(st2.Networks)), len(st2.Endpoints), plural(len(st2.Endpoints))), "")
 	}
-	d.checkCluster(ctx, nl)
+	if st2.ClusterMode {
+		d.checkCluster(ctx, nl)
+	}
 	return d.report
 }
 

@@ -284,7 +284,7 @@ func (d *Driver) Dump() *state.Snapshot {
 	defer d.mapMu.RUnlock()
 	d.ipamMu.Lock()
 	defer d.ipamMu.Unlock()
-	out := &state.Snapshot{Generation: d.cfg.Generation, Networks: []state.Network{}, Endpoints: []state.Endpoint{}, Pools: []state.Pool{}}
+	out := &state.Snapshot{Generation: d.cfg.Generation, ClusterMode: d.cfg.Cluster != nil, Networks: []state.Network{}, Endpoints: []state.Endpoint{}, Pools: []state.Pool{}}
 	for _, n := range d.networks {
 		out.Networks = append(out.Networks, *n)
 	}
