@@ -17,6 +17,11 @@
 #                                 runs CMD as host LETTER's processes run:
 #                                 in its network namespace, with its
 #                                 /run/docker/plugins and /etc/docker
+#   scripts/cluster.sh mynet LETTER stop|start|restart
+#                                 stops or starts only host LETTER's mynet
+#                                 (by PID; start with the flags it last ran
+#                                 with), leaving its dockerd and kernel
+#                                 state alone: for restart scenarios
 #
 # The layout:
 #   - the underlay: a bridge in namespace mynet-cluster-ul; each host and etcd
@@ -63,7 +68,7 @@ die() {
 	say "$*"
 	exit 1
 }
-usage() { die "usage: $0 up [2|3] | down | exec LETTER CMD [ARGS...]"; }
+usage() { die "usage: $0 up [2|3] | down | exec LETTER CMD [ARGS...] | mynet LETTER stop|start|restart"; }
 
 SELF=$(readlink -f "$0")
 REPO=$(dirname "$(dirname "$SELF")")
@@ -382,6 +387,23 @@ start_mynet() {
 	fi
 }
 
+# mynet_ctl LETTER stop|start|restart: host LETTER's mynet alone.
+mynet_ctl() {
+	local h=$1 op=$2 d args
+	d=$(host_dir "$h")
+	alive "$d/holder.pid" || die "host $h is not up: run $0 up"
+	args=$(cat "$d/mynet.args" 2>/dev/null) || die "host $h: no $d/mynet.args: run $0 up"
+	case $op in
+	stop) stop "$d/mynet.pid" 10 ;;
+	start) alive "$d/mynet.pid" || start_mynet "$h" "$args" ;;
+	restart)
+		stop "$d/mynet.pid" 10
+		start_mynet "$h" "$args"
+		;;
+	*) usage ;;
+	esac
+}
+
 # ---- down ------------------------------------------------------------------
 
 # host_down LETTER: stops host LETTER by PID, then removes by name whatever
@@ -592,6 +614,12 @@ exec)
 	h=$1
 	shift
 	in_host "$h" "$@"
+	;;
+mynet)
+	(($# == 2)) || usage
+	host_addr "$1" >/dev/null
+	take_lock
+	mynet_ctl "$1" "$2"
 	;;
 _holder) holder "$1" ;;
 *) usage ;;

@@ -19,6 +19,15 @@
 //	MYNET_CLUSTER_SERVE_ARGS, MYNET_CLUSTER_LOCK, MYNET_ETCD_BIN
 //	                    passed to scripts/cluster.sh (see there)
 //
+// Every host's mynet runs in cluster mode (issue 14) when the binary has
+// --cluster-store: the suite passes --cluster-store, --vtep-addr, --host-id,
+// a dead grace of 15 s and a metrics socket through
+// MYNET_CLUSTER_SERVE_ARGS, before the caller's flags there. Without cluster
+// mode the scenarios (scenarios_test.go, policy_test.go,
+// store_faults_test.go) skip, saying why, and the harness tests
+// (local_test.go) run alone. After the scenarios etcd must hold no
+// network, VNI, cursor or claim.
+//
 // The suite owns the cluster: a cluster found up when it starts (a killed
 // earlier run, a manual one) is taken down first. up and down hold the lock
 // the single-host suite takes around engine restarts, briefly; the

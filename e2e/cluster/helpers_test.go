@@ -100,16 +100,24 @@ func (h *host) etcdctl(t *testing.T, args ...string) string {
 
 // importImage imports testImage into every host.
 func importImage() error {
+	for _, h := range env.hosts {
+		if err := importImageTo(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// importImageTo imports testImage into h.
+func importImageTo(h *host) error {
 	rootfs, err := busyboxRootfs()
 	if err != nil {
 		return err
 	}
-	for _, h := range env.hosts {
-		_, err := runEnv([]string{"DOCKER_HOST=" + h.dockerHost}, bytes.NewReader(rootfs),
-			"docker", "import", "--change", "ENV PATH=/bin", "-", testImage)
-		if err != nil {
-			return fmt.Errorf("host %s: %w", h.letter, err)
-		}
+	_, err = runEnv([]string{"DOCKER_HOST=" + h.dockerHost}, bytes.NewReader(rootfs),
+		"docker", "import", "--change", "ENV PATH=/bin", "-", testImage)
+	if err != nil {
+		return fmt.Errorf("host %s: %w", h.letter, err)
 	}
 	return nil
 }

@@ -40,10 +40,14 @@ type host struct {
 
 // env is what TestMain set up for every scenario.
 var env struct {
-	skip  string // why every scenario skips, if set
-	bin   string // the mynet binary
-	hosts []*host
-	etcd  struct {
+	skip string // why every scenario skips, if set
+	bin  string // the mynet binary
+	// noCluster is why the cluster scenarios skip: the binary has no
+	// cluster mode (issue 14's serve flags), or the flags were overridden
+	// without it. The harness tests run either way.
+	noCluster string
+	hosts     []*host
+	etcd      struct {
 		endpoint string
 		pid      int
 	}
@@ -71,6 +75,10 @@ func runSuite(m *testing.M) int {
 		}
 	}
 	hadPluginSocket = exists("/run/docker/plugins/mynet.sock") // a developer's own mynet
+	if err := setServeArgs(); err != nil {
+		fmt.Fprintf(os.Stderr, "cluster e2e: FAIL: %v\n", err)
+		return 1
+	}
 	start := time.Now()
 	out, err := harness("up", strconv.Itoa(hosts))
 	if err == nil {
@@ -87,6 +95,10 @@ func runSuite(m *testing.M) int {
 		start = time.Now()
 		code = m.Run()
 		fmt.Printf("cluster e2e: scenarios took %v\n", time.Since(start).Round(time.Millisecond))
+		if left := storeLeftovers(); len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "cluster e2e: FAIL: after the scenarios, etcd still has:\n  %s\n", strings.Join(left, "\n  "))
+			code = 1
+		}
 	}
 	start = time.Now()
 	if _, err := harness("down"); err != nil {

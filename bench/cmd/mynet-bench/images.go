@@ -19,14 +19,23 @@ func (b *bench) ensureBusybox(ctx context.Context) error {
 	if _, err := docker(ctx, "image", "inspect", b.cfg.image); err == nil {
 		return nil
 	}
+	buf, err := b.busyboxTar(ctx)
+	if err != nil {
+		return err
+	}
+	return b.importImage(ctx, buf, b.cfg.image, "ENV PATH=/bin")
+}
+
+// busyboxTar is the busybox image's root filesystem as a tar stream.
+func (b *bench) busyboxTar(ctx context.Context) (*bytes.Buffer, error) {
 	const busybox = "/bin/busybox"
 	bin, err := os.ReadFile(busybox)
 	if err != nil {
-		return fmt.Errorf("image %s is missing and cannot be built: %w (install busybox-static)", b.cfg.image, err)
+		return nil, fmt.Errorf("image %s is missing and cannot be built: %w (install busybox-static)", b.cfg.image, err)
 	}
 	list, err := runCmd(ctx, nil, busybox, "--list")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -53,15 +62,27 @@ func (b *bench) ensureBusybox(ctx context.Context) error {
 	if err == nil {
 		err = tw.Close()
 	}
-	if err != nil {
-		return err
-	}
-	return b.importImage(ctx, &buf, b.cfg.image, "ENV PATH=/bin")
+	return &buf, err
 }
 
 // ensureNetbench builds netbench if needed and imports it alone into an
 // image named after its hash.
 func (b *bench) ensureNetbench(ctx context.Context) (string, error) {
+	img, buf, err := b.netbenchTar(ctx)
+	if err != nil {
+		return "", err
+	}
+	if _, err := docker(ctx, "image", "inspect", img); err == nil {
+		return img, nil
+	}
+	return img, b.importImage(ctx, buf, img, netbenchChange)
+}
+
+// netbenchChange makes netbench the image's entry point.
+const netbenchChange = `ENTRYPOINT ["/netbench"]`
+
+// netbenchBinary is the static netbench binary, built if needed.
+func (b *bench) netbenchBinary(ctx context.Context) (string, error) {
 	bin := b.cfg.netbenchBin
 	if _, err := os.Stat(bin); err != nil {
 		bin = filepath.Join(b.workDir, "netbench")
@@ -70,26 +91,30 @@ func (b *bench) ensureNetbench(ctx context.Context) (string, error) {
 			return "", err
 		}
 	}
+	return bin, nil
+}
+
+// netbenchTar is the netbench image (named after the binary's hash) and
+// its root filesystem: netbench alone.
+func (b *bench) netbenchTar(ctx context.Context) (string, *bytes.Buffer, error) {
+	bin, err := b.netbenchBinary(ctx)
+	if err != nil {
+		return "", nil, err
+	}
 	raw, err := os.ReadFile(bin)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	img := fmt.Sprintf("mynet-bench-netbench:%x", sha256.Sum256(raw))[:len("mynet-bench-netbench:")+12]
-	if _, err := docker(ctx, "image", "inspect", img); err == nil {
-		return img, nil
-	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "netbench", Mode: 0o755, Size: int64(len(raw)), ModTime: time.Now()}); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if _, err := tw.Write(raw); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	if err := tw.Close(); err != nil {
-		return "", err
-	}
-	return img, b.importImage(ctx, &buf, img, `ENTRYPOINT ["/netbench"]`)
+	return img, &buf, tw.Close()
 }
 
 func (b *bench) importImage(ctx context.Context, rootfs *bytes.Buffer, name, change string) error {

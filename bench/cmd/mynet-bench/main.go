@@ -16,6 +16,9 @@
 //	9  ports and startup: docker run -p with 1000 ports, a start meanwhile,
 //	   10,000 mappings on the socket, restart on a large state, the
 //	   periodic pass (issue 13)
+//	cluster  cluster networks on scripts/cluster.sh's hosts (issue 14):
+//	   cross-host data plane, docker run, etcd writes, propagation, resync
+//	   (cluster.go)
 //	go Go benchmarks of the hot paths (go test -bench)
 //
 // Phases 1, 2, 3 and 7 use dockerd and a mynet instance of their own on the
@@ -93,7 +96,7 @@ func (c *config) define(fs *flag.FlagSet, l *listFlags) {
 	fs.StringVar(&c.image, "image", "mynet-e2e-busybox:1", "busybox image for phases 1-2: reused when present, else imported the way e2e does")
 	fs.StringVar(&c.dockerLock, "docker-lock", "/tmp/mynet-docker.lock", "file locked (flock) while phases use dockerd; empty: no lock. Under `flock FILE mynet-bench` the inherited lock is used")
 	fs.StringVar(&c.workDir, "work-dir", "", "directory for state and logs (default: a new temporary directory)")
-	fs.StringVar(&l.phases, "phases", "1,2,3,4,5,6,7,8,9,go", "phases to run, comma-separated")
+	fs.StringVar(&l.phases, "phases", "1,2,3,4,5,6,7,8,9,cluster,go", "phases to run, comma-separated")
 	fs.IntVar(&c.trials, "trials", 20, "phase 1: trials per driver")
 	fs.IntVar(&c.netTrials, "net-trials", 20, "phase 3: trials per driver")
 	fs.IntVar(&c.parallel, "parallel", 50, "phase 2: containers started at once")
@@ -152,8 +155,8 @@ func (c *config) parseLists(l listFlags) error {
 	c.phases = map[string]bool{}
 	for _, p := range strings.Split(l.phases, ",") {
 		p = strings.TrimSpace(p)
-		if !slices.Contains([]string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "go"}, p) {
-			return fmt.Errorf("-phases: unknown phase %q (use 1-9 and go)", p)
+		if !slices.Contains([]string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "cluster", "go"}, p) {
+			return fmt.Errorf("-phases: unknown phase %q (use 1-9, cluster and go)", p)
 		}
 		c.phases[p] = true
 	}
@@ -192,6 +195,13 @@ func intList(s string) ([]int, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == etcdHelperArg {
+		if err := etcdHelper(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "mynet-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -330,6 +340,11 @@ func (b *bench) runPhases(ctx context.Context) {
 			b.fail("1-3,7,9", err)
 		}
 	}
+	if want("cluster") && ctx.Err() == nil {
+		if err := b.clusterPhase(ctx); err != nil {
+			b.fail("cluster", err)
+		}
+	}
 	if want("go") && ctx.Err() == nil {
 		if err := b.goBenchmarks(ctx); err != nil {
 			b.fail("go", err)
@@ -386,6 +401,7 @@ type report struct {
 	DataPlane *dataPlaneResult `json:"data_plane,omitempty"` // 7
 	Memory    *memoryResult    `json:"memory,omitempty"`     // 8
 	Ports     *portsResult     `json:"ports,omitempty"`      // 9
+	Cluster   *clusterResult   `json:"cluster,omitempty"`
 	GoBench   []goBenchResult  `json:"go_bench,omitempty"`
 	Targets   []target         `json:"targets"`
 	Notes     []string         `json:"notes,omitempty"`

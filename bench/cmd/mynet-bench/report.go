@@ -74,6 +74,9 @@ func (b *bench) targets() []target {
 	ts.ratio("7", "request/response latency (mean) <= 1.03x bridge", p7b, 1.03, true)
 	memoryTarget(&ts, r.Memory)
 	portsTargets(&ts, r.Ports)
+	if b.cfg.phases["cluster"] {
+		clusterTargets(&ts, r.Cluster)
+	}
 	return ts
 }
 
@@ -158,6 +161,7 @@ func (b *bench) printTable(w io.Writer) {
 	printRules(w, r.Rules)
 	printMemory(w, r.Memory)
 	printPorts(w, r.Ports)
+	printCluster(w, r.Cluster)
 	printGoBench(w, r.GoBench)
 	fmt.Fprintf(w, "\nTargets\n")
 	tw := newTable(w)
