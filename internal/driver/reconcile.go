@@ -282,7 +282,7 @@ func (d *Driver) reconcile(ctx context.Context, full bool) (repaired bool, err e
 	}
 	d.adopt(fp, sfp, d.changes.Load(), false)
 	if repaired {
-		d.log.Warn("mynet's links or rules were changed from outside; restored them", "objects", damaged)
+		d.log.Warn("mynet's links or rules were changed from outside; restored them", "objects", digestNames(damaged))
 	}
 	return repaired, nil
 }
@@ -414,4 +414,17 @@ func (d *Driver) releaseStalePools() error {
 		delete(d.pools, id)
 	}
 	return errors.Join(errs...)
+}
+
+// digestNames are digest keys as the log names them: the key of what all
+// networks share is empty, which a log shows as nothing at all.
+func digestNames(keys []string) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		if k == "" {
+			k = "shared chains, hooks and sysctls"
+		}
+		out[i] = k
+	}
+	return out
 }
