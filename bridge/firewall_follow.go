@@ -27,20 +27,36 @@ type dockerSeen struct {
 	ipt, iptRead bool
 }
 
-// seeDocker lists the nftables tables (one netlink dump) and adds the
-// line of DigestFirewall that says what it found; ipt and iptRead come
-// from the fingerprint's own iptables-save.
-func (d *Dataplane) seeDocker(g digester, ipt, iptRead bool) {
+// seeDocker notes what the fingerprint saw of Docker's rules for
+// FollowFirewall: ipt and iptRead come from its iptables lines, and the
+// nftables tables are listed (one netlink dump) when the ruleset
+// generation moved since the last listing.
+func (d *Dataplane) seeDocker(ipt, iptRead bool) dockerSeen {
 	s := dockerSeen{taken: true, ipt: ipt, iptRead: iptRead}
 	if d.nftList != nil {
-		var err error
-		s.nft, _, err = nftTables(d.nftList, d.instance)
-		s.nftWorks = err == nil
+		gen, ok := d.gen.current()
+		if !ok || !d.nftSeen.ok || d.nftSeen.gen != gen {
+			var err error
+			d.nftSeen.nft, _, err = nftTables(d.nftList, d.instance)
+			d.nftSeen.works = err == nil
+			d.nftSeen.gen, d.nftSeen.ok = gen, ok && err == nil
+			d.nftSeen.listings++
+		}
+		s.nft, s.nftWorks = d.nftSeen.nft, d.nftSeen.works
 	}
-	g.add(model.DigestFirewall, fmt.Sprintf("docker nftables table %v (read %v)", s.nft, s.nftWorks))
 	d.seenMu.Lock()
 	d.seen = s
 	d.seenMu.Unlock()
+	return s
+}
+
+// nftListing is the last listing of the nftables tables, at a ruleset
+// generation.
+type nftListing struct {
+	gen        uint32
+	ok         bool // gen is known and the listing worked
+	nft, works bool
+	listings   int // for tests and benchmarks
 }
 
 // isDockerChainLine reports whether an iptables-save line declares one of
@@ -182,9 +198,9 @@ func (d *Dataplane) newFirewalls(backend string) (fw4, fw6 firewall, err error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	fw4 = newIPTablesFirewall(d.instance, ipt4, false, d.log)
+	fw4 = newIPTablesFirewall(d.instance, ipt4, false, d.gen, d.log)
 	if ipt6, err := newIPTables(true); err == nil {
-		fw6 = newIPTablesFirewall(d.instance, ipt6, true, d.log)
+		fw6 = newIPTablesFirewall(d.instance, ipt6, true, d.gen, d.log)
 	}
 	return fw4, fw6, nil
 }

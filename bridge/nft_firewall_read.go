@@ -286,9 +286,16 @@ func (f *nftFirewall) ownLines() ([]string, error) {
 		return f.lines.lines, nil
 	}
 	f.lines = nftLines{}
+	f.reads++
 	st, err := f.read(o, nftSetOrder)
-	if err != nil || !st.exists {
+	if err != nil {
 		return nil, err
+	}
+	if !st.exists {
+		// No table (no network of this family): that too holds until
+		// the generation moves.
+		f.lines = nftLines{gen: gen, ok: genErr == nil}
+		return nil, nil
 	}
 	rules, err := f.dumpRules(o, true)
 	if err != nil {

@@ -37,6 +37,7 @@ type nftFilter struct {
 	// one, so a change made from outside, even to another table, makes the
 	// next call read the table again.
 	cache *cachedSpoofState
+	reads int // of the table, for tests and benchmarks
 }
 
 // newNFTFilter opens the sockets in the calling thread's network

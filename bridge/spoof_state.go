@@ -121,6 +121,7 @@ func (f *nftFilter) forgetState() { f.cache = nil }
 // element: a fixed number of requests however many endpoints there are.
 func (f *nftFilter) readTable(c *nftables.Conn, o spoofObjects) (spoofState, error) {
 	st := newSpoofState()
+	f.reads++
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyBridge)
 	if err != nil {
 		return st, fmt.Errorf("list nftables bridge tables: %w", err)
