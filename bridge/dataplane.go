@@ -114,7 +114,7 @@ func New(cfg Config) (*Dataplane, error) {
 	if c, err := nftables.New(nftables.AsLasting()); err == nil {
 		d.nftList = c
 	}
-	d.spoof = newNFTFilter(model.SpoofTableName(cfg.Instance), cfg.Log)
+	d.spoof = newNFTFilter(model.SpoofTableName(cfg.Instance), d.gen, cfg.Log)
 	if d.packetFD, err = openAnnounceSocket(); err != nil {
 		cfg.Log.Warn("new endpoints will not be announced with a gratuitous ARP", "err", err)
 	}
