@@ -71,6 +71,9 @@ type Dataplane struct {
 	fpMu    sync.Mutex
 	fp      fpParts
 	nftSeen nftListing
+	// dockerIPT is FollowFirewall's last look for Docker's iptables
+	// chains (firewall_follow.go), under fpMu.
+	dockerIPT dockerIPTables
 
 	// janitor runs best-effort cleanups (conntrack and neighbour flushes,
 	// which cost a full conntrack dump each) after the request has been

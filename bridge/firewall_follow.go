@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/mynet/mynet/internal/model"
@@ -106,7 +107,7 @@ func (d *Dataplane) FollowFirewall(ctx context.Context, rules func() ([]model.Ne
 	if !s.nft && !s.iptRead {
 		// Under nftables, Docker's table is gone: an iptables-save tells
 		// whether dockerd came back on iptables or is just not there.
-		if u.DockerIPTables, err = iptablesHasDocker(); err != nil {
+		if u.DockerIPTables, err = d.iptablesHasDocker(); err != nil {
 			return "", "", "", err
 		}
 	}
@@ -126,23 +127,41 @@ func (d *Dataplane) FollowFirewall(ctx context.Context, rules func() ([]model.Ne
 }
 
 // iptablesHasDocker reads iptables (the binary on PATH) for Docker's
-// chains; without a working binary there are none.
-func iptablesHasDocker() (bool, error) {
+// chains; without a working binary there are none. Each pass asks while
+// Docker's rules are in neither backend (a dockerd with --iptables=false),
+// so under iptables-nft the answer is kept while the ruleset generation
+// stays; iptables-legacy's changes show in no generation and are read
+// each time.
+func (d *Dataplane) iptablesHasDocker() (bool, error) {
 	ipt, err := newIPTables(false)
 	if err != nil {
 		return false, nil
+	}
+	gen, ok := d.gen.current()
+	nb, isNB := ipt.(nftBacked)
+	ok = ok && isNB && nb.nfTables()
+	d.fpMu.Lock()
+	last := d.dockerIPT
+	d.fpMu.Unlock()
+	if ok && last.ok && last.gen == gen {
+		return last.has, nil
 	}
 	out, err := ipt.Save()
 	if err != nil {
 		return false, fmt.Errorf("look for Docker's iptables chains: %w", err)
 	}
 	filter := parseSave(out).table(model.TableFilter)
-	for _, c := range dockerIPTablesChains {
-		if filter.hasChain(c) {
-			return true, nil
-		}
-	}
-	return false, nil
+	has := slices.ContainsFunc(dockerIPTablesChains, filter.hasChain)
+	d.fpMu.Lock()
+	d.dockerIPT = dockerIPTables{gen: gen, ok: ok, has: has}
+	d.fpMu.Unlock()
+	return has, nil
+}
+
+// dockerIPTables is iptablesHasDocker's last answer, at a generation.
+type dockerIPTables struct {
+	gen     uint32
+	ok, has bool
 }
 
 // switchFirewall ensures every rule in backend's firewalls, swaps them in
