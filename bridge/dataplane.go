@@ -174,6 +174,9 @@ func (d *Dataplane) Close() {
 	d.reaper.close()
 	d.gen.close()
 	d.links.close()
+	d.fpMu.Lock()
+	d.fp.files.close()
+	d.fpMu.Unlock()
 	if d.packetFD >= 0 {
 		unix.Close(d.packetFD)
 	}

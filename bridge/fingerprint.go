@@ -58,7 +58,7 @@ func (d *Dataplane) Fingerprint() (model.Digests, error) {
 		}
 		c.links, c.bridges, changed = links, bridges, true
 	}
-	if sys := bridgeSysctls(c.bridges); !slices.Equal(sys, c.sysctls) {
+	if sys := c.bridgeSysctls(); !slices.Equal(sys, c.sysctls) {
 		c.sysctls, changed = sys, true
 	}
 	fws := d.firewalls()
@@ -97,6 +97,7 @@ type fpParts struct {
 	docker  dockerSeen
 	out     model.Digests
 	dumps   int // link dumps, for tests and benchmarks
+	files   sysctlFiles
 }
 
 // reads counts what the Dataplane has read of the kernel's links and
@@ -207,14 +208,13 @@ func (d *Dataplane) linkLines() (digester, []fpBridge, error) {
 
 // bridgeSysctls are IPv4 forwarding and bridgeSysctls' switches of each
 // bridge, which no netlink event announces: read every time.
-func bridgeSysctls(bridges []fpBridge) []string {
-	out := []string{"ip_forward " + sysctlValue("net/ipv4/ip_forward")}
-	for _, b := range bridges {
-		var vals []string
-		for _, s := range []string{"net/ipv4/conf/%s/route_localnet", "net/ipv6/conf/%s/accept_ra", "net/ipv6/conf/%s/disable_ipv6"} {
-			vals = append(vals, sysctlValue(fmt.Sprintf(s, b.name)))
-		}
-		out = append(out, strings.Join(vals, " "))
+func (c *fpParts) bridgeSysctls() []string {
+	defer c.files.sweep()
+	out := []string{"ip_forward " + c.files.value("net/ipv4/ip_forward")}
+	for _, b := range c.bridges {
+		out = append(out, c.files.value("net/ipv4/conf/"+b.name+"/route_localnet")+" "+
+			c.files.value("net/ipv6/conf/"+b.name+"/accept_ra")+" "+
+			c.files.value("net/ipv6/conf/"+b.name+"/disable_ipv6"))
 	}
 	return out
 }

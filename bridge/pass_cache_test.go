@@ -373,3 +373,42 @@ func TestInterleavedWritesKeepCaches(t *testing.T) {
 		}
 	})
 }
+
+// TestSysctlFiles: a kept sysctl file follows writes, and a link deleted
+// and created again under its name is read afresh (the old file fails
+// with ENOENT for good); a sweep closes the files not read since.
+func TestSysctlFiles(t *testing.T) {
+	nstest.Run(t, func() {
+		var s sysctlFiles
+		defer s.close()
+		key := "net/ipv4/conf/mn-sysctltest/route_localnet"
+		run(t, "ip", "link", "add", "mn-sysctltest", "type", "bridge")
+		for _, step := range []struct {
+			cmd  []string
+			want string
+		}{
+			{nil, "0"},
+			{[]string{"sysctl", "-qw", "net.ipv4.conf.mn-sysctltest.route_localnet=1"}, "1"},
+			{[]string{"sh", "-c", "ip link del mn-sysctltest && ip link add mn-sysctltest type bridge"}, "0"},
+			{[]string{"ip", "link", "del", "mn-sysctltest"}, "-"},
+			{[]string{"sh", "-c", "ip link add mn-sysctltest type bridge && sysctl -qw net.ipv4.conf.mn-sysctltest.route_localnet=1"}, "1"},
+		} {
+			if step.cmd != nil {
+				run(t, step.cmd...)
+			}
+			if got := s.value(key); got != step.want {
+				t.Fatalf("after %v: %s = %q, want %q", step.cmd, key, got, step.want)
+			}
+			s.sweep()
+		}
+		if len(s.fds) != 1 {
+			t.Fatalf("%d files open, want 1", len(s.fds))
+		}
+		s.sweep()
+		s.sweep()
+		if len(s.fds) != 0 {
+			t.Fatalf("%d files open after a sweep with nothing read, want 0", len(s.fds))
+		}
+		run(t, "ip", "link", "del", "mn-sysctltest")
+	})
+}
