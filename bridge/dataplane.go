@@ -142,6 +142,7 @@ func New(cfg Config) (*Dataplane, error) {
 	if ipt4 == nil {
 		var err error
 		if ipt4, err = newIPTables(false); err != nil {
+			d.Close() // its goroutines and sockets
 			return nil, err
 		}
 	}
