@@ -342,7 +342,13 @@ func TestRemoveOrphans(t *testing.T) {
 			t.Fatal(err)
 		}
 		// A link of another instance must survive.
-		other, _ := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw4.(*iptablesFirewall).ipt})
+		// Its own netlink handle (in this thread's namespace), so that
+		// closing it leaves d's open.
+		other, err := New(Config{Instance: "someone-else", IPv4: d.fw4.(*iptablesFirewall).ipt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
 		otherNet := testNetwork(strings.Repeat("d", 64), "10.3.0.0/24", "10.3.0.1/24")
 		if err := other.EnsureNetwork(ctx, otherNet); err != nil {
 			t.Fatal(err)

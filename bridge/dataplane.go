@@ -63,6 +63,17 @@ type Dataplane struct {
 	leftover []firewall
 
 	generation string // in the link tags, see Tag
+	// gen is the namespace's nftables ruleset generation (rulegen.go).
+	gen *rulesetGen
+	// links watches link and address events; fpMu guards fp, the last
+	// Fingerprint by part, and nftSeen (fingerprint.go).
+	links   *linkWatch
+	fpMu    sync.Mutex
+	fp      fpParts
+	nftSeen nftListing
+	// dockerIPT is FollowFirewall's last look for Docker's iptables
+	// chains (firewall_follow.go), under fpMu.
+	dockerIPT dockerIPTables
 
 	// janitor runs best-effort cleanups (conntrack and neighbour flushes,
 	// which cost a full conntrack dump each) after the request has been
@@ -101,11 +112,12 @@ func New(cfg Config) (*Dataplane, error) {
 		return nil, err
 	}
 	d := &Dataplane{instance: cfg.Instance, generation: cfg.Generation, log: cfg.Log, nl: nl, rtnl: rtnl,
-		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{}), follow: cfg.Follow}
+		janitor: make(chan func(*netlink.Handle), 256), janitorDone: make(chan struct{}), follow: cfg.Follow,
+		gen: newRulesetGen(), links: newLinkWatch(cfg.Log)}
 	if c, err := nftables.New(nftables.AsLasting()); err == nil {
 		d.nftList = c
 	}
-	d.spoof = newNFTFilter(model.SpoofTableName(cfg.Instance), cfg.Log)
+	d.spoof = newNFTFilter(model.SpoofTableName(cfg.Instance), d.gen, cfg.Log)
 	if d.packetFD, err = openAnnounceSocket(); err != nil {
 		cfg.Log.Warn("new endpoints will not be announced with a gratuitous ARP", "err", err)
 	}
@@ -130,10 +142,11 @@ func New(cfg Config) (*Dataplane, error) {
 	if ipt4 == nil {
 		var err error
 		if ipt4, err = newIPTables(false); err != nil {
+			d.Close() // its goroutines and sockets
 			return nil, err
 		}
 	}
-	d.fw4 = newIPTablesFirewall(cfg.Instance, ipt4, false, cfg.Log)
+	d.fw4 = newIPTablesFirewall(cfg.Instance, ipt4, false, d.gen, cfg.Log)
 	ipt6 := cfg.IPv6
 	if ipt6 == nil {
 		var err error
@@ -142,7 +155,7 @@ func New(cfg Config) (*Dataplane, error) {
 		}
 	}
 	if ipt6 != nil {
-		d.fw6 = newIPTablesFirewall(cfg.Instance, ipt6, true, cfg.Log)
+		d.fw6 = newIPTablesFirewall(cfg.Instance, ipt6, true, d.gen, cfg.Log)
 	}
 	return d, nil
 }
@@ -160,6 +173,11 @@ func (d *Dataplane) Close() {
 		d.nftList.CloseLasting()
 	}
 	d.reaper.close()
+	d.gen.close()
+	d.links.close()
+	d.fpMu.Lock()
+	d.fp.files.close()
+	d.fpMu.Unlock()
 	if d.packetFD >= 0 {
 		unix.Close(d.packetFD)
 	}

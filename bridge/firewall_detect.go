@@ -163,7 +163,7 @@ func (d *Dataplane) RemoveOtherFirewall() error {
 	if d.FirewallBackend() == model.FirewallNFTables {
 		for _, v6 := range []bool{false, true} {
 			if ipt, err := newIPTables(v6); err == nil {
-				others = append(others, newIPTablesFirewall(d.instance, ipt, v6, d.log))
+				others = append(others, newIPTablesFirewall(d.instance, ipt, v6, d.gen, d.log))
 			}
 		}
 	} else {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/mynet/mynet/internal/model"
@@ -27,20 +28,36 @@ type dockerSeen struct {
 	ipt, iptRead bool
 }
 
-// seeDocker lists the nftables tables (one netlink dump) and adds the
-// line of DigestFirewall that says what it found; ipt and iptRead come
-// from the fingerprint's own iptables-save.
-func (d *Dataplane) seeDocker(g digester, ipt, iptRead bool) {
+// seeDocker notes what the fingerprint saw of Docker's rules for
+// FollowFirewall: ipt and iptRead come from its iptables lines, and the
+// nftables tables are listed (one netlink dump) when the ruleset
+// generation moved since the last listing.
+func (d *Dataplane) seeDocker(ipt, iptRead bool) dockerSeen {
 	s := dockerSeen{taken: true, ipt: ipt, iptRead: iptRead}
 	if d.nftList != nil {
-		var err error
-		s.nft, _, err = nftTables(d.nftList, d.instance)
-		s.nftWorks = err == nil
+		gen, ok := d.gen.current()
+		if !ok || !d.nftSeen.ok || d.nftSeen.gen != gen {
+			var err error
+			d.nftSeen.nft, _, err = nftTables(d.nftList, d.instance)
+			d.nftSeen.works = err == nil
+			d.nftSeen.gen, d.nftSeen.ok = gen, ok && err == nil
+			d.nftSeen.listings++
+		}
+		s.nft, s.nftWorks = d.nftSeen.nft, d.nftSeen.works
 	}
-	g.add(model.DigestFirewall, fmt.Sprintf("docker nftables table %v (read %v)", s.nft, s.nftWorks))
 	d.seenMu.Lock()
 	d.seen = s
 	d.seenMu.Unlock()
+	return s
+}
+
+// nftListing is the last listing of the nftables tables, at a ruleset
+// generation.
+type nftListing struct {
+	gen        uint32
+	ok         bool // gen is known and the listing worked
+	nft, works bool
+	listings   int // for tests and benchmarks
 }
 
 // isDockerChainLine reports whether an iptables-save line declares one of
@@ -90,7 +107,7 @@ func (d *Dataplane) FollowFirewall(ctx context.Context, rules func() ([]model.Ne
 	if !s.nft && !s.iptRead {
 		// Under nftables, Docker's table is gone: an iptables-save tells
 		// whether dockerd came back on iptables or is just not there.
-		if u.DockerIPTables, err = iptablesHasDocker(); err != nil {
+		if u.DockerIPTables, err = d.iptablesHasDocker(); err != nil {
 			return "", "", "", err
 		}
 	}
@@ -110,23 +127,41 @@ func (d *Dataplane) FollowFirewall(ctx context.Context, rules func() ([]model.Ne
 }
 
 // iptablesHasDocker reads iptables (the binary on PATH) for Docker's
-// chains; without a working binary there are none.
-func iptablesHasDocker() (bool, error) {
+// chains; without a working binary there are none. Each pass asks while
+// Docker's rules are in neither backend (a dockerd with --iptables=false),
+// so under iptables-nft the answer is kept while the ruleset generation
+// stays; iptables-legacy's changes show in no generation and are read
+// each time.
+func (d *Dataplane) iptablesHasDocker() (bool, error) {
 	ipt, err := newIPTables(false)
 	if err != nil {
 		return false, nil
+	}
+	gen, ok := d.gen.current()
+	nb, isNB := ipt.(nftBacked)
+	ok = ok && isNB && nb.nfTables()
+	d.fpMu.Lock()
+	last := d.dockerIPT
+	d.fpMu.Unlock()
+	if ok && last.ok && last.gen == gen {
+		return last.has, nil
 	}
 	out, err := ipt.Save()
 	if err != nil {
 		return false, fmt.Errorf("look for Docker's iptables chains: %w", err)
 	}
 	filter := parseSave(out).table(model.TableFilter)
-	for _, c := range dockerIPTablesChains {
-		if filter.hasChain(c) {
-			return true, nil
-		}
-	}
-	return false, nil
+	has := slices.ContainsFunc(dockerIPTablesChains, filter.hasChain)
+	d.fpMu.Lock()
+	d.dockerIPT = dockerIPTables{gen: gen, ok: ok, has: has}
+	d.fpMu.Unlock()
+	return has, nil
+}
+
+// dockerIPTables is iptablesHasDocker's last answer, at a generation.
+type dockerIPTables struct {
+	gen     uint32
+	ok, has bool
 }
 
 // switchFirewall ensures every rule in backend's firewalls, swaps them in
@@ -182,9 +217,9 @@ func (d *Dataplane) newFirewalls(backend string) (fw4, fw6 firewall, err error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	fw4 = newIPTablesFirewall(d.instance, ipt4, false, d.log)
+	fw4 = newIPTablesFirewall(d.instance, ipt4, false, d.gen, d.log)
 	if ipt6, err := newIPTables(true); err == nil {
-		fw6 = newIPTablesFirewall(d.instance, ipt6, true, d.log)
+		fw6 = newIPTablesFirewall(d.instance, ipt6, true, d.gen, d.log)
 	}
 	return fw4, fw6, nil
 }

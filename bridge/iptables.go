@@ -22,11 +22,24 @@ type iptablesFirewall struct {
 	// mu makes each read-compare-write one step: two operations that read
 	// the same ruleset would both add what it lacks. The driver serialises
 	// rule changes already; this keeps the firewall correct on its own.
+	// It guards cache too.
 	mu sync.Mutex
+	// gen is the namespace's ruleset generation when the tables are
+	// nf_tables ones (iptables-nft), nil under iptables-legacy, whose
+	// changes no generation shows: then every read runs iptables-save.
+	gen   *rulesetGen
+	cache *iptCache // the last read, see iptables_cache.go
+	reads int       // iptables-save runs, for tests and benchmarks
 }
 
-func newIPTablesFirewall(instance string, ipt IPTables, v6 bool, log *slog.Logger) *iptablesFirewall {
-	return &iptablesFirewall{instance: instance, chains: model.ChainsFor(instance), ipt: ipt, v6: v6, log: log}
+// newIPTablesFirewall keeps its reads by gen when ipt says its tables are
+// nf_tables ones (nftBacked).
+func newIPTablesFirewall(instance string, ipt IPTables, v6 bool, gen *rulesetGen, log *slog.Logger) *iptablesFirewall {
+	f := &iptablesFirewall{instance: instance, chains: model.ChainsFor(instance), ipt: ipt, v6: v6, log: log}
+	if nb, ok := ipt.(nftBacked); ok && nb.nfTables() {
+		f.gen = gen
+	}
+	return f
 }
 
 func (f *iptablesFirewall) family() string {
@@ -151,7 +164,7 @@ func (f *iptablesFirewall) removeWhere(what string, drop func(networkID, endpoin
 	if t.empty() {
 		return nil
 	}
-	if err := f.ipt.Restore(t.render()); err != nil {
+	if err := f.restore(&t); err != nil {
 		return fmt.Errorf("remove %s: %w", what, err)
 	}
 	f.log.Debug("rules removed", "family", f.family(), "of", what, "rules", len(dels), "chains_removed", removeChains)
@@ -161,12 +174,18 @@ func (f *iptablesFirewall) removeWhere(what string, drop func(networkID, endpoin
 // hasRules reports whether any of this instance's chains holds a rule
 // naming a network.
 func (f *iptablesFirewall) hasRules() (bool, error) {
-	rs, err := f.read()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.cached()
 	if err != nil {
 		return false, err
 	}
 	for _, tc := range f.chains.Tables() {
-		for _, spec := range rs.table(tc.Table).chains[tc.Chain] {
+		t := c.rs[tc.Table]
+		if t == nil {
+			continue
+		}
+		for _, spec := range t.chains[tc.Chain] {
 			if _, _, ok := model.ParseRuleComment(spec); ok {
 				return true, nil
 			}

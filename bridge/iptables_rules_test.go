@@ -91,7 +91,7 @@ func TestNetworkRulesByGatewayMode(t *testing.T) {
 				v6        bool
 				want, not []string
 			}{{false, tc.want, tc.wantNot}, {true, tc.want6, tc.wantNot6}} {
-				got := rendered(newIPTablesFirewall(model.DefaultInstance, nil, fam.v6, slog.Default()).networkRules(n))
+				got := rendered(newIPTablesFirewall(model.DefaultInstance, nil, fam.v6, nil, slog.Default()).networkRules(n))
 				for _, w := range fam.want {
 					if !slices.Contains(got, w) {
 						t.Errorf("v6=%v: no rule %q in:\n%s", fam.v6, w, strings.Join(got, "\n"))
@@ -144,7 +144,7 @@ func TestPortRulesByGatewayMode(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := ep
 			e.Bridge, e.TrustedInterfaces = "br0", tc.trusted
-			got := rendered(newIPTablesFirewall(model.DefaultInstance, nil, tc.v6, slog.Default()).portRules(e, tc.m))
+			got := rendered(newIPTablesFirewall(model.DefaultInstance, nil, tc.v6, nil, slog.Default()).portRules(e, tc.m))
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
 			}

@@ -29,8 +29,12 @@ type IPTables interface {
 	Restore(input string) error
 }
 
-// execIPTables runs the binaries found on PATH at startup.
-type execIPTables struct{ save, restore string }
+// execIPTables runs the binaries found on PATH at startup; nft says
+// whether they are iptables-nft (onNFTables).
+type execIPTables struct {
+	save, restore string
+	nft           bool
+}
 
 // newIPTables finds iptables-save and iptables-restore (or ip6tables-)
 // first on PATH, as dockerd finds iptables, so that mynet's rules land in
@@ -52,8 +56,11 @@ func newIPTables(v6 bool) (IPTables, error) {
 		}
 		*p = path
 	}
+	x.nft = onNFTables(x.save)
 	return x, nil
 }
+
+func (x execIPTables) nfTables() bool { return x.nft }
 
 func (x execIPTables) Save() (string, error) {
 	var stderr bytes.Buffer
@@ -127,15 +134,6 @@ func (t *tx) render() string {
 	return b.String()
 }
 
-// read is the family's ruleset, with one iptables-save.
-func (f *iptablesFirewall) read() (ruleset, error) {
-	out, err := f.ipt.Save()
-	if err != nil {
-		return nil, fmt.Errorf("read the %s rules: %w", f.family(), err)
-	}
-	return parseSave(out), nil
-}
-
 // planChain declares a chain the read did not find.
 func (f *iptablesFirewall) planChain(rs ruleset, t *tx, table, chain string) {
 	tr := rs.table(table)
@@ -177,7 +175,7 @@ func (f *iptablesFirewall) commit(ctx context.Context, t *tx, what string, undo 
 	if err := stopped(ctx, f.family()+" rules of "+what); err != nil {
 		return err
 	}
-	if err := f.ipt.Restore(t.render()); err != nil {
+	if err := f.restore(t); err != nil {
 		err = fmt.Errorf("%s: write %s rules: %w", what, f.family(), err)
 		if rerr := f.revert(t); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("%s: undo the tables committed before the failure: %w", what, rerr))
@@ -186,13 +184,17 @@ func (f *iptablesFirewall) commit(ctx context.Context, t *tx, what string, undo 
 	}
 	f.log.Debug("rules written", "family", f.family(), "of", what, "lines", t.size(), "added", len(t.added), "chains_created", len(t.created))
 	if undo != nil && (len(t.added) > 0 || len(t.created) > 0) {
-		undo.Push("remove the "+f.family()+" rules added for "+what, func() error { return f.revert(t) })
+		undo.Push("remove the "+f.family()+" rules added for "+what, func() error {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.revert(t)
+		})
 	}
 	return nil
 }
 
 // revert removes what t added and what it created that is present now:
-// one read, one restore.
+// one read, one restore. The caller holds f.mu.
 func (f *iptablesFirewall) revert(t *tx) error {
 	rs, err := f.read()
 	if err != nil {
@@ -219,7 +221,7 @@ func (f *iptablesFirewall) revert(t *tx) error {
 	if r.empty() {
 		return nil
 	}
-	if err := f.ipt.Restore(r.render()); err != nil {
+	if err := f.restore(&r); err != nil {
 		return fmt.Errorf("remove %s rules: %w", f.family(), err)
 	}
 	return nil

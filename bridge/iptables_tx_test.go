@@ -161,7 +161,7 @@ var dockerChains = []string{
 }
 
 func memFirewall(m *memIPTables, v6 bool) *iptablesFirewall {
-	return newIPTablesFirewall("mynet-test", m, v6, slog.New(slog.DiscardHandler))
+	return newIPTablesFirewall("mynet-test", m, v6, nil, slog.New(slog.DiscardHandler))
 }
 
 // TestRestoreInput checks, against golden files, what one operation

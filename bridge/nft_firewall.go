@@ -100,6 +100,7 @@ type nftFirewall struct {
 	// not changed since the last pass found it right.
 	verified nftVerified
 	lines    nftLines
+	reads    int // reads of the table for ownLines, for tests and benchmarks
 }
 
 func newNFTFirewall(instance string, v6 bool, log *slog.Logger) *nftFirewall {

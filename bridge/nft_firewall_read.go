@@ -112,30 +112,7 @@ func nftExprsDigest(b []byte) string {
 
 // genID is the generation of the network namespace's nftables ruleset,
 // which every committed transaction (of any table, any program) changes.
-func (f *nftFirewall) genID() (uint32, error) {
-	msgs, err := f.raw.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
-		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
-	})
-	if err != nil {
-		return 0, fmt.Errorf("ruleset generation: %w", err)
-	}
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		attrs, err := netlink.UnmarshalAttributes(m.Data[4:])
-		if err != nil {
-			return 0, err
-		}
-		for _, a := range attrs {
-			if a.Type == unix.NFTA_GEN_ID && len(a.Data) == 4 {
-				return binary.BigEndian.Uint32(a.Data), nil
-			}
-		}
-	}
-	return 0, errors.New("ruleset generation: no NFTA_GEN_ID in the answer")
-}
+func (f *nftFirewall) genID() (uint32, error) { return readGenID(f.raw) }
 
 // nftJump is the chain a verdict map's element jumps to. The library
 // lists the verdict as it came, NFTA_DATA_VERDICT's attributes in Val
@@ -286,9 +263,16 @@ func (f *nftFirewall) ownLines() ([]string, error) {
 		return f.lines.lines, nil
 	}
 	f.lines = nftLines{}
+	f.reads++
 	st, err := f.read(o, nftSetOrder)
-	if err != nil || !st.exists {
+	if err != nil {
 		return nil, err
+	}
+	if !st.exists {
+		// No table (no network of this family): that too holds until
+		// the generation moves.
+		f.lines = nftLines{gen: gen, ok: genErr == nil}
+		return nil, nil
 	}
 	rules, err := f.dumpRules(o, true)
 	if err != nil {

@@ -4,8 +4,6 @@ package bridge
 // filter's raw netfilter socket.
 
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
 
 	"github.com/google/nftables/userdata"
@@ -15,28 +13,7 @@ import (
 
 // generation reads the namespace's nftables generation, which every
 // committed change increments (see nftFilter.cache).
-func (f *nftFilter) generation() (uint32, error) {
-	msgs, err := f.raw.Execute(netlink.Message{Header: netlink.Header{
-		Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
-		Flags: netlink.Request,
-	}, Data: nfgenmsg(unix.NFPROTO_UNSPEC)})
-	if err != nil {
-		return 0, fmt.Errorf("read nftables generation: %w", err)
-	}
-	for _, m := range msgs {
-		ad, err := netlink.NewAttributeDecoder(m.Data[min(4, len(m.Data)):])
-		if err != nil {
-			return 0, err
-		}
-		ad.ByteOrder = binary.BigEndian
-		for ad.Next() {
-			if ad.Type() == unix.NFTA_GEN_ID {
-				return ad.Uint32(), nil
-			}
-		}
-	}
-	return 0, errors.New("read nftables generation: no NFTA_GEN_ID in the reply")
-}
+func (f *nftFilter) generation() (uint32, error) { return readGenID(f.raw) }
 
 // nfgenmsg is the header of every nftables request: family, version,
 // resource ID.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -37,13 +38,21 @@ type nftFilter struct {
 	// one, so a change made from outside, even to another table, makes the
 	// next call read the table again.
 	cache *cachedSpoofState
+	// ledger tells the commits of mynet's other writers apart (the
+	// firewall's), after which the cache still holds; nil: none is.
+	ledger *rulesetGen
+	// digests are fingerprint's answer for the cache it was computed
+	// from (digestsOf): the same until the cache is replaced.
+	digests   model.Digests
+	digestsOf *cachedSpoofState
+	reads     int // of the table, for tests and benchmarks
 }
 
 // newNFTFilter opens the sockets in the calling thread's network
 // namespace. A filter whose sockets could not be opened returns why from
 // every call that needs them.
-func newNFTFilter(table string, log *slog.Logger) *nftFilter {
-	f := &nftFilter{table: table, log: log}
+func newNFTFilter(table string, ledger *rulesetGen, log *slog.Logger) *nftFilter {
+	f := &nftFilter{table: table, log: log, ledger: ledger}
 	c, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		f.err = fmt.Errorf("open nftables netlink socket: %w", err)
@@ -211,6 +220,9 @@ func (f *nftFilter) fingerprint() (model.Digests, error) {
 	if err != nil || !st.exists {
 		return model.Digests{}, err
 	}
+	if f.cache != nil && f.digestsOf == f.cache {
+		return maps.Clone(f.digests), nil
+	}
 	out := model.Digests{"spoof": "table bridge " + f.table + " rules: " + strings.Join(st.comments, " | ")}
 	for veth, e := range st.veths {
 		out["veth:"+veth] = fmt.Sprintf("port mac=%s ipv4=%v ipv6=%v", e.mac, e.ipv4, e.ipv6)
@@ -218,7 +230,9 @@ func (f *nftFilter) fingerprint() (model.Digests, error) {
 	for veth, e := range st.strays {
 		out["veth:"+veth] += fmt.Sprintf(" stray mac=%s ipv4=%v ipv6=%v", e.mac, e.ipv4, e.ipv6)
 	}
-	return out, nil
+	// The cache is replaced, never changed, when the table changes.
+	f.digests, f.digestsOf = out, f.cache
+	return maps.Clone(out), nil
 }
 
 // hasElements reports whether any veth is under the filter; without

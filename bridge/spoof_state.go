@@ -86,7 +86,8 @@ func (f *nftFilter) loadState(c *nftables.Conn, o spoofObjects) (spoofState, uin
 	if err != nil {
 		return spoofState{}, 0, err
 	}
-	if f.cache != nil && f.cache.gen == gen {
+	if f.cache != nil && f.ledger.onlyOthers(f.cache.gen, gen, spoofWriter) {
+		f.cache.gen = gen
 		return f.cache.st, gen, nil
 	}
 	st, err := f.readTable(c, o)
@@ -112,8 +113,12 @@ func (f *nftFilter) storeState(st spoofState, gen uint32) {
 		f.forgetState()
 		return
 	}
+	f.ledger.wrote(gen, now, spoofWriter)
 	f.cache = &cachedSpoofState{gen: now, st: st}
 }
+
+// spoofWriter names the filter's writes in the ledger.
+const spoofWriter = "anti-spoofing"
 
 func (f *nftFilter) forgetState() { f.cache = nil }
 
@@ -121,6 +126,7 @@ func (f *nftFilter) forgetState() { f.cache = nil }
 // element: a fixed number of requests however many endpoints there are.
 func (f *nftFilter) readTable(c *nftables.Conn, o spoofObjects) (spoofState, error) {
 	st := newSpoofState()
+	f.reads++
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyBridge)
 	if err != nil {
 		return st, fmt.Errorf("list nftables bridge tables: %w", err)

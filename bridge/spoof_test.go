@@ -276,10 +276,13 @@ func TestSpoofOrphans(t *testing.T) {
 			}
 		}
 		// Another instance's table must survive.
-		other, err := New(Config{Instance: "someone-else", Netlink: d.nl, IPv4: d.fw4.(*iptablesFirewall).ipt})
+		// Its own netlink handle (in this thread's namespace), so that
+		// closing it leaves d's open.
+		other, err := New(Config{Instance: "someone-else", IPv4: d.fw4.(*iptablesFirewall).ipt})
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer other.Close()
 		if err := other.EnsureSpoofCheck(eps[1]); err != nil {
 			t.Fatal(err)
 		}

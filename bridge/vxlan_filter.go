@@ -232,13 +232,15 @@ func (f *iptablesFirewall) removeVTEPs() error {
 	if t.empty() {
 		return nil
 	}
-	if err := f.ipt.Restore(t.render()); err != nil {
+	if err := f.restore(&t); err != nil {
 		return fmt.Errorf("remove the VXLAN port filter (%s): %w", f.family(), err)
 	}
 	return nil
 }
 
 func (f *iptablesFirewall) readVTEPs() (int, []netip.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	rs, err := f.read()
 	if err != nil {
 		return 0, nil, err
