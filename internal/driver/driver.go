@@ -183,6 +183,10 @@ type Driver struct {
 	fingerprint, spoofPrint model.Digests
 	// recheckDue makes the next pass a recheck (Recheck); under reconMu.
 	recheckDue bool
+	// rechecked is the changes count at the start of the last recheck
+	// that completed (or of the startup pass, which compared everything):
+	// the periodic loop rechecks only after mynet changed something since.
+	rechecked atomic.Uint64
 	networks   map[string]*state.Network
 	endpoints  map[string]*state.Endpoint // by endpoint ID
 	// index holds each network's endpoints, those being created

@@ -10,7 +10,8 @@ import (
 type Counter interface{ Inc() }
 
 // recheckEvery is how many ticks pass between passes that do not trust
-// the fingerprint (see Recheck).
+// the fingerprint (see Recheck), when mynet changed something since the
+// last one (recheckUseful).
 const recheckEvery = 10
 
 // ReconcileLoop repairs mynet's kernel objects every interval (a cheap
@@ -34,7 +35,7 @@ func (d *Driver) ReconcileLoop(ctx context.Context, interval time.Duration, hup 
 		case <-ctx.Done():
 			return
 		case <-tick:
-			if n%recheckEvery == 0 {
+			if n%recheckEvery == 0 && d.recheckUseful() {
 				d.Recheck()
 				kind = "recheck"
 			}

@@ -67,7 +67,11 @@ func (d *Driver) RestoreSnapshot(ctx context.Context, snap state.Snapshot) error
 		d.index.add(&e)
 		d.mapMu.Unlock()
 	}
+	start := d.changes.Load()
 	_, err := d.reconcile(ctx, true) // ensures the VXLAN devices too
+	if err == nil {
+		d.rechecked.Store(start) // it compared everything
+	}
 	errs = append(errs, err)
 	d.restorePeers()
 	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(d.endpoints), "pools", len(snap.Pools))
