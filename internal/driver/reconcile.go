@@ -64,6 +64,12 @@ func (d *Driver) pass(ctx context.Context, full bool) (repaired bool, err error)
 	// A call under way leaves the fingerprints to take in for later; a
 	// recheck ensures everything anyway, with calls going on.
 	if !done && !(busy && recheck) {
+		// The fingerprints under opMu alone first wait for the
+		// dataplane's deferred cleanups; a pass that found a call in
+		// flight has not waited for them yet, and a deleted container's
+		// veth can take tens of milliseconds to go on a busy host: wait
+		// here, holding nothing, so no endpoint call waits for it.
+		d.cfg.Dataplane.Sync()
 		d.lockForPass(ctx)
 		repaired, err = d.reconcile(ctx, false)
 		d.opMu.Unlock()

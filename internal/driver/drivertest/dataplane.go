@@ -41,6 +41,8 @@ type Dataplane struct {
 	// reconcile pass there.
 	OnEnsureBridge func(model.Network)
 	OnEnsureRules  func()
+	// OnSync runs when Sync is called: a test plays a slow janitor there.
+	OnSync func()
 	// Firewall is the backend the fake's rules are in, DockerFirewall
 	// the one Docker's are in ("": none seen); FollowFirewall moves the
 	// rules when they differ and records what it was given in Moved.
@@ -177,7 +179,14 @@ func (f *Dataplane) EndpointExists(e model.Endpoint) (bool, error) {
 	return ok, nil
 }
 
-func (f *Dataplane) Sync() {}
+func (f *Dataplane) Sync() {
+	f.Mu.Lock()
+	hook := f.OnSync
+	f.Mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+}
 
 func (f *Dataplane) LiveEndpoints() (map[string]bool, error) {
 	f.Mu.Lock()
