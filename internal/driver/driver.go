@@ -187,8 +187,8 @@ type Driver struct {
 	// that completed (or of the startup pass, which compared everything):
 	// the periodic loop rechecks only after mynet changed something since.
 	rechecked atomic.Uint64
-	networks   map[string]*state.Network
-	endpoints  map[string]*state.Endpoint // by endpoint ID
+	networks  map[string]*state.Network
+	endpoints map[string]*state.Endpoint // by endpoint ID
 	// index holds each network's endpoints, those being created
 	// included, by address and MAC; under mapMu.
 	index endpointIndex
