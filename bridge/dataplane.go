@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 
 	"github.com/google/nftables"
@@ -83,6 +84,8 @@ type Dataplane struct {
 	spoof       spoofFilter       // the anti-spoofing filter (spoof.go)
 	reaper      *reaper           // veths waiting for deletion (reap.go)
 	forgetQueue batch[forgetItem] // addresses waiting for forgetQueued
+	forgetMu    sync.Mutex
+	forgetting  map[netip.Addr]int // queued or running flushes, by address
 	// packetFD sends gratuitous ARPs; -1 when it could not be opened
 	// (no CAP_NET_RAW), and then there are none.
 	packetFD int

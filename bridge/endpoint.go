@@ -47,10 +47,14 @@ func (d *Dataplane) EnsureEndpoint(ctx context.Context, ep model.Endpoint) (retE
 	}
 	if created {
 		// The address may have belonged to another container a moment
-		// ago: forget its flows and the host's neighbour entry for the old
-		// MAC, and tell the other neighbours the new one. Not on a repeat:
-		// the endpoint's own flows are live.
-		d.forgetAddresses(ep)
+		// ago, whose flows and neighbour entry the janitor has not
+		// flushed yet: wait for it here, before the new container has
+		// flows of its own for the flush to cut. An address whose last
+		// owner's flush ran (or that ForgetStale swept at startup) is
+		// clean, and costs nothing. Then tell the neighbours the new MAC.
+		if d.forgetPending(ep.Addresses) {
+			d.Sync()
+		}
 		d.announceAddresses(ep, brIndex)
 	}
 	return nil

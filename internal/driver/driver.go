@@ -51,6 +51,10 @@ type Dataplane interface {
 	// one listing of the links.
 	EndpointExists(model.Endpoint) (bool, error)
 	LiveEndpoints() (map[string]bool, error)
+	// ForgetStale deletes conntrack entries from or to addresses in
+	// subnets that are not in keep (what containers gone while mynet was
+	// down left); the startup calls it before serving.
+	ForgetStale(subnets []netip.Prefix, keep []netip.Addr) error
 	// Sync waits for the cleanups the dataplane deferred so far (a deleted
 	// endpoint's veth goes after DeleteEndpoint has answered).
 	Sync()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/ipam"
@@ -73,6 +74,7 @@ func (d *Driver) RestoreSnapshot(ctx context.Context, snap state.Snapshot) error
 		d.rechecked.Store(start) // it compared everything
 	}
 	errs = append(errs, err)
+	d.forgetStale()
 	d.restorePeers()
 	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(d.endpoints), "pools", len(snap.Pools))
 	return errors.Join(errs...)
@@ -114,4 +116,39 @@ func (d *Driver) restorePool(rec state.Pool) error {
 	e.rec.Addrs, e.rec.Owners = nil, nil
 	d.pools[rec.ID] = e
 	return nil
+}
+
+// forgetStale flushes the conntrack entries that containers gone while
+// mynet was down left on their addresses (their DeleteEndpoint's flush, or
+// the janitor's after it, never ran), before the socket serves: from then
+// on an address is flushed when its owner goes, and a new endpoint on it
+// needs no flush of its own. Cluster networks are left out: their
+// subnets hold other hosts' live endpoints, whose flows are not stale.
+// Best effort, like every conntrack flush.
+func (d *Driver) forgetStale() {
+	var subnets []netip.Prefix
+	var keep []netip.Addr
+	d.mapMu.RLock()
+	for _, n := range d.networks {
+		if n.Cluster != "" {
+			continue
+		}
+		bn := toBridgeNetwork(n)
+		for _, s := range slices.Concat(bn.IPv4, bn.IPv6) {
+			subnets = append(subnets, s.Pool)
+			keep = append(keep, s.Gateway.Addr())
+		}
+	}
+	for _, e := range d.endpoints {
+		if n := d.networks[e.NetworkID]; n != nil && n.Cluster == "" {
+			keep = append(keep, toBridgeEndpoint(n, e).Addresses...)
+		}
+	}
+	d.mapMu.RUnlock()
+	if len(subnets) == 0 {
+		return
+	}
+	if err := d.cfg.Dataplane.ForgetStale(subnets, keep); err != nil {
+		d.log.Warn("stale conntrack entries not flushed", "err", err)
+	}
 }

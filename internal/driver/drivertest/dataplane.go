@@ -43,6 +43,8 @@ type Dataplane struct {
 	OnEnsureRules  func()
 	// OnSync runs when Sync is called: a test plays a slow janitor there.
 	OnSync func()
+	// Stale records the calls of ForgetStale.
+	Stale []StaleCall
 	// Firewall is the backend the fake's rules are in, DockerFirewall
 	// the one Docker's are in ("": none seen); FollowFirewall moves the
 	// rules when they differ and records what it was given in Moved.
@@ -186,6 +188,20 @@ func (f *Dataplane) Sync() {
 	if hook != nil {
 		hook()
 	}
+}
+
+// ForgetStale records what it was asked to flush, in Stale.
+func (f *Dataplane) ForgetStale(subnets []netip.Prefix, keep []netip.Addr) error {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	f.Stale = append(f.Stale, StaleCall{Subnets: subnets, Keep: keep})
+	return nil
+}
+
+// StaleCall is one call of ForgetStale.
+type StaleCall struct {
+	Subnets []netip.Prefix
+	Keep    []netip.Addr
 }
 
 func (f *Dataplane) LiveEndpoints() (map[string]bool, error) {
