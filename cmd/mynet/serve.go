@@ -230,6 +230,14 @@ func newDataplane(f serveFlags, store *state.Store, snap state.Snapshot, log *sl
 	if err := dp.RemoveOtherFirewall(); err != nil {
 		log.Warn("rules left in the firewall backend mynet no longer uses", "err", err)
 	}
+	// In cluster mode the peers agent owns the VXLAN port's filter; a
+	// single-host run removes one that a run in cluster mode left, which
+	// nothing else would.
+	if f.cluster.store == "" {
+		if err := dp.RemoveVTEPFilter(context.Background()); err != nil {
+			log.Warn("VXLAN port filter left from cluster mode", "err", err)
+		}
+	}
 	return dp, nil
 }
 
