@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/mynet/mynet/internal/model"
@@ -110,87 +109,6 @@ const (
 	passLockPatience = 2 * time.Second
 	passLockRetry    = 5 * time.Millisecond
 )
-
-// verify ensures again the networks and endpoints whose change the pass
-// took in as mynet's own. A change from outside to the same object in the
-// same interval (a bridge deleted right after its network was created) is
-// in the digests that pass took in, so no comparison finds it. An
-// endpoint is ensured while other endpoint calls go on, as CreateEndpoint
-// does it; a network, which is rare, under opMu alone. The anti-spoofing
-// filters are left to the recheck: re-applying them costs a netlink
-// transaction per endpoint, after every container start.
-func (d *Driver) verify(ctx context.Context) error {
-	suspects := d.suspects
-	d.suspects = nil
-	var nets, eps []string
-	for k := range suspects {
-		if id, ok := strings.CutPrefix(k, "net:"); ok {
-			nets = append(nets, id)
-		} else if id, ok := strings.CutPrefix(k, "ep:"); ok {
-			eps = append(eps, id)
-		}
-	}
-	var errs []error
-	if len(nets) > 0 {
-		d.lockForPass(ctx)
-		for _, id := range nets {
-			if n := d.networks[id]; n != nil {
-				if err := d.cfg.Dataplane.EnsureNetwork(ctx, toBridgeNetwork(n)); err != nil {
-					errs = append(errs, fmt.Errorf("restore network %s: %w", model.Short(id), err))
-				}
-				errs = append(errs, d.ensureVXLAN(ctx, n))
-				for _, e := range d.endpoints {
-					if e.NetworkID == id {
-						eps = append(eps, e.ID)
-					}
-				}
-			}
-		}
-		d.opMu.Unlock()
-	}
-	if len(eps) > 0 {
-		d.opMu.RLock()
-		for _, id := range eps {
-			errs = append(errs, d.verifyEndpoint(ctx, id))
-		}
-		d.opMu.RUnlock()
-	}
-	if err := errors.Join(errs...); err != nil {
-		d.suspects = suspects // try again at the next pass
-		return err
-	}
-	return nil
-}
-
-// verifyEndpoint ensures a live endpoint's veth and ports again, under its
-// endpoint lock and opMu shared.
-func (d *Driver) verifyEndpoint(ctx context.Context, id string) error {
-	defer d.epLocks.lock(id)()
-	d.mapMu.RLock()
-	e, n := d.endpoints[id], (*state.Network)(nil)
-	var ep model.Endpoint
-	var bn model.Network
-	if e != nil {
-		if n = d.networks[e.NetworkID]; n != nil {
-			ep, bn = toBridgeEndpoint(n, e), toBridgeNetwork(n)
-		}
-	}
-	d.mapMu.RUnlock()
-	if n == nil {
-		return nil // deleted meanwhile
-	}
-	ep.AntiSpoofing = false
-	if exists, err := d.cfg.Dataplane.EndpointExists(ep); err != nil || !exists {
-		return err // a dead container's endpoint is the pass's to drop
-	}
-	if err := d.cfg.Dataplane.EnsureEndpoint(ctx, ep); err != nil {
-		return fmt.Errorf("restore endpoint %s: %w", model.Short(id), err)
-	}
-	if len(ep.Ports) == 0 {
-		return nil
-	}
-	return d.cfg.Dataplane.EnsurePorts(ctx, bn, ep, ep.Ports)
-}
 
 // Recheck makes the next pass compare the kernel with the state, the
 // anti-spoofing filters included, even if the fingerprints have not
