@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/mynet/mynet/internal/model"
 	"github.com/mynet/mynet/netutil/failpoint"
@@ -706,95 +705,6 @@ func TestVethDeletionBatches(t *testing.T) {
 		run(t, "ip", "link", "del", foreign.HostVeth)
 		if err := d.DeleteNetwork(ctx, n); err != nil {
 			t.Fatal(err)
-		}
-	})
-}
-
-// TestForgetAddressesBatches: the conntrack entries of every address queued
-// for forgetting go, in one pass, and entries of other addresses stay.
-func TestForgetAddressesBatches(t *testing.T) {
-	withDataplane(t, "", func(d *Dataplane) {
-		flow := func(srcS, dstS string) *netlink.ConntrackFlow {
-			src, dst := net.ParseIP(srcS).To4(), net.ParseIP(dstS).To4()
-			f := &netlink.ConntrackFlow{FamilyType: unix.AF_INET, TimeOut: 100}
-			f.Forward = netlink.IPTuple{SrcIP: src, DstIP: dst, Protocol: unix.IPPROTO_UDP, SrcPort: 1000, DstPort: 2000}
-			f.Reverse = netlink.IPTuple{SrcIP: dst, DstIP: src, Protocol: unix.IPPROTO_UDP, SrcPort: 2000, DstPort: 1000}
-			return f
-		}
-		// Two endpoints' addresses as source and as reply source, and a
-		// bystander's flow.
-		for _, f := range []*netlink.ConntrackFlow{
-			flow("10.1.0.2", "198.18.0.1"), flow("198.18.0.1", "10.1.0.3"), flow("10.1.0.9", "198.18.0.1"),
-		} {
-			if err := d.nl.ConntrackCreate(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
-				t.Skipf("cannot create conntrack entries here: %v", err)
-			}
-		}
-		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
-		for i, a := range []string{"10.1.0.2", "10.1.0.3"} {
-			ep := testEndpoint(n, fmt.Sprintf("%012x%052d", i+1, 0))
-			ep.Addresses = []netip.Addr{netip.MustParseAddr(a)}
-			d.forgetAddresses(ep)
-		}
-		d.Sync()
-		flows, err := d.nl.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var left []string
-		for _, f := range flows {
-			left = append(left, f.Forward.SrcIP.String()+">"+f.Forward.DstIP.String())
-		}
-		if !slices.Equal(left, []string{"10.1.0.9>198.18.0.1"}) {
-			t.Fatalf("conntrack entries left: %v, want only the bystander's", left)
-		}
-	})
-}
-
-// TestRemovePortsFlushesUDPFlows: unpublishing a UDP port range deletes
-// the flows to the container through each of its ports, in one pass over
-// the table, and leaves the container's other flows.
-func TestRemovePortsFlushesUDPFlows(t *testing.T) {
-	withDataplane(t, "", func(d *Dataplane) {
-		ctx := context.Background()
-		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
-		if err := d.EnsureNetwork(ctx, n); err != nil {
-			t.Fatal(err)
-		}
-		defer d.DeleteNetwork(ctx, n)
-		ep := testEndpoint(n, eid1)
-		c4 := netip.MustParseAddr("10.1.0.2")
-		for _, port := range []uint16{5000, 5001, 6000} {
-			src, dst := net.ParseIP("198.18.0.1").To4(), c4.AsSlice()
-			f := &netlink.ConntrackFlow{FamilyType: unix.AF_INET, TimeOut: 100}
-			f.Forward = netlink.IPTuple{SrcIP: src, DstIP: dst, Protocol: unix.IPPROTO_UDP, SrcPort: 1000, DstPort: port}
-			f.Reverse = netlink.IPTuple{SrcIP: dst, DstIP: src, Protocol: unix.IPPROTO_UDP, SrcPort: port, DstPort: 1000}
-			if err := d.nl.ConntrackCreate(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
-				t.Skipf("cannot create conntrack entries here: %v", err)
-			}
-		}
-		ports := []model.PortMapping{{Proto: "udp", HostPort: 5000, HostPortEnd: 5001, ContainerIP: c4, Port: 5000}}
-		if err := d.EnsurePorts(ctx, n, ep, ports); err != nil {
-			t.Fatal(err)
-		}
-		if err := d.RemovePorts(ctx, ep, ports); err != nil {
-			t.Fatal(err)
-		}
-		d.Sync()
-		flows, err := d.nl.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Only the test's own flows: the namespace makes others of its own
-		// (an IGMP report when the bridge comes up is a flow with no ports).
-		var left []uint16
-		for _, f := range flows {
-			if f.Forward.Protocol == unix.IPPROTO_UDP && f.Forward.SrcIP.Equal(net.ParseIP("198.18.0.1")) {
-				left = append(left, f.Forward.DstPort)
-			}
-		}
-		if !slices.Equal(left, []uint16{6000}) {
-			t.Fatalf("flows left to ports %v, want only the one to 6000", left)
 		}
 	})
 }

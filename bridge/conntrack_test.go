@@ -2,12 +2,14 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strconv"
 	"testing"
 
+	"github.com/mynet/mynet/internal/model"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -57,6 +59,17 @@ func flowsLeft(t *testing.T, d *Dataplane) []string {
 	return left
 }
 
+// ensureTestNetwork builds n in d and returns what removes it, to defer
+// inside withDataplane's function: a t.Cleanup would run after it, off the
+// namespace's thread, where iptables would change the host's rules.
+func ensureTestNetwork(t *testing.T, d *Dataplane, n model.Network) (remove func()) {
+	t.Helper()
+	if err := d.EnsureNetwork(context.Background(), n); err != nil {
+		t.Fatal(err)
+	}
+	return func() { d.DeleteNetwork(context.Background(), n) }
+}
+
 // holdJanitor stops the janitor behind a job until the returned function
 // is called: a janitor slow to get to its queue, as on a loaded host.
 func holdJanitor(d *Dataplane) (release func()) {
@@ -73,10 +86,7 @@ func TestNewEndpointKeepsItsFlows(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		ctx := context.Background()
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
-		if err := d.EnsureNetwork(ctx, n); err != nil {
-			t.Fatal(err)
-		}
-		defer d.DeleteNetwork(ctx, n)
+		defer ensureTestNetwork(t, d, n)()
 		ep := testEndpoint(n, eid1)
 		ep.Addresses = []netip.Addr{netip.MustParseAddr("10.1.0.2")}
 		release := holdJanitor(d)
@@ -108,10 +118,7 @@ func TestReusedAddressWaitsForFlush(t *testing.T) {
 	withDataplane(t, "", func(d *Dataplane) {
 		ctx := context.Background()
 		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
-		if err := d.EnsureNetwork(ctx, n); err != nil {
-			t.Fatal(err)
-		}
-		defer d.DeleteNetwork(ctx, n)
+		defer ensureTestNetwork(t, d, n)()
 		addr := []netip.Addr{netip.MustParseAddr("10.1.0.2")}
 		old, next := testEndpoint(n, eid1), testEndpoint(n, eid2)
 		old.Addresses, next.Addresses = addr, addr
@@ -169,6 +176,53 @@ func TestForgetStale(t *testing.T) {
 		want := []string{"10.1.0.1:4>10.1.0.2:4", "10.1.0.2:1>198.18.0.1:1", "10.9.0.3:5>198.18.0.1:5", "[fd00:1::2]:7>[fd00:9::1]:7"}
 		if left := flowsLeft(t, d); !slices.Equal(left, want) {
 			t.Fatalf("conntrack entries left: %v, want %v", left, want)
+		}
+	})
+}
+
+// TestForgetAddressesBatches: the conntrack entries of every address queued
+// for forgetting go, in one pass, and entries of other addresses stay.
+func TestForgetAddressesBatches(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		// Two endpoints' addresses as source and as reply source, and a
+		// bystander's flow.
+		addFlows(t, d, udpFlow("10.1.0.2", "198.18.0.1", 1000, 2000), udpFlow("198.18.0.1", "10.1.0.3", 1000, 2000),
+			udpFlow("10.1.0.9", "198.18.0.1", 1000, 2000))
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		for i, a := range []string{"10.1.0.2", "10.1.0.3"} {
+			ep := testEndpoint(n, fmt.Sprintf("%012x%052d", i+1, 0))
+			ep.Addresses = []netip.Addr{netip.MustParseAddr(a)}
+			d.forgetAddresses(ep)
+		}
+		d.Sync()
+		if left, want := flowsLeft(t, d), []string{"10.1.0.9:1000>198.18.0.1:2000"}; !slices.Equal(left, want) {
+			t.Fatalf("conntrack entries left: %v, want only the bystander's %v", left, want)
+		}
+	})
+}
+
+// TestRemovePortsFlushesUDPFlows: unpublishing a UDP port range deletes
+// the flows to the container through each of its ports, in one pass over
+// the table, and leaves the container's other flows.
+func TestRemovePortsFlushesUDPFlows(t *testing.T) {
+	withDataplane(t, "", func(d *Dataplane) {
+		ctx := context.Background()
+		n := testNetwork(nid1, "10.1.0.0/24", "10.1.0.1/24")
+		defer ensureTestNetwork(t, d, n)()
+		ep := testEndpoint(n, eid1)
+		for _, port := range []uint16{5000, 5001, 6000} {
+			addFlows(t, d, udpFlow("198.18.0.1", "10.1.0.2", 1000, port))
+		}
+		ports := []model.PortMapping{{Proto: "udp", HostPort: 5000, HostPortEnd: 5001, ContainerIP: netip.MustParseAddr("10.1.0.2"), Port: 5000}}
+		if err := d.EnsurePorts(ctx, n, ep, ports); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.RemovePorts(ctx, ep, ports); err != nil {
+			t.Fatal(err)
+		}
+		d.Sync()
+		if left, want := flowsLeft(t, d), []string{"198.18.0.1:1000>10.1.0.2:6000"}; !slices.Equal(left, want) {
+			t.Fatalf("flows left: %v, want only the one to port 6000 %v", left, want)
 		}
 	})
 }
